@@ -1,0 +1,88 @@
+package schema
+
+import (
+	_ "embed"
+	"encoding/json"
+)
+
+// Version is written into every event's source.version.
+const Version = "jobstream-0.1.0"
+
+// Ops of the change-event envelope, as Debezium writes them.
+const (
+	OpCreate   = "c"
+	OpUpdate   = "u"
+	OpDelete   = "d"
+	OpRead     = "r" // snapshot read
+	OpTruncate = "t"
+)
+
+// Envelope is the value of every change event: Debezium's Postgres connector
+// envelope with schemas off, so a consumer written for Debezium reads it
+// unchanged. Before and After map column names to values rendered as
+// Debezium renders them (jsonb as a JSON string, timestamptz as an ISO-8601
+// string, integers as numbers).
+type Envelope struct {
+	Before      map[string]any `json:"before"`
+	After       map[string]any `json:"after"`
+	Source      Source         `json:"source"`
+	Op          string         `json:"op"`
+	TsMs        int64          `json:"ts_ms"`
+	Transaction *struct{}      `json:"transaction"`
+}
+
+// Source is the envelope's source block: where and when the change happened.
+type Source struct {
+	Version   string `json:"version"`
+	Connector string `json:"connector"`
+	Name      string `json:"name"`
+	TsMs      int64  `json:"ts_ms"`
+	Snapshot  string `json:"snapshot"`
+	DB        string `json:"db"`
+	// Sequence is a JSON array of two strings, the last commit LSN and this
+	// event's LSN, as Debezium writes it.
+	Sequence string `json:"sequence"`
+	Schema   string `json:"schema"`
+	Table    string `json:"table"`
+	TxID     int64  `json:"txId"`
+	LSN      int64  `json:"lsn"`
+	Xmin     *int64 `json:"xmin"`
+}
+
+// EnvelopeJSONSchema is the JSON Schema (draft 2020-12) of Envelope.
+//
+//go:embed envelope.schema.json
+var EnvelopeJSONSchema []byte
+
+// JobRow is the part of a jobs row a worker needs, read from an envelope's
+// before or after.
+type JobRow struct {
+	JobID       string
+	CurrentStep string
+	Status      string
+}
+
+// Row extracts job_id, current_step and status from a rendered row; ok is
+// false when the row is null or lacks job_id.
+func Row(m map[string]any) (r JobRow, ok bool) {
+	if m == nil {
+		return r, false
+	}
+	id, ok := m["job_id"].(string)
+	if !ok {
+		return r, false
+	}
+	r.JobID = id
+	r.CurrentStep, _ = m["current_step"].(string)
+	r.Status, _ = m["status"].(string)
+	return r, true
+}
+
+// DecodeEnvelope parses an event value.
+func DecodeEnvelope(b []byte) (*Envelope, error) {
+	var e Envelope
+	if err := json.Unmarshal(b, &e); err != nil {
+		return nil, err
+	}
+	return &e, nil
+}

@@ -1,0 +1,165 @@
+package schema
+
+import (
+	"context"
+	_ "embed"
+	"fmt"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Column is a column jobstream needs on the jobs table.
+type Column struct {
+	Name string
+	// Type is the SQL type and default used when the column must be added.
+	Type string
+}
+
+// JobsColumns lists the columns of the jobs table that jobstream reads or
+// writes. A user's table may have more; the envelope carries them all.
+var JobsColumns = []Column{
+	{"job_id", "text"},
+	{"current_step", "text"},
+	{"status", "text NOT NULL DEFAULT 'pending'"},
+	{"payload", "jsonb NOT NULL DEFAULT '{}'::jsonb"},
+	{"results", "jsonb NOT NULL DEFAULT '{}'::jsonb"},
+	{"error", "text"},
+	{"updated_at", "timestamptz NOT NULL DEFAULT now()"},
+}
+
+//go:embed migrations/002_runs.sql
+var runsSQL string
+
+// DefaultPublication is the publication name Migrate creates when none is given.
+const DefaultPublication = "jobstream"
+
+// MigrateOptions says what Migrate creates.
+type MigrateOptions struct {
+	// Publication is the name of the publication for the jobs table
+	// (default "jobstream").
+	Publication string
+}
+
+// Migrate creates the jobs table (or adds the columns it lacks), the
+// jobstream_runs ledger and the publication, idempotently. It returns one
+// sentence per change it made; an empty slice means nothing was missing.
+func Migrate(ctx context.Context, conn *pgx.Conn, opts MigrateOptions) ([]string, error) {
+	pub := opts.Publication
+	if pub == "" {
+		pub = DefaultPublication
+	}
+	if !ValidIdent(pub) {
+		return nil, fmt.Errorf("publication name %q is not a plain identifier (letters, digits, _)", pub)
+	}
+	var changes []string
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("begin: %w", err)
+	}
+	defer tx.Rollback(ctx) //nolint:errcheck // no-op after commit
+
+	// One migrator at a time.
+	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(7428091)`); err != nil {
+		return nil, fmt.Errorf("lock: %w", err)
+	}
+
+	var exists bool
+	if err := tx.QueryRow(ctx, `SELECT to_regclass('jobs') IS NOT NULL`).Scan(&exists); err != nil {
+		return nil, fmt.Errorf("look up jobs: %w", err)
+	}
+	if !exists {
+		defs := make([]string, 0, len(JobsColumns)+1)
+		for _, c := range JobsColumns {
+			defs = append(defs, c.Name+" "+c.Type)
+		}
+		defs = append(defs, "PRIMARY KEY (job_id)")
+		if _, err := tx.Exec(ctx, "CREATE TABLE jobs (\n  "+strings.Join(defs, ",\n  ")+"\n)"); err != nil {
+			return nil, fmt.Errorf("create jobs: %w", err)
+		}
+		changes = append(changes, "created table jobs")
+	} else {
+		have := map[string]bool{}
+		rows, err := tx.Query(ctx, `SELECT attname FROM pg_attribute
+			WHERE attrelid = 'jobs'::regclass AND attnum > 0 AND NOT attisdropped`)
+		if err != nil {
+			return nil, fmt.Errorf("read jobs columns: %w", err)
+		}
+		for rows.Next() {
+			var n string
+			if err := rows.Scan(&n); err != nil {
+				return nil, err
+			}
+			have[n] = true
+		}
+		if err := rows.Err(); err != nil {
+			return nil, fmt.Errorf("read jobs columns: %w", err)
+		}
+		if !have["job_id"] {
+			return nil, fmt.Errorf("table jobs exists but has no job_id column; jobstream keys every event by job_id, so add it (text primary key) or point DATABASE_URL at another database")
+		}
+		for _, c := range JobsColumns[1:] {
+			if have[c.Name] {
+				continue
+			}
+			if _, err := tx.Exec(ctx, "ALTER TABLE jobs ADD COLUMN "+c.Name+" "+c.Type); err != nil {
+				return nil, fmt.Errorf("add column jobs.%s: %w", c.Name, err)
+			}
+			changes = append(changes, fmt.Sprintf("added column jobs.%s %s", c.Name, c.Type))
+		}
+		var hasPK bool
+		if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_index WHERE indrelid = 'jobs'::regclass AND indisprimary)`).Scan(&hasPK); err != nil {
+			return nil, fmt.Errorf("look up jobs primary key: %w", err)
+		}
+		if !hasPK {
+			return nil, fmt.Errorf("table jobs has no primary key; logical replication needs one to identify rows: ALTER TABLE jobs ADD PRIMARY KEY (job_id)")
+		}
+	}
+
+	if err := tx.QueryRow(ctx, `SELECT to_regclass('jobstream_runs') IS NOT NULL`).Scan(&exists); err != nil {
+		return nil, fmt.Errorf("look up jobstream_runs: %w", err)
+	}
+	if _, err := tx.Exec(ctx, runsSQL); err != nil {
+		return nil, fmt.Errorf("create jobstream_runs: %w", err)
+	}
+	if !exists {
+		changes = append(changes, "created table jobstream_runs")
+	}
+
+	var pubExists, pubHasJobs bool
+	if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1),
+		EXISTS (SELECT 1 FROM pg_publication_tables WHERE pubname = $1 AND schemaname = current_schema() AND tablename = 'jobs')`, pub).
+		Scan(&pubExists, &pubHasJobs); err != nil {
+		return nil, fmt.Errorf("look up publication: %w", err)
+	}
+	switch {
+	case !pubExists:
+		if _, err := tx.Exec(ctx, "CREATE PUBLICATION "+pub+" FOR TABLE jobs"); err != nil {
+			return nil, fmt.Errorf("create publication: %w", err)
+		}
+		changes = append(changes, "created publication "+pub+" for table jobs")
+	case !pubHasJobs:
+		if _, err := tx.Exec(ctx, "ALTER PUBLICATION "+pub+" ADD TABLE jobs"); err != nil {
+			return nil, fmt.Errorf("add jobs to publication: %w", err)
+		}
+		changes = append(changes, "added table jobs to publication "+pub)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return nil, fmt.Errorf("commit: %w", err)
+	}
+	return changes, nil
+}
+
+// ValidIdent reports whether s can be used unquoted as a Postgres name
+// (publication, slot): lower-case letters, digits and underscores, at most 63.
+func ValidIdent(s string) bool {
+	if s == "" || len(s) > 63 || (s[0] >= '0' && s[0] <= '9') {
+		return false
+	}
+	for _, r := range s {
+		if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '_') {
+			return false
+		}
+	}
+	return true
+}

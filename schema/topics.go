@@ -1,0 +1,93 @@
+package schema
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+)
+
+// DefaultTopicPrefix is the prefix of every topic name when none is given.
+const DefaultTopicPrefix = "jobs"
+
+// DefaultPartitions is the partition count of topics jobstream creates.
+const DefaultPartitions = 12
+
+// Topic returns the topic that carries changes of rows whose current_step is step.
+func Topic(prefix, step string) string { return prefix + "." + step }
+
+// DLQTopic returns the dead-letter topic.
+func DLQTopic(prefix string) string { return prefix + ".dlq" }
+
+// GroupID returns the consumer group of the workers of step.
+func GroupID(prefix, step string) string { return prefix + "." + step + ".workers" }
+
+// ValidTopic reports why name cannot be a Kafka topic name, or nil.
+func ValidTopic(name string) error {
+	if name == "" || name == "." || name == ".." {
+		return fmt.Errorf("topic name %q is not allowed", name)
+	}
+	if len(name) > 249 {
+		return fmt.Errorf("topic name is %d bytes, over Kafka's limit of 249", len(name))
+	}
+	for _, r := range name {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '_' || r == '-') {
+			return fmt.Errorf("topic name %q has %q; Kafka allows only letters, digits, '.', '_' and '-'", name, r)
+		}
+	}
+	return nil
+}
+
+// Broker describes how to reach the Kafka brokers.
+type Broker struct {
+	// Addrs are host:port pairs of bootstrap brokers.
+	Addrs []string
+}
+
+// Ping checks within timeout that a broker answers a metadata request, so a
+// command can fail at start with one clear sentence instead of retrying.
+func (b Broker) Ping(ctx context.Context, timeout time.Duration) error {
+	if len(b.Addrs) == 0 {
+		return errors.New("no Kafka broker given: set KAFKA_BROKERS or --brokers (host:port, comma-separated)")
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var last error
+	for _, a := range b.Addrs {
+		c := &kafka.Client{Addr: kafka.TCP(a), Timeout: timeout}
+		if _, err := c.Metadata(ctx, &kafka.MetadataRequest{}); err != nil {
+			last = err
+			continue
+		}
+		return nil
+	}
+	return fmt.Errorf("cannot reach a Kafka broker at %v (%v); start one (jobstream broker, or Kafka) or fix KAFKA_BROKERS", b.Addrs, last)
+}
+
+// EnsureTopics creates the topics that do not exist yet, each with
+// partitions partitions. Existing topics are left as they are.
+func (b Broker) EnsureTopics(ctx context.Context, partitions int, topics ...string) error {
+	if len(topics) == 0 {
+		return nil
+	}
+	c := &kafka.Client{Addr: kafka.TCP(b.Addrs...), Timeout: 10 * time.Second}
+	req := &kafka.CreateTopicsRequest{}
+	for _, t := range topics {
+		if err := ValidTopic(t); err != nil {
+			return err
+		}
+		req.Topics = append(req.Topics, kafka.TopicConfig{Topic: t, NumPartitions: partitions, ReplicationFactor: -1})
+	}
+	resp, err := c.CreateTopics(ctx, req)
+	if err != nil {
+		return fmt.Errorf("create topics: %w", err)
+	}
+	for t, err := range resp.Errors {
+		if err != nil && !errors.Is(err, kafka.TopicAlreadyExists) {
+			return fmt.Errorf("create topic %s: %w", t, err)
+		}
+	}
+	return nil
+}
