@@ -118,6 +118,8 @@ type Reader struct {
 
 	lastStatus   time.Time
 	lastReported pglogrepl.LSN
+
+	ready chan struct{}
 }
 
 // New checks cfg and returns a Reader; it connects nothing.
@@ -132,8 +134,13 @@ func New(cfg Config) (*Reader, error) {
 		broker: schema.Broker{Addrs: cfg.Brokers},
 		topics: map[string]bool{},
 		rels:   map[uint32]*pglogrepl.RelationMessage{},
+		ready:  make(chan struct{}),
 	}, nil
 }
+
+// Ready is closed once the slot exists: every change committed after that
+// moment will be streamed.
+func (r *Reader) Ready() <-chan struct{} { return r.ready }
 
 // Stats returns the reader's live counters.
 func (r *Reader) Stats() *Stats { return &r.stats }
@@ -157,6 +164,7 @@ func (r *Reader) Run(ctx context.Context) error {
 		WriteTimeout: 10 * time.Second,
 	}
 	defer r.writer.Close()
+	close(r.ready)
 
 	bo := backoff.NewExponentialBackOff()
 	bo.InitialInterval = 200 * time.Millisecond

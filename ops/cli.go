@@ -1,0 +1,338 @@
+// Package ops is what an operator runs: the jobstream command and its
+// subcommands, wiring schema, cdc and consumers together in one place.
+package ops
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/jobstream/jobstream/cdc"
+	"github.com/jobstream/jobstream/consumers"
+	"github.com/jobstream/jobstream/ops/broker"
+	"github.com/jobstream/jobstream/schema"
+)
+
+// usageError is bad usage: exit code 2.
+type usageError struct{ msg string }
+
+func (e usageError) Error() string { return e.msg }
+
+func usagef(format string, a ...any) error { return usageError{fmt.Sprintf(format, a...)} }
+
+type command struct {
+	name    string
+	summary string
+	run     func(ctx context.Context, args []string, out io.Writer) error
+}
+
+func commands() []command {
+	return []command{
+		{"migrate", "create the jobs table (or add what it lacks), jobstream_runs and the publication", runMigrate},
+		{"reader", "stream the jobs table's WAL into Kafka topics keyed by job_id", runReader},
+		{"worker", "run one step: consume its trigger topic, claim, run CMD, complete, commit", runWorker},
+		{"broker", "run the embedded Kafka-protocol broker", runBroker},
+		{"dev", "run everything locally: Postgres, broker, reader, workers, a demo batch", runDev},
+		{"version", "print the version", func(_ context.Context, _ []string, out io.Writer) error {
+			fmt.Fprintln(out, schema.Version)
+			return nil
+		}},
+	}
+}
+
+// Main runs the jobstream command with args (without the program name) and
+// returns the process exit code: 0 success, 1 runtime failure, 2 bad usage.
+func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 || args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
+		printUsage(stdout)
+		if len(args) == 0 {
+			return 2
+		}
+		return 0
+	}
+	for _, c := range commands() {
+		if c.name != args[0] {
+			continue
+		}
+		err := c.run(ctx, args[1:], stdout)
+		switch {
+		case err == nil, errors.Is(err, flag.ErrHelp):
+			return 0
+		case errors.As(err, new(usageError)):
+			fmt.Fprintf(stderr, "jobstream %s: %v\nRun 'jobstream %s --help' for usage.\n", c.name, err, c.name)
+			return 2
+		default:
+			fmt.Fprintf(stderr, "jobstream %s: %v\n", c.name, err)
+			return 1
+		}
+	}
+	fmt.Fprintf(stderr, "jobstream: unknown command %q; run 'jobstream help' for the list of commands.\n", args[0])
+	return 2
+}
+
+func printUsage(w io.Writer) {
+	fmt.Fprintln(w, "jobstream: change data capture from a Postgres jobs table to Kafka, and the step workers that act on it.")
+	fmt.Fprintln(w, "\nUsage: jobstream <command> [flags]\n\nCommands:")
+	for _, c := range commands() {
+		fmt.Fprintf(w, "  %-9s %s\n", c.name, c.summary)
+	}
+	fmt.Fprintln(w, "\nEvery flag has an environment twin, shown in its help. Run 'jobstream <command> --help' for its flags.")
+}
+
+// flags is a flag set whose flags default to their environment twins.
+type flags struct {
+	*flag.FlagSet
+}
+
+func newFlags(name, usage string) *flags {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	f := &flags{fs}
+	fs.Usage = func() {
+		w := os.Stdout
+		fmt.Fprintf(w, "Usage: jobstream %s\n\n", usage)
+		fs.SetOutput(w)
+		fs.PrintDefaults()
+		fs.SetOutput(io.Discard)
+	}
+	return f
+}
+
+func (f *flags) str(p *string, name, env, def, usage string) {
+	if v, ok := os.LookupEnv(env); ok && v != "" {
+		def = v
+	}
+	f.StringVar(p, name, def, usage+" [$"+env+"]")
+}
+
+func (f *flags) num(p *int, name, env string, def int, usage string) {
+	if v, err := strconv.Atoi(os.Getenv(env)); err == nil {
+		def = v
+	}
+	f.IntVar(p, name, def, usage+" [$"+env+"]")
+}
+
+func (f *flags) dur(p *time.Duration, name, env string, def time.Duration, usage string) {
+	if v, err := time.ParseDuration(os.Getenv(env)); err == nil {
+		def = v
+	}
+	f.DurationVar(p, name, def, usage+" [$"+env+"]")
+}
+
+// parse parses args; a flag error is bad usage, --help prints and stops.
+func (f *flags) parse(args []string) error {
+	if err := f.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			f.Usage()
+			return flag.ErrHelp
+		}
+		return usageError{err.Error()}
+	}
+	return nil
+}
+
+// common holds the flags most commands share.
+type common struct {
+	databaseURL string
+	brokers     string
+	prefix      string
+	pipeline    string
+	publication string
+	logLevel    string
+}
+
+func (c *common) register(f *flags, db, kafka bool) {
+	if db {
+		f.str(&c.databaseURL, "database-url", "DATABASE_URL", "", "Postgres URL, postgres://user:pass@host:port/db")
+		f.str(&c.publication, "publication", "JOBSTREAM_PUBLICATION", schema.DefaultPublication, "publication of the jobs table")
+	}
+	if kafka {
+		f.str(&c.brokers, "brokers", "KAFKA_BROKERS", "", "Kafka bootstrap brokers, host:port[,host:port]")
+		f.str(&c.prefix, "topic-prefix", "JOBSTREAM_TOPIC_PREFIX", schema.DefaultTopicPrefix, "prefix of every topic name")
+		f.str(&c.pipeline, "pipeline", "JOBSTREAM_PIPELINE", "", `pipeline config file, {"steps": [...]} (default `+strings.Join(schema.DefaultSteps, ",")+")")
+	}
+	f.str(&c.logLevel, "log-level", "JOBSTREAM_LOG_LEVEL", "info", "debug, info, warn or error")
+}
+
+func (c *common) logger() (*slog.Logger, error) {
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(c.logLevel)); err != nil {
+		return nil, usagef("--log-level %q is not one of debug, info, warn, error", c.logLevel)
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl})), nil
+}
+
+func (c *common) brokerList() []string {
+	var out []string
+	for _, b := range strings.Split(c.brokers, ",") {
+		if b = strings.TrimSpace(b); b != "" {
+			out = append(out, b)
+		}
+	}
+	return out
+}
+
+func (c *common) needDB() error {
+	if c.databaseURL == "" {
+		return usagef("no database given: set DATABASE_URL or pass --database-url postgres://user:pass@host:port/db")
+	}
+	return nil
+}
+
+func (c *common) needBrokers() error {
+	if len(c.brokerList()) == 0 {
+		return usagef("no Kafka broker given: set KAFKA_BROKERS or pass --brokers host:port")
+	}
+	return nil
+}
+
+func runMigrate(ctx context.Context, args []string, out io.Writer) error {
+	var c common
+	f := newFlags("migrate", "migrate [flags]\n\nCreates the jobs table (or adds the columns it lacks), jobstream_runs and the publication. Idempotent.")
+	c.register(f, true, false)
+	if err := f.parse(args); err != nil {
+		return err
+	}
+	if err := c.needDB(); err != nil {
+		return err
+	}
+	changes, err := Migrate(ctx, c.databaseURL, c.publication)
+	if err != nil {
+		return err
+	}
+	if len(changes) == 0 {
+		fmt.Fprintln(out, "schema is up to date; nothing changed")
+	}
+	for _, ch := range changes {
+		fmt.Fprintln(out, ch)
+	}
+	return nil
+}
+
+// Migrate connects to url and applies schema.Migrate.
+func Migrate(ctx context.Context, url, publication string) ([]string, error) {
+	cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(cctx, url)
+	if err != nil {
+		return nil, fmt.Errorf("cannot connect to Postgres (%v); check DATABASE_URL and that the server is up", redactErr(err))
+	}
+	defer conn.Close(context.Background())
+	return schema.Migrate(ctx, conn, schema.MigrateOptions{Publication: publication})
+}
+
+func runReader(ctx context.Context, args []string, _ io.Writer) error {
+	var c common
+	var cfg cdc.Config
+	f := newFlags("reader", "reader [flags]\n\nStreams the jobs table's changes (pgoutput) into <prefix>.<current_step> topics, keyed by job_id.")
+	c.register(f, true, true)
+	f.str(&cfg.Slot, "slot", "JOBSTREAM_SLOT", "jobstream", "logical replication slot (created if missing)")
+	f.num(&cfg.Partitions, "partitions", "JOBSTREAM_PARTITIONS", schema.DefaultPartitions, "partitions of topics the reader creates")
+	if err := f.parse(args); err != nil {
+		return err
+	}
+	if err := c.needDB(); err != nil {
+		return err
+	}
+	if err := c.needBrokers(); err != nil {
+		return err
+	}
+	log, err := c.logger()
+	if err != nil {
+		return err
+	}
+	cfg.DatabaseURL, cfg.Brokers, cfg.TopicPrefix, cfg.Publication, cfg.Logger = c.databaseURL, c.brokerList(), c.prefix, c.publication, log
+	r, err := cdc.New(cfg)
+	if err != nil {
+		return usageError{err.Error()}
+	}
+	return redactErr(r.Run(ctx))
+}
+
+func runWorker(ctx context.Context, args []string, _ io.Writer) error {
+	var c common
+	var cfg consumers.Config
+	var gpus string
+	f := newFlags("worker", "worker --step S [flags] -- CMD [ARGS...]\n\nRuns step S: consumes the topic of the step before S, claims each job whose previous step is done,\nruns CMD (no shell; the job as JSON on stdin; the result as JSON on stdout), stores the result and commits.\nExit code "+strconv.Itoa(consumers.ExitPermanent)+" from CMD fails the job at once; any other non-zero exit is retried.")
+	c.register(f, true, true)
+	f.str(&cfg.Step, "step", "JOBSTREAM_STEP", "", "the step this worker runs (required)")
+	f.num(&cfg.Concurrency, "concurrency", "JOBSTREAM_CONCURRENCY", 1, "group members in this process (steps that need no GPU)")
+	f.str(&gpus, "gpus", "JOBSTREAM_GPUS", "", "GPU ids, e.g. 0,1,2,3: one member per GPU, CUDA_VISIBLE_DEVICES set for each")
+	f.dur(&cfg.Lease, "lease", "JOBSTREAM_LEASE", 30*time.Second, "how long a run is held without a heartbeat")
+	f.num(&cfg.MaxAttempts, "max-attempts", "JOBSTREAM_MAX_ATTEMPTS", 3, "attempts before a job fails")
+	f.dur(&cfg.Timeout, "timeout", "JOBSTREAM_TIMEOUT", 0, "bound on one attempt (0: none)")
+	f.dur(&cfg.Grace, "grace", "JOBSTREAM_GRACE", 30*time.Second, "time running steps get to finish on SIGTERM")
+	if err := f.parse(args); err != nil {
+		return err
+	}
+	argv := f.Args()
+	if len(argv) == 0 {
+		return usagef("no step command given: pass it after --, e.g. jobstream worker --step %s -- ./step.sh", cmpOr(cfg.Step, "S"))
+	}
+	if err := c.needDB(); err != nil {
+		return err
+	}
+	if err := c.needBrokers(); err != nil {
+		return err
+	}
+	log, err := c.logger()
+	if err != nil {
+		return err
+	}
+	p, err := schema.LoadPipeline(c.pipeline)
+	if err != nil {
+		return usageError{err.Error()}
+	}
+	for _, g := range strings.Split(gpus, ",") {
+		if g = strings.TrimSpace(g); g != "" {
+			cfg.GPUs = append(cfg.GPUs, g)
+		}
+	}
+	cfg.DatabaseURL, cfg.Brokers, cfg.TopicPrefix, cfg.Pipeline, cfg.Logger = c.databaseURL, c.brokerList(), c.prefix, p, log
+	cfg.Handler = consumers.Exec(argv...)
+	w, err := consumers.New(cfg)
+	if err != nil {
+		return usageError{err.Error()}
+	}
+	return redactErr(w.Run(ctx))
+}
+
+func runBroker(ctx context.Context, args []string, out io.Writer) error {
+	var cfg broker.Config
+	f := newFlags("broker", "broker [flags]\n\nRuns the embedded Kafka-protocol broker (kfake) until SIGINT or SIGTERM.")
+	f.str(&cfg.Listen, "listen", "JOBSTREAM_BROKER_LISTEN", "127.0.0.1:9092", "host:port to listen on")
+	f.str(&cfg.DataDir, "data-dir", "JOBSTREAM_BROKER_DATA_DIR", "", "folder that persists topics, offsets and groups (empty: memory only)")
+	f.num(&cfg.Partitions, "partitions", "JOBSTREAM_PARTITIONS", schema.DefaultPartitions, "partitions of auto-created topics")
+	if err := f.parse(args); err != nil {
+		return err
+	}
+	b, err := broker.Start(cfg)
+	if err != nil {
+		return err
+	}
+	persist := "in memory only"
+	if cfg.DataDir != "" {
+		persist = "persisted in " + cfg.DataDir
+	}
+	fmt.Fprintf(out, "broker listening on %s (%s); Ctrl-C stops it\n", b.Addr(), persist)
+	<-ctx.Done()
+	b.Close()
+	fmt.Fprintln(out, "broker stopped")
+	return nil
+}
+
+func cmpOr(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
+}

@@ -1,0 +1,199 @@
+package ops
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"image"
+	"image/color"
+	"image/png"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"sort"
+
+	"github.com/jobstream/jobstream/consumers"
+)
+
+// The demo pipeline does small real work a person can look at: img_gen (run
+// by the demo's job inserter) lays out shapes, vlm_analyze describes them,
+// yolo_detect rasterises the image and finds each shape's bounding box,
+// planner orders the detections, overlay writes a PNG with the boxes drawn.
+
+const demoSize = 96
+
+type shape struct {
+	Kind  string `json:"kind"` // "rect" or "disc"
+	X     int    `json:"x"`
+	Y     int    `json:"y"`
+	W     int    `json:"w"`
+	H     int    `json:"h"`
+	Color [3]uint8
+}
+
+type imgGen struct {
+	Width  int     `json:"width"`
+	Height int     `json:"height"`
+	Shapes []shape `json:"shapes"`
+}
+
+type box struct {
+	X0, Y0, X1, Y1 int
+	Pixels         int
+}
+
+// demoImage lays out 1-4 non-overlapping shapes from seed (img_gen's work).
+func demoImage(seed uint64) imgGen {
+	r := rand.New(rand.NewPCG(seed, 7))
+	g := imgGen{Width: demoSize, Height: demoSize}
+	n := 1 + r.IntN(4)
+	for i := 0; i < n; i++ {
+		// One quadrant per shape keeps them apart.
+		qx, qy := (i%2)*demoSize/2, (i/2)*demoSize/2
+		w, h := 10+r.IntN(26), 10+r.IntN(26)
+		kind := "rect"
+		if r.IntN(2) == 0 {
+			kind, h = "disc", w
+		}
+		g.Shapes = append(g.Shapes, shape{Kind: kind, X: qx + 4 + r.IntN(demoSize/2-w-8), Y: qy + 4 + r.IntN(demoSize/2-h-8), W: w, H: h,
+			Color: [3]uint8{uint8(60 + r.IntN(190)), uint8(60 + r.IntN(190)), uint8(60 + r.IntN(190))}})
+	}
+	return g
+}
+
+func (g imgGen) render() *image.RGBA {
+	im := image.NewRGBA(image.Rect(0, 0, g.Width, g.Height))
+	for i := range im.Pix {
+		im.Pix[i] = 255
+	}
+	for _, s := range g.Shapes {
+		c := color.RGBA{s.Color[0], s.Color[1], s.Color[2], 255}
+		for y := s.Y; y < s.Y+s.H; y++ {
+			for x := s.X; x < s.X+s.W; x++ {
+				if s.Kind == "disc" {
+					dx, dy := 2*(x-s.X)-s.W+1, 2*(y-s.Y)-s.H+1
+					if dx*dx+dy*dy > s.W*s.W {
+						continue
+					}
+				}
+				im.SetRGBA(x, y, c)
+			}
+		}
+	}
+	return im
+}
+
+// detect finds the bounding box of every connected non-white region.
+func detect(im *image.RGBA) []box {
+	b := im.Bounds()
+	seen := make([]bool, b.Dx()*b.Dy())
+	var boxes []box
+	for y := 0; y < b.Dy(); y++ {
+		for x := 0; x < b.Dx(); x++ {
+			if seen[y*b.Dx()+x] || im.RGBAAt(x, y) == (color.RGBA{255, 255, 255, 255}) {
+				continue
+			}
+			bx := box{X0: x, Y0: y, X1: x, Y1: y}
+			stack := []image.Point{{x, y}}
+			seen[y*b.Dx()+x] = true
+			for len(stack) > 0 {
+				p := stack[len(stack)-1]
+				stack = stack[:len(stack)-1]
+				bx.Pixels++
+				bx.X0, bx.Y0, bx.X1, bx.Y1 = min(bx.X0, p.X), min(bx.Y0, p.Y), max(bx.X1, p.X), max(bx.Y1, p.Y)
+				for _, d := range []image.Point{{1, 0}, {-1, 0}, {0, 1}, {0, -1}} {
+					q := p.Add(d)
+					if !q.In(b) || seen[q.Y*b.Dx()+q.X] || im.RGBAAt(q.X, q.Y) == (color.RGBA{255, 255, 255, 255}) {
+						continue
+					}
+					seen[q.Y*b.Dx()+q.X] = true
+					stack = append(stack, q)
+				}
+			}
+			boxes = append(boxes, bx)
+		}
+	}
+	return boxes
+}
+
+// demoHandlers returns the in-process handlers of the demo pipeline; a step
+// without a demo of its own echoes what it was given. PNGs go to outDir.
+func demoHandlers(outDir string) func(step string) consumers.Handler {
+	return func(step string) consumers.Handler {
+		return func(_ context.Context, job consumers.Job) (json.RawMessage, error) {
+			var res struct {
+				ImgGen     *imgGen `json:"img_gen"`
+				YoloDetect *struct {
+					Boxes []box `json:"boxes"`
+				} `json:"yolo_detect"`
+			}
+			if err := json.Unmarshal(job.Results, &res); err != nil {
+				return nil, consumers.Permanent(fmt.Errorf("results are not JSON: %w", err))
+			}
+			need := func(ok bool, what string) error {
+				if !ok {
+					return consumers.Permanent(fmt.Errorf("%s needs %s in results", step, what))
+				}
+				return nil
+			}
+			switch step {
+			case "vlm_analyze":
+				if err := need(res.ImgGen != nil, "img_gen"); err != nil {
+					return nil, err
+				}
+				count := map[string]int{}
+				for _, s := range res.ImgGen.Shapes {
+					count[s.Kind]++
+				}
+				return json.Marshal(map[string]any{"caption": fmt.Sprintf("%d rectangles and %d discs on white", count["rect"], count["disc"])})
+			case "yolo_detect":
+				if err := need(res.ImgGen != nil, "img_gen"); err != nil {
+					return nil, err
+				}
+				return json.Marshal(map[string]any{"boxes": detect(res.ImgGen.render())})
+			case "planner":
+				if err := need(res.YoloDetect != nil, "yolo_detect"); err != nil {
+					return nil, err
+				}
+				order := make([]int, len(res.YoloDetect.Boxes))
+				for i := range order {
+					order[i] = i
+				}
+				sort.SliceStable(order, func(a, b int) bool {
+					return res.YoloDetect.Boxes[order[a]].Pixels > res.YoloDetect.Boxes[order[b]].Pixels
+				})
+				return json.Marshal(map[string]any{"largest_first": order})
+			case "overlay":
+				if err := need(res.ImgGen != nil && res.YoloDetect != nil, "img_gen and yolo_detect"); err != nil {
+					return nil, err
+				}
+				im := res.ImgGen.render()
+				red := color.RGBA{220, 0, 0, 255}
+				for _, b := range res.YoloDetect.Boxes {
+					for x := b.X0; x <= b.X1; x++ {
+						im.SetRGBA(x, b.Y0, red)
+						im.SetRGBA(x, b.Y1, red)
+					}
+					for y := b.Y0; y <= b.Y1; y++ {
+						im.SetRGBA(b.X0, y, red)
+						im.SetRGBA(b.X1, y, red)
+					}
+				}
+				path := filepath.Join(outDir, job.JobID+".png")
+				f, err := os.Create(path)
+				if err != nil {
+					return nil, err
+				}
+				if err := png.Encode(f, im); err != nil {
+					f.Close()
+					return nil, err
+				}
+				if err := f.Close(); err != nil {
+					return nil, err
+				}
+				return json.Marshal(map[string]any{"png": path, "boxes": len(res.YoloDetect.Boxes)})
+			}
+			return json.Marshal(map[string]any{"step": step, "attempt": job.Attempt})
+		}
+	}
+}

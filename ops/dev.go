@@ -1,0 +1,300 @@
+package ops
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/jobstream/jobstream/cdc"
+	"github.com/jobstream/jobstream/consumers"
+	"github.com/jobstream/jobstream/ops/broker"
+	"github.com/jobstream/jobstream/ops/localpg"
+	"github.com/jobstream/jobstream/schema"
+)
+
+type devConfig struct {
+	dir         string
+	jobs        int
+	concurrency int
+	timeout     time.Duration
+	pipeline    string
+}
+
+func runDev(ctx context.Context, args []string, out io.Writer) error {
+	var cfg devConfig
+	f := newFlags("dev", "dev [flags]\n\nRuns the whole pipeline locally: a throwaway Postgres (from this machine's binaries), the embedded\nbroker, the reader and one worker per step with demo handlers; inserts a batch of jobs at (img_gen, done),\nshows them move, prints a summary and exits 0 once every job is done. Each run starts clean.")
+	f.str(&cfg.dir, "dir", "JOBSTREAM_DEV_DIR", ".jobstream", "folder for Postgres data, broker data, logs and PNGs (wiped at start)")
+	f.num(&cfg.jobs, "jobs", "JOBSTREAM_DEV_JOBS", 200, "demo jobs to insert")
+	f.num(&cfg.concurrency, "concurrency", "JOBSTREAM_CONCURRENCY", 2, "group members per step")
+	f.dur(&cfg.timeout, "timeout", "JOBSTREAM_DEV_TIMEOUT", 5*time.Minute, "give up if the batch is not done by then")
+	f.str(&cfg.pipeline, "pipeline", "JOBSTREAM_PIPELINE", "", "pipeline config file (default img_gen,vlm_analyze,yolo_detect,planner,overlay)")
+	if err := f.parse(args); err != nil {
+		return err
+	}
+	if cfg.jobs < 1 || cfg.jobs > 1_000_000 {
+		return usagef("--jobs %d is out of range 1..1000000", cfg.jobs)
+	}
+	if cfg.concurrency < 1 || cfg.concurrency > 64 {
+		return usagef("--concurrency %d is out of range 1..64", cfg.concurrency)
+	}
+	p, err := schema.LoadPipeline(cfg.pipeline)
+	if err != nil {
+		return usageError{err.Error()}
+	}
+	return dev(ctx, cfg, p, out)
+}
+
+func dev(ctx context.Context, cfg devConfig, p schema.Pipeline, out io.Writer) error {
+	dir, err := filepath.Abs(cfg.dir)
+	if err != nil {
+		return err
+	}
+	// Start clean: a server left by a killed run is stopped, its files removed.
+	localpg.StopStale(filepath.Join(dir, "pg"))
+	if err := os.RemoveAll(dir); err != nil {
+		return fmt.Errorf("clean %s: %w", dir, err)
+	}
+	outDir := filepath.Join(dir, "out")
+	if err := os.MkdirAll(outDir, 0o755); err != nil {
+		return err
+	}
+	if err := os.Chmod(dir, 0o755); err != nil {
+		return err
+	}
+	logf, err := os.Create(filepath.Join(dir, "jobstream.log"))
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	log := slog.New(slog.NewTextHandler(logf, &slog.HandlerOptions{Level: slog.LevelInfo}))
+
+	fmt.Fprintf(out, "jobstream dev: %s\n", p)
+	fmt.Fprintf(out, "  starting Postgres (wal_level=logical) in %s ...\n", filepath.Join(cfg.dir, "pg"))
+	pg, err := localpg.Start(ctx, filepath.Join(dir, "pg"), localpg.Options{})
+	if err != nil {
+		return err
+	}
+	defer pg.Stop()
+	b, err := broker.Start(broker.Config{Listen: "127.0.0.1:0", DataDir: filepath.Join(dir, "broker")})
+	if err != nil {
+		return err
+	}
+	defer b.Close()
+	url := pg.URL("postgres")
+	fmt.Fprintf(out, "  Postgres  %s\n  broker    %s\n  logs      %s\n", url, b.Addr(), filepath.Join(cfg.dir, "jobstream.log"))
+	changes, err := Migrate(ctx, url, "")
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "  migrate   %s\n", strings.Join(changes, "; "))
+
+	runCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	g, gctx := errgroup.WithContext(runCtx)
+	reader, err := cdc.New(cdc.Config{DatabaseURL: url, Brokers: []string{b.Addr()}, Logger: log.With("part", "reader")})
+	if err != nil {
+		return err
+	}
+	g.Go(func() error { return reader.Run(gctx) })
+	select {
+	case <-reader.Ready():
+	case <-gctx.Done():
+		stop()
+		return g.Wait()
+	}
+	handlers := demoHandlers(outDir)
+	var workers []*consumers.Worker
+	for _, step := range p.Steps[1:] {
+		w, err := consumers.New(consumers.Config{
+			DatabaseURL: url, Brokers: []string{b.Addr()}, Step: step, Pipeline: p,
+			Concurrency: cfg.concurrency, Handler: handlers(step), Lease: 10 * time.Second, Grace: 5 * time.Second,
+			Logger: log.With("part", "worker"),
+		})
+		if err != nil {
+			return err
+		}
+		workers = append(workers, w)
+		g.Go(func() error { return w.Run(gctx) })
+	}
+
+	pool, err := pgxpool.New(ctx, url)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	start := time.Now()
+	if err := insertDemoJobs(ctx, pool, p.Steps[0], cfg.jobs); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "  inserted  %d jobs at (%s, done)\n\n", cfg.jobs, p.Steps[0])
+
+	progErr := make(chan error, 1)
+	go func() { progErr <- watchProgress(gctx, pool, p, cfg.jobs, cfg.timeout, out) }()
+	select {
+	case err = <-progErr:
+	case <-gctx.Done():
+		err = g.Wait()
+		if err == nil {
+			err = ctx.Err()
+		}
+	}
+	elapsed := time.Since(start)
+	stop()
+	if werr := g.Wait(); werr != nil && err == nil {
+		err = werr
+	}
+	if errors.Is(err, context.Canceled) && ctx.Err() != nil {
+		fmt.Fprintln(out, "\nstopped; every part shut down cleanly. Run again to start over.")
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	return printSummary(ctx, pool, p, cfg.jobs, elapsed, reader.Stats(), outDir, out)
+}
+
+// insertDemoJobs inserts n jobs whose first step (img_gen) is done: the
+// inserter lays out each image, as an image generator would.
+func insertDemoJobs(ctx context.Context, pool *pgxpool.Pool, first string, n int) error {
+	const chunk = 500
+	for i := 0; i < n; i += chunk {
+		rows := [][]any{}
+		for j := i; j < min(i+chunk, n); j++ {
+			payload, _ := json.Marshal(map[string]any{"prompt": fmt.Sprintf("demo image %d", j+1), "seed": j + 1})
+			results, _ := json.Marshal(map[string]any{first: demoImage(uint64(j + 1))})
+			rows = append(rows, []any{fmt.Sprintf("demo-%06d", j+1), first, "done", string(payload), string(results)})
+		}
+		if _, err := pool.CopyFrom(ctx, pgx.Identifier{"jobs"}, []string{"job_id", "current_step", "status", "payload", "results"}, pgx.CopyFromRows(rows)); err != nil {
+			return fmt.Errorf("insert demo jobs: %w", err)
+		}
+	}
+	return nil
+}
+
+// stateCounts returns the number of jobs per (current_step, status).
+func stateCounts(ctx context.Context, pool *pgxpool.Pool) (map[[2]string]int, error) {
+	rows, err := pool.Query(ctx, `SELECT coalesce(current_step, ''), status, count(*) FROM jobs GROUP BY 1, 2`)
+	if err != nil {
+		return nil, err
+	}
+	m := map[[2]string]int{}
+	var s, st string
+	var n int
+	_, err = pgx.ForEachRow(rows, []any{&s, &st, &n}, func() error { m[[2]string{s, st}] = n; return nil })
+	return m, err
+}
+
+// watchProgress redraws one line of progress until every job is done or
+// failed at the last step.
+func watchProgress(ctx context.Context, pool *pgxpool.Pool, p schema.Pipeline, total int, timeout time.Duration, out io.Writer) error {
+	tty := isTerminal(out)
+	t := time.NewTicker(200 * time.Millisecond)
+	defer t.Stop()
+	deadline := time.Now().Add(timeout)
+	lastPrint := time.Time{}
+	for {
+		m, err := stateCounts(ctx, pool)
+		if err != nil {
+			return err
+		}
+		var parts []string
+		finished, failed := 0, 0
+		for _, s := range p.Steps[1:] {
+			part := fmt.Sprintf("%s %d", s, m[[2]string{s, "done"}])
+			if n := m[[2]string{s, "running"}]; n > 0 {
+				part += fmt.Sprintf(" (+%d running)", n)
+			}
+			if n := m[[2]string{s, "failed"}]; n > 0 {
+				part += fmt.Sprintf(" (%d failed)", n)
+				failed += n
+			}
+			parts = append(parts, part)
+		}
+		finished = m[[2]string{p.Last(), "done"}]
+		line := fmt.Sprintf("  %d/%d done │ %s", finished, total, strings.Join(parts, " │ "))
+		if tty {
+			fmt.Fprintf(out, "\r\033[K%s", line)
+		} else if time.Since(lastPrint) > 2*time.Second || finished+failed >= total {
+			fmt.Fprintln(out, line)
+			lastPrint = time.Now()
+		}
+		if finished+failed >= total {
+			if tty {
+				fmt.Fprintln(out)
+			}
+			if failed > 0 {
+				return fmt.Errorf("%d of %d jobs failed; see the error column of jobs and %s", failed, total, "jobstream.log")
+			}
+			return nil
+		}
+		if time.Now().After(deadline) {
+			if tty {
+				fmt.Fprintln(out)
+			}
+			return fmt.Errorf("only %d of %d jobs finished within %s; see the log", finished, total, timeout)
+		}
+		select {
+		case <-ctx.Done():
+			if tty {
+				fmt.Fprintln(out)
+			}
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+}
+
+func printSummary(ctx context.Context, pool *pgxpool.Pool, p schema.Pipeline, total int, elapsed time.Duration, rs *cdc.Stats, outDir string, out io.Writer) error {
+	fmt.Fprintf(out, "\nall %d jobs reached (%s, done) in %.1fs (%.0f jobs/s through %d steps)\n", total, p.Last(), elapsed.Seconds(), float64(total)/elapsed.Seconds(), len(p.Steps)-1)
+	rows, err := pool.Query(ctx, `SELECT step, count(*) FILTER (WHERE outcome = 'done'), count(*) FILTER (WHERE attempt > 1),
+		percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM started_at - trigger_commit_at) * 1000),
+		percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM started_at - trigger_commit_at) * 1000)
+		FROM jobstream_runs GROUP BY step`)
+	if err != nil {
+		return err
+	}
+	type stepRow struct {
+		done, retried int
+		p50, p99      float64
+	}
+	byStep := map[string]stepRow{}
+	var s string
+	var r stepRow
+	if _, err := pgx.ForEachRow(rows, []any{&s, &r.done, &r.retried, &r.p50, &r.p99}, func() error { byStep[s] = r; return nil }); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "\n  %-14s %6s %8s %22s\n", "step", "done", "retried", "commit→claim p50 / p99")
+	for _, st := range p.Steps[1:] {
+		r := byStep[st]
+		fmt.Fprintf(out, "  %-14s %6d %8d %12.1f ms / %.1f ms\n", st, r.done, r.retried, r.p50, r.p99)
+	}
+	var p50, p99 float64
+	if err := pool.QueryRow(ctx, `SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY x), percentile_cont(0.99) WITHIN GROUP (ORDER BY x)
+		FROM (SELECT extract(epoch FROM started_at - trigger_commit_at) * 1000 AS x FROM jobstream_runs) t`).Scan(&p50, &p99); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "  %-14s %6s %8s %12.1f ms / %.1f ms\n", "all steps", "", "", p50, p99)
+	fmt.Fprintf(out, "\n  reader: %d events produced, %d dead letters\n", rs.Events.Load(), rs.DeadLetters.Load())
+	fmt.Fprintf(out, "  overlay PNGs (boxes drawn around the detected shapes): %s/\n", outDir)
+	return nil
+}
+
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
+}
