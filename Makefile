@@ -1,0 +1,33 @@
+# jobstream — run `make help` for the targets.
+GO      ?= go
+BIN     := bin/jobstream
+PKGS    := ./...
+
+.DEFAULT_GOAL := help
+
+.PHONY: help build run test vet fmt bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+build: ## build bin/jobstream
+	$(GO) build -o $(BIN) ./ops/jobstream
+
+run: build ## run the whole pipeline locally (jobstream dev): Postgres, broker, reader, workers, a demo batch
+	./$(BIN) dev
+
+test: vet ## run every test against a real Postgres and the embedded broker
+	$(GO) test -count=1 -timeout 15m $(PKGS)
+
+vet: ## go vet and gofmt check
+	$(GO) vet $(PKGS)
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+fmt: ## format the code
+	gofmt -w $$(git ls-files '*.go')
+
+bench: ## run the Go micro-benchmarks (decoding, envelope encoding)
+	$(GO) test -run '^$$' -bench . -benchmem $(PKGS)
+
+clean: ## remove build output and the dev stack's folder
+	rm -rf bin .jobstream

@@ -1,0 +1,287 @@
+// Package harness is the test environment every jobstream test shares: one
+// throwaway Postgres (wal_level=logical, run as the postgres OS user when the
+// tests run as root) and one embedded broker per test binary, and for each
+// test its own database, slot, publication and topic prefix, so tests run in
+// parallel and clean up after themselves.
+package harness
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/segmentio/kafka-go"
+
+	"github.com/jobstream/jobstream/ops/broker"
+	"github.com/jobstream/jobstream/ops/localpg"
+	"github.com/jobstream/jobstream/schema"
+)
+
+var (
+	shared  *env
+	counter atomic.Int64
+)
+
+type env struct {
+	dir    string
+	pg     *localpg.Postgres
+	broker *broker.Broker
+}
+
+// Main starts the shared Postgres and broker, runs the tests, and stops them.
+// Call it from TestMain.
+func Main(m *testing.M) {
+	os.Exit(run(m))
+}
+
+func run(m *testing.M) int {
+	dir, err := os.MkdirTemp("", "jobstream-test-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "harness:", err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	// The postgres OS user must be able to reach its data folder.
+	if err := os.Chmod(dir, 0o755); err != nil {
+		fmt.Fprintln(os.Stderr, "harness:", err)
+		return 1
+	}
+	pg, err := localpg.Start(context.Background(), filepath.Join(dir, "pg"), localpg.Options{})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "harness: start postgres:", err)
+		return 1
+	}
+	defer pg.Stop()
+	b, err := broker.Start(broker.Config{Listen: "127.0.0.1:0", DataDir: filepath.Join(dir, "broker")})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "harness: start broker:", err)
+		return 1
+	}
+	defer b.Close()
+	shared = &env{dir: dir, pg: pg, broker: b}
+	return m.Run()
+}
+
+// Env is one test's share of the environment.
+type Env struct {
+	// DB is the test's own database; DatabaseURL connects to it.
+	DB          string
+	DatabaseURL string
+	// Brokers holds the shared broker's address.
+	Brokers []string
+	// Slot, Publication and Prefix are unique to the test.
+	Slot        string
+	Publication string
+	Prefix      string
+	// Postgres is the shared server (for tests that stop or crash it).
+	Postgres *localpg.Postgres
+	// Broker is the shared broker (for fault injection).
+	Broker *broker.Broker
+	// Dir is a folder the test may use, readable by the postgres OS user.
+	Dir string
+
+	pool *pgxpool.Pool
+}
+
+var nonIdent = regexp.MustCompile(`[^a-z0-9_]+`)
+
+// New gives t its own database (migrated), slot name, publication and topic
+// prefix, all removed when t ends.
+func New(t testing.TB) *Env {
+	t.Helper()
+	if shared == nil {
+		t.Fatal("harness: call harness.Main(m) from TestMain")
+	}
+	n := counter.Add(1)
+	name := nonIdent.ReplaceAllString(strings.ToLower(t.Name()), "_")
+	if len(name) > 40 {
+		name = name[:40]
+	}
+	id := fmt.Sprintf("t%d_%s_%d", os.Getpid()%100000, name, n)
+	e := &Env{
+		DB:          id,
+		DatabaseURL: shared.pg.URL(id),
+		Brokers:     []string{shared.broker.Addr()},
+		Slot:        id,
+		Publication: schema.DefaultPublication,
+		Prefix:      strings.ReplaceAll(id, "_", "-"),
+		Postgres:    shared.pg,
+		Broker:      shared.broker,
+	}
+	dir, err := os.MkdirTemp(shared.dir, "t-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(dir, 0o755)
+	e.Dir = dir
+	ctx := context.Background()
+	admin, err := pgx.Connect(ctx, shared.pg.URL("postgres"))
+	if err != nil {
+		t.Fatalf("harness: connect: %v", err)
+	}
+	if _, err := admin.Exec(ctx, "CREATE DATABASE "+id); err != nil {
+		t.Fatalf("harness: create database: %v", err)
+	}
+	admin.Close(ctx)
+	t.Cleanup(func() {
+		if e.pool != nil {
+			e.pool.Close()
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		admin, err := pgx.Connect(ctx, shared.pg.URL("postgres"))
+		if err != nil {
+			return // the test may have stopped Postgres for good
+		}
+		defer admin.Close(ctx)
+		// A reader may still be letting go of the slot.
+		for i := 0; i < 50; i++ {
+			_, err := admin.Exec(ctx, `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1`, id)
+			if err == nil {
+				break
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		admin.Exec(ctx, "DROP DATABASE IF EXISTS "+id+" WITH (FORCE)")
+	})
+	conn, err := pgx.Connect(ctx, e.DatabaseURL)
+	if err != nil {
+		t.Fatalf("harness: connect: %v", err)
+	}
+	defer conn.Close(ctx)
+	if _, err := schema.Migrate(ctx, conn, schema.MigrateOptions{Publication: e.Publication}); err != nil {
+		t.Fatalf("harness: migrate: %v", err)
+	}
+	return e
+}
+
+// Pool returns a connection pool to the test's database.
+func (e *Env) Pool(t testing.TB) *pgxpool.Pool {
+	t.Helper()
+	if e.pool == nil {
+		p, err := pgxpool.New(context.Background(), e.DatabaseURL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.pool = p
+	}
+	return e.pool
+}
+
+// Exec runs sql in the test's database.
+func (e *Env) Exec(t testing.TB, sql string, args ...any) {
+	t.Helper()
+	if _, err := e.Pool(t).Exec(context.Background(), sql, args...); err != nil {
+		t.Fatalf("exec %q: %v", sql, err)
+	}
+}
+
+// Count returns the single integer sql selects.
+func (e *Env) Count(t testing.TB, sql string, args ...any) int {
+	t.Helper()
+	var n int
+	if err := e.Pool(t).QueryRow(context.Background(), sql, args...).Scan(&n); err != nil {
+		t.Fatalf("query %q: %v", sql, err)
+	}
+	return n
+}
+
+// Topic returns the name of step's topic under the test's prefix.
+func (e *Env) Topic(step string) string { return schema.Topic(e.Prefix, step) }
+
+// ReadTopic returns every message now in topic, in partition then offset order.
+func (e *Env) ReadTopic(t testing.TB, topic string) []kafka.Message {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := kafka.DialContext(ctx, "tcp", e.Brokers[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	parts, err := conn.ReadPartitions(topic)
+	conn.Close()
+	if err != nil {
+		t.Fatalf("read partitions of %s: %v", topic, err)
+	}
+	var out []kafka.Message
+	for _, p := range parts {
+		pc, err := kafka.DialLeader(ctx, "tcp", e.Brokers[0], topic, p.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		first, last, err := pc.ReadOffsets()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := pc.Seek(first, kafka.SeekAbsolute); err != nil {
+			t.Fatal(err)
+		}
+		for off := first; off < last; {
+			pc.SetReadDeadline(time.Now().Add(10 * time.Second))
+			m, err := pc.ReadMessage(10 << 20)
+			if err != nil {
+				t.Fatalf("read %s/%d at %d: %v", topic, p.ID, off, err)
+			}
+			out = append(out, m)
+			off = m.Offset + 1
+		}
+		pc.Close()
+	}
+	return out
+}
+
+// Eventually waits up to timeout for cond to hold, polling; on timeout it
+// fails t with the last state cond described.
+func Eventually(t testing.TB, timeout time.Duration, cond func() (ok bool, state string)) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		ok, state := cond()
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("condition not met within %s: %s", timeout, state)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+var (
+	buildOnce sync.Once
+	binPath   string
+	buildErr  error
+)
+
+// Binary builds bin/jobstream once per test binary and returns its path.
+func Binary(t testing.TB) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		out, err := exec.Command("go", "env", "GOMOD").Output()
+		if err != nil {
+			buildErr = err
+			return
+		}
+		root := filepath.Dir(strings.TrimSpace(string(out)))
+		binPath = filepath.Join(shared.dir, "jobstream")
+		cmd := exec.Command("go", "build", "-o", binPath, "./ops/jobstream")
+		cmd.Dir = root
+		if out, err := cmd.CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("go build: %v: %s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binPath
+}
