@@ -182,67 +182,82 @@ func insertDemoJobs(ctx context.Context, pool *pgxpool.Pool, first string, n int
 	return nil
 }
 
-// stateCounts returns the number of jobs per (current_step, status).
-func stateCounts(ctx context.Context, pool *pgxpool.Pool) (map[[2]string]int, error) {
-	rows, err := pool.Query(ctx, `SELECT coalesce(current_step, ''), status, count(*) FROM jobs GROUP BY 1, 2`)
-	if err != nil {
-		return nil, err
-	}
-	m := map[[2]string]int{}
-	var s, st string
-	var n int
-	_, err = pgx.ForEachRow(rows, []any{&s, &st, &n}, func() error { m[[2]string{s, st}] = n; return nil })
-	return m, err
+// progress is how far the batch has come: per step, runs done (cumulative),
+// running and failed, and jobs finished at the last step.
+type progress struct {
+	done, running, failed map[string]int
+	finished              int
 }
 
-// watchProgress redraws one line of progress until every job is done or
-// failed at the last step.
+func readProgress(ctx context.Context, pool *pgxpool.Pool, last string) (progress, error) {
+	p := progress{done: map[string]int{}, running: map[string]int{}, failed: map[string]int{}}
+	rows, err := pool.Query(ctx, `SELECT step, count(*) FILTER (WHERE outcome = 'done'),
+		count(*) FILTER (WHERE finished_at IS NULL), count(*) FILTER (WHERE outcome = 'failed')
+		FROM jobstream_runs GROUP BY step`)
+	if err != nil {
+		return p, err
+	}
+	var s string
+	var d, r, f int
+	if _, err := pgx.ForEachRow(rows, []any{&s, &d, &r, &f}, func() error {
+		p.done[s], p.running[s], p.failed[s] = d, r, f
+		return nil
+	}); err != nil {
+		return p, err
+	}
+	err = pool.QueryRow(ctx, `SELECT count(*) FROM jobs WHERE current_step = $1 AND status = 'done'`, last).Scan(&p.finished)
+	return p, err
+}
+
+// watchProgress redraws one line of progress until every job is done at the
+// last step or has failed.
 func watchProgress(ctx context.Context, pool *pgxpool.Pool, p schema.Pipeline, total int, timeout time.Duration, out io.Writer) error {
 	tty := isTerminal(out)
 	t := time.NewTicker(200 * time.Millisecond)
 	defer t.Stop()
-	deadline := time.Now().Add(timeout)
+	start := time.Now()
+	deadline := start.Add(timeout)
 	lastPrint := time.Time{}
 	for {
-		m, err := stateCounts(ctx, pool)
+		pr, err := readProgress(ctx, pool, p.Last())
 		if err != nil {
 			return err
 		}
+		var failedJobs int
+		if err := pool.QueryRow(ctx, `SELECT count(*) FROM jobs WHERE status = 'failed'`).Scan(&failedJobs); err != nil {
+			return err
+		}
 		var parts []string
-		finished, failed := 0, 0
 		for _, s := range p.Steps[1:] {
-			part := fmt.Sprintf("%s %d", s, m[[2]string{s, "done"}])
-			if n := m[[2]string{s, "running"}]; n > 0 {
-				part += fmt.Sprintf(" (+%d running)", n)
+			part := fmt.Sprintf("%s %d", s, pr.done[s])
+			if n := pr.running[s]; n > 0 {
+				part += fmt.Sprintf(" (%d running)", n)
 			}
-			if n := m[[2]string{s, "failed"}]; n > 0 {
-				part += fmt.Sprintf(" (%d failed)", n)
-				failed += n
+			if n := pr.failed[s]; n > 0 {
+				part += fmt.Sprintf(" (%d failed attempts)", n)
 			}
 			parts = append(parts, part)
 		}
-		finished = m[[2]string{p.Last(), "done"}]
-		line := fmt.Sprintf("  %d/%d done │ %s", finished, total, strings.Join(parts, " │ "))
+		line := fmt.Sprintf("  %d/%d done │ %s │ %.0f jobs/s", pr.finished, total, strings.Join(parts, " │ "),
+			float64(pr.finished)/time.Since(start).Seconds())
+		over := pr.finished+failedJobs >= total
 		if tty {
 			fmt.Fprintf(out, "\r\033[K%s", line)
-		} else if time.Since(lastPrint) > 2*time.Second || finished+failed >= total {
+		} else if time.Since(lastPrint) > 2*time.Second || over {
 			fmt.Fprintln(out, line)
 			lastPrint = time.Now()
 		}
-		if finished+failed >= total {
+		if over || time.Now().After(deadline) {
 			if tty {
 				fmt.Fprintln(out)
 			}
-			if failed > 0 {
-				return fmt.Errorf("%d of %d jobs failed; see the error column of jobs and %s", failed, total, "jobstream.log")
+			if failedJobs > 0 {
+				return fmt.Errorf("%d of %d jobs failed; see the error column of jobs and jobstream.log", failedJobs, total)
+			}
+			if !over {
+				return fmt.Errorf("only %d of %d jobs finished within %s; see jobstream.log", pr.finished, total, timeout)
 			}
 			return nil
-		}
-		if time.Now().After(deadline) {
-			if tty {
-				fmt.Fprintln(out)
-			}
-			return fmt.Errorf("only %d of %d jobs finished within %s; see the log", finished, total, timeout)
 		}
 		select {
 		case <-ctx.Done():
