@@ -202,7 +202,7 @@ func (r *Reader) preflight(ctx context.Context) error {
 	defer cancel()
 	conn, err := pgx.Connect(cctx, r.cfg.DatabaseURL)
 	if err != nil {
-		return fmt.Errorf("cannot connect to Postgres (%w); check DATABASE_URL and that the server is up", err)
+		return schema.PostgresUnreachable(err)
 	}
 	defer conn.Close(context.Background())
 

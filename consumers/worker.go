@@ -168,7 +168,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	err = pool.Ping(pctx)
 	cancel()
 	if err != nil {
-		return fmt.Errorf("cannot connect to Postgres (%w); check DATABASE_URL and that the server is up", err)
+		return schema.PostgresUnreachable(err)
 	}
 	w.store = &store{pool: pool, step: w.cfg.Step, trigger: w.trigger, lease: w.cfg.Lease}
 	w.dlq = &kafka.Writer{

@@ -224,7 +224,7 @@ func Migrate(ctx context.Context, url, publication string) ([]string, error) {
 	defer cancel()
 	conn, err := pgx.Connect(cctx, url)
 	if err != nil {
-		return nil, fmt.Errorf("cannot connect to Postgres (%v); check DATABASE_URL and that the server is up", redactErr(err))
+		return nil, redactErr(schema.PostgresUnreachable(err))
 	}
 	defer conn.Close(context.Background())
 	return schema.Migrate(ctx, conn, schema.MigrateOptions{Publication: publication})
@@ -273,6 +273,16 @@ func runWorker(ctx context.Context, args []string, _ io.Writer) error {
 	f.dur(&cfg.Grace, "grace", "JOBSTREAM_GRACE", 30*time.Second, "time running steps get to finish on SIGTERM")
 	if err := f.parse(args); err != nil {
 		return err
+	}
+	switch {
+	case cfg.Concurrency < 1 || cfg.Concurrency > 1024:
+		return usagef("--concurrency %d is out of range 1..1024", cfg.Concurrency)
+	case cfg.MaxAttempts < 1 || cfg.MaxAttempts > 1000:
+		return usagef("--max-attempts %d is out of range 1..1000", cfg.MaxAttempts)
+	case cfg.Lease < time.Second:
+		return usagef("--lease %s is too short; use 1s or more", cfg.Lease)
+	case cfg.Grace < 0 || cfg.Timeout < 0:
+		return usagef("--grace and --timeout must not be negative")
 	}
 	argv := f.Args()
 	if len(argv) == 0 {

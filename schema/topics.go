@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/segmentio/kafka-go"
@@ -90,4 +91,15 @@ func (b Broker) EnsureTopics(ctx context.Context, partitions int, topics ...stri
 		}
 	}
 	return nil
+}
+
+// PostgresUnreachable turns a failed connection attempt into one sentence
+// naming the fix. pgx reports one line per address tried; the first says it.
+func PostgresUnreachable(err error) error {
+	lines := strings.Split(err.Error(), "\n")
+	msg := lines[0]
+	if len(lines) > 1 {
+		msg += " " + strings.TrimSpace(lines[1])
+	}
+	return fmt.Errorf("cannot connect to Postgres (%s); check DATABASE_URL and that the server is up", msg)
 }

@@ -1,0 +1,140 @@
+package ops_test
+
+import (
+	"bytes"
+	"context"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jobstream/jobstream/ops"
+	"github.com/jobstream/jobstream/ops/harness"
+	"github.com/jobstream/jobstream/ops/localpg"
+)
+
+func runMain(t *testing.T, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	code = ops.Main(ctx, args, &out, &errb)
+	return code, out.String(), errb.String()
+}
+
+// TestBadUsage: one clear sentence naming the fix, exit 2 for usage and 1 for
+// a runtime failure.
+func TestBadUsage(t *testing.T) {
+	e := harness.New(t)
+	t.Setenv("DATABASE_URL", "")
+	t.Setenv("KAFKA_BROKERS", "")
+	db, kafka := "--database-url="+e.DatabaseURL, "--brokers="+e.Brokers[0]
+	cases := []struct {
+		name string
+		args []string
+		code int
+		want string
+	}{
+		{"unknown command", []string{"frobnicate"}, 2, `unknown command "frobnicate"`},
+		{"unknown flag", []string{"reader", "--nope"}, 2, "flag provided but not defined"},
+		{"unknown step", []string{"worker", db, kafka, "--step", "paint", "--", "true"}, 2, `unknown step "paint"`},
+		{"first step", []string{"worker", db, kafka, "--step", "img_gen", "--", "true"}, 2, "first step"},
+		{"no command", []string{"worker", db, kafka, "--step", "planner"}, 2, "pass it after --"},
+		{"concurrency out of range", []string{"worker", db, kafka, "--step", "planner", "--concurrency", "0", "--", "true"}, 2, "out of range"},
+		{"missing DATABASE_URL", []string{"reader", kafka}, 2, "DATABASE_URL"},
+		{"missing KAFKA_BROKERS", []string{"reader", db}, 2, "KAFKA_BROKERS"},
+		{"broker unreachable", []string{"reader", db, "--brokers=127.0.0.1:1", "--slot", e.Slot}, 1, "cannot reach a Kafka broker"},
+		{"postgres unreachable", []string{"migrate", "--database-url=postgres://u:secret@127.0.0.1:1/x"}, 1, "cannot connect to Postgres"},
+		{"bad pipeline file", []string{"worker", db, kafka, "--step", "planner", "--pipeline", "/nonexistent.json", "--", "true"}, 2, "pipeline config"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			code, _, stderr := runMain(t, c.args...)
+			if code != c.code || !strings.Contains(stderr, c.want) {
+				t.Fatalf("exit %d, stderr %q; want exit %d naming %q", code, stderr, c.code, c.want)
+			}
+			if strings.Contains(stderr, "secret") {
+				t.Fatalf("password printed: %q", stderr)
+			}
+			if lines := strings.Count(strings.TrimSpace(stderr), "\n"); lines > 1 {
+				t.Fatalf("more than one sentence and a hint: %q", stderr)
+			}
+		})
+	}
+	if code, out, _ := runMain(t, "worker", "--help"); code != 0 || !strings.Contains(out, "") {
+		t.Fatalf("--help exit %d", code)
+	}
+}
+
+func TestWalLevelNotLogical(t *testing.T) {
+	t.Parallel()
+	e := harness.New(t)
+	pg, err := localpg.Start(context.Background(), filepath.Join(e.Dir, "replica-pg"), localpg.Options{Settings: map[string]string{"wal_level": "replica"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pg.Stop()
+	code, _, stderr := runMain(t, "reader", "--database-url", pg.URL("postgres"), "--brokers", e.Brokers[0])
+	if code != 1 || !strings.Contains(stderr, "wal_level=logical") {
+		t.Fatalf("exit %d, stderr %q", code, stderr)
+	}
+}
+
+// TestMigrateAddsOnlyWhatIsMissing: on a user's existing jobs table, migrate
+// adds the missing columns and says so; a second run changes nothing.
+func TestMigrateAddsOnlyWhatIsMissing(t *testing.T) {
+	t.Parallel()
+	e := harness.New(t)
+	e.Exec(t, `DROP PUBLICATION jobstream; DROP TABLE jobs, jobstream_runs`)
+	e.Exec(t, `CREATE TABLE jobs (job_id text PRIMARY KEY, current_step text, status text, gpu_hours numeric)`)
+	e.Exec(t, `INSERT INTO jobs VALUES ('old', 'img_gen', 'done', 1.5)`)
+	code, out, stderr := runMain(t, "migrate", "--database-url", e.DatabaseURL)
+	if code != 0 {
+		t.Fatalf("migrate: exit %d: %s", code, stderr)
+	}
+	for _, want := range []string{"added column jobs.payload", "added column jobs.results", "added column jobs.error",
+		"added column jobs.updated_at", "created table jobstream_runs", "created publication jobstream"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("migrate output lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "status") || strings.Contains(out, "created table jobs\n") {
+		t.Errorf("migrate touched what existed:\n%s", out)
+	}
+	if n := e.Count(t, `SELECT count(*) FROM jobs WHERE job_id = 'old' AND gpu_hours = 1.5 AND results = '{}'`); n != 1 {
+		t.Fatal("existing row or column changed")
+	}
+	code, out, _ = runMain(t, "migrate", "--database-url", e.DatabaseURL)
+	if code != 0 || !strings.Contains(out, "nothing changed") {
+		t.Fatalf("second migrate: exit %d: %s", code, out)
+	}
+}
+
+func TestMigrateRefusesTableWithoutPrimaryKey(t *testing.T) {
+	t.Parallel()
+	e := harness.New(t)
+	e.Exec(t, `DROP PUBLICATION jobstream; DROP TABLE jobs, jobstream_runs`)
+	e.Exec(t, `CREATE TABLE jobs (job_id text, current_step text, status text)`)
+	code, _, stderr := runMain(t, "migrate", "--database-url", e.DatabaseURL)
+	if code != 1 || !strings.Contains(stderr, "ADD PRIMARY KEY (job_id)") {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+}
+
+// TestDev is `make run`: the whole local stack completes the demo batch and
+// exits 0; a second run starts clean.
+func TestDev(t *testing.T) {
+	t.Parallel()
+	e := harness.New(t)
+	dir := filepath.Join(e.Dir, "dev")
+	for run := 1; run <= 2; run++ {
+		code, out, stderr := runMain(t, "dev", "--jobs", "40", "--dir", dir)
+		if code != 0 || !strings.Contains(out, "all 40 jobs reached (overlay, done)") || !strings.Contains(out, "commit→claim") {
+			t.Fatalf("run %d: exit %d\nstdout:\n%s\nstderr:\n%s", run, code, out, stderr)
+		}
+		pngs, _ := filepath.Glob(filepath.Join(dir, "out", "*.png"))
+		if len(pngs) != 40 {
+			t.Fatalf("run %d: %d PNGs, want 40", run, len(pngs))
+		}
+	}
+}
