@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -160,4 +161,57 @@ func TestEndToEndProcesses(t *testing.T) {
 	} else {
 		t.Log("kcat not installed; skipping the librdkafka check (.ci/run installs it)")
 	}
+}
+
+// TestDevCtrlC: Ctrl-C (SIGINT) in the middle of `jobstream dev` stops every
+// part cleanly, Postgres included, and exits 0.
+func TestDevCtrlC(t *testing.T) {
+	t.Parallel()
+	e := harness.New(t)
+	dir := filepath.Join(e.Dir, "dev")
+	cmd := exec.Command(harness.Binary(t), "dev", "--jobs", "100000", "--dir", dir)
+	var out syncBuffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	harness.Eventually(t, 60*time.Second, func() (bool, string) {
+		return strings.Contains(out.String(), "inserted"), "dev has not inserted its jobs yet"
+	})
+	cmd.Process.Signal(os.Interrupt)
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("dev after Ctrl-C: %v\n%s", err, out.String())
+		}
+	case <-time.After(30 * time.Second):
+		cmd.Process.Kill()
+		t.Fatalf("dev did not stop within 30s of Ctrl-C\n%s", out.String())
+	}
+	if !strings.Contains(out.String(), "shut down cleanly") {
+		t.Fatalf("no clean-stop message:\n%s", out.String())
+	}
+	if _, err := os.Stat(filepath.Join(dir, "pg", "postmaster.pid")); err == nil {
+		t.Fatal("Postgres still running after Ctrl-C (postmaster.pid remains)")
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for a process's writers and a reader.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
