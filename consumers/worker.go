@@ -54,7 +54,26 @@ type Config struct {
 	Handler Handler
 	// Logger receives the worker's logs (default slog.Default()).
 	Logger *slog.Logger
+	// Observer receives measurements, for metrics (default: none).
+	Observer Observer
 }
+
+// Observer receives a worker's measurements; ops turns them into metrics.
+// Its methods are called from the members' goroutines and must be safe for
+// concurrent use.
+type Observer interface {
+	// Claimed is called when a run is claimed, with the time from the
+	// trigger's commit in Postgres to the claim.
+	Claimed(step string, commitToClaim time.Duration)
+	// Attempted is called when an attempt ends, with its outcome (done,
+	// retried, failed, fenced, released) and how long the handler ran.
+	Attempted(step, outcome string, d time.Duration)
+}
+
+type nopObserver struct{}
+
+func (nopObserver) Claimed(string, time.Duration)           {}
+func (nopObserver) Attempted(string, string, time.Duration) {}
 
 // WithDefaults returns a copy of c with every zero field set to its default.
 func (c Config) WithDefaults() Config {
@@ -73,6 +92,9 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
+	}
+	if c.Observer == nil {
+		c.Observer = nopObserver{}
 	}
 	return c
 }
@@ -122,6 +144,7 @@ type Worker struct {
 	store   *store
 	dlq     *kafka.Writer
 	stats   Stats
+	ready   chan struct{}
 }
 
 // New checks cfg and returns a Worker; it connects nothing.
@@ -131,8 +154,12 @@ func New(cfg Config) (*Worker, error) {
 		return nil, err
 	}
 	trigger, _ := cfg.Pipeline.Trigger(cfg.Step)
-	return &Worker{cfg: cfg, log: cfg.Logger.With("step", cfg.Step), trigger: trigger}, nil
+	return &Worker{cfg: cfg, log: cfg.Logger.With("step", cfg.Step), trigger: trigger, ready: make(chan struct{})}, nil
 }
+
+// Ready is closed once the worker has reached Postgres and the broker and
+// its members are joining the group.
+func (w *Worker) Ready() <-chan struct{} { return w.ready }
 
 // Stats returns the worker's live counters.
 func (w *Worker) Stats() *Stats { return &w.stats }
@@ -180,6 +207,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	}
 	defer w.dlq.Close()
 
+	close(w.ready)
 	w.log.Info("worker started", "topic", topic, "group", schema.GroupID(w.cfg.TopicPrefix, w.cfg.Step), "members", members)
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return w.sweepLoop(gctx) })
@@ -292,6 +320,7 @@ func (w *Worker) handle(ctx context.Context, m kafka.Message, workerID, gpu stri
 		return nil
 	}
 	w.stats.Claims.Add(1)
+	w.cfg.Observer.Claimed(w.cfg.Step, time.Since(time.UnixMilli(env.Source.TsMs)))
 	r.job.GPU = gpu
 	return w.execute(ctx, r, m, workerID)
 }
@@ -306,8 +335,11 @@ func (w *Worker) execute(ctx context.Context, r run, m kafka.Message, workerID s
 	bo.MaxInterval = 30 * time.Second
 	bo.MaxElapsedTime = 0
 	for {
+		began := time.Now()
 		result, runErr, fenced := w.attempt(ctx, r)
+		ran := time.Since(began)
 		if fenced {
+			w.cfg.Observer.Attempted(w.cfg.Step, "fenced", ran)
 			w.stats.Fenced.Add(1)
 			w.log.Warn("attempt lost its run; result discarded", "job_id", r.job.JobID, "attempt", r.attempt)
 			return nil
@@ -320,7 +352,9 @@ func (w *Worker) execute(ctx context.Context, r run, m kafka.Message, workerID s
 			}
 			if held {
 				w.stats.Completions.Add(1)
+				w.cfg.Observer.Attempted(w.cfg.Step, "done", ran)
 			} else {
+				w.cfg.Observer.Attempted(w.cfg.Step, "fenced", ran)
 				w.stats.Fenced.Add(1)
 				w.log.Warn("attempt was fenced before completing; result discarded", "job_id", r.job.JobID, "attempt", r.attempt)
 			}
@@ -330,6 +364,7 @@ func (w *Worker) execute(ctx context.Context, r run, m kafka.Message, workerID s
 			// Stopped past the grace period: give the run back at once.
 			rctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
+			w.cfg.Observer.Attempted(w.cfg.Step, "released", ran)
 			if err := w.store.release(rctx, r); err != nil {
 				w.log.Warn("release run", "job_id", r.job.JobID, "err", err)
 			}
@@ -344,6 +379,7 @@ func (w *Worker) execute(ctx context.Context, r run, m kafka.Message, workerID s
 			}
 			if held {
 				w.stats.Failures.Add(1)
+				w.cfg.Observer.Attempted(w.cfg.Step, "failed", ran)
 				w.deadLetter(ctx, m.Key, m.Value, "step failed", r.attempt, runErr.Error())
 			}
 			return nil
@@ -359,6 +395,7 @@ func (w *Worker) execute(ctx context.Context, r run, m kafka.Message, workerID s
 			return nil
 		}
 		w.stats.Retries.Add(1)
+		w.cfg.Observer.Attempted(w.cfg.Step, "retried", ran)
 		select {
 		case <-ctx.Done():
 		case <-time.After(bo.NextBackOff()):

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/jobstream/jobstream/cdc"
 	"github.com/jobstream/jobstream/consumers"
@@ -40,6 +41,7 @@ func commands() []command {
 		{"migrate", "create the jobs table (or add what it lacks), jobstream_runs and the publication", runMigrate},
 		{"reader", "stream the jobs table's WAL into Kafka topics keyed by job_id", runReader},
 		{"worker", "run one step: consume its trigger topic, claim, run CMD, complete, commit", runWorker},
+		{"status", "show the slot, each step's group and lag, jobs per state, expired leases, dead letters", runStatus},
 		{"broker", "run the embedded Kafka-protocol broker", runBroker},
 		{"dev", "run everything locally: Postgres, broker, reader, workers, a demo batch", runDev},
 		{"version", "print the version", func(_ context.Context, _ []string, out io.Writer) error {
@@ -261,7 +263,7 @@ func runReader(ctx context.Context, args []string, _ io.Writer) error {
 func runWorker(ctx context.Context, args []string, _ io.Writer) error {
 	var c common
 	var cfg consumers.Config
-	var gpus string
+	var gpus, httpAddr string
 	f := newFlags("worker", "worker --step S [flags] -- CMD [ARGS...]\n\nRuns step S: consumes the topic of the step before S, claims each job whose previous step is done,\nruns CMD (no shell; the job as JSON on stdin; the result as JSON on stdout), stores the result and commits.\nExit code "+strconv.Itoa(consumers.ExitPermanent)+" from CMD fails the job at once; any other non-zero exit is retried.")
 	c.register(f, true, true)
 	f.str(&cfg.Step, "step", "JOBSTREAM_STEP", "", "the step this worker runs (required)")
@@ -271,6 +273,7 @@ func runWorker(ctx context.Context, args []string, _ io.Writer) error {
 	f.num(&cfg.MaxAttempts, "max-attempts", "JOBSTREAM_MAX_ATTEMPTS", 3, "attempts before a job fails")
 	f.dur(&cfg.Timeout, "timeout", "JOBSTREAM_TIMEOUT", 0, "bound on one attempt (0: none)")
 	f.dur(&cfg.Grace, "grace", "JOBSTREAM_GRACE", 30*time.Second, "time running steps get to finish on SIGTERM")
+	f.str(&httpAddr, "http-addr", "JOBSTREAM_HTTP_ADDR", "", "serve /metrics, /healthz and /readyz on this address, e.g. :9101")
 	if err := f.parse(args); err != nil {
 		return err
 	}
@@ -309,11 +312,26 @@ func runWorker(ctx context.Context, args []string, _ io.Writer) error {
 	}
 	cfg.DatabaseURL, cfg.Brokers, cfg.TopicPrefix, cfg.Pipeline, cfg.Logger = c.databaseURL, c.brokerList(), c.prefix, p, log
 	cfg.Handler = consumers.Exec(argv...)
+	reg := newRegistry()
+	cfg.Observer = newWorkerMetrics(reg)
 	w, err := consumers.New(cfg)
 	if err != nil {
 		return usageError{err.Error()}
 	}
-	return redactErr(w.Run(ctx))
+	registerWorker(reg, w, cfg.Step)
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return serveHTTP(gctx, httpAddr, reg, readyWhen(w.Ready(), "worker"), log) })
+	g.Go(func() error {
+		err := w.Run(gctx)
+		if err != nil {
+			return err
+		}
+		return context.Canceled // stop the HTTP server too
+	})
+	if err := g.Wait(); err != nil && !errors.Is(err, context.Canceled) {
+		return redactErr(err)
+	}
+	return nil
 }
 
 func runBroker(ctx context.Context, args []string, out io.Writer) error {

@@ -5,9 +5,12 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -15,6 +18,7 @@ import (
 	"time"
 
 	"github.com/jobstream/jobstream/ops/harness"
+	"github.com/jobstream/jobstream/ops/localpg"
 	"github.com/jobstream/jobstream/schema"
 )
 
@@ -88,8 +92,14 @@ func TestEndToEndProcesses(t *testing.T) {
 	})
 	step, _ := filepath.Abs("testdata/step.sh")
 	steps := schema.DefaultSteps[1:]
+	port, _ := localpg.FreePort()
+	metricsAddr := fmt.Sprintf("127.0.0.1:%d", port)
 	for _, s := range steps {
-		start(t, e, "worker-"+s, "worker", "--step", s, "--", step)
+		args := []string{"worker", "--step", s}
+		if s == "vlm_analyze" {
+			args = append(args, "--http-addr", metricsAddr)
+		}
+		start(t, e, "worker-"+s, append(args, "--", step)...)
 	}
 
 	const n = 200
@@ -98,7 +108,10 @@ func TestEndToEndProcesses(t *testing.T) {
 	}
 	harness.Eventually(t, 120*time.Second, func() (bool, string) {
 		done := e.Count(t, `SELECT count(*) FROM jobs WHERE current_step = 'overlay' AND status = 'done'`)
-		return done == n, fmt.Sprintf("%d of %d jobs at (overlay, done)", done, n)
+		return done == n, fmt.Sprintf("%d of %d jobs at (overlay, done); the others: %s", done, n, e.Dump(t,
+			`SELECT j.job_id, j.current_step, j.status, j.updated_at, r.step, r.attempt, r.outcome, r.worker, r.started_at
+			FROM jobs j LEFT JOIN jobstream_runs r USING (job_id) WHERE NOT (j.current_step = 'overlay' AND j.status = 'done')
+			ORDER BY j.job_id, r.run_id`))
 	})
 	withAll := e.Count(t, `SELECT count(*) FROM jobs WHERE results ?& $1`, steps)
 	if withAll != n {
@@ -141,6 +154,58 @@ func TestEndToEndProcesses(t *testing.T) {
 	if len(doneByKey) != n {
 		t.Fatalf("jobs.vlm_analyze has done events for %d of %d jobs", len(doneByKey), n)
 	}
+
+	// Metrics and health of the vlm_analyze worker.
+	body := httpGet(t, "http://"+metricsAddr+"/metrics")
+	for _, want := range []string{`jobstream_completions_total{step="vlm_analyze"} 200`, `jobstream_commit_to_claim_seconds_count{step="vlm_analyze"} 200`,
+		`jobstream_attempts_total{outcome="done",step="vlm_analyze"} 200`} {
+		if !strings.Contains(body, want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+	if got := httpGet(t, "http://"+metricsAddr+"/readyz"); !strings.Contains(got, "ready") {
+		t.Errorf("/readyz = %q", got)
+	}
+
+	// status: slot active, no lag once everything is done, jobs per state.
+	out, err = exec.Command(bin, "status", "--json", "--database-url", e.DatabaseURL, "--brokers", e.Brokers[0],
+		"--topic-prefix", e.Prefix, "--slot", e.Slot).CombinedOutput()
+	if err != nil {
+		t.Fatalf("status: %v: %s", err, out)
+	}
+	var rep struct {
+		Slot struct {
+			Active bool `json:"active"`
+		} `json:"slot"`
+		Steps []struct {
+			Step    string `json:"step"`
+			Lag     int64  `json:"lag"`
+			Done    int64  `json:"runs_done"`
+			Members []any  `json:"members"`
+		} `json:"steps"`
+		Jobs []struct {
+			Step   string `json:"current_step"`
+			Status string `json:"status"`
+			Count  int64  `json:"count"`
+		} `json:"jobs"`
+		DeadLetters int64 `json:"dead_letters"`
+	}
+	if err := json.Unmarshal(out, &rep); err != nil {
+		t.Fatalf("status --json: %v: %s", err, out)
+	}
+	if !rep.Slot.Active || len(rep.Steps) != 4 || len(rep.Jobs) != 1 || rep.Jobs[0].Count != n || rep.DeadLetters != 0 {
+		t.Fatalf("status: %s", out)
+	}
+	for _, st := range rep.Steps {
+		if st.Done != n || len(st.Members) != 1 {
+			t.Errorf("status of %s: %+v", st.Step, st)
+		}
+	}
+	harness.Eventually(t, 20*time.Second, func() (bool, string) {
+		out, _ := exec.Command(bin, "status", "--database-url", e.DatabaseURL, "--brokers", e.Brokers[0],
+			"--topic-prefix", e.Prefix, "--slot", e.Slot).CombinedOutput()
+		return strings.Contains(string(out), "overlay") && !regexpLag.Match(out), string(out)
+	})
 
 	// A standard librdkafka client reads the same topic.
 	if kcat, err := exec.LookPath("kcat"); err == nil {
@@ -214,4 +279,18 @@ func (b *syncBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
+}
+
+// regexpLag matches a status line whose LAG column is not 0.
+var regexpLag = regexp.MustCompile(`(?m)^\S+\s+\S+ \(\w+\)\s+\d+\s+[1-9]`)
+
+func httpGet(t *testing.T, url string) string {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
 }

@@ -196,6 +196,22 @@ func (e *Env) Count(t testing.TB, sql string, args ...any) int {
 	return n
 }
 
+// Dump renders the rows sql selects, one per line, for failure messages.
+func (e *Env) Dump(t testing.TB, sql string, args ...any) string {
+	t.Helper()
+	rows, err := e.Pool(t).Query(context.Background(), sql, args...)
+	if err != nil {
+		return "dump: " + err.Error()
+	}
+	defer rows.Close()
+	var b strings.Builder
+	for rows.Next() {
+		vals, _ := rows.Values()
+		fmt.Fprintln(&b, vals...)
+	}
+	return b.String()
+}
+
 // Topic returns the name of step's topic under the test's prefix.
 func (e *Env) Topic(step string) string { return schema.Topic(e.Prefix, step) }
 

@@ -1,0 +1,123 @@
+package ops
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+)
+
+// admin answers the questions operators ask the broker: partitions, offsets,
+// group members and committed positions. kafka-go's own Reader.Lag is -1
+// for groups, so lag is computed from OffsetFetch and ListOffsets here.
+type admin struct {
+	c *kafka.Client
+}
+
+func newAdmin(brokers []string) *admin {
+	return &admin{c: &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 10 * time.Second}}
+}
+
+// partitions returns the partition ids of topic, sorted; none if it does not exist.
+func (a *admin) partitions(ctx context.Context, topic string) ([]int, error) {
+	md, err := a.c.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{topic}})
+	if err != nil {
+		return nil, fmt.Errorf("metadata of %s: %w", topic, err)
+	}
+	var ids []int
+	for _, t := range md.Topics {
+		if t.Name != topic || t.Error != nil {
+			continue
+		}
+		for _, p := range t.Partitions {
+			ids = append(ids, p.ID)
+		}
+	}
+	sort.Ints(ids)
+	return ids, nil
+}
+
+// partitionOffsets is the first and next (end) offset of one partition.
+type partitionOffsets struct {
+	Partition int   `json:"partition"`
+	First     int64 `json:"first"`
+	End       int64 `json:"end"`
+}
+
+// offsets returns the first and end offsets of every partition of topic.
+func (a *admin) offsets(ctx context.Context, topic string) ([]partitionOffsets, error) {
+	parts, err := a.partitions(ctx, topic)
+	if err != nil || len(parts) == 0 {
+		return nil, err
+	}
+	req := make([]kafka.OffsetRequest, 0, 2*len(parts))
+	for _, p := range parts {
+		req = append(req, kafka.FirstOffsetOf(p), kafka.LastOffsetOf(p))
+	}
+	resp, err := a.c.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{topic: req}})
+	if err != nil {
+		return nil, fmt.Errorf("list offsets of %s: %w", topic, err)
+	}
+	var out []partitionOffsets
+	for _, po := range resp.Topics[topic] {
+		if po.Error != nil {
+			return nil, fmt.Errorf("list offsets of %s/%d: %w", topic, po.Partition, po.Error)
+		}
+		out = append(out, partitionOffsets{Partition: po.Partition, First: po.FirstOffset, End: po.LastOffset})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Partition < out[j].Partition })
+	return out, nil
+}
+
+// committed returns the group's committed offset per partition of topic
+// (-1 where it never committed).
+func (a *admin) committed(ctx context.Context, group, topic string, parts []int) (map[int]int64, error) {
+	resp, err := a.c.OffsetFetch(ctx, &kafka.OffsetFetchRequest{GroupID: group, Topics: map[string][]int{topic: parts}})
+	if err != nil {
+		return nil, fmt.Errorf("fetch offsets of group %s: %w", group, err)
+	}
+	if resp.Error != nil {
+		return nil, fmt.Errorf("fetch offsets of group %s: %w", group, resp.Error)
+	}
+	out := map[int]int64{}
+	for _, p := range resp.Topics[topic] {
+		out[p.Partition] = p.CommittedOffset
+	}
+	return out, nil
+}
+
+// groupMember is one live member of a consumer group.
+type groupMember struct {
+	ID         string `json:"id"`
+	Client     string `json:"client"`
+	Host       string `json:"host"`
+	Partitions []int  `json:"partitions"`
+}
+
+// members returns the group's state and live members.
+func (a *admin) members(ctx context.Context, group string) (state string, members []groupMember, err error) {
+	resp, err := a.c.DescribeGroups(ctx, &kafka.DescribeGroupsRequest{GroupIDs: []string{group}})
+	if err != nil {
+		return "", nil, fmt.Errorf("describe group %s: %w", group, err)
+	}
+	for _, g := range resp.Groups {
+		if g.GroupID != group {
+			continue
+		}
+		if g.Error != nil {
+			return "", nil, fmt.Errorf("describe group %s: %w", group, g.Error)
+		}
+		for _, m := range g.Members {
+			gm := groupMember{ID: m.MemberID, Client: m.ClientID, Host: m.ClientHost}
+			for _, t := range m.MemberAssignments.Topics {
+				gm.Partitions = append(gm.Partitions, t.Partitions...)
+			}
+			sort.Ints(gm.Partitions)
+			members = append(members, gm)
+		}
+		return g.GroupState, members, nil
+	}
+	return "Dead", nil, nil
+}
