@@ -41,6 +41,8 @@ func commands() []command {
 		{"migrate", "create the jobs table (or add what it lacks), jobstream_runs and the publication", runMigrate},
 		{"reader", "stream the jobs table's WAL into Kafka topics keyed by job_id", runReader},
 		{"worker", "run one step: consume its trigger topic, claim, run CMD, complete, commit", runWorker},
+		{"replay", "rewind the jobs found in a step's trigger topic over a range, so the step runs again", runReplay},
+		{"audit", "print a job's whole history from the topics, in commit order", runAudit},
 		{"status", "show the slot, each step's group and lag, jobs per state, expired leases, dead letters", runStatus},
 		{"broker", "run the embedded Kafka-protocol broker", runBroker},
 		{"dev", "run everything locally: Postgres, broker, reader, workers, a demo batch", runDev},

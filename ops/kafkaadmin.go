@@ -121,3 +121,85 @@ func (a *admin) members(ctx context.Context, group string) (state string, member
 	}
 	return "Dead", nil, nil
 }
+
+// offsetsAt returns, per partition of topic, the first offset whose
+// timestamp is at or after t (the end offset when there is none).
+func (a *admin) offsetsAt(ctx context.Context, topic string, t time.Time) (map[int]int64, error) {
+	parts, err := a.partitions(ctx, topic)
+	if err != nil {
+		return nil, err
+	}
+	req := make([]kafka.OffsetRequest, 0, len(parts))
+	for _, p := range parts {
+		req = append(req, kafka.TimeOffsetOf(p, t))
+	}
+	resp, err := a.c.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{topic: req}})
+	if err != nil {
+		return nil, fmt.Errorf("list offsets of %s at %s: %w", topic, t.Format(time.RFC3339), err)
+	}
+	ends, err := a.offsets(ctx, topic)
+	if err != nil {
+		return nil, err
+	}
+	out := map[int]int64{}
+	for _, e := range ends {
+		out[e.Partition] = e.End
+	}
+	for _, po := range resp.Topics[topic] {
+		if po.Error != nil {
+			return nil, fmt.Errorf("list offsets of %s/%d: %w", topic, po.Partition, po.Error)
+		}
+		for off := range po.Offsets {
+			if off >= 0 {
+				out[po.Partition] = off
+			}
+		}
+	}
+	return out, nil
+}
+
+// read calls fn for every message of topic/partition in [from, to).
+func (a *admin) read(ctx context.Context, brokers []string, topic string, partition int, from, to int64, fn func(kafka.Message) error) error {
+	if from >= to {
+		return nil
+	}
+	var conn *kafka.Conn
+	var err error
+	for _, b := range brokers {
+		if conn, err = kafka.DialLeader(ctx, "tcp", b, topic, partition); err == nil {
+			break
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("connect to the leader of %s/%d: %w", topic, partition, err)
+	}
+	defer conn.Close()
+	if _, err := conn.Seek(from, kafka.SeekAbsolute); err != nil {
+		return fmt.Errorf("seek %s/%d to %d: %w", topic, partition, from, err)
+	}
+	for off := from; off < to; {
+		conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+		m, err := conn.ReadMessage(16 << 20)
+		if err != nil {
+			return fmt.Errorf("read %s/%d at %d: %w", topic, partition, off, err)
+		}
+		if m.Offset >= to {
+			return nil
+		}
+		if err := fn(m); err != nil {
+			return err
+		}
+		off = m.Offset + 1
+	}
+	return nil
+}
+
+// partitionOf returns the partition murmur2 (the Java client's partitioner)
+// gives key among n partitions.
+func partitionOf(key []byte, n int) int {
+	parts := make([]int, n)
+	for i := range parts {
+		parts[i] = i
+	}
+	return (&kafka.Murmur2Balancer{}).Balance(kafka.Message{Key: key}, parts...)
+}

@@ -1,0 +1,249 @@
+package ops
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"sort"
+	"text/tabwriter"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/segmentio/kafka-go"
+
+	"github.com/jobstream/jobstream/schema"
+)
+
+// auditEntry is one line of a job's history.
+type auditEntry struct {
+	Time      time.Time `json:"time"`
+	Topic     string    `json:"topic"`
+	Partition int       `json:"partition"`
+	Offset    int64     `json:"offset"`
+	LSN       int64     `json:"lsn,omitempty"`
+	Op        string    `json:"op,omitempty"`
+	Step      string    `json:"step,omitempty"`
+	Status    string    `json:"status,omitempty"`
+	Attempt   int       `json:"attempt,omitempty"`
+	Worker    string    `json:"worker,omitempty"`
+	Duration  string    `json:"duration,omitempty"`
+	Outcome   string    `json:"outcome,omitempty"`
+	Error     string    `json:"error,omitempty"`
+	// Kind is "change" for a change event, "replay" for a replay mark,
+	// "dead-letter" for a dead letter.
+	Kind   string          `json:"kind"`
+	Detail json.RawMessage `json:"detail,omitempty"`
+}
+
+type auditRun struct {
+	step, worker, outcome, err string
+	attempt                    int
+	started                    time.Time
+	finished                   *time.Time
+}
+
+func runAudit(ctx context.Context, args []string, out io.Writer) error {
+	var c common
+	var asJSON bool
+	f := newFlags("audit", "audit JOB_ID [flags]\n\nPrints a job's whole history from the topics (only the partition its key hashes to), in LSN order:\n"+
+		"time, step, status, op, attempt, worker, duration, replay marks and dead letters.")
+	c.register(f, true, true)
+	f.BoolVar(&asJSON, "json", false, "print JSON")
+	// Accept the job id before or after the flags.
+	var jobID string
+	if len(args) > 0 && len(args[0]) > 0 && args[0][0] != '-' {
+		jobID, args = args[0], args[1:]
+	}
+	if err := f.parse(args); err != nil {
+		return err
+	}
+	if jobID == "" && f.NArg() == 1 {
+		jobID = f.Arg(0)
+	}
+	if jobID == "" || f.NArg() > 1 {
+		return usagef("give exactly one JOB_ID: jobstream audit j42")
+	}
+	if err := c.needBrokers(); err != nil {
+		return err
+	}
+	p, err := schema.LoadPipeline(c.pipeline)
+	if err != nil {
+		return usageError{err.Error()}
+	}
+	brokers := c.brokerList()
+	if err := (schema.Broker{Addrs: brokers}).Ping(ctx, 10*time.Second); err != nil {
+		return err
+	}
+	entries, err := auditTopics(ctx, newAdmin(brokers), brokers, p, c.prefix, jobID)
+	if err != nil {
+		return err
+	}
+	if c.databaseURL != "" {
+		if err := addRuns(ctx, c.databaseURL, jobID, entries); err != nil {
+			return redactErr(err)
+		}
+	}
+	if asJSON {
+		enc := json.NewEncoder(out)
+		enc.SetIndent("", "  ")
+		return enc.Encode(map[string]any{"job_id": jobID, "history": entries})
+	}
+	if len(entries) == 0 {
+		fmt.Fprintf(out, "no events for job %s in the %s.* topics\n", jobID, c.prefix)
+		return nil
+	}
+	fmt.Fprintf(out, "history of job %s (%d entries)\n\n", jobID, len(entries))
+	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "TIME\tSTEP\tSTATUS\tOP\tATTEMPT\tWORKER\tDURATION\tWHERE\tNOTE")
+	for _, e := range entries {
+		attempt := ""
+		if e.Attempt > 0 {
+			attempt = fmt.Sprint(e.Attempt)
+		}
+		note := e.Error
+		switch e.Kind {
+		case "replay", "dead-letter":
+			note = e.Kind + ": " + string(e.Detail)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s/%d@%d\t%s\n", e.Time.Format("2006-01-02 15:04:05.000"), e.Step, e.Status, e.Op,
+			attempt, e.Worker, e.Duration, e.Topic, e.Partition, e.Offset, note)
+	}
+	return tw.Flush()
+}
+
+// auditTopics reads the job's key from every step topic, the dead-letter
+// topic and the replay topic, and orders it by LSN (time for marks).
+func auditTopics(ctx context.Context, a *admin, brokers []string, p schema.Pipeline, prefix, jobID string) ([]auditEntry, error) {
+	var entries []auditEntry
+	topics := []string{}
+	for _, s := range p.Steps {
+		topics = append(topics, schema.Topic(prefix, s))
+	}
+	topics = append(topics, schema.DLQTopic(prefix), ReplayTopic(prefix))
+	key := []byte(jobID)
+	for _, topic := range topics {
+		offs, err := a.offsets(ctx, topic)
+		if err != nil {
+			return nil, err
+		}
+		if len(offs) == 0 {
+			continue
+		}
+		part := partitionOf(key, len(offs))
+		o := offs[part]
+		err = a.read(ctx, brokers, topic, part, o.First, o.End, func(m kafka.Message) error {
+			if string(m.Key) != jobID {
+				return nil
+			}
+			e := auditEntry{Time: m.Time, Topic: topic, Partition: m.Partition, Offset: m.Offset}
+			switch topic {
+			case schema.DLQTopic(prefix):
+				e.Kind, e.Detail = "dead-letter", compactReason(m.Value)
+			case ReplayTopic(prefix):
+				e.Kind, e.Detail = "replay", m.Value
+			default:
+				env, err := schema.DecodeEnvelope(m.Value)
+				if err != nil {
+					e.Kind, e.Detail = "unreadable", json.RawMessage(fmt.Sprintf("%q", err.Error()))
+					break
+				}
+				e.Kind, e.Op, e.LSN = "change", env.Op, env.Source.LSN
+				e.Time = time.UnixMilli(env.Source.TsMs)
+				row, ok := schema.Row(env.After)
+				if !ok {
+					row, _ = schema.Row(env.Before)
+				}
+				e.Step, e.Status = row.CurrentStep, row.Status
+			}
+			entries = append(entries, e)
+			return nil
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	// Change events in commit (LSN) order; marks by time among them.
+	sort.SliceStable(entries, func(i, j int) bool {
+		a, b := entries[i], entries[j]
+		if a.LSN != 0 && b.LSN != 0 {
+			return a.LSN < b.LSN
+		}
+		return a.Time.Before(b.Time)
+	})
+	return dedupe(entries), nil
+}
+
+// dedupe drops events delivered twice (same LSN and op), keeping the first.
+func dedupe(entries []auditEntry) []auditEntry {
+	seen := map[[2]any]bool{}
+	out := entries[:0]
+	for _, e := range entries {
+		if e.LSN != 0 {
+			k := [2]any{e.LSN, e.Op}
+			if seen[k] {
+				continue
+			}
+			seen[k] = true
+		}
+		out = append(out, e)
+	}
+	return out
+}
+
+func compactReason(v []byte) json.RawMessage {
+	var m map[string]any
+	if json.Unmarshal(v, &m) != nil {
+		return json.RawMessage(fmt.Sprintf("%q", string(v)))
+	}
+	delete(m, "event")
+	b, _ := json.Marshal(m)
+	return b
+}
+
+// addRuns fills attempt, worker, duration and outcome of each change event
+// from jobstream_runs: the run of the event's step that started last before it.
+func addRuns(ctx context.Context, url, jobID string, entries []auditEntry) error {
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		return schema.PostgresUnreachable(err)
+	}
+	defer conn.Close(context.Background())
+	rows, err := conn.Query(ctx, `SELECT step, attempt, worker, coalesce(outcome, ''), coalesce(error, ''), started_at, finished_at
+		FROM jobstream_runs WHERE job_id = $1 ORDER BY started_at`, jobID)
+	if err != nil {
+		return fmt.Errorf("read runs: %w", err)
+	}
+	var runs []auditRun
+	var r auditRun
+	if _, err := pgx.ForEachRow(rows, []any{&r.step, &r.attempt, &r.worker, &r.outcome, &r.err, &r.started, &r.finished}, func() error {
+		runs = append(runs, r)
+		return nil
+	}); err != nil {
+		return fmt.Errorf("read runs: %w", err)
+	}
+	for i := range entries {
+		e := &entries[i]
+		if e.Kind != "change" || (e.Status != "running" && e.Status != "done" && e.Status != "failed") {
+			continue
+		}
+		var best *auditRun
+		for j := range runs {
+			// Commit times are in ms; allow for it.
+			if runs[j].step == e.Step && !runs[j].started.After(e.Time.Add(time.Millisecond)) {
+				best = &runs[j]
+			}
+		}
+		if best == nil {
+			continue
+		}
+		e.Attempt, e.Worker = best.attempt, best.worker
+		if e.Status != "running" {
+			e.Outcome, e.Error = best.outcome, best.err
+			if best.finished != nil {
+				e.Duration = best.finished.Sub(best.started).Round(time.Millisecond).String()
+			}
+		}
+	}
+	return nil
+}

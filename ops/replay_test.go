@@ -1,0 +1,192 @@
+package ops_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jobstream/jobstream/cdc"
+	"github.com/jobstream/jobstream/consumers"
+	"github.com/jobstream/jobstream/ops/harness"
+	"github.com/jobstream/jobstream/schema"
+)
+
+// pipeline runs a reader and one in-process worker per step for e, counting
+// handler calls per step and job. stop ends them all.
+type pipeline struct {
+	mu    sync.Mutex
+	calls map[string]int // "step/job" → calls
+	stop  func()
+}
+
+func (p *pipeline) count(step, job string) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.calls[step+"/"+job]
+}
+
+func startPipeline(t *testing.T, e *harness.Env) *pipeline {
+	t.Helper()
+	pl := &pipeline{calls: map[string]int{}}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	r, err := cdc.New(cdc.Config{DatabaseURL: e.DatabaseURL, Brokers: e.Brokers, Slot: e.Slot, TopicPrefix: e.Prefix})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wg.Add(1)
+	go func() { defer wg.Done(); r.Run(ctx) }()
+	<-r.Ready()
+	for _, step := range schema.DefaultSteps[1:] {
+		w, err := consumers.New(consumers.Config{DatabaseURL: e.DatabaseURL, Brokers: e.Brokers, Step: step, TopicPrefix: e.Prefix,
+			WorkerID: "test-" + step,
+			Handler: func(_ context.Context, j consumers.Job) (json.RawMessage, error) {
+				pl.mu.Lock()
+				pl.calls[step+"/"+j.JobID]++
+				pl.mu.Unlock()
+				return json.RawMessage(fmt.Sprintf(`{"attempt": %d}`, j.Attempt)), nil
+			}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		wg.Add(1)
+		go func() { defer wg.Done(); w.Run(ctx) }()
+	}
+	var once sync.Once
+	pl.stop = func() { once.Do(func() { cancel(); wg.Wait() }) }
+	t.Cleanup(pl.stop)
+	return pl
+}
+
+func waitAllDone(t *testing.T, e *harness.Env, n int) {
+	t.Helper()
+	harness.Eventually(t, 60*time.Second, func() (bool, string) {
+		done := e.Count(t, `SELECT count(*) FROM jobs WHERE current_step = 'overlay' AND status = 'done'`)
+		return done == n, fmt.Sprintf("%d of %d jobs at (overlay, done)", done, n)
+	})
+}
+
+type auditOut struct {
+	History []struct {
+		Kind    string          `json:"kind"`
+		Step    string          `json:"step"`
+		Status  string          `json:"status"`
+		Op      string          `json:"op"`
+		LSN     int64           `json:"lsn"`
+		Attempt int             `json:"attempt"`
+		Worker  string          `json:"worker"`
+		Detail  json.RawMessage `json:"detail"`
+	} `json:"history"`
+}
+
+func audit(t *testing.T, e *harness.Env, job string) auditOut {
+	t.Helper()
+	code, out, stderr := runMain(t, "audit", job, "--json", "--database-url", e.DatabaseURL, "--brokers", e.Brokers[0], "--topic-prefix", e.Prefix)
+	if code != 0 {
+		t.Fatalf("audit: exit %d: %s", code, stderr)
+	}
+	var a auditOut
+	if err := json.Unmarshal([]byte(out), &a); err != nil {
+		t.Fatalf("audit --json: %v: %s", err, out)
+	}
+	return a
+}
+
+func TestReplayAndAudit(t *testing.T) {
+	t.Parallel()
+	e := harness.New(t)
+	pl := startPipeline(t, e)
+	for i := 1; i <= 5; i++ {
+		e.Exec(t, `INSERT INTO jobs (job_id, current_step, status) VALUES ($1, 'img_gen', 'done')`, fmt.Sprintf("j%d", i))
+	}
+	waitAllDone(t, e, 5)
+	flags := []string{"--database-url", e.DatabaseURL, "--brokers", e.Brokers[0], "--topic-prefix", e.Prefix}
+
+	// The audit: every transition of j1, in LSN order, with attempt and worker.
+	a := audit(t, e, "j1")
+	var seq []string
+	var last int64
+	for _, h := range a.History {
+		if h.Kind != "change" {
+			continue
+		}
+		if h.LSN <= last {
+			t.Fatalf("audit not in LSN order: %+v", a.History)
+		}
+		last = h.LSN
+		seq = append(seq, h.Step+":"+h.Status)
+		if h.Step != "img_gen" && (h.Attempt != 1 || h.Worker == "") {
+			t.Errorf("audit entry without attempt/worker: %+v", h)
+		}
+	}
+	want := "img_gen:done vlm_analyze:running vlm_analyze:done yolo_detect:running yolo_detect:done planner:running planner:done overlay:running overlay:done"
+	if strings.Join(seq, " ") != want {
+		t.Fatalf("audit of j1:\n got %s\nwant %s", strings.Join(seq, " "), want)
+	}
+
+	// A dry run changes nothing.
+	code, out, stderr := runMain(t, append([]string{"replay", "--step", "yolo_detect", "--job", "j1", "--dry-run"}, flags...)...)
+	if code != 0 || !strings.Contains(out, "would replay 1 job") {
+		t.Fatalf("dry run: exit %d: %s %s", code, out, stderr)
+	}
+	if n := e.Count(t, `SELECT count(*) FROM jobs WHERE current_step = 'overlay' AND status = 'done'`); n != 5 {
+		t.Fatalf("dry run changed jobs: %d at overlay", n)
+	}
+
+	// A running job is skipped and listed unless --force.
+	e.Exec(t, `UPDATE jobs SET current_step = 'planner', status = 'running' WHERE job_id = 'j2'`)
+	code, out, _ = runMain(t, append([]string{"replay", "--step", "yolo_detect", "--job", "j1", "--job", "j2"}, flags...)...)
+	if code != 0 || !strings.Contains(out, "replayed 1 job") || !strings.Contains(out, "j2: running planner") {
+		t.Fatalf("replay: exit %d: %s", code, out)
+	}
+	harness.Eventually(t, 60*time.Second, func() (bool, string) {
+		n := e.Count(t, `SELECT count(*) FROM jobstream_runs WHERE job_id = 'j1' AND step = 'overlay' AND outcome = 'done'`)
+		return n == 2, fmt.Sprintf("j1 completed overlay %d times, want 2", n)
+	})
+	if pl.count("vlm_analyze", "j1") != 1 || pl.count("yolo_detect", "j1") != 2 || pl.count("planner", "j1") != 2 {
+		t.Fatalf("handler calls for j1: vlm %d yolo %d planner %d", pl.count("vlm_analyze", "j1"), pl.count("yolo_detect", "j1"), pl.count("planner", "j1"))
+	}
+	if pl.count("yolo_detect", "j2") != 1 {
+		t.Fatal("the running job j2 was replayed")
+	}
+	var marks int
+	for _, h := range audit(t, e, "j1").History {
+		var mark struct{ Step, By string }
+		json.Unmarshal(h.Detail, &mark)
+		if h.Kind == "replay" && mark.Step == "yolo_detect" && mark.By != "" {
+			marks++
+		}
+	}
+	if marks != 1 {
+		t.Fatalf("audit shows %d replay marks for j1, want 1: %+v", marks, audit(t, e, "j1"))
+	}
+
+	// A range that holds nothing.
+	future := time.Now().Add(time.Hour).UTC().Format(time.RFC3339)
+	code, out, _ = runMain(t, append([]string{"replay", "--step", "yolo_detect", "--from", future}, flags...)...)
+	if code != 0 || !strings.Contains(out, "nothing to replay") {
+		t.Fatalf("empty range: exit %d: %s", code, out)
+	}
+	code, _, stderr = runMain(t, append([]string{"replay", "--step", "yolo_detect", "--from", "yesterday"}, flags...)...)
+	if code != 2 || !strings.Contains(stderr, "RFC 3339") {
+		t.Fatalf("bad --from: exit %d: %s", code, stderr)
+	}
+
+	// Offsets reset: refused while the group has members, done once it is empty.
+	code, _, stderr = runMain(t, append([]string{"replay", "--step", "planner", "--reset-offsets", "--to", "earliest"}, flags...)...)
+	if code != 1 || !strings.Contains(stderr, "live member") {
+		t.Fatalf("reset with members: exit %d: %s", code, stderr)
+	}
+	pl.stop()
+	harness.Eventually(t, 30*time.Second, func() (bool, string) {
+		code, out, stderr = runMain(t, append([]string{"replay", "--step", "planner", "--reset-offsets", "--to", "earliest"}, flags...)...)
+		return code == 0, stderr
+	})
+	if !strings.Contains(out, "reset group "+e.Prefix+".planner.workers") {
+		t.Fatalf("reset output: %s", out)
+	}
+}
