@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"text/tabwriter"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -140,7 +141,9 @@ func dev(ctx context.Context, cfg devConfig, p schema.Pipeline, out io.Writer) e
 	fmt.Fprintf(out, "  inserted  %d jobs at (%s, done)\n\n", cfg.jobs, p.Steps[0])
 
 	progErr := make(chan error, 1)
-	go func() { progErr <- watchProgress(gctx, pool, p, cfg.jobs, cfg.timeout, out) }()
+	go func() {
+		progErr <- watchProgress(gctx, pool, newAdmin([]string{b.Addr()}), reader.Stats(), p, cfg.jobs, cfg.timeout, out)
+	}()
 	select {
 	case err = <-progErr:
 	case <-gctx.Done():
@@ -182,92 +185,94 @@ func insertDemoJobs(ctx context.Context, pool *pgxpool.Pool, first string, n int
 	return nil
 }
 
-// progress is how far the batch has come: per step, runs done (cumulative),
-// running and failed, and jobs finished at the last step.
-type progress struct {
-	done, running, failed map[string]int
-	finished              int
-}
-
-func readProgress(ctx context.Context, pool *pgxpool.Pool, last string) (progress, error) {
-	p := progress{done: map[string]int{}, running: map[string]int{}, failed: map[string]int{}}
-	rows, err := pool.Query(ctx, `SELECT step, count(*) FILTER (WHERE outcome = 'done'),
-		count(*) FILTER (WHERE finished_at IS NULL), count(*) FILTER (WHERE outcome = 'failed')
-		FROM jobstream_runs GROUP BY step`)
-	if err != nil {
-		return p, err
-	}
-	var s string
-	var d, r, f int
-	if _, err := pgx.ForEachRow(rows, []any{&s, &d, &r, &f}, func() error {
-		p.done[s], p.running[s], p.failed[s] = d, r, f
-		return nil
-	}); err != nil {
-		return p, err
-	}
-	err = pool.QueryRow(ctx, `SELECT count(*) FROM jobs WHERE current_step = $1 AND status = 'done'`, last).Scan(&p.finished)
-	return p, err
-}
-
-// watchProgress redraws one line of progress until every job is done at the
-// last step or has failed.
-func watchProgress(ctx context.Context, pool *pgxpool.Pool, p schema.Pipeline, total int, timeout time.Duration, out io.Writer) error {
+// watchProgress shows the live view until every job is done at the last
+// step or has failed: on a terminal it redraws in place (jobs per step and
+// status, throughput, latency, lag); otherwise it prints a line every 2s.
+func watchProgress(ctx context.Context, pool *pgxpool.Pool, a *admin, rs *cdc.Stats, p schema.Pipeline, total int, timeout time.Duration, out io.Writer) error {
 	tty := isTerminal(out)
-	t := time.NewTicker(200 * time.Millisecond)
+	t := time.NewTicker(500 * time.Millisecond)
 	defer t.Stop()
 	start := time.Now()
 	deadline := start.Add(timeout)
-	lastPrint := time.Time{}
+	var lastPrint time.Time
+	var prev *statusReport
+	drawn := 0
 	for {
-		pr, err := readProgress(ctx, pool, p.Last())
+		rep, err := collectStatus(ctx, pool, a, p, schema.DefaultTopicPrefix, "jobstream")
 		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
 			return err
 		}
-		var failedJobs int
-		if err := pool.QueryRow(ctx, `SELECT count(*) FROM jobs WHERE status = 'failed'`).Scan(&failedJobs); err != nil {
-			return err
-		}
-		var parts []string
-		for _, s := range p.Steps[1:] {
-			part := fmt.Sprintf("%s %d", s, pr.done[s])
-			if n := pr.running[s]; n > 0 {
-				part += fmt.Sprintf(" (%d running)", n)
+		finished, failed := 0, 0
+		for _, j := range rep.Jobs {
+			switch {
+			case j.Step == p.Last() && j.Status == "done":
+				finished += int(j.Count)
+			case j.Status == "failed":
+				failed += int(j.Count)
 			}
-			if n := pr.failed[s]; n > 0 {
-				part += fmt.Sprintf(" (%d failed attempts)", n)
-			}
-			parts = append(parts, part)
 		}
-		line := fmt.Sprintf("  %d/%d done │ %s │ %.0f jobs/s", pr.finished, total, strings.Join(parts, " │ "),
-			float64(pr.finished)/time.Since(start).Seconds())
-		over := pr.finished+failedJobs >= total
+		over := finished+failed >= total
 		if tty {
-			fmt.Fprintf(out, "\r\033[K%s", line)
-		} else if time.Since(lastPrint) > 2*time.Second || over {
-			fmt.Fprintln(out, line)
+			var b strings.Builder
+			renderLive(&b, rep, prev, rs, finished, failed, total, time.Since(start))
+			if drawn > 0 {
+				fmt.Fprintf(out, "\033[%dA\033[J", drawn)
+			}
+			fmt.Fprint(out, b.String())
+			drawn = strings.Count(b.String(), "\n")
+		} else if time.Since(lastPrint) >= 2*time.Second || over {
+			var parts []string
+			for _, st := range rep.Steps {
+				parts = append(parts, fmt.Sprintf("%s %d", st.Step, st.Done))
+			}
+			fmt.Fprintf(out, "  %d/%d done │ %s │ %.0f jobs/s\n", finished, total, strings.Join(parts, " │ "), float64(finished)/time.Since(start).Seconds())
 			lastPrint = time.Now()
 		}
-		if over || time.Now().After(deadline) {
-			if tty {
-				fmt.Fprintln(out)
-			}
-			if failedJobs > 0 {
-				return fmt.Errorf("%d of %d jobs failed; see the error column of jobs and jobstream.log", failedJobs, total)
-			}
-			if !over {
-				return fmt.Errorf("only %d of %d jobs finished within %s; see jobstream.log", pr.finished, total, timeout)
-			}
+		prev = rep
+		switch {
+		case failed > 0 && over:
+			return fmt.Errorf("%d of %d jobs failed; see the error column of jobs and jobstream.log", failed, total)
+		case over:
 			return nil
+		case time.Now().After(deadline):
+			return fmt.Errorf("only %d of %d jobs finished within %s; see jobstream.log", finished, total, timeout)
 		}
 		select {
 		case <-ctx.Done():
-			if tty {
-				fmt.Fprintln(out)
-			}
 			return ctx.Err()
 		case <-t.C:
 		}
 	}
+}
+
+// renderLive draws the dev view: one row per step with its group, lag,
+// completions, rate and latency, then the reader's numbers.
+func renderLive(w io.Writer, rep, prev *statusReport, rs *cdc.Stats, finished, failed, total int, elapsed time.Duration) {
+	fmt.Fprintf(w, "  %d/%d jobs done", finished, total)
+	if failed > 0 {
+		fmt.Fprintf(w, ", %d failed", failed)
+	}
+	fmt.Fprintf(w, " in %.1fs (%.0f jobs/s)\n\n", elapsed.Seconds(), float64(finished)/elapsed.Seconds())
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "  STEP\tMEMBERS\tLAG\tRUNNING\tDONE\tRATE\tCOMMIT→CLAIM p50 / p99")
+	for i, st := range rep.Steps {
+		rate := "-"
+		if prev != nil && i < len(prev.Steps) {
+			if dt := rep.At.Sub(prev.At).Seconds(); dt > 0 {
+				rate = fmt.Sprintf("%.0f/s", float64(st.Done-prev.Steps[i].Done)/dt)
+			}
+		}
+		lat := "-"
+		if st.P50ms != nil && st.P99ms != nil {
+			lat = fmt.Sprintf("%.1f / %.1f ms", *st.P50ms, *st.P99ms)
+		}
+		fmt.Fprintf(tw, "  %s\t%d\t%d\t%d\t%d\t%s\t%s\n", st.Step, len(st.Members), st.Lag, st.Running, st.Done, rate, lat)
+	}
+	tw.Flush()
+	fmt.Fprintf(w, "\n  reader: %d events, %d dead letters, slot retains %s of WAL\n", rs.Events.Load(), rs.DeadLetters.Load(), bytesIEC(rep.Slot.RetainedBytes))
 }
 
 func printSummary(ctx context.Context, pool *pgxpool.Pool, p schema.Pipeline, total int, elapsed time.Duration, rs *cdc.Stats, outDir string, out io.Writer) error {
