@@ -71,11 +71,14 @@ func runAudit(ctx context.Context, args []string, out io.Writer) error {
 	if err != nil {
 		return usageError{err.Error()}
 	}
-	brokers := c.brokerList()
-	if err := (schema.Broker{Addrs: brokers}).Ping(ctx, 10*time.Second); err != nil {
+	broker, err := c.broker()
+	if err != nil {
 		return err
 	}
-	entries, err := auditTopics(ctx, newAdmin(brokers), brokers, p, c.prefix, jobID)
+	if err := broker.Ping(ctx, 10*time.Second); err != nil {
+		return err
+	}
+	entries, err := auditTopics(ctx, newAdmin(broker), p, c.prefix, jobID)
 	if err != nil {
 		return err
 	}
@@ -114,7 +117,7 @@ func runAudit(ctx context.Context, args []string, out io.Writer) error {
 
 // auditTopics reads the job's key from every step topic, the dead-letter
 // topic and the replay topic, and orders it by LSN (time for marks).
-func auditTopics(ctx context.Context, a *admin, brokers []string, p schema.Pipeline, prefix, jobID string) ([]auditEntry, error) {
+func auditTopics(ctx context.Context, a *admin, p schema.Pipeline, prefix, jobID string) ([]auditEntry, error) {
 	var entries []auditEntry
 	topics := []string{}
 	for _, s := range p.Steps {
@@ -132,7 +135,7 @@ func auditTopics(ctx context.Context, a *admin, brokers []string, p schema.Pipel
 		}
 		part := partitionOf(key, len(offs))
 		o := offs[part]
-		err = a.read(ctx, brokers, topic, part, o.First, o.End, func(m kafka.Message) error {
+		err = a.read(ctx, topic, part, o.First, o.End, func(m kafka.Message) error {
 			if string(m.Key) != jobID {
 				return nil
 			}

@@ -152,6 +152,8 @@ type common struct {
 	pipeline    string
 	publication string
 	logLevel    string
+	auth        schema.KafkaAuth
+	tls         string
 }
 
 func (c *common) register(f *flags, db, kafka bool) {
@@ -163,6 +165,11 @@ func (c *common) register(f *flags, db, kafka bool) {
 		f.str(&c.brokers, "brokers", "KAFKA_BROKERS", "", "Kafka bootstrap brokers, host:port[,host:port]")
 		f.str(&c.prefix, "topic-prefix", "JOBSTREAM_TOPIC_PREFIX", schema.DefaultTopicPrefix, "prefix of every topic name")
 		f.str(&c.pipeline, "pipeline", "JOBSTREAM_PIPELINE", "", `pipeline config file, {"steps": [...]} (default `+strings.Join(schema.DefaultSteps, ",")+")")
+		f.str(&c.auth.Mechanism, "kafka-sasl", "KAFKA_SASL_MECHANISM", "", "SASL mechanism: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (default: none)")
+		f.str(&c.auth.User, "kafka-user", "KAFKA_SASL_USER", "", "SASL user")
+		f.str(&c.auth.Password, "kafka-password", "KAFKA_SASL_PASSWORD", "", "SASL password (prefer the environment variable: flags show in ps)")
+		f.str(&c.tls, "kafka-tls", "KAFKA_TLS", "", "TLS to the brokers: on, or verify-none (encrypt without checking the certificate)")
+		f.str(&c.auth.CAFile, "kafka-ca", "KAFKA_TLS_CA", "", "PEM bundle of the CA that signs the brokers' certificates (turns TLS on)")
 	}
 	f.str(&c.logLevel, "log-level", "JOBSTREAM_LOG_LEVEL", "info", "debug, info, warn or error")
 }
@@ -183,6 +190,24 @@ func (c *common) brokerList() []string {
 		}
 	}
 	return out
+}
+
+// broker returns how to reach the brokers, with SASL and TLS.
+func (c *common) broker() (schema.Broker, error) {
+	switch c.tls {
+	case "", "off", "false":
+	case "on", "true":
+		c.auth.TLS = true
+	case "verify-none":
+		c.auth.TLS, c.auth.InsecureSkip = true, true
+	default:
+		return schema.Broker{}, usagef("--kafka-tls %q is not one of on, off, verify-none", c.tls)
+	}
+	b, err := c.auth.Apply(schema.Broker{Addrs: c.brokerList()})
+	if err != nil {
+		return b, usageError{err.Error()}
+	}
+	return b, nil
 }
 
 func (c *common) needDB() error {

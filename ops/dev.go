@@ -142,7 +142,7 @@ func dev(ctx context.Context, cfg devConfig, p schema.Pipeline, out io.Writer) e
 
 	progErr := make(chan error, 1)
 	go func() {
-		progErr <- watchProgress(gctx, pool, newAdmin([]string{b.Addr()}), reader.Stats(), p, cfg.jobs, cfg.timeout, out)
+		progErr <- watchProgress(gctx, pool, newAdmin(schema.Broker{Addrs: []string{b.Addr()}}), reader.Stats(), p, cfg.jobs, cfg.timeout, out)
 	}()
 	select {
 	case err = <-progErr:

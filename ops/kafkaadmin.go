@@ -7,17 +7,20 @@ import (
 	"time"
 
 	"github.com/segmentio/kafka-go"
+
+	"github.com/jobstream/jobstream/schema"
 )
 
 // admin answers the questions operators ask the broker: partitions, offsets,
 // group members and committed positions. kafka-go's own Reader.Lag is -1
 // for groups, so lag is computed from OffsetFetch and ListOffsets here.
 type admin struct {
+	b schema.Broker
 	c *kafka.Client
 }
 
-func newAdmin(brokers []string) *admin {
-	return &admin{c: &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 10 * time.Second}}
+func newAdmin(b schema.Broker) *admin {
+	return &admin{b: b, c: b.Client(10 * time.Second)}
 }
 
 // partitions returns the partition ids of topic, sorted; none if it does not exist.
@@ -159,14 +162,14 @@ func (a *admin) offsetsAt(ctx context.Context, topic string, t time.Time) (map[i
 }
 
 // read calls fn for every message of topic/partition in [from, to).
-func (a *admin) read(ctx context.Context, brokers []string, topic string, partition int, from, to int64, fn func(kafka.Message) error) error {
+func (a *admin) read(ctx context.Context, topic string, partition int, from, to int64, fn func(kafka.Message) error) error {
 	if from >= to {
 		return nil
 	}
 	var conn *kafka.Conn
 	var err error
-	for _, b := range brokers {
-		if conn, err = kafka.DialLeader(ctx, "tcp", b, topic, partition); err == nil {
+	for _, b := range a.b.Addrs {
+		if conn, err = a.b.Dialer().DialLeader(ctx, "tcp", b, topic, partition); err == nil {
 			break
 		}
 	}

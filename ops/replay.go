@@ -94,11 +94,14 @@ func runReplay(ctx context.Context, args []string, out io.Writer) error {
 	if err != nil {
 		return usageError{err.Error()}
 	}
-	brokers := c.brokerList()
-	if err := (schema.Broker{Addrs: brokers}).Ping(ctx, 10*time.Second); err != nil {
+	broker, err := c.broker()
+	if err != nil {
 		return err
 	}
-	a := newAdmin(brokers)
+	if err := broker.Ping(ctx, 10*time.Second); err != nil {
+		return err
+	}
+	a := newAdmin(broker)
 	topic := schema.Topic(c.prefix, trigger)
 	if c.reset {
 		if c.from != "" || len(c.jobs) > 0 {
@@ -187,7 +190,7 @@ func runReplay(ctx context.Context, args []string, out io.Writer) error {
 				continue
 			}
 		}
-		err := a.read(ctx, brokers, topic, p, from, to, func(m kafka.Message) error {
+		err := a.read(ctx, topic, p, from, to, func(m kafka.Message) error {
 			id := string(m.Key)
 			if found[id] || (len(only) > 0 && !only[id]) {
 				return nil
@@ -275,11 +278,11 @@ func runReplay(ctx context.Context, args []string, out io.Writer) error {
 		replayed = append(replayed, fmt.Sprintf("%s: (%s, %s) → (%s, done)", id, step, status, trigger))
 	}
 	if len(marks) > 0 {
-		if err := (schema.Broker{Addrs: brokers}).EnsureTopics(ctx, schema.DefaultPartitions, ReplayTopic(c.prefix)); err != nil {
+		if err := broker.EnsureTopics(ctx, schema.DefaultPartitions, ReplayTopic(c.prefix)); err != nil {
 			return err
 		}
-		w := &kafka.Writer{Addr: kafka.TCP(brokers...), Topic: ReplayTopic(c.prefix), Balancer: &kafka.Murmur2Balancer{},
-			RequiredAcks: kafka.RequireAll, BatchTimeout: time.Millisecond}
+		w := &kafka.Writer{Addr: kafka.TCP(broker.Addrs...), Topic: ReplayTopic(c.prefix), Balancer: &kafka.Murmur2Balancer{},
+			RequiredAcks: kafka.RequireAll, BatchTimeout: time.Millisecond, Transport: broker.Transport()}
 		err := w.WriteMessages(ctx, marks...)
 		w.Close()
 		if err != nil {
@@ -381,4 +384,3 @@ func resetOffsets(ctx context.Context, a *admin, group, topic, to string, dryRun
 	}
 	return nil
 }
-

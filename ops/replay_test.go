@@ -107,7 +107,12 @@ func TestReplayAndAudit(t *testing.T) {
 	flags := []string{"--database-url", e.DatabaseURL, "--brokers", e.Brokers[0], "--topic-prefix", e.Prefix}
 
 	// The audit: every transition of j1, in LSN order, with attempt and worker.
-	a := audit(t, e, "j1")
+	// The last events reach the topics just after Postgres has them.
+	var a auditOut
+	harness.Eventually(t, 30*time.Second, func() (bool, string) {
+		a = audit(t, e, "j1")
+		return len(a.History) >= 9, fmt.Sprintf("%d entries", len(a.History))
+	})
 	var seq []string
 	var last int64
 	for _, h := range a.History {
@@ -154,7 +159,11 @@ func TestReplayAndAudit(t *testing.T) {
 		t.Fatal("the running job j2 was replayed")
 	}
 	var marks int
-	for _, h := range audit(t, e, "j1").History {
+	harness.Eventually(t, 30*time.Second, func() (bool, string) {
+		a = audit(t, e, "j1")
+		return len(a.History) >= 16, fmt.Sprintf("%d entries after the replay", len(a.History))
+	})
+	for _, h := range a.History {
 		var mark struct{ Step, By string }
 		json.Unmarshal(h.Detail, &mark)
 		if h.Kind == "replay" && mark.Step == "yolo_detect" && mark.By != "" {

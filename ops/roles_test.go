@@ -41,7 +41,9 @@ func TestLeastPrivilegeRoles(t *testing.T) {
 		t.Fatal("reader not ready")
 	}
 	w, err := consumers.New(consumers.Config{DatabaseURL: as("jobstream_worker"), Brokers: e.Brokers, Step: "vlm_analyze", TopicPrefix: e.Prefix,
-		Handler: func(context.Context, consumers.Job) (json.RawMessage, error) { return json.RawMessage(`{"ok": true}`), nil }})
+		Handler: func(context.Context, consumers.Job) (json.RawMessage, error) {
+			return json.RawMessage(`{"ok": true}`), nil
+		}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -100,10 +100,14 @@ func runStatus(ctx context.Context, args []string, out io.Writer) error {
 	if err := pool.Ping(ctx); err != nil {
 		return redactErr(schema.PostgresUnreachable(err))
 	}
-	if err := (schema.Broker{Addrs: c.brokerList()}).Ping(ctx, 10*time.Second); err != nil {
+	broker, err := c.broker()
+	if err != nil {
 		return err
 	}
-	a := newAdmin(c.brokerList())
+	if err := broker.Ping(ctx, 10*time.Second); err != nil {
+		return err
+	}
+	a := newAdmin(broker)
 	var prev *statusReport
 	for {
 		rep, err := collectStatus(ctx, pool, a, p, c.prefix, c.slot)

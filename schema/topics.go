@@ -2,12 +2,14 @@ package schema
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"strings"
 	"time"
 
 	"github.com/segmentio/kafka-go"
+	"github.com/segmentio/kafka-go/sasl"
 )
 
 // DefaultTopicPrefix is the prefix of every topic name when none is given.
@@ -45,6 +47,10 @@ func ValidTopic(name string) error {
 type Broker struct {
 	// Addrs are host:port pairs of bootstrap brokers.
 	Addrs []string
+	// SASL authenticates to the brokers (nil: none).
+	SASL sasl.Mechanism
+	// TLS encrypts the connections (nil: plaintext).
+	TLS *tls.Config
 }
 
 // Ping checks within timeout that a broker answers a metadata request, so a
@@ -57,12 +63,15 @@ func (b Broker) Ping(ctx context.Context, timeout time.Duration) error {
 	defer cancel()
 	var last error
 	for _, a := range b.Addrs {
-		c := &kafka.Client{Addr: kafka.TCP(a), Timeout: timeout}
+		c := Broker{Addrs: []string{a}, SASL: b.SASL, TLS: b.TLS}.Client(timeout)
 		if _, err := c.Metadata(ctx, &kafka.MetadataRequest{}); err != nil {
 			last = err
 			continue
 		}
 		return nil
+	}
+	if errors.Is(last, kafka.SASLAuthenticationFailed) {
+		return fmt.Errorf("the Kafka broker at %v refused the SASL credentials; check KAFKA_SASL_USER, KAFKA_SASL_PASSWORD and KAFKA_SASL_MECHANISM", b.Addrs)
 	}
 	return fmt.Errorf("cannot reach a Kafka broker at %v (%v); start one (jobstream broker, or Kafka) or fix KAFKA_BROKERS", b.Addrs, last)
 }
@@ -73,7 +82,7 @@ func (b Broker) EnsureTopics(ctx context.Context, partitions int, topics ...stri
 	if len(topics) == 0 {
 		return nil
 	}
-	c := &kafka.Client{Addr: kafka.TCP(b.Addrs...), Timeout: 10 * time.Second}
+	c := b.Client(10 * time.Second)
 	req := &kafka.CreateTopicsRequest{}
 	for _, t := range topics {
 		if err := ValidTopic(t); err != nil {
