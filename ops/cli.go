@@ -10,8 +10,10 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"os/signal"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -367,6 +369,8 @@ func runBroker(ctx context.Context, args []string, out io.Writer) error {
 	f.str(&cfg.Listen, "listen", "JOBSTREAM_BROKER_LISTEN", "127.0.0.1:9092", "host:port to listen on")
 	f.str(&cfg.DataDir, "data-dir", "JOBSTREAM_BROKER_DATA_DIR", "", "folder that persists topics, offsets and groups (empty: memory only)")
 	f.num(&cfg.Partitions, "partitions", "JOBSTREAM_PARTITIONS", schema.DefaultPartitions, "partitions of auto-created topics")
+	var faultFor time.Duration
+	f.dur(&faultFor, "fault-on-usr1", "JOBSTREAM_BROKER_FAULT_ON_USR1", 0, "for chaos tests: on SIGUSR1, answer produce and fetch with errors for this long")
 	if err := f.parse(args); err != nil {
 		return err
 	}
@@ -379,6 +383,18 @@ func runBroker(ctx context.Context, args []string, out io.Writer) error {
 		persist = "persisted in " + cfg.DataDir
 	}
 	fmt.Fprintf(out, "broker listening on %s (%s); Ctrl-C stops it\n", b.Addr(), persist)
+	if faultFor > 0 {
+		// For chaos tests: SIGUSR1 makes produce and fetch fail for a while.
+		usr1 := make(chan os.Signal, 1)
+		signal.Notify(usr1, syscall.SIGUSR1)
+		defer signal.Stop(usr1)
+		go func() {
+			for range usr1 {
+				fmt.Fprintf(out, "injecting produce and fetch errors for %s\n", faultFor)
+				b.FailProduceAndFetch(faultFor)
+			}
+		}()
+	}
 	<-ctx.Done()
 	b.Close()
 	fmt.Fprintln(out, "broker stopped")

@@ -11,7 +11,9 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kmsg"
 )
 
 // Config configures the broker.
@@ -84,3 +86,11 @@ func (b *Broker) Cluster() *kfake.Cluster { return b.c }
 
 // Close stops the broker, persisting its state when it has a data folder.
 func (b *Broker) Close() { b.c.Close() }
+
+// FailProduceAndFetch makes the broker answer every produce and fetch with a
+// retriable error (NOT_LEADER_OR_FOLLOWER) for d, as a broker does during a
+// leader election. For chaos tests.
+func (b *Broker) FailProduceAndFetch(d time.Duration) {
+	h := b.c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce, kmsg.Fetch}, Err: kerr.NotLeaderForPartition, Count: -1})
+	time.AfterFunc(d, h.Remove)
+}
