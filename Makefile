@@ -5,7 +5,7 @@ PKGS    := ./...
 
 .DEFAULT_GOAL := help
 
-.PHONY: help build run test vet fmt bench clean
+.PHONY: help build run test vet fmt bench chaos clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -28,6 +28,9 @@ fmt: ## format the code
 
 bench: ## run the Go micro-benchmarks (decoding, envelope encoding)
 	$(GO) test -run '^$$' -bench . -benchmem $(PKGS)
+
+chaos: ## kill -9 the reader, workers, broker and Postgres at random while 2,000 jobs flow; check nothing is lost or done twice (SEED=n replays a schedule)
+	$(GO) test ./ops/chaos -run TestChaos -count=1 -v -timeout 30m -args -chaos.full $(if $(SEED),-chaos.seed $(SEED))
 
 clean: ## remove build output and the dev stack's folder
 	rm -rf bin .jobstream

@@ -1,0 +1,396 @@
+// Package chaos kills real jobstream processes at random moments and checks
+// that no transition is lost and no step completes twice. `make chaos` runs
+// the full scenario; `make test` runs a smaller one.
+package chaos
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/jobstream/jobstream/ops/harness"
+	"github.com/jobstream/jobstream/ops/localpg"
+	"github.com/jobstream/jobstream/schema"
+)
+
+var (
+	full = flag.Bool("chaos.full", false, "run the full scenario (2,000 jobs, more kills) instead of the small one")
+	seed = flag.Uint64("chaos.seed", 0, "seed of the schedule (default: from the clock; printed)")
+)
+
+func TestMain(m *testing.M) { harness.Main(m) }
+
+// proc is a jobstream process the controller may kill and restart.
+type proc struct {
+	name string
+	args []string
+	env  []string
+	log  *os.File
+	mu   sync.Mutex
+	cmd  *exec.Cmd
+}
+
+func (p *proc) start(t *testing.T, bin string) {
+	t.Helper()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	cmd := exec.Command(bin, p.args...)
+	cmd.Env = append(os.Environ(), p.env...)
+	cmd.Stdout, cmd.Stderr = p.log, p.log
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", p.name, err)
+	}
+	p.cmd = cmd
+	go cmd.Wait()
+}
+
+// kill sends SIGKILL to the process and its children (the step scripts).
+func (p *proc) kill() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cmd != nil && p.cmd.Process != nil {
+		syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+	}
+}
+
+func (p *proc) signal(sig syscall.Signal) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cmd != nil && p.cmd.Process != nil {
+		p.cmd.Process.Signal(sig)
+	}
+}
+
+type scenario struct {
+	jobs        int
+	duration    time.Duration // the schedule's length
+	kills       int           // reader and worker kills
+	brokerKills int
+	pgCrashes   int
+	faults      int
+	settle      time.Duration // how long the pipeline may take to finish after the schedule
+}
+
+// event is one entry of the seeded schedule.
+type event struct {
+	at   time.Duration
+	kind string // kill, broker, postgres, fault
+	who  int    // index into the killable processes, for kill
+}
+
+func (s scenario) schedule(r *rand.Rand, procs int) []event {
+	var evs []event
+	add := func(n int, kind string) {
+		for range n {
+			evs = append(evs, event{at: time.Duration(r.Int64N(int64(s.duration))), kind: kind, who: r.IntN(procs)})
+		}
+	}
+	add(s.kills, "kill")
+	add(s.brokerKills, "broker")
+	add(s.pgCrashes, "postgres")
+	add(s.faults, "fault")
+	sort.Slice(evs, func(i, j int) bool { return evs[i].at < evs[j].at })
+	return evs
+}
+
+const stepScript = `#!/bin/sh
+# A chaos step: reads the job, sleeps 0-200 ms (fixed per job and step), prints JSON.
+cat >/dev/null
+n=$(printf '%s' "$JOBSTREAM_JOB_ID$JOBSTREAM_STEP" | cksum | cut -d' ' -f1)
+sleep "$(printf '0.%03d' $((n % 200)))"
+printf '{"step":"%s","attempt":%s}\n' "$JOBSTREAM_STEP" "$JOBSTREAM_ATTEMPT"
+`
+
+func TestChaos(t *testing.T) {
+	sc := scenario{jobs: 300, duration: 45 * time.Second, kills: 10, brokerKills: 2, pgCrashes: 1, faults: 1, settle: 90 * time.Second}
+	if *full {
+		sc = scenario{jobs: 2000, duration: 3 * time.Minute, kills: 30, brokerKills: 2, pgCrashes: 1, faults: 2, settle: 5 * time.Minute}
+	}
+	s := *seed
+	if s == 0 {
+		s = uint64(time.Now().UnixNano())
+	}
+	t.Logf("chaos seed %d (rerun the same schedule with -chaos.seed %d): %d jobs, %d kills, %d broker kills, %d Postgres crashes, %d fault windows over %s",
+		s, s, sc.jobs, sc.kills, sc.brokerKills, sc.pgCrashes, sc.faults, sc.duration)
+	rng := rand.New(rand.NewPCG(s, 1))
+	bin := harness.Binary(t)
+	dir := harness.New(t).Dir
+	ctx := context.Background()
+	began := time.Now()
+
+	// Postgres of our own, to crash.
+	pg, err := localpg.Start(ctx, filepath.Join(dir, "pg"), localpg.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { pg.Stop() }()
+	url := pg.URL("postgres")
+	pool, err := pgxpool.New(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := schema.Migrate(ctx, conn.Conn(), schema.MigrateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	conn.Release()
+
+	// A broker process of our own, to kill.
+	port, _ := localpg.FreePort()
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	logf := func(name string) *os.File {
+		f, err := os.OpenFile(filepath.Join(dir, name+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { f.Close() })
+		return f
+	}
+	broker := &proc{name: "broker", args: []string{"broker", "--listen", addr, "--data-dir", filepath.Join(dir, "broker"), "--fault-on-usr1", "3s"}, log: logf("broker")}
+	broker.start(t, bin)
+	defer broker.kill()
+	harness.Eventually(t, 30*time.Second, func() (bool, string) {
+		return (schema.Broker{Addrs: []string{addr}}).Ping(ctx, time.Second) == nil, "broker not up"
+	})
+
+	script := filepath.Join(dir, "step.sh")
+	if err := os.WriteFile(script, []byte(stepScript), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	env := []string{"DATABASE_URL=" + url, "KAFKA_BROKERS=" + addr, "JOBSTREAM_LOG_LEVEL=info"}
+	killable := []*proc{{name: "reader", args: []string{"reader"}, env: env, log: logf("reader")}}
+	for _, step := range schema.DefaultSteps[1:] {
+		for i := range 2 {
+			name := fmt.Sprintf("worker-%s-%d", step, i)
+			killable = append(killable, &proc{name: name, env: env, log: logf(name),
+				args: []string{"worker", "--step", step, "--lease", "3s", "--max-attempts", "50", "--", script}})
+		}
+	}
+	for _, p := range killable {
+		p.start(t, bin)
+		defer p.kill()
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			for _, name := range []string{"reader", "broker", "worker-overlay-0"} {
+				b, _ := os.ReadFile(filepath.Join(dir, name+".log"))
+				if len(b) > 3000 {
+					b = b[len(b)-3000:]
+				}
+				t.Logf("--- %s log (tail) ---\n%s", name, b)
+			}
+		}
+	})
+
+	// The reader's slot must exist before the first job, or that job is only
+	// seen by an initial snapshot.
+	harness.Eventually(t, 30*time.Second, func() (bool, string) {
+		var n int
+		pool.QueryRow(ctx, `SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'jobstream'`).Scan(&n)
+		return n == 1, "the reader has not created its slot"
+	})
+
+	// Load: jobs inserted at a steady pace over the first 60% of the schedule.
+	loadDone := make(chan error, 1)
+	go func() {
+		every := sc.duration * 6 / 10 / time.Duration(sc.jobs)
+		for i := 1; i <= sc.jobs; i++ {
+			id := fmt.Sprintf("c%05d", i)
+			for {
+				_, err := pool.Exec(ctx, `INSERT INTO jobs (job_id, current_step, status) VALUES ($1, 'img_gen', 'done') ON CONFLICT DO NOTHING`, id)
+				if err == nil {
+					break
+				}
+				time.Sleep(200 * time.Millisecond) // Postgres is being restarted
+			}
+			time.Sleep(every)
+		}
+		loadDone <- nil
+	}()
+
+	// The schedule.
+	var kills, restarts int
+	var slowest time.Duration
+	var slowestWhat string
+	recovery := func(what string, from time.Time) {
+		// Recovery: until the pipeline completes a step again.
+		var before int
+		pool.QueryRow(ctx, `SELECT count(*) FROM jobstream_runs WHERE outcome = 'done'`).Scan(&before)
+		for time.Since(from) < 30*time.Second {
+			var n int
+			if pool.QueryRow(ctx, `SELECT count(*) FROM jobstream_runs WHERE outcome = 'done'`).Scan(&n) == nil && n > before {
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		if d := time.Since(from); d > slowest {
+			slowest, slowestWhat = d, what
+		}
+	}
+	start := time.Now()
+	for _, ev := range sc.schedule(rng, len(killable)) {
+		time.Sleep(time.Until(start.Add(ev.at)))
+		at := time.Now()
+		switch ev.kind {
+		case "kill":
+			p := killable[ev.who]
+			t.Logf("%6.1fs kill -9 %s", time.Since(start).Seconds(), p.name)
+			p.kill()
+			kills++
+			time.Sleep(time.Duration(rng.IntN(1500)) * time.Millisecond)
+			p.start(t, bin)
+			restarts++
+			recovery("kill of "+p.name, at)
+		case "broker":
+			t.Logf("%6.1fs kill -9 broker", time.Since(start).Seconds())
+			broker.kill()
+			kills++
+			time.Sleep(time.Duration(500+rng.IntN(2000)) * time.Millisecond)
+			broker.start(t, bin)
+			restarts++
+			recovery("broker restart", at)
+		case "postgres":
+			t.Logf("%6.1fs Postgres immediate shutdown and restart", time.Since(start).Seconds())
+			pg.Crash()
+			time.Sleep(time.Duration(rng.IntN(1000)) * time.Millisecond)
+			if pg, err = localpg.Start(ctx, filepath.Join(dir, "pg"), localpg.Options{Port: pg.Port}); err != nil {
+				t.Fatalf("restart Postgres: %v", err)
+			}
+			restarts++
+			recovery("Postgres restart", at)
+		case "fault":
+			t.Logf("%6.1fs broker answers produce and fetch with errors for 3s", time.Since(start).Seconds())
+			broker.signal(syscall.SIGUSR1)
+			recovery("broker faults", at)
+		}
+	}
+	<-loadDone
+
+	// Every job reaches the end.
+	harness.Eventually(t, sc.settle, func() (bool, string) {
+		var n int
+		pool.QueryRow(ctx, `SELECT count(*) FROM jobs WHERE current_step = 'overlay' AND status = 'done'`).Scan(&n)
+		return n == sc.jobs, fmt.Sprintf("%d of %d jobs at (overlay, done); the others: %s", n, sc.jobs, dump(pool,
+			`SELECT j.job_id, j.current_step, j.status, j.updated_at, r.step, r.attempt, r.outcome, r.worker, r.started_at, r.finished_at
+			FROM jobs j LEFT JOIN jobstream_runs r USING (job_id) WHERE NOT (j.current_step = 'overlay' AND j.status = 'done')
+			ORDER BY j.job_id, r.run_id LIMIT 40`))
+	})
+	wall := time.Since(began)
+	env0 := &harness.Env{Brokers: []string{addr}}
+	rep := check(t, pool, env0, sc.jobs)
+	t.Logf("chaos report (seed %d): %d jobs done; kills %d, restarts %d; duplicate deliveries seen %d; re-run attempts %d; slowest recovery %s (%s); wall time %s",
+		s, sc.jobs, kills, restarts, rep.duplicates, rep.reruns, slowest.Round(time.Millisecond), slowestWhat, wall.Round(time.Second))
+}
+
+type report struct {
+	duplicates int
+	reruns     int
+}
+
+// check verifies the invariants at the end and returns what it counted.
+func check(t *testing.T, pool *pgxpool.Pool, e *harness.Env, jobs int) report {
+	t.Helper()
+	ctx := context.Background()
+	var rep report
+	q := func(sql string) int {
+		var n int
+		if err := pool.QueryRow(ctx, sql).Scan(&n); err != nil {
+			t.Fatalf("%s: %v", sql, err)
+		}
+		return n
+	}
+	// Exactly one completed attempt chain per job and step.
+	if n := q(`SELECT count(*) FROM (SELECT job_id, step FROM jobstream_runs WHERE outcome = 'done' GROUP BY 1, 2 HAVING count(*) > 1) x`); n != 0 {
+		t.Errorf("%d (job, step) pairs completed more than once", n)
+	}
+	if n := q(`SELECT count(*) FROM (SELECT job_id, step FROM jobstream_runs WHERE outcome = 'done' GROUP BY 1, 2) x`); n != jobs*4 {
+		t.Errorf("%d completed (job, step) pairs, want %d", n, jobs*4)
+	}
+	if n := q(`SELECT count(*) FROM jobstream_runs WHERE finished_at IS NULL`); n != 0 {
+		t.Errorf("%d runs left open", n)
+	}
+	rep.reruns = q(`SELECT count(*) FROM jobstream_runs WHERE attempt > 1`)
+
+	// Every committed transition is in the topics, per job in commit order.
+	want := map[string]bool{}
+	for i := 1; i <= jobs; i++ {
+		id := fmt.Sprintf("c%05d", i)
+		want["img_gen/"+id+"/done"] = true
+		for _, s := range schema.DefaultSteps[1:] {
+			want[s+"/"+id+"/running"] = true
+			want[s+"/"+id+"/done"] = true
+		}
+	}
+	for _, step := range schema.DefaultSteps {
+		seen := map[int64]bool{}
+		lastLSN := map[string]int64{}
+		for _, m := range e.ReadTopic(t, schema.Topic(schema.DefaultTopicPrefix, step)) {
+			env, err := schema.DecodeEnvelope(m.Value)
+			if err != nil {
+				t.Errorf("unreadable event in %s: %v", step, err)
+				continue
+			}
+			if seen[env.Source.LSN] {
+				rep.duplicates++
+				continue
+			}
+			seen[env.Source.LSN] = true
+			row, _ := schema.Row(env.After)
+			if env.Source.LSN < lastLSN[row.JobID] {
+				t.Errorf("%s: events of %s out of commit order (LSN %d after %d)", step, row.JobID, env.Source.LSN, lastLSN[row.JobID])
+			}
+			lastLSN[row.JobID] = env.Source.LSN
+			delete(want, step+"/"+row.JobID+"/"+row.Status)
+		}
+	}
+	if len(want) > 0 {
+		var missing []string
+		for k := range want {
+			missing = append(missing, k)
+		}
+		sort.Strings(missing)
+		if len(missing) > 10 {
+			missing = missing[:10]
+		}
+		t.Errorf("%d committed transitions missing from the topics, e.g. %s", len(want), strings.Join(missing, ", "))
+	}
+
+	// The slot holds no WAL it does not need.
+	harness.Eventually(t, 60*time.Second, func() (bool, string) {
+		pool.Exec(ctx, `SELECT pg_switch_wal()`) // keep the server's WAL moving
+		n := q(`SELECT coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn), 0)::bigint FROM pg_replication_slots WHERE slot_name = 'jobstream'`)
+		return n < 16<<20, fmt.Sprintf("slot retains %d bytes of WAL", n)
+	})
+	return rep
+}
+
+func dump(pool *pgxpool.Pool, sql string) string {
+	rows, err := pool.Query(context.Background(), sql)
+	if err != nil {
+		return err.Error()
+	}
+	defer rows.Close()
+	var b strings.Builder
+	for rows.Next() {
+		v, _ := rows.Values()
+		fmt.Fprintln(&b, v...)
+	}
+	return b.String()
+}
