@@ -1,0 +1,122 @@
+package ops_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+
+	"github.com/jobstream/jobstream/cdc"
+	"github.com/jobstream/jobstream/consumers"
+	"github.com/jobstream/jobstream/ops/harness"
+	"github.com/jobstream/jobstream/schema"
+)
+
+// badStep misbehaves according to the job id.
+const badStep = `#!/bin/sh
+cat >/dev/null
+case "$JOBSTREAM_JOB_ID" in
+  hang) sleep 1000 ;;
+  crash) kill -SEGV $$ ;;
+  huge) head -c 40000000 /dev/zero ;;
+  garbage) echo 'this is not JSON' ;;
+  deleted) sleep 1.5; echo '{"late": true}' ;;
+  *) echo '{"ok": true}' ;;
+esac
+`
+
+// TestBadInputCatalogue: executors that hang, crash, print garbage or too
+// much; a job deleted mid-step; malformed and truncated messages in the step
+// topic. Each gets a clear error or a dead letter with the reason, and every
+// other job keeps moving.
+func TestBadInputCatalogue(t *testing.T) {
+	t.Parallel()
+	e := harness.New(t)
+	script := filepath.Join(e.Dir, "bad.sh")
+	if err := os.WriteFile(script, []byte(badStep), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	r, err := cdc.New(cdc.Config{DatabaseURL: e.DatabaseURL, Brokers: e.Brokers, Slot: e.Slot, TopicPrefix: e.Prefix})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go r.Run(ctx)
+	<-r.Ready()
+	w, err := consumers.New(consumers.Config{DatabaseURL: e.DatabaseURL, Brokers: e.Brokers, Step: "vlm_analyze", TopicPrefix: e.Prefix,
+		Concurrency: 3, Timeout: 3 * time.Second, MaxAttempts: 2, Lease: 5 * time.Second, Handler: consumers.Exec(script)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go w.Run(ctx)
+
+	jobs := []string{"hang", "crash", "huge", "garbage", "deleted", "n1", "n2", "n3", "n4", "n5"}
+	for _, j := range jobs {
+		e.Exec(t, `INSERT INTO jobs (job_id, current_step, status) VALUES ($1, 'img_gen', 'done')`, j)
+	}
+	// Malformed and truncated messages in the step's trigger topic.
+	kw := &kafka.Writer{Addr: kafka.TCP(e.Brokers...), Topic: e.Topic("img_gen"), Balancer: &kafka.Murmur2Balancer{}, BatchTimeout: time.Millisecond}
+	defer kw.Close()
+	if err := kw.WriteMessages(ctx,
+		kafka.Message{Key: []byte("junk"), Value: []byte("\x00\x01 not json")},
+		kafka.Message{Key: []byte("cut"), Value: []byte(`{"before":null,"after":{"job_id":"cut","current_step":"img_ge`)},
+	); err != nil {
+		t.Fatal(err)
+	}
+	// Delete "deleted" while its step runs.
+	harness.Eventually(t, 30*time.Second, func() (bool, string) {
+		n := e.Count(t, `SELECT count(*) FROM jobstream_runs WHERE job_id = 'deleted' AND finished_at IS NULL`)
+		return n == 1, "the step of 'deleted' has not started"
+	})
+	e.Exec(t, `DELETE FROM jobs WHERE job_id = 'deleted'`)
+
+	harness.Eventually(t, 90*time.Second, func() (bool, string) {
+		done := e.Count(t, `SELECT count(*) FROM jobs WHERE job_id LIKE 'n%' AND current_step = 'vlm_analyze' AND status = 'done'`)
+		failed := e.Count(t, `SELECT count(*) FROM jobs WHERE status = 'failed'`)
+		return done == 5 && failed == 4, fmt.Sprintf("%d of 5 good jobs done, %d of 4 bad jobs failed", done, failed)
+	})
+	for job, want := range map[string]string{
+		"hang": "timed out", "crash": "segmentation fault", "huge": "printed over", "garbage": "no JSON on stdout",
+	} {
+		var errText string
+		e.Pool(t).QueryRow(ctx, `SELECT coalesce(error, '') FROM jobs WHERE job_id = $1`, job).Scan(&errText)
+		if !strings.Contains(errText, want) {
+			t.Errorf("job %s failed with %q, want it to say %q", job, errText, want)
+		}
+	}
+	harness.Eventually(t, 30*time.Second, func() (bool, string) {
+		n := e.Count(t, `SELECT count(*) FROM jobstream_runs WHERE job_id = 'deleted' AND outcome = 'discarded'`)
+		return n == 1, "the run of the deleted job was not discarded"
+	})
+
+	// Dead letters: the four failed jobs and the two unreadable messages, with reasons.
+	reasons := map[string]string{}
+	harness.Eventually(t, 30*time.Second, func() (bool, string) {
+		for _, m := range e.ReadTopic(t, schema.DLQTopic(e.Prefix)) {
+			var v struct {
+				Reason string `json:"reason"`
+				Error  string `json:"error"`
+			}
+			json.Unmarshal(m.Value, &v)
+			reasons[string(m.Key)] = v.Reason + ": " + v.Error
+		}
+		for _, k := range []string{"hang", "crash", "huge", "garbage", "junk", "cut"} {
+			if reasons[k] == "" {
+				return false, fmt.Sprintf("no dead letter for %s yet: %v", k, reasons)
+			}
+		}
+		return true, ""
+	})
+	for _, k := range []string{"junk", "cut"} {
+		if !strings.Contains(reasons[k], "not a change-event envelope") {
+			t.Errorf("dead letter of %s: %q", k, reasons[k])
+		}
+	}
+}
