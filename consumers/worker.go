@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -56,6 +57,10 @@ type Config struct {
 	Logger *slog.Logger
 	// Observer receives measurements, for metrics (default: none).
 	Observer Observer
+	// StallTimeout is how long a partition of the trigger topic may hold an
+	// unclaimed job at its head without moving before the worker's members
+	// rejoin the group to recover it (default 30s; negative: never).
+	StallTimeout time.Duration
 }
 
 // Observer receives a worker's measurements; ops turns them into metrics.
@@ -86,6 +91,7 @@ func (c Config) WithDefaults() Config {
 	c.Lease = cmp.Or(c.Lease, 30*time.Second)
 	c.MaxAttempts = cmp.Or(c.MaxAttempts, 3)
 	c.Grace = cmp.Or(c.Grace, 30*time.Second)
+	c.StallTimeout = cmp.Or(c.StallTimeout, 30*time.Second)
 	if c.WorkerID == "" {
 		host, _ := os.Hostname()
 		c.WorkerID = host + ":" + strconv.Itoa(os.Getpid())
@@ -134,6 +140,7 @@ type Stats struct {
 	Fenced      atomic.Int64 // results discarded because the attempt lost its run
 	Skipped     atomic.Int64 // events that were not a trigger or whose claim found nothing
 	InFlight    atomic.Int64 // runs executing now
+	Rejoins     atomic.Int64 // times the stall watchdog made the members rejoin
 }
 
 // Worker is one process's share of a step's consumer group.
@@ -145,6 +152,9 @@ type Worker struct {
 	dlq     *kafka.Writer
 	stats   Stats
 	ready   chan struct{}
+
+	rejoinMu sync.Mutex
+	rejoinCh chan struct{} // closed to make every member rejoin
 }
 
 // New checks cfg and returns a Worker; it connects nothing.
@@ -211,6 +221,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	w.log.Info("worker started", "topic", topic, "group", schema.GroupID(w.cfg.TopicPrefix, w.cfg.Step), "members", members)
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return w.sweepLoop(gctx) })
+	g.Go(func() error { return w.watchStalls(gctx, topic) })
 	for i := range members {
 		gpu := ""
 		if len(w.cfg.GPUs) > 0 {
@@ -225,8 +236,27 @@ func (w *Worker) Run(ctx context.Context) error {
 	return err
 }
 
-// member is one consumer-group member: fetch, handle, commit, in order.
+// member is one consumer-group member: fetch, handle, commit, in order. When
+// the stall watchdog asks, it leaves the group and joins again.
 func (w *Worker) member(ctx context.Context, topic string, n int, gpu string) error {
+	workerID := w.cfg.WorkerID + "/" + strconv.Itoa(n)
+	if gpu != "" {
+		workerID += "/gpu" + gpu
+	}
+	for {
+		err := w.consume(ctx, topic, workerID, gpu)
+		if !errors.Is(err, errRejoin) {
+			return err
+		}
+		w.log.Info("rejoining the consumer group", "member", workerID)
+	}
+}
+
+var errRejoin = errors.New("rejoin the consumer group")
+
+// consume runs one membership of the group until ctx ends (nil), a rejoin
+// is requested (errRejoin) or the database stays unreachable (the error).
+func (w *Worker) consume(ctx context.Context, topic, workerID, gpu string) error {
 	rd := kafka.NewReader(kafka.ReaderConfig{
 		Brokers:           w.cfg.Brokers,
 		GroupID:           schema.GroupID(w.cfg.TopicPrefix, w.cfg.Step),
@@ -244,41 +274,50 @@ func (w *Worker) member(ctx context.Context, topic string, n int, gpu string) er
 		CommitInterval:    0, // synchronous: a commit returns once the broker has it
 	})
 	defer rd.Close()
-	workerID := w.cfg.WorkerID + "/" + strconv.Itoa(n)
-	if gpu != "" {
-		workerID += "/gpu" + gpu
-	}
+	// A rejoin ends the fetch, never a running step.
+	rctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	rejoin := w.rejoinSignal()
+	go func() {
+		select {
+		case <-rejoin:
+			cancel()
+		case <-rctx.Done():
+		}
+	}()
 	for {
-		m, err := rd.FetchMessage(ctx)
+		m, err := rd.FetchMessage(rctx)
 		if err != nil {
-			if ctx.Err() != nil {
+			switch {
+			case ctx.Err() != nil:
 				return nil
+			case rctx.Err() != nil:
+				return errRejoin
 			}
 			w.log.Warn("fetch failed; retrying", "err", err)
 			select {
-			case <-ctx.Done():
-				return nil
+			case <-rctx.Done():
 			case <-time.After(time.Second):
 			}
 			continue
 		}
 		// A stop lets the step in hand finish within the grace period.
-		hctx, cancel := graceContext(ctx, w.cfg.Grace)
+		hctx, cancelStep := graceContext(ctx, w.cfg.Grace)
 		err = w.handle(hctx, m, workerID, gpu)
-		cancel()
+		cancelStep()
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
 			return err
 		}
-		cctx, cancel := graceContext(ctx, 5*time.Second)
+		cctx, cancelCommit := graceContext(ctx, 5*time.Second)
 		if err := rd.CommitMessages(cctx, m); err != nil {
 			// The partition moved to another member (rebalance): it will see
 			// the event again, and the claim decides.
 			w.log.Warn("commit offset failed; the event will be delivered again", "partition", m.Partition, "offset", m.Offset, "err", err)
 		}
-		cancel()
+		cancelCommit()
 	}
 }
 

@@ -1,0 +1,175 @@
+package consumers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+
+	"github.com/jobstream/jobstream/schema"
+)
+
+// The stall watchdog guards "no transition is lost" against a consumer group
+// that stops consuming a partition while its members look healthy: a member
+// that died holding an assignment the coordinator never took back, or a
+// coordinator that answered a rebalance with inconsistent assignments (the
+// embedded broker, kfake, can tell several members they lead one
+// generation). A partition is stalled when its committed offset has not
+// moved for StallTimeout while the job at its head waits unclaimed (no open
+// run with a live lease). Then every member of this process leaves the group
+// and joins again, which makes the coordinator build a new generation from
+// the members that are really there.
+
+type stallMark struct {
+	committed int64
+	since     time.Time
+}
+
+// rejoinSignal returns a channel closed at the next rejoin request.
+func (w *Worker) rejoinSignal() <-chan struct{} {
+	w.rejoinMu.Lock()
+	defer w.rejoinMu.Unlock()
+	if w.rejoinCh == nil {
+		w.rejoinCh = make(chan struct{})
+	}
+	return w.rejoinCh
+}
+
+// requestRejoin makes every member of this worker rejoin the group.
+func (w *Worker) requestRejoin() {
+	w.rejoinMu.Lock()
+	defer w.rejoinMu.Unlock()
+	if w.rejoinCh != nil {
+		close(w.rejoinCh)
+	}
+	w.rejoinCh = make(chan struct{})
+}
+
+// watchStalls checks the trigger topic every StallTimeout/3 until ctx ends.
+func (w *Worker) watchStalls(ctx context.Context, topic string) error {
+	if w.cfg.StallTimeout < 0 {
+		return nil
+	}
+	client := &kafka.Client{Addr: kafka.TCP(w.cfg.Brokers...), Timeout: 10 * time.Second}
+	group := schema.GroupID(w.cfg.TopicPrefix, w.cfg.Step)
+	seen := map[int]stallMark{}
+	t := time.NewTicker(max(w.cfg.StallTimeout/3, 500*time.Millisecond))
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		stalled, err := w.findStalled(ctx, client, topic, group, seen)
+		if err != nil {
+			if ctx.Err() == nil {
+				w.log.Debug("stall check", "err", err)
+			}
+			continue
+		}
+		if len(stalled) > 0 {
+			w.log.Warn("partitions of the trigger topic have not moved and their next job waits unclaimed; rejoining the consumer group to recover",
+				"topic", topic, "partitions", stalled, "after", w.cfg.StallTimeout)
+			w.stats.Rejoins.Add(1)
+			w.requestRejoin()
+			clear(seen)
+		}
+	}
+}
+
+// findStalled returns the partitions of topic that are stalled now.
+func (w *Worker) findStalled(ctx context.Context, client *kafka.Client, topic, group string, seen map[int]stallMark) ([]int, error) {
+	md, err := client.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{topic}})
+	if err != nil {
+		return nil, err
+	}
+	var parts []int
+	var req []kafka.OffsetRequest
+	for _, t := range md.Topics {
+		for _, p := range t.Partitions {
+			parts = append(parts, p.ID)
+			req = append(req, kafka.FirstOffsetOf(p.ID), kafka.LastOffsetOf(p.ID))
+		}
+	}
+	if len(parts) == 0 {
+		return nil, nil
+	}
+	lo, err := client.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{topic: req}})
+	if err != nil {
+		return nil, err
+	}
+	of, err := client.OffsetFetch(ctx, &kafka.OffsetFetchRequest{GroupID: group, Topics: map[string][]int{topic: parts}})
+	if err != nil {
+		return nil, err
+	}
+	committed := map[int]int64{}
+	for _, p := range of.Topics[topic] {
+		committed[p.Partition] = p.CommittedOffset
+	}
+	now := time.Now()
+	var stalled []int
+	for _, po := range lo.Topics[topic] {
+		p := po.Partition
+		head, ok := committed[p]
+		if !ok || head < 0 {
+			head = po.FirstOffset
+		}
+		if head >= po.LastOffset {
+			delete(seen, p)
+			continue
+		}
+		mk, ok := seen[p]
+		if !ok || mk.committed != head {
+			seen[p] = stallMark{committed: head, since: now}
+			continue
+		}
+		if now.Sub(mk.since) < w.cfg.StallTimeout {
+			continue
+		}
+		busy, err := w.headInProgress(ctx, topic, p, head)
+		if err != nil {
+			return nil, err
+		}
+		if !busy {
+			stalled = append(stalled, p)
+		}
+	}
+	return stalled, nil
+}
+
+// headInProgress reports whether the event at offset of partition p is a
+// trigger whose job has an open run with a live lease (a step running long,
+// or waiting to retry): then the partition is busy, not stalled.
+func (w *Worker) headInProgress(ctx context.Context, topic string, p int, offset int64) (bool, error) {
+	conn, err := kafka.DialLeader(ctx, "tcp", w.cfg.Brokers[0], topic, p)
+	if err != nil {
+		return false, err
+	}
+	defer conn.Close()
+	if _, err := conn.Seek(offset, kafka.SeekAbsolute); err != nil {
+		return false, fmt.Errorf("seek: %w", err)
+	}
+	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	m, err := conn.ReadMessage(16 << 20)
+	if err != nil {
+		return false, fmt.Errorf("read head of %s/%d: %w", topic, p, err)
+	}
+	env, err := schema.DecodeEnvelope(m.Value)
+	if err != nil {
+		return false, nil
+	}
+	row, ok := schema.Row(env.After)
+	if !ok {
+		return false, nil
+	}
+	var busy bool
+	err = w.store.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM jobstream_runs
+		WHERE job_id = $1 AND step = $2 AND finished_at IS NULL AND lease_expires_at > now())`, row.JobID, w.cfg.Step).Scan(&busy)
+	if err != nil && !errors.Is(err, context.Canceled) {
+		return false, err
+	}
+	return busy, err
+}
