@@ -283,8 +283,9 @@ func TestChaos(t *testing.T) {
 	}
 	<-loadDone
 
-	// Every job reaches the end.
-	harness.Eventually(t, sc.settle, func() (bool, string) {
+	// Every job reaches the end. If one does not, the checks below still run
+	// and say where its transitions went.
+	waitEventually(t, sc.settle, func() (bool, string) {
 		var n int
 		pool.QueryRow(ctx, `SELECT count(*) FROM jobs WHERE current_step = 'overlay' AND status = 'done'`).Scan(&n)
 		return n == sc.jobs, fmt.Sprintf("%d of %d jobs at (overlay, done); the others: %s", n, sc.jobs, dump(pool,
@@ -393,4 +394,22 @@ func dump(pool *pgxpool.Pool, sql string) string {
 		fmt.Fprintln(&b, v...)
 	}
 	return b.String()
+}
+
+// waitEventually is harness.Eventually that reports an error and returns
+// instead of stopping the test, so the invariant checks still run.
+func waitEventually(t *testing.T, timeout time.Duration, cond func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		ok, state := cond()
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("condition not met within %s: %s", timeout, state)
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
