@@ -4,8 +4,11 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"math"
+	"math/big"
 	"strconv"
+	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pglogrepl"
 )
@@ -24,6 +27,7 @@ const (
 	oidDate        = 1082
 	oidTimestamp   = 1114
 	oidTimestamptz = 1184
+	oidNumeric     = 1700
 	oidJSONB       = 3802
 )
 
@@ -32,26 +36,31 @@ const (
 const unavailable = "__debezium_unavailable_value"
 
 // appendRow renders a tuple as a JSON object, columns in table order, values
-// as Debezium renders them with its defaults. It also returns the values of
-// job_id and current_step (nil when absent or null).
-func appendRow(b []byte, rel *pglogrepl.RelationMessage, tuple *pglogrepl.TupleData) (out []byte, jobID, step []byte) {
+// as Debezium renders them with its defaults. An unchanged TOASTed value
+// ('u') is taken from old when old carries it (REPLICA IDENTITY FULL), else
+// rendered as Debezium's placeholder. It also returns the values of job_id
+// and current_step (nil when absent or null) and the name of the first
+// column whose text is not valid UTF-8 (rendered with U+FFFD), if any.
+func appendRow(b []byte, rel *pglogrepl.RelationMessage, tuple, old *pglogrepl.TupleData) (out, jobID, step []byte, bad string) {
 	if tuple == nil {
-		return append(b, "null"...), nil, nil
+		return append(b, "null"...), nil, nil, ""
 	}
 	b = append(b, '{')
-	first := true
 	for i, col := range tuple.Columns {
 		if i >= len(rel.Columns) {
 			break
 		}
 		rc := rel.Columns[i]
-		if !first {
+		if i > 0 {
 			b = append(b, ',')
 		}
-		first = false
 		b = strconv.AppendQuote(b, rc.Name)
 		b = append(b, ':')
-		switch col.DataType {
+		kind, data := col.DataType, col.Data
+		if kind == 'u' && old != nil && i < len(old.Columns) && old.Columns[i].DataType != 'u' {
+			kind, data = old.Columns[i].DataType, old.Columns[i].Data
+		}
+		switch kind {
 		case 'n':
 			b = append(b, "null"...)
 			continue
@@ -61,17 +70,21 @@ func appendRow(b []byte, rel *pglogrepl.RelationMessage, tuple *pglogrepl.TupleD
 		}
 		switch rc.Name {
 		case "job_id":
-			jobID = col.Data
+			jobID = data
 		case "current_step":
-			step = col.Data
+			step = data
 		}
-		b = appendValue(b, rc.DataType, col.Data)
+		if bad == "" && !utf8.Valid(data) {
+			bad = rc.Name
+		}
+		b = appendValue(b, rc.DataType, rc.TypeModifier, data)
 	}
-	return append(b, '}'), jobID, step
+	return append(b, '}'), jobID, step, bad
 }
 
-// appendValue renders one text-format value of type oid.
-func appendValue(b []byte, oid uint32, v []byte) []byte {
+// appendValue renders one text-format value of type oid (type modifier
+// typmod) as Debezium renders it with its default settings.
+func appendValue(b []byte, oid uint32, typmod int32, v []byte) []byte {
 	switch oid {
 	case oidBool:
 		if len(v) == 1 && v[0] == 't' {
@@ -85,7 +98,12 @@ func appendValue(b []byte, oid uint32, v []byte) []byte {
 			return append(b, v...)
 		}
 		return strconv.AppendQuote(b, string(v)) // NaN, Infinity, -Infinity
+	case oidNumeric:
+		if out, ok := appendNumeric(b, typmod, v); ok {
+			return out
+		}
 	case oidTimestamptz:
+		// io.debezium.time.ZonedTimestamp: ISO-8601 in UTC.
 		if t, ok := parseTimestamp(v, true); ok {
 			b = append(b, '"')
 			b = t.UTC().AppendFormat(b, "2006-01-02T15:04:05.999999Z")
@@ -116,6 +134,69 @@ func appendValue(b []byte, oid uint32, v []byte) []byte {
 	return appendJSONString(b, v)
 }
 
+// appendNumeric renders a numeric as Debezium's default precise decimal
+// handling does with schemas off: the unscaled value as big-endian two's
+// complement bytes in base64; for a numeric without a declared scale,
+// io.debezium.data.VariableScaleDecimal {"scale": s, "value": base64}.
+// NaN and infinities, which have no such form, are left to the caller.
+func appendNumeric(b []byte, typmod int32, v []byte) ([]byte, bool) {
+	s := string(v)
+	neg := strings.HasPrefix(s, "-")
+	s = strings.TrimPrefix(s, "-")
+	intPart, frac, _ := strings.Cut(s, ".")
+	if intPart == "" && frac == "" {
+		return b, false
+	}
+	for _, c := range intPart + frac {
+		if c < '0' || c > '9' {
+			return b, false
+		}
+	}
+	scale := len(frac)
+	if typmod >= 4 {
+		declared := int((typmod - 4) & 0xffff)
+		for scale < declared {
+			frac += "0"
+			scale++
+		}
+	}
+	unscaled, ok := new(big.Int).SetString(intPart+frac, 10)
+	if !ok {
+		return b, false
+	}
+	if neg {
+		unscaled.Neg(unscaled)
+	}
+	enc := twosComplement(unscaled)
+	if typmod >= 4 {
+		b = append(b, '"')
+		b = base64.StdEncoding.AppendEncode(b, enc)
+		return append(b, '"'), true
+	}
+	b = append(b, `{"scale":`...)
+	b = strconv.AppendInt(b, int64(scale), 10)
+	b = append(b, `,"value":"`...)
+	b = base64.StdEncoding.AppendEncode(b, enc)
+	return append(b, `"}`...), true
+}
+
+// twosComplement returns x as Java's BigInteger.toByteArray does: the
+// shortest big-endian two's complement form.
+func twosComplement(x *big.Int) []byte {
+	var n int
+	if x.Sign() >= 0 {
+		n = x.BitLen()/8 + 1
+	} else {
+		m := new(big.Int).Neg(x)
+		m.Sub(m, big.NewInt(1))
+		n = m.BitLen()/8 + 1
+	}
+	mod := new(big.Int).Lsh(big.NewInt(1), uint(8*n))
+	u := new(big.Int).Mod(x, mod) // non-negative
+	out := make([]byte, n)
+	return u.FillBytes(out)
+}
+
 // parseTimestamp parses Postgres' ISO output ("2006-01-02 15:04:05.999999+00").
 func parseTimestamp(v []byte, tz bool) (time.Time, bool) {
 	s := string(v)
@@ -135,18 +216,29 @@ func parseTimestamp(v []byte, tz bool) (time.Time, bool) {
 	return t, err == nil
 }
 
-// appendJSONString appends s as a JSON string literal.
+// appendJSONString appends s as a JSON string literal; bytes that are not
+// valid UTF-8 become U+FFFD.
 func appendJSONString(b []byte, s []byte) []byte {
 	const hexDigits = "0123456789abcdef"
 	b = append(b, '"')
 	start := 0
-	for i := 0; i < len(s); i++ {
+	for i := 0; i < len(s); {
 		c := s[i]
-		if c >= 0x20 && c != '"' && c != '\\' && c < 0x7f {
+		if c >= 0x80 {
+			r, size := utf8.DecodeRune(s[i:])
+			if r == utf8.RuneError && size == 1 {
+				b = append(b, s[start:i]...)
+				b = append(b, `\ufffd`...)
+				i++
+				start = i
+				continue
+			}
+			i += size
 			continue
 		}
-		if c >= 0x80 {
-			continue // UTF-8 passes through; Postgres text is valid UTF-8.
+		if c >= 0x20 && c != '"' && c != '\\' && c < 0x7f {
+			i++
+			continue
 		}
 		b = append(b, s[start:i]...)
 		switch c {
@@ -161,7 +253,8 @@ func appendJSONString(b []byte, s []byte) []byte {
 		default:
 			b = append(b, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
 		}
-		start = i + 1
+		i++
+		start = i
 	}
 	b = append(b, s[start:]...)
 	return append(b, '"')

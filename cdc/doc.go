@@ -1,20 +1,87 @@
 // Package cdc is jobstream's replication reader: it streams the write-ahead
-// log of the jobs table through a logical replication slot (pgoutput), turns
-// every change into a Debezium-shaped change event, and produces it to the
-// Kafka topic of the row's current step, keyed by job_id.
+// log of the jobs table through a logical replication slot (pgoutput),
+// turns every change into a Debezium change event (the Postgres
+// connector's envelope with schemas off), and produces it to the Kafka
+// topic of the row's current step, <prefix>.<current_step>, keyed by
+// job_id, partitioned by murmur2 as the Java client does, with acks=all.
 //
-// Guarantees:
-//   - At least once. The flush position reported to Postgres is the end of the
-//     last transaction whose every event the broker has acknowledged
-//     (acks=all). Received and acknowledged positions are kept apart, so a
-//     crash at any moment restarts from the slot's confirmed position: some
-//     events may be sent twice, none is lost.
-//   - Per job, events reach a topic in commit order: one job is one key, one
-//     key is one partition (murmur2, as the Java client), and batches are
-//     written in WAL order with one writer.
-//   - An idle jobs table never pins WAL: with nothing in flight, server
-//     keepalives advance the acknowledged position to the server's WAL end.
-//   - A row that cannot be routed (no current_step, a step that is no valid
-//     topic name) goes to the dead-letter topic with the reason; the stream
-//     moves on.
+// # Guarantees
+//
+//   - At least once. The flush position reported to Postgres is the end of
+//     the last transaction whose every event the broker has acknowledged;
+//     the received and the acknowledged positions are kept apart. A crash
+//     at any moment (kill -9 included) restarts from the slot's confirmed
+//     position: events after it are sent again, none is lost. The reader
+//     reports acknowledged progress every 100ms or so, which bounds the
+//     duplicates after a crash; a deliberate stop (SIGTERM) lets the batch
+//     in flight land and reports its position first.
+//   - Per key order. One job is one key, one key is one partition of a
+//     topic, and events are produced in WAL (commit) order with at most one
+//     batch in flight: per job, the events in a topic are in commit order;
+//     after a restart the replayed events repeat that order.
+//   - Bounded memory. Postgres sends a transaction when it commits; the
+//     reader produces it in batches (MaxBatch events, MaxBatchBytes bytes)
+//     while it arrives, holding at most two batches, so a transaction of a
+//     million rows needs no more memory than a small one. The slot passes
+//     its commit only when its last event is acknowledged.
+//   - No linger. A batch goes as soon as the previous one is acknowledged,
+//     so a quiet stream sends each event at once and a busy one sends large
+//     batches.
+//   - Read your event. An event reaches the broker only once its transaction
+//     is visible to new snapshots (Postgres writes a commit to the WAL a
+//     moment before it makes it visible), so a consumer that queries the row
+//     on an event sees at least the state the event describes.
+//   - Idle slots never pin WAL. With nothing in flight, server keepalives
+//     move the acknowledged position to the server's WAL end; a keepalive
+//     that asks for a reply gets one at once.
+//   - One bad row never stalls the stream. A row that cannot be routed (no
+//     current_step, a step that is no valid topic name), encoded (text that
+//     is not UTF-8), or produced (over the broker's message.max.bytes, which
+//     the reader asks the broker for, or refused by the broker) goes to
+//     <prefix>.dlq, keyed by job_id, with the reason in the value and in the
+//     jobstream.reason header, and counts in Stats.DeadLetters.
+//   - One active reader per slot. A reader holds an advisory lock on its
+//     slot for as long as it runs; a second reader of the same slot waits as
+//     a standby and takes over within about a second (StandbyPoll) when the
+//     lock's connection ends, a killed process included.
+//   - Reconnects. A lost connection to Postgres or the broker is retried
+//     with capped exponential backoff; a configuration problem (wal_level,
+//     REPLICATION privilege, a table with neither primary key nor replica
+//     identity, a slot Postgres invalidated) stops Run with one sentence
+//     naming the fix. An invalidated slot is never skipped silently: the
+//     error says how to re-snapshot.
+//
+// # Events
+//
+// Inserts are op "c", updates "u", deletes "d", snapshot reads "r",
+// truncates "t". Column values are rendered as Debezium renders them with
+// its defaults (jsonb as a JSON string, timestamptz as ISO-8601, numeric as
+// precise decimals); an unchanged TOASTed value the WAL does not carry is
+// Debezium's __debezium_unavailable_value, unless the table has REPLICA
+// IDENTITY FULL, whose old row supplies it. No tombstones follow deletes.
+//
+// A delete goes to its step's topic when the WAL carries the row's step
+// (REPLICA IDENTITY FULL, recommended); under the default identity the WAL
+// carries only job_id, and the delete goes to every step topic of the
+// prefix. A truncate, which has no key, goes to every partition of every
+// step topic of the prefix, so every job's partition sees it after the
+// job's earlier events. The step topics are those of the prefix the broker
+// knows (except the dead-letter topic) and those this reader produced to.
+//
+// # Initial snapshot
+//
+// With Snapshot "initial" (the default), when the slot does not exist the
+// reader creates it through the replication protocol with an exported
+// snapshot, reads every published table in a REPEATABLE READ transaction
+// that imports that snapshot, and emits each row as op "r" (source.snapshot
+// "first" for the first row, "last" for the last, "true" between, source.lsn
+// the slot's consistent point). It then streams from the consistent point:
+// every transaction committed before it is in the snapshot, every later one
+// is streamed, none is in both. The snapshot counts as done only when the
+// broker acknowledged all its events; jobstream_slots records that. A
+// snapshot a crash interrupted is started over: the next reader drops the
+// slot, creates it again and reads the table again (rows of the first
+// attempt that reached the broker are duplicates). With Snapshot "never",
+// only changes committed after the slot's creation are streamed. An existing
+// slot is never snapshotted again; to re-snapshot, drop the slot.
 package cdc

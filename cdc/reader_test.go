@@ -12,115 +12,14 @@ import (
 
 	"github.com/jackc/pglogrepl"
 	"github.com/segmentio/kafka-go"
+	"github.com/twmb/franz-go/pkg/kfake"
 
 	"github.com/jobstream/jobstream/cdc"
 	"github.com/jobstream/jobstream/ops/broker"
 	"github.com/jobstream/jobstream/ops/harness"
+	"github.com/jobstream/jobstream/ops/localpg"
 	"github.com/jobstream/jobstream/schema"
 )
-
-// startReader runs a reader for e until the test ends.
-func startReader(t *testing.T, e *harness.Env, tweak func(*cdc.Config)) *cdc.Reader {
-	t.Helper()
-	cfg := cdc.Config{DatabaseURL: e.DatabaseURL, Brokers: e.Brokers, Slot: e.Slot, Publication: e.Publication,
-		TopicPrefix: e.Prefix, StatusInterval: time.Second}
-	if tweak != nil {
-		tweak(&cfg)
-	}
-	r, err := cdc.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- r.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("reader: %v", err)
-		}
-	})
-	select {
-	case <-r.Ready():
-	case err := <-done:
-		t.Fatalf("reader stopped at start: %v", err)
-	case <-time.After(30 * time.Second):
-		t.Fatal("reader not ready within 30s")
-	}
-	return r
-}
-
-// waitMessages waits until topic holds at least n messages and returns them.
-func waitMessages(t *testing.T, e *harness.Env, topic string, n int) []kafka.Message {
-	t.Helper()
-	var msgs []kafka.Message
-	harness.Eventually(t, 30*time.Second, func() (bool, string) {
-		msgs = e.ReadTopic(t, topic)
-		return len(msgs) >= n, fmt.Sprintf("%s holds %d of %d messages", topic, len(msgs), n)
-	})
-	return msgs
-}
-
-func confirmedLSN(t *testing.T, e *harness.Env) pglogrepl.LSN {
-	t.Helper()
-	var s string
-	if err := e.Pool(t).QueryRow(context.Background(), `SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1`, e.Slot).Scan(&s); err != nil {
-		t.Fatal(err)
-	}
-	lsn, err := pglogrepl.ParseLSN(s)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return lsn
-}
-
-func currentLSN(t *testing.T, e *harness.Env) pglogrepl.LSN {
-	t.Helper()
-	var s string
-	if err := e.Pool(t).QueryRow(context.Background(), `SELECT pg_current_wal_lsn()::text`).Scan(&s); err != nil {
-		t.Fatal(err)
-	}
-	lsn, _ := pglogrepl.ParseLSN(s)
-	return lsn
-}
-
-// checkAgainstSchema checks an event against schema/envelope.schema.json:
-// every required key present, no key the schema does not name.
-func checkAgainstSchema(t *testing.T, value []byte) {
-	t.Helper()
-	var js struct {
-		Required   []string                   `json:"required"`
-		Properties map[string]json.RawMessage `json:"properties"`
-	}
-	if err := json.Unmarshal(schema.EnvelopeJSONSchema, &js); err != nil {
-		t.Fatal(err)
-	}
-	var src struct {
-		Required   []string                   `json:"required"`
-		Properties map[string]json.RawMessage `json:"properties"`
-	}
-	json.Unmarshal(js.Properties["source"], &src)
-	var ev map[string]json.RawMessage
-	if err := json.Unmarshal(value, &ev); err != nil {
-		t.Fatalf("event is not JSON: %s", value)
-	}
-	var evSrc map[string]json.RawMessage
-	json.Unmarshal(ev["source"], &evSrc)
-	check := func(where string, obj map[string]json.RawMessage, required []string, props map[string]json.RawMessage) {
-		for _, k := range required {
-			if _, ok := obj[k]; !ok {
-				t.Errorf("%s lacks required %q: %s", where, k, value)
-			}
-		}
-		for k := range obj {
-			if _, ok := props[k]; !ok {
-				t.Errorf("%s has %q, which the schema does not name", where, k)
-			}
-		}
-	}
-	check("event", ev, js.Required, js.Properties)
-	check("source", evSrc, src.Required, src.Properties)
-}
 
 func TestEnvelopesForInsertUpdateDelete(t *testing.T) {
 	t.Parallel()
@@ -134,39 +33,114 @@ func TestEnvelopesForInsertUpdateDelete(t *testing.T) {
 	ins := waitMessages(t, e, e.Topic("img_gen"), 1)[0]
 	vlm := waitMessages(t, e, e.Topic("vlm_analyze"), 2)
 	for _, m := range append(vlm, ins) {
-		checkAgainstSchema(t, m.Value)
+		validate(t, m.Value)
 		if string(m.Key) != "j1" {
 			t.Fatalf("key %q, want j1", m.Key)
 		}
 	}
-	env, err := schema.DecodeEnvelope(ins.Value)
-	if err != nil {
-		t.Fatal(err)
-	}
+	env := decode(t, ins)
 	if env.Op != "c" || env.Before != nil || env.After["payload"] != `{"prompt": "a cat"}` || env.After["status"] != "done" {
 		t.Fatalf("insert event: %s", ins.Value)
 	}
 	s := env.Source
 	if s.Connector != "postgresql" || s.Name != e.Prefix || s.DB != e.DB || s.Schema != "public" || s.Table != "jobs" ||
-		s.Snapshot != "false" || s.TxID == 0 || s.LSN == 0 || s.TsMs == 0 || !strings.HasPrefix(s.Sequence, `["`) {
+		s.Snapshot != "false" || s.TxID == 0 || s.LSN == 0 || s.TsMs == 0 || !strings.HasPrefix(s.Sequence, `[`) {
 		t.Fatalf("source block: %+v", s)
 	}
 	if _, err := time.Parse(time.RFC3339Nano, env.After["updated_at"].(string)); err != nil {
 		t.Fatalf("updated_at is not ISO-8601: %v", env.After["updated_at"])
 	}
-	upd, _ := schema.DecodeEnvelope(vlm[0].Value)
-	del, _ := schema.DecodeEnvelope(vlm[1].Value)
+	upd, del := decode(t, vlm[0]), decode(t, vlm[1])
 	if upd.Op != "u" || upd.Before["current_step"] != "img_gen" || upd.After["current_step"] != "vlm_analyze" {
 		t.Fatalf("update event: %s", vlm[0].Value)
 	}
-	if del.Op != "d" || del.After != nil || del.Before["job_id"] != "j1" {
+	if del.Op != "d" || del.After != nil || del.Before["job_id"] != "j1" || del.Before["current_step"] != "vlm_analyze" {
 		t.Fatalf("delete event: %s", vlm[1].Value)
 	}
 	if !(upd.Source.LSN > env.Source.LSN && del.Source.LSN > upd.Source.LSN) {
 		t.Fatalf("LSNs not increasing: %d %d %d", env.Source.LSN, upd.Source.LSN, del.Source.LSN)
 	}
+	// The sequence's first element is the commit before the event's transaction.
+	want := fmt.Sprintf(`"%d"]`, upd.Source.LSN)
+	if !strings.HasSuffix(upd.Source.Sequence, want) || strings.HasPrefix(upd.Source.Sequence, "[null") {
+		t.Fatalf("update's sequence %s, want [\"<last commit>\",%s", upd.Source.Sequence, want)
+	}
 }
 
+// TestEnvelopeRendersTypesAsDebezium is item 7: every column of the row, each
+// rendered as Debezium's Postgres connector renders it with its defaults,
+// unchanged TOASTed values as its placeholder unless REPLICA IDENTITY FULL,
+// and every event valid against schema/envelope.schema.json.
+func TestEnvelopeRendersTypesAsDebezium(t *testing.T) {
+	t.Parallel()
+	e := harness.New(t)
+	e.Exec(t, `ALTER TABLE jobs ADD COLUMN n int, ADD COLUMN big bigint, ADD COLUMN small smallint, ADD COLUMN flag boolean,
+		ADD COLUMN ratio float8, ADD COLUMN price numeric(10,2), ADD COLUMN amount numeric, ADD COLUMN born date,
+		ADD COLUMN seen timestamp, ADD COLUMN blob bytea, ADD COLUMN uid uuid, ADD COLUMN note text, ADD COLUMN doc json`)
+	e.Exec(t, `ALTER TABLE jobs ALTER COLUMN results SET STORAGE EXTERNAL`)
+	startReader(t, e, nil)
+	e.Exec(t, `INSERT INTO jobs (job_id, current_step, status, payload, results, error, updated_at, n, big, small, flag, ratio,
+		price, amount, born, seen, blob, uid, note, doc) VALUES
+		('j1', 'img_gen', 'done', '{"prompt": "a \"red\" square", "seed": 7}', jsonb_build_object('img_gen', repeat('r', 6000)),
+		NULL, '2026-11-26 23:32:21.123456+00', -42, 9007199254740993, 7, true, 0.25, 1.50, -12.345, '1970-01-11',
+		'1970-01-01 00:00:01.5', '\x68690a', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', E'line\nnext "q" \\ ✓', '[1, 2]')`)
+	// Only status changes: results is TOASTed and unchanged, so the WAL
+	// does not carry it.
+	e.Exec(t, `UPDATE jobs SET status = 'running' WHERE job_id = 'j1'`)
+	e.Exec(t, `ALTER TABLE jobs REPLICA IDENTITY FULL`)
+	e.Exec(t, `UPDATE jobs SET status = 'done' WHERE job_id = 'j1'`)
+
+	msgs := waitMessages(t, e, e.Topic("img_gen"), 3)
+	for _, m := range msgs {
+		validate(t, m.Value)
+	}
+	var ins map[string]json.RawMessage
+	if err := json.Unmarshal(msgs[0].Value, &ins); err != nil {
+		t.Fatal(err)
+	}
+	var after map[string]json.RawMessage
+	json.Unmarshal(ins["after"], &after)
+	want := map[string]string{
+		"job_id":     `"j1"`,
+		"payload":    `"{\"seed\": 7, \"prompt\": \"a \\\"red\\\" square\"}"`, // jsonb: a JSON string (io.debezium.data.Json)
+		"error":      `null`,
+		"updated_at": `"2026-11-26T23:32:21.123456Z"`, // timestamptz: ISO-8601 (ZonedTimestamp)
+		"n":          `-42`,
+		"big":        `9007199254740993`,
+		"small":      `7`,
+		"flag":       `true`,
+		"ratio":      `0.25`,
+		"price":      `"AJY="`,                     // numeric(10,2): unscaled 150, big-endian, base64
+		"amount":     `{"scale":3,"value":"z8c="}`, // numeric: VariableScaleDecimal, unscaled -12345
+		"born":       `10`,                         // date: days since the epoch
+		"seen":       `1500000`,                    // timestamp: MicroTimestamp
+		"blob":       `"aGkK"`,                     // bytea: base64
+		"uid":        `"a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"`,
+		"note":       `"line\nnext \"q\" \\ ✓"`,
+		"doc":        `"[1, 2]"`,
+	}
+	for col, w := range want {
+		if got := string(after[col]); got != w {
+			t.Errorf("after.%s = %s, want %s", col, got, w)
+		}
+	}
+	if len(after) != 20 {
+		t.Errorf("after has %d columns, want all 20: %s", len(after), ins["after"])
+	}
+	toasted := decode(t, msgs[1])
+	if toasted.Op != "u" || toasted.After["results"] != "__debezium_unavailable_value" || toasted.After["status"] != "running" {
+		t.Errorf("update under REPLICA IDENTITY DEFAULT: results %.60v, status %v", toasted.After["results"], toasted.After["status"])
+	}
+	full := decode(t, msgs[2])
+	if r, _ := full.After["results"].(string); !strings.Contains(r, strings.Repeat("r", 6000)) || full.Before["status"] != "running" {
+		t.Errorf("update under REPLICA IDENTITY FULL: results %.60v, before %v", full.After["results"], full.Before["status"])
+	}
+}
+
+// TestBadRowsGoToDeadLetterTopic is item 6: a step that is no valid topic
+// name, a row without a step, an event over the message limit: each goes
+// to the dead-letter topic keyed by job_id with the reason, the stream goes
+// on, the slot moves past them and the counter counts them.
 func TestBadRowsGoToDeadLetterTopic(t *testing.T) {
 	t.Parallel()
 	e := harness.New(t)
@@ -174,47 +148,187 @@ func TestBadRowsGoToDeadLetterTopic(t *testing.T) {
 	e.Exec(t, `INSERT INTO jobs (job_id, current_step, status) VALUES ('bad-name', 'no such/step!', 'done')`)
 	e.Exec(t, `INSERT INTO jobs (job_id, current_step, status) VALUES ('no-step', NULL, 'pending')`)
 	e.Exec(t, `INSERT INTO jobs (job_id, current_step, status, payload) VALUES ('too-big', 'img_gen', 'done', jsonb_build_object('blob', repeat('x', 8000)))`)
-	e.Exec(t, `DELETE FROM jobs WHERE job_id = 'no-step'`)
 	e.Exec(t, `INSERT INTO jobs (job_id, current_step, status) VALUES ('fine', 'img_gen', 'done')`)
 
 	ok := waitMessages(t, e, e.Topic("img_gen"), 1)
 	if len(ok) != 1 || string(ok[0].Key) != "fine" {
 		t.Fatalf("img_gen topic: %d messages, first key %q", len(ok), ok[0].Key)
 	}
-	dlq := waitMessages(t, e, schema.DLQTopic(e.Prefix), 4)
+	dlq := waitMessages(t, e, schema.DLQTopic(e.Prefix), 3)
 	reasons := map[string]string{}
 	for _, m := range dlq {
 		var v struct {
-			Reason string `json:"reason"`
+			Reason string          `json:"reason"`
+			Event  json.RawMessage `json:"event"`
 		}
 		if err := json.Unmarshal(m.Value, &v); err != nil || v.Reason == "" {
 			t.Fatalf("dead letter without reason: %s", m.Value)
 		}
+		if len(m.Headers) != 1 || string(m.Headers[0].Value) != v.Reason {
+			t.Errorf("dead letter headers %v", m.Headers)
+		}
+		if string(m.Key) != "too-big" {
+			validate(t, v.Event)
+		}
 		reasons[string(m.Key)] += v.Reason + ";"
 	}
-	for key, want := range map[string]string{"bad-name": "topic name", "no-step": "current_step", "too-big": "over the broker's message limit"} {
+	for key, want := range map[string]string{"bad-name": "topic name", "no-step": "current_step is null", "too-big": "over the broker's message limit of 4000"} {
 		if !strings.Contains(reasons[key], want) {
 			t.Errorf("dead letter for %s: reason %q, want it to mention %q", key, reasons[key], want)
 		}
 	}
-	if !strings.Contains(reasons["no-step"], "REPLICA IDENTITY FULL") {
-		t.Errorf("delete without step: reason %q", reasons["no-step"])
-	}
-	if n := r.Stats().DeadLetters.Load(); n != 4 {
-		t.Errorf("dead-letter counter %d, want 4", n)
-	}
+	harness.Eventually(t, 20*time.Second, func() (bool, string) {
+		n := r.Stats().DeadLetters.Load()
+		return n == 3, fmt.Sprintf("dead-letter counter %d, want 3", n)
+	})
 	// The slot moved past every bad row.
 	want := currentLSN(t, e)
-	harness.Eventually(t, 20*time.Second, func() (bool, string) {
+	harness.Eventually(t, 30*time.Second, func() (bool, string) {
 		got := confirmedLSN(t, e)
 		return got >= want, fmt.Sprintf("confirmed %s, want >= %s", got, want)
 	})
 }
 
-// TestFlushWaitsForBrokerAck is the acknowledgement rule: with the broker
-// down, the slot never confirms a position past the changes it could not
-// deliver; once the broker is back (same data folder), every change arrives
-// and only then the slot moves.
+// TestBrokerLimitsAreLearnedAndRefusalsDeadLettered: the reader learns the
+// broker's message.max.bytes by itself, and when the broker still refuses
+// an event (a topic with a lower max.message.bytes), that event becomes a
+// dead letter and the stream goes on.
+func TestBrokerLimitsAreLearnedAndRefusalsDeadLettered(t *testing.T) {
+	t.Parallel()
+	e := harness.New(t)
+	b, err := broker.Start(broker.Config{Listen: "127.0.0.1:0", DataDir: filepath.Join(e.Dir, "broker"),
+		Opts: []kfake.Opt{kfake.BrokerConfigs(map[string]string{"message.max.bytes": "20000"})}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(b.Close)
+	e.Brokers = []string{b.Addr()}
+	// The vlm_analyze topic takes at most 3000 bytes per batch.
+	c := &kafka.Client{Addr: kafka.TCP(b.Addr()), Timeout: 10 * time.Second, Transport: &kafka.Transport{}}
+	if _, err := c.CreateTopics(context.Background(), &kafka.CreateTopicsRequest{Topics: []kafka.TopicConfig{{
+		Topic: e.Topic("vlm_analyze"), NumPartitions: 3, ReplicationFactor: 1,
+		ConfigEntries: []kafka.ConfigEntry{{ConfigName: "max.message.bytes", ConfigValue: "3000"}},
+	}}}); err != nil {
+		t.Fatal(err)
+	}
+	r := startReader(t, e, nil)
+	e.Exec(t, `INSERT INTO jobs (job_id, current_step, status, payload) VALUES ('huge', 'img_gen', 'done', jsonb_build_object('blob', repeat('x', 30000)))`)
+	e.Exec(t, `INSERT INTO jobs (job_id, current_step, status, payload) VALUES ('refused', 'vlm_analyze', 'done', jsonb_build_object('blob', repeat('y', 5000)))`)
+	e.Exec(t, `INSERT INTO jobs (job_id, current_step, status) VALUES ('small', 'vlm_analyze', 'done')`)
+
+	ok := waitMessages(t, e, e.Topic("vlm_analyze"), 1)
+	if len(ok) != 1 || string(ok[0].Key) != "small" {
+		t.Fatalf("vlm_analyze topic: %d messages, first key %q", len(ok), ok[0].Key)
+	}
+	dlq := waitMessages(t, e, schema.DLQTopic(e.Prefix), 2)
+	got := map[string]string{}
+	for _, m := range dlq {
+		got[string(m.Key)] = string(m.Headers[0].Value)
+	}
+	if !strings.Contains(got["huge"], "over the broker's message limit of 20000") {
+		t.Errorf("huge: reason %q", got["huge"])
+	}
+	if !strings.Contains(got["refused"], "the broker refused the event") {
+		t.Errorf("refused: reason %q", got["refused"])
+	}
+	harness.Eventually(t, 20*time.Second, func() (bool, string) {
+		n := r.Stats().DeadLetters.Load()
+		return n == 2, fmt.Sprintf("dead-letter counter %d, want 2", n)
+	})
+}
+
+// TestUndecodableValueGoesToDeadLetter: in a SQL_ASCII database, text may
+// hold bytes that are no UTF-8, which JSON cannot carry: the row goes to
+// the dead-letter topic with the reason, and the stream goes on.
+func TestUndecodableValueGoesToDeadLetter(t *testing.T) {
+	t.Parallel()
+	e := harness.New(t)
+	ascii := sqlASCIIDatabase(t, e)
+	r := startReader(t, ascii, nil)
+	ascii.Exec(t, `INSERT INTO jobs (job_id, current_step, status, error) VALUES ('latin1', 'img_gen', 'done', E'caf\xe9')`)
+	ascii.Exec(t, `INSERT INTO jobs (job_id, current_step, status, error) VALUES ('ascii', 'img_gen', 'done', 'cafe')`)
+	ok := waitMessages(t, ascii, ascii.Topic("img_gen"), 1)
+	if string(ok[0].Key) != "ascii" {
+		t.Fatalf("img_gen topic: first key %q", ok[0].Key)
+	}
+	dl := waitMessages(t, ascii, schema.DLQTopic(ascii.Prefix), 1)[0]
+	var v struct {
+		Reason string          `json:"reason"`
+		Event  json.RawMessage `json:"event"`
+	}
+	if err := json.Unmarshal(dl.Value, &v); err != nil || string(dl.Key) != "latin1" ||
+		!strings.Contains(v.Reason, "column error holds bytes that are not valid UTF-8") || !strings.Contains(string(v.Event), `caf\ufffd`) {
+		t.Fatalf("dead letter %q: %s (%v)", dl.Key, dl.Value, err)
+	}
+	harness.Eventually(t, 20*time.Second, func() (bool, string) {
+		return r.Stats().DeadLetters.Load() == 1, "dead-letter counter is not 1"
+	})
+}
+
+// TestDeletesAndTruncates: a delete is op "d" keyed by job_id, in its step's
+// topic when the WAL carries the step (REPLICA IDENTITY FULL), else in every
+// step topic; a truncate is op "t" on every partition of every step topic.
+func TestDeletesAndTruncates(t *testing.T) {
+	t.Parallel()
+	e := harness.New(t)
+	r := startReader(t, e, func(c *cdc.Config) { c.Partitions = 3 })
+	e.Exec(t, `INSERT INTO jobs (job_id, current_step, status) VALUES ('j1', 'img_gen', 'done'), ('j2', 'vlm_analyze', 'done'), ('j3', 'vlm_analyze', 'done')`)
+	waitMessages(t, e, e.Topic("vlm_analyze"), 2)
+	e.Exec(t, `DELETE FROM jobs WHERE job_id = 'j1'`) // REPLICA IDENTITY DEFAULT: the WAL carries job_id only
+	e.Exec(t, `ALTER TABLE jobs REPLICA IDENTITY FULL`)
+	e.Exec(t, `DELETE FROM jobs WHERE job_id = 'j2'`)
+	e.Exec(t, `TRUNCATE jobs`)
+
+	img := waitMessages(t, e, e.Topic("img_gen"), 1+1+3)
+	vlm := waitMessages(t, e, e.Topic("vlm_analyze"), 2+2+3)
+	ops := func(msgs []kafka.Message) string {
+		var s []string
+		for _, m := range msgs {
+			validate(t, m.Value)
+			env := decode(t, m)
+			id := string(m.Key)
+			if env.Op == "d" && (env.Before["job_id"] != id || env.After != nil) {
+				t.Errorf("delete event %s", m.Value)
+			}
+			if env.Op == "t" && (m.Key != nil || env.Before != nil || env.After != nil) {
+				t.Errorf("truncate event key %q: %s", m.Key, m.Value)
+			}
+			s = append(s, env.Op+":"+id)
+		}
+		return strings.Join(s, " ")
+	}
+	// Per partition, in commit order; partitions are read one after the other.
+	for _, c := range []struct {
+		topic string
+		msgs  []kafka.Message
+		want  []string
+	}{
+		{"img_gen", img, []string{"c:j1", "d:j1", "t:"}},
+		{"vlm_analyze", vlm, []string{"c:j2", "c:j3", "d:j1", "d:j2", "t:"}},
+	} {
+		got := ops(c.msgs)
+		for _, w := range c.want {
+			if !strings.Contains(got, w) {
+				t.Errorf("%s: %s lacks %s", c.topic, got, w)
+			}
+		}
+		if n := strings.Count(got, "t:"); n != 3 {
+			t.Errorf("%s: %d truncate events, want one per partition (3): %s", c.topic, n, got)
+		}
+	}
+	if n := strings.Count(ops(img), "d:j2"); n != 0 {
+		t.Errorf("the delete of j2 (REPLICA IDENTITY FULL) went to img_gen too")
+	}
+	harness.Eventually(t, 20*time.Second, func() (bool, string) {
+		d, tr := r.Stats().Deletes.Load(), r.Stats().Truncates.Load()
+		return d == 3 && tr == 6, fmt.Sprintf("counters: %d deletes (want 3), %d truncates (want 6)", d, tr)
+	})
+}
+
+// TestFlushWaitsForBrokerAck is item 1: with the broker down, the slot never
+// confirms a position past the changes it could not deliver; once the broker
+// is back (same data folder), every change arrives, and the slot passes a
+// change only after the broker holds it.
 func TestFlushWaitsForBrokerAck(t *testing.T) {
 	t.Parallel()
 	e := harness.New(t)
@@ -226,23 +340,39 @@ func TestFlushWaitsForBrokerAck(t *testing.T) {
 	addr := b.Addr()
 	t.Cleanup(func() { b.Close() })
 	e.Brokers = []string{addr}
-	startReader(t, e, nil)
+	r := startReader(t, e, nil)
 
 	e.Exec(t, `INSERT INTO jobs (job_id, current_step, status) SELECT 'j' || i, 'img_gen', 'done' FROM generate_series(1, 100) i`)
+	inserted := currentLSN(t, e)
 	waitMessages(t, e, e.Topic("img_gen"), 100)
+	harness.Eventually(t, 30*time.Second, func() (bool, string) {
+		got := confirmedLSN(t, e)
+		return got >= inserted, fmt.Sprintf("slot at %s, want %s", got, inserted)
+	})
 	b.Close()
 
-	before := currentLSN(t, e)
+	// ends[i] is a WAL position past the commit of update i. The shared
+	// server's WAL also carries other tests' databases, which the slot may
+	// confirm; it must never confirm the commit of update 1, whatever else
+	// moves: before that commit is "the position before the updates".
+	ends := make([]pglogrepl.LSN, 101)
 	for i := 1; i <= 100; i++ {
 		e.Exec(t, `UPDATE jobs SET status = 'running' WHERE job_id = $1`, fmt.Sprintf("j%d", i))
+		ends[i] = currentLSN(t, e)
 	}
-	after := currentLSN(t, e)
-	// For a while (several status intervals), the slot must not pass `before`.
-	for end := time.Now().Add(4 * time.Second); time.Now().Before(end); {
-		if got := confirmedLSN(t, e); got > before {
-			t.Fatalf("slot confirmed %s past %s while the broker was down", got, before)
+	notPast := func() {
+		if got := confirmedLSN(t, e); got >= ends[1] {
+			t.Fatalf("slot confirmed %s, past the first update (%s), while the broker was down", got, ends[1])
 		}
-		time.Sleep(100 * time.Millisecond)
+	}
+	harness.Eventually(t, 30*time.Second, func() (bool, string) {
+		notPast()
+		return r.Stats().ReceivedLSN.Load() >= uint64(ends[100]), "the reader has not received all updates yet"
+	})
+	// All 100 received, none acknowledged: for several status intervals the
+	// slot stays before them.
+	for end := time.Now().Add(3 * time.Second); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
+		notPast()
 	}
 
 	b2, err := broker.Start(broker.Config{Listen: addr, DataDir: dir})
@@ -250,38 +380,71 @@ func TestFlushWaitsForBrokerAck(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { b2.Close() })
-	msgs := waitMessages(t, e, e.Topic("img_gen"), 200)
-	running := map[string]bool{}
-	for _, m := range msgs {
-		env, _ := schema.DecodeEnvelope(m.Value)
-		if env.After["status"] == "running" {
-			running[string(m.Key)] = true
+	// Whenever the slot has passed update i, the broker holds update i.
+	harness.Eventually(t, 60*time.Second, func() (bool, string) {
+		confirmed := confirmedLSN(t, e)
+		running := map[string]bool{}
+		for _, m := range readAll(t, e, e.Topic("img_gen")) {
+			if decode(t, m).After["status"] == "running" {
+				running[string(m.Key)] = true
+			}
 		}
-	}
-	if len(running) != 100 {
-		t.Fatalf("%d of 100 updates arrived after the broker came back", len(running))
-	}
-	harness.Eventually(t, 20*time.Second, func() (bool, string) {
-		got := confirmedLSN(t, e)
-		return got >= after, fmt.Sprintf("confirmed %s, want >= %s", got, after)
+		for i := 1; i <= 100; i++ {
+			if ends[i] <= confirmed && !running[fmt.Sprintf("j%d", i)] {
+				t.Fatalf("slot confirmed %s, past update %d (%s), which the broker does not hold", confirmed, i, ends[i])
+			}
+		}
+		return len(running) == 100 && confirmed >= ends[100],
+			fmt.Sprintf("%d of 100 updates arrived; confirmed %s, want >= %s", len(running), confirmed, ends[100])
 	})
 }
 
-// TestIdleSlotFollowsWAL: with jobs idle and WAL written elsewhere, the slot
-// still advances, so it never pins WAL it does not need.
+// TestIdleSlotFollowsWAL is item 4: with jobs idle and 200 MB of WAL written
+// to another table, the slot's retained WAL falls under 16 MB.
 func TestIdleSlotFollowsWAL(t *testing.T) {
 	t.Parallel()
 	e := harness.New(t)
-	startReader(t, e, nil)
+	r := startReader(t, e, nil)
 	e.Exec(t, `CREATE TABLE other (id serial, pad text)`)
-	e.Exec(t, `INSERT INTO other (pad) SELECT repeat('x', 1000) FROM generate_series(1, 20000)`)
-	target := currentLSN(t, e)
-	harness.Eventually(t, 40*time.Second, func() (bool, string) {
-		// Keep WAL moving a little, as a busy server does.
-		e.Exec(t, `INSERT INTO other (pad) VALUES ('tick')`)
-		got := confirmedLSN(t, e)
-		return got >= target, fmt.Sprintf("confirmed %s, want >= %s (%d bytes retained)", got, target, target-got)
+	e.Exec(t, `ALTER TABLE other ALTER COLUMN pad SET STORAGE PLAIN`)
+	start := currentLSN(t, e)
+	for i := 0; i < 20; i++ {
+		e.Exec(t, `INSERT INTO other (pad) SELECT repeat('x', 1900) FROM generate_series(1, 6000)`)
+	}
+	written := currentLSN(t, e) - start
+	if written < 200<<20 {
+		t.Fatalf("wrote %d MB of WAL, want 200", written>>20)
+	}
+	harness.Eventually(t, 60*time.Second, func() (bool, string) {
+		retained := currentLSN(t, e) - confirmedLSN(t, e)
+		return retained < 16<<20, fmt.Sprintf("slot retains %d MB of WAL", retained>>20)
 	})
+	t.Logf("after %d MB of WAL, the slot retains %d kB; reader lag %d bytes", written>>20, (currentLSN(t, e)-confirmedLSN(t, e))>>10, r.Stats().LagBytes())
+}
+
+// TestKeepaliveAnsweredAtOnce: a server keepalive that asks for a reply gets
+// one at once, not at the next status interval. On a Postgres of the test's
+// own (an idle one: no other database moves the WAL, so nothing else makes
+// the reader report), the server asks after one second without news
+// (wal_sender_timeout=2s for this connection) and drops a reader silent for
+// two, while the reader's own status interval is a minute.
+func TestKeepaliveAnsweredAtOnce(t *testing.T) {
+	t.Parallel()
+	e := harness.New(t)
+	p, _ := privatePostgres(t, e, "pg", localpg.Options{})
+	migrate(t, p.DatabaseURL)
+	p.DatabaseURL += "&wal_sender_timeout=2s"
+	r := startReader(t, p, func(c *cdc.Config) { c.StatusInterval = time.Minute })
+	pid := waitSlotActive(t, p)
+	harness.Eventually(t, 60*time.Second, func() (bool, string) {
+		n := r.Stats().KeepaliveReplies.Load()
+		return n >= 4, fmt.Sprintf("%d keepalives answered", n)
+	})
+	if n, now := r.Stats().Reconnects.Load(), waitSlotActive(t, p); n != 0 || now != pid {
+		t.Fatalf("the server dropped the reader (%d reconnects; walsender %d, then %d)", n, pid, now)
+	}
+	execOn(t, p.DatabaseURL, `INSERT INTO jobs (job_id, current_step, status) VALUES ('j1', 'img_gen', 'done')`)
+	waitMessages(t, p, p.Topic("img_gen"), 1)
 }
 
 func TestConfigErrorsAreOneSentence(t *testing.T) {
@@ -293,6 +456,7 @@ func TestConfigErrorsAreOneSentence(t *testing.T) {
 		{cdc.Config{Brokers: []string{"x:1"}}, "DATABASE_URL"},
 		{cdc.Config{DatabaseURL: "postgres://x"}, "KAFKA_BROKERS"},
 		{cdc.Config{DatabaseURL: "postgres://x", Brokers: []string{"x:1"}, Slot: "Bad-Slot"}, "slot name"},
+		{cdc.Config{DatabaseURL: "postgres://x", Brokers: []string{"x:1"}, Snapshot: "always"}, "snapshot mode"},
 	} {
 		_, err := cdc.New(c.cfg)
 		if err == nil || !strings.Contains(err.Error(), c.want) {

@@ -465,7 +465,7 @@ func TestDuplicateAndStaleEventsAreSkipped(t *testing.T) {
 	skipped := w.Stats().Skipped.Load()
 	claims := w.Stats().Claims.Load()
 	wr := &kafka.Writer{Addr: kafka.TCP(e.Brokers...), Topic: e.Topic(trigger), Balancer: &kafka.Murmur2Balancer{},
-		RequiredAcks: kafka.RequireAll, BatchTimeout: time.Millisecond}
+		RequiredAcks: kafka.RequireAll, BatchTimeout: time.Millisecond, AllowAutoTopicCreation: true}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := wr.WriteMessages(ctx, replay...); err != nil {

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/jobstream/jobstream/cdc"
@@ -268,8 +269,17 @@ func runReader(ctx context.Context, args []string, _ io.Writer) error {
 	c.register(f, true, true)
 	f.str(&cfg.Slot, "slot", "JOBSTREAM_SLOT", "jobstream", "logical replication slot (created if missing)")
 	f.num(&cfg.Partitions, "partitions", "JOBSTREAM_PARTITIONS", schema.DefaultPartitions, "partitions of topics the reader creates")
+	f.str(&cfg.Snapshot, "snapshot", "JOBSTREAM_SNAPSHOT", cdc.SnapshotInitial, "when the slot is created: initial emits the existing rows first (op r), never streams only later changes")
+	f.dur(&cfg.StatusInterval, "status-interval", "JOBSTREAM_STATUS_INTERVAL", 10*time.Second, "longest time between two status updates to Postgres")
+	f.num(&cfg.MaxBatch, "max-batch", "JOBSTREAM_MAX_BATCH", 4096, "most events in one produce round trip")
+	f.num(&cfg.MaxMessageBytes, "max-message-bytes", "JOBSTREAM_MAX_MESSAGE_BYTES", 0, "largest event; larger ones go to the dead-letter topic (0: the broker's message.max.bytes)")
+	var httpAddr string
+	f.str(&httpAddr, "http-addr", "JOBSTREAM_HTTP_ADDR", "", "serve /metrics, /healthz and /readyz on this address, e.g. :9100")
 	if err := f.parse(args); err != nil {
 		return err
+	}
+	if cfg.Snapshot != cdc.SnapshotInitial && cfg.Snapshot != cdc.SnapshotNever {
+		return usagef("--snapshot %q is not one of initial, never", cfg.Snapshot)
 	}
 	if err := c.needDB(); err != nil {
 		return err
@@ -281,12 +291,38 @@ func runReader(ctx context.Context, args []string, _ io.Writer) error {
 	if err != nil {
 		return err
 	}
+	b, err := c.broker()
+	if err != nil {
+		return err
+	}
 	cfg.DatabaseURL, cfg.Brokers, cfg.TopicPrefix, cfg.Publication, cfg.Logger = c.databaseURL, c.brokerList(), c.prefix, c.publication, log
+	cfg.SASL, cfg.TLS = b.SASL, b.TLS
+	reg := newRegistry()
+	rm := newReaderMetrics(reg)
+	cfg.OnProduce, cfg.OnCommitAcked = rm.produced, rm.commitAcked
 	r, err := cdc.New(cfg)
 	if err != nil {
 		return usageError{err.Error()}
 	}
-	return redactErr(r.Run(ctx))
+	registerReader(reg, r)
+	return serveWhile(ctx, httpAddr, reg, readyWhen(r.Ready(), "reader"), log, r.Run)
+}
+
+// serveWhile runs run and, beside it, the HTTP endpoints; the first to fail
+// stops both. A deliberate stop returns nil.
+func serveWhile(ctx context.Context, httpAddr string, reg *prometheus.Registry, ready func() error, log *slog.Logger, run func(context.Context) error) error {
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return serveHTTP(gctx, httpAddr, reg, ready, log) })
+	g.Go(func() error {
+		if err := run(gctx); err != nil {
+			return err
+		}
+		return context.Canceled // stop the HTTP server too
+	})
+	if err := g.Wait(); err != nil && !errors.Is(err, context.Canceled) {
+		return redactErr(err)
+	}
+	return nil
 }
 
 func runWorker(ctx context.Context, args []string, _ io.Writer) error {
@@ -348,19 +384,7 @@ func runWorker(ctx context.Context, args []string, _ io.Writer) error {
 		return usageError{err.Error()}
 	}
 	registerWorker(reg, w, cfg.Step)
-	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return serveHTTP(gctx, httpAddr, reg, readyWhen(w.Ready(), "worker"), log) })
-	g.Go(func() error {
-		err := w.Run(gctx)
-		if err != nil {
-			return err
-		}
-		return context.Canceled // stop the HTTP server too
-	})
-	if err := g.Wait(); err != nil && !errors.Is(err, context.Canceled) {
-		return redactErr(err)
-	}
-	return nil
+	return serveWhile(ctx, httpAddr, reg, readyWhen(w.Ready(), "worker"), log, w.Run)
 }
 
 func runBroker(ctx context.Context, args []string, out io.Writer) error {

@@ -2,6 +2,7 @@ package ops
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sort"
 	"time"
@@ -81,10 +82,13 @@ func (a *admin) committed(ctx context.Context, group, topic string, parts []int)
 	if err != nil {
 		return nil, fmt.Errorf("fetch offsets of group %s: %w", group, err)
 	}
+	out := map[int]int64{}
+	if errors.Is(resp.Error, kafka.GroupIdNotFound) {
+		return out, nil // the group never committed anything yet
+	}
 	if resp.Error != nil {
 		return nil, fmt.Errorf("fetch offsets of group %s: %w", group, resp.Error)
 	}
-	out := map[int]int64{}
 	for _, p := range resp.Topics[topic] {
 		out[p.Partition] = p.CommittedOffset
 	}

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -38,20 +39,54 @@ func gaugeFunc(reg *prometheus.Registry, name, help string, f func() float64) {
 // registerReader exports a reader's counters.
 func registerReader(reg *prometheus.Registry, r *cdc.Reader) {
 	s := r.Stats()
-	counterFunc(reg, "jobstream_reader_events_total", "Change events acknowledged by the broker.", func() float64 { return float64(s.Events.Load()) })
+	events := func(op string, v *atomic.Int64) prometheus.Collector {
+		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "jobstream_reader_events_total",
+			Help: "Change events acknowledged by the broker, by op.", ConstLabels: prometheus.Labels{"op": op}},
+			func() float64 { return float64(v.Load()) })
+	}
+	reg.MustRegister(events("c", &s.Inserts), events("u", &s.Updates), events("d", &s.Deletes), events("r", &s.SnapshotReads), events("t", &s.Truncates))
 	counterFunc(reg, "jobstream_reader_dead_letters_total", "Rows sent to the dead-letter topic.", func() float64 { return float64(s.DeadLetters.Load()) })
 	counterFunc(reg, "jobstream_reader_transactions_total", "Transactions decoded.", func() float64 { return float64(s.Transactions.Load()) })
-	counterFunc(reg, "jobstream_reader_reconnects_total", "Replication stream restarts.", func() float64 { return float64(s.Reconnects.Load()) })
+	counterFunc(reg, "jobstream_reader_reconnects_total", "Replication sessions restarted after a failure.", func() float64 { return float64(s.Reconnects.Load()) })
+	counterFunc(reg, "jobstream_reader_keepalive_replies_total", "Server keepalives answered at once.", func() float64 { return float64(s.KeepaliveReplies.Load()) })
 	gaugeFunc(reg, "jobstream_reader_acked_lsn", "WAL position up to which every event is acknowledged (reported as flushed).", func() float64 { return float64(s.AckedLSN.Load()) })
 	gaugeFunc(reg, "jobstream_reader_received_lsn", "Last WAL position received from Postgres.", func() float64 { return float64(s.ReceivedLSN.Load()) })
-	gaugeFunc(reg, "jobstream_replication_lag_bytes", "Received minus acknowledged WAL position, in bytes.", func() float64 {
-		rec, ack := s.ReceivedLSN.Load(), s.AckedLSN.Load()
-		if rec < ack {
-			return 0
+	gaugeFunc(reg, "jobstream_replication_lag_bytes", "WAL the slot retains because of this reader: server end minus acknowledged position.", func() float64 { return float64(s.LagBytes()) })
+	gaugeFunc(reg, "jobstream_replication_lag_seconds", "Commit in Postgres to broker acknowledgement, for the last transaction.", s.LagSeconds)
+	gaugeFunc(reg, "jobstream_reader_active", "1 while this reader holds its slot, 0 while it waits as standby.", func() float64 {
+		if s.Active.Load() {
+			return 1
 		}
-		return float64(rec - ack)
+		return 0
 	})
 }
+
+// readerMetrics records the reader's hooks into histograms.
+type readerMetrics struct {
+	produce     prometheus.Histogram
+	batch       prometheus.Histogram
+	commitToAck prometheus.Histogram
+}
+
+func newReaderMetrics(reg *prometheus.Registry) *readerMetrics {
+	m := &readerMetrics{
+		produce: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "jobstream_produce_seconds",
+			Help: "How long the broker took to acknowledge one batch.", Buckets: latencyBuckets}),
+		batch: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "jobstream_produce_batch_events",
+			Help: "Events per produced batch.", Buckets: prometheus.ExponentialBuckets(1, 4, 8)}),
+		commitToAck: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "jobstream_commit_to_ack_seconds",
+			Help: "Commit in Postgres to the broker's acknowledgement of the transaction's last event.", Buckets: latencyBuckets}),
+	}
+	reg.MustRegister(m.produce, m.batch, m.commitToAck)
+	return m
+}
+
+func (m *readerMetrics) produced(events int, d time.Duration) {
+	m.produce.Observe(d.Seconds())
+	m.batch.Observe(float64(events))
+}
+
+func (m *readerMetrics) commitAcked(d time.Duration) { m.commitToAck.Observe(d.Seconds()) }
 
 // workerMetrics is a consumers.Observer that records into Prometheus.
 type workerMetrics struct {
@@ -89,6 +124,7 @@ func registerWorker(reg *prometheus.Registry, w *consumers.Worker, step string) 
 		{"jobstream_retries_total", "Attempts retried.", func() float64 { return float64(s.Retries.Load()) }},
 		{"jobstream_fenced_results_total", "Results discarded because their attempt lost its run.", func() float64 { return float64(s.Fenced.Load()) }},
 		{"jobstream_skipped_events_total", "Events that were no trigger or found nothing to claim.", func() float64 { return float64(s.Skipped.Load()) }},
+		{"jobstream_group_rejoins_total", "Times the stall watchdog made the members rejoin the group.", func() float64 { return float64(s.Rejoins.Load()) }},
 	} {
 		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: c.name, Help: c.help, ConstLabels: lbl}, c.f))
 	}

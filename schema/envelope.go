@@ -37,10 +37,13 @@ type Source struct {
 	Connector string `json:"connector"`
 	Name      string `json:"name"`
 	TsMs      int64  `json:"ts_ms"`
-	Snapshot  string `json:"snapshot"`
-	DB        string `json:"db"`
-	// Sequence is a JSON array of two strings, the last commit LSN and this
-	// event's LSN, as Debezium writes it.
+	// Snapshot is "false" for a streamed change; in the initial snapshot
+	// (op "r") "first" for its first row, "last" for its last, "true" between.
+	Snapshot string `json:"snapshot"`
+	DB       string `json:"db"`
+	// Sequence is a JSON array, as Debezium writes it: the LSN of the last
+	// commit before this event's transaction (null when the reader has not
+	// seen one yet, and in a snapshot) and this event's LSN, both as strings.
 	Sequence string `json:"sequence"`
 	Schema   string `json:"schema"`
 	Table    string `json:"table"`

@@ -31,6 +31,13 @@ var JobsColumns = []Column{
 //go:embed migrations/002_runs.sql
 var runsSQL string
 
+// SlotsSQL creates jobstream_slots, where the reader records whether a
+// slot's initial snapshot completed. Idempotent; Migrate runs it, and the
+// reader runs it too before its first snapshot.
+//
+//go:embed migrations/003_slots.sql
+var SlotsSQL string
+
 // DefaultPublication is the publication name Migrate creates when none is given.
 const DefaultPublication = "jobstream"
 
@@ -42,7 +49,8 @@ type MigrateOptions struct {
 }
 
 // Migrate creates the jobs table (or adds the columns it lacks), the
-// jobstream_runs ledger and the publication, idempotently. It returns one
+// jobstream_runs ledger, the jobstream_slots table and the publication,
+// idempotently. It returns one
 // sentence per change it made; an empty slice means nothing was missing.
 func Migrate(ctx context.Context, conn *pgx.Conn, opts MigrateOptions) ([]string, error) {
 	pub := opts.Publication
@@ -124,6 +132,16 @@ func Migrate(ctx context.Context, conn *pgx.Conn, opts MigrateOptions) ([]string
 	}
 	if !exists {
 		changes = append(changes, "created table jobstream_runs")
+	}
+
+	if err := tx.QueryRow(ctx, `SELECT to_regclass('jobstream_slots') IS NOT NULL`).Scan(&exists); err != nil {
+		return nil, fmt.Errorf("look up jobstream_slots: %w", err)
+	}
+	if _, err := tx.Exec(ctx, SlotsSQL); err != nil {
+		return nil, fmt.Errorf("create jobstream_slots: %w", err)
+	}
+	if !exists {
+		changes = append(changes, "created table jobstream_slots")
 	}
 
 	var pubExists, pubHasJobs bool

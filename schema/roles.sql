@@ -17,6 +17,8 @@ BEGIN
 END $$;
 
 GRANT SELECT ON jobs TO jobstream_reader;
+-- The reader records in jobstream_slots that a slot's initial snapshot completed.
+GRANT SELECT, INSERT, UPDATE ON jobstream_slots TO jobstream_reader;
 
 GRANT SELECT, UPDATE (current_step, status, results, error, updated_at) ON jobs TO jobstream_worker;
 GRANT SELECT, INSERT, UPDATE ON jobstream_runs TO jobstream_worker;

@@ -31,7 +31,8 @@ type Postgres struct {
 	// Port is the loopback TCP port.
 	Port int
 	cmd  *exec.Cmd
-	done chan error
+	done chan struct{} // closed when the server process has exited
+	err  error         // its exit status, once done is closed
 }
 
 // Options tune Start. Zero fields take their defaults.
@@ -163,8 +164,8 @@ func Start(ctx context.Context, dir string, opts Options) (*Postgres, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start postgres: %w", err)
 	}
-	p := &Postgres{Dir: dir, Port: port, cmd: cmd, done: make(chan error, 1)}
-	go func() { p.done <- cmd.Wait() }()
+	p := &Postgres{Dir: dir, Port: port, cmd: cmd, done: make(chan struct{})}
+	go func() { p.err = cmd.Wait(); close(p.done) }()
 	if err := p.waitReady(ctx, 60*time.Second); err != nil {
 		p.Stop()
 		return nil, err
@@ -181,9 +182,8 @@ func (p *Postgres) waitReady(ctx context.Context, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for {
 		select {
-		case err := <-p.done:
-			p.done <- err
-			return fmt.Errorf("postgres exited at start (%v); see %s.log", err, p.Dir)
+		case <-p.done:
+			return fmt.Errorf("postgres exited at start (%v); see %s.log", p.err, p.Dir)
 		default:
 		}
 		cctx, cancel := context.WithTimeout(ctx, time.Second)
@@ -207,8 +207,10 @@ func (p *Postgres) Stop() error { return p.stop(syscall.SIGINT) }
 func (p *Postgres) Crash() error { return p.stop(syscall.SIGQUIT) }
 
 func (p *Postgres) stop(sig syscall.Signal) error {
-	if p.cmd.Process == nil {
-		return nil
+	select {
+	case <-p.done:
+		return nil // already stopped
+	default:
 	}
 	_ = p.cmd.Process.Signal(sig)
 	select {

@@ -1,0 +1,161 @@
+package cdc
+
+import (
+	"cmp"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync/atomic"
+	"time"
+
+	"github.com/segmentio/kafka-go/sasl"
+
+	"github.com/jobstream/jobstream/schema"
+)
+
+// Snapshot modes of Config.Snapshot.
+const (
+	// SnapshotInitial emits every row that exists when the slot is created
+	// as a read event (op "r") before streaming changes.
+	SnapshotInitial = "initial"
+	// SnapshotNever streams only the changes committed after the slot is
+	// created.
+	SnapshotNever = "never"
+)
+
+// Config configures a Reader. Zero fields take the defaults documented on them.
+type Config struct {
+	// DatabaseURL is the Postgres connection URL (postgres://...). Required.
+	DatabaseURL string
+	// Brokers are the Kafka bootstrap brokers (host:port). Required.
+	Brokers []string
+	// SASL authenticates to the brokers (default: none).
+	SASL sasl.Mechanism
+	// TLS encrypts the connections to the brokers (default: plaintext).
+	TLS *tls.Config
+	// Slot is the logical replication slot (default "jobstream").
+	Slot string
+	// Publication is the publication of the jobs table (default "jobstream").
+	Publication string
+	// TopicPrefix prefixes every topic name (default "jobs").
+	TopicPrefix string
+	// Partitions is the partition count of topics the reader creates (default 12).
+	Partitions int
+	// Snapshot says what happens when the slot does not exist yet:
+	// SnapshotInitial (the default) emits the table's rows as read events
+	// first, SnapshotNever streams only later changes.
+	Snapshot string
+	// StatusInterval is the longest time between two standby status updates
+	// sent to Postgres (default 10s).
+	StatusInterval time.Duration
+	// StandbyPoll is how often a standby reader checks whether the active
+	// reader of its slot is gone (default 1s).
+	StandbyPoll time.Duration
+	// MaxBatch is the most events produced in one round trip to the broker
+	// (default 4096).
+	MaxBatch int
+	// MaxBatchBytes bounds the bytes of one batch (default 8 MiB). With
+	// MaxBatch it bounds the reader's memory: at most two batches are held,
+	// one being produced and one filling.
+	MaxBatchBytes int
+	// MaxMessageBytes is the largest event the broker accepts; a larger event
+	// goes to the dead-letter topic. Default: the broker's message.max.bytes,
+	// or 1,000,000 (Kafka's default) when the broker does not say. A value
+	// above the broker's limit is lowered to it.
+	MaxMessageBytes int
+	// Logger receives the reader's logs (default slog.Default()).
+	Logger *slog.Logger
+	// OnProduce, when set, is called after every batch the broker
+	// acknowledged, with its number of events and how long producing it took
+	// (a produce latency histogram). It must not block.
+	OnProduce func(events int, d time.Duration)
+	// OnCommitAcked, when set, is called once per transaction when its last
+	// event is acknowledged, with the time from its commit in Postgres to that
+	// acknowledgement. It must not block.
+	OnCommitAcked func(latency time.Duration)
+}
+
+// WithDefaults returns a copy of c with every zero field set to its default.
+func (c Config) WithDefaults() Config {
+	c.Slot = cmp.Or(c.Slot, "jobstream")
+	c.Publication = cmp.Or(c.Publication, schema.DefaultPublication)
+	c.TopicPrefix = cmp.Or(c.TopicPrefix, schema.DefaultTopicPrefix)
+	c.Partitions = cmp.Or(c.Partitions, schema.DefaultPartitions)
+	c.Snapshot = cmp.Or(c.Snapshot, SnapshotInitial)
+	c.StatusInterval = cmp.Or(c.StatusInterval, 10*time.Second)
+	c.StandbyPoll = cmp.Or(c.StandbyPoll, time.Second)
+	c.MaxBatch = cmp.Or(c.MaxBatch, 4096)
+	c.MaxBatchBytes = cmp.Or(c.MaxBatchBytes, 8<<20)
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return c
+}
+
+func (c Config) validate() error {
+	switch {
+	case c.DatabaseURL == "":
+		return errors.New("no database given: set DATABASE_URL or --database-url (postgres://user:pass@host:port/db)")
+	case len(c.Brokers) == 0:
+		return errors.New("no Kafka broker given: set KAFKA_BROKERS or --brokers (host:port, comma-separated)")
+	case !schema.ValidIdent(c.Slot):
+		return fmt.Errorf("slot name %q is not valid: use lower-case letters, digits and _", c.Slot)
+	case !schema.ValidIdent(c.Publication):
+		return fmt.Errorf("publication name %q is not valid: use lower-case letters, digits and _", c.Publication)
+	case c.Snapshot != SnapshotInitial && c.Snapshot != SnapshotNever:
+		return fmt.Errorf("snapshot mode %q is not one of initial, never", c.Snapshot)
+	case c.Partitions < 1 || c.Partitions > 10000:
+		return fmt.Errorf("partitions %d is out of range 1..10000", c.Partitions)
+	case c.MaxBatch < 1 || c.MaxBatchBytes < 1 || c.MaxMessageBytes < 0:
+		return errors.New("batch and message limits must be positive")
+	case c.StatusInterval < 100*time.Millisecond:
+		return fmt.Errorf("status interval %s is too short; use 100ms or more", c.StatusInterval)
+	}
+	return schema.ValidTopic(schema.DLQTopic(c.TopicPrefix))
+}
+
+// Stats are the reader's counters, safe to read while it runs. Counters of
+// events count what the broker acknowledged; after a restart, events sent
+// again are counted again.
+type Stats struct {
+	Events        atomic.Int64 // events acknowledged by the broker, dead letters included
+	Inserts       atomic.Int64 // op "c" events acknowledged
+	Updates       atomic.Int64 // op "u" events acknowledged
+	Deletes       atomic.Int64 // op "d" events acknowledged (one per topic a delete went to)
+	SnapshotReads atomic.Int64 // op "r" events acknowledged
+	Truncates     atomic.Int64 // op "t" events acknowledged (one per topic partition)
+	DeadLetters   atomic.Int64 // rows sent to the dead-letter topic, whatever the reason
+	Transactions  atomic.Int64 // transactions decoded
+	Reconnects    atomic.Int64 // replication sessions restarted after a failure
+	// KeepaliveReplies counts server keepalives that asked for a reply and got one.
+	KeepaliveReplies atomic.Int64
+	// AckedLSN is the WAL position up to which every event is acknowledged:
+	// the only position ever reported to Postgres as flushed.
+	AckedLSN atomic.Uint64
+	// ReceivedLSN is the last WAL position received from Postgres.
+	ReceivedLSN atomic.Uint64
+	// ServerLSN is the server's WAL end as of its last keepalive.
+	ServerLSN atomic.Uint64
+	// CommitToAckMicros is, for the last transaction acknowledged, the time
+	// from its commit in Postgres to the broker's acknowledgement of its last
+	// event: the reader's lag in time.
+	CommitToAckMicros atomic.Int64
+	// Active is true while this reader holds its slot; Standby while it waits
+	// for another reader to let go of it.
+	Active, Standby atomic.Bool
+}
+
+// LagBytes returns how far the acknowledged position trails the server's
+// WAL (or what was received, if that is further): WAL the slot still retains
+// because of this reader.
+func (s *Stats) LagBytes() uint64 {
+	end := max(s.ServerLSN.Load(), s.ReceivedLSN.Load())
+	if ack := s.AckedLSN.Load(); end > ack {
+		return end - ack
+	}
+	return 0
+}
+
+// LagSeconds returns CommitToAckMicros in seconds.
+func (s *Stats) LagSeconds() float64 { return float64(s.CommitToAckMicros.Load()) / 1e6 }

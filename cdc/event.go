@@ -1,0 +1,251 @@
+package cdc
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/segmentio/kafka-go"
+
+	"github.com/jobstream/jobstream/schema"
+)
+
+// source is what an event's source block says about where it came from.
+type source struct {
+	tsMs     int64  // commit time (streaming) or read time (snapshot), ms since the epoch
+	snapshot string // "false", or "first", "true", "last" in a snapshot
+	txID     uint64
+	// lastCommit is the commit LSN of the transaction before this one (0:
+	// none yet); lsn is this event's position.
+	lastCommit pglogrepl.LSN
+	lsn        pglogrepl.LSN
+	schema     string
+	table      string
+}
+
+// xid returns the transaction to wait for before producing the event: the
+// streamed one, none for a snapshot read.
+func (s *source) xid() uint32 {
+	if s.snapshot != "false" {
+		return 0
+	}
+	return uint32(s.txID)
+}
+
+// change is one row change to render and route.
+type change struct {
+	op     string // schema.OpCreate, OpUpdate, OpDelete or OpRead
+	rel    *pglogrepl.RelationMessage
+	before *pglogrepl.TupleData
+	after  *pglogrepl.TupleData
+	// oldFull says before is the whole old row (REPLICA IDENTITY FULL):
+	// unchanged TOASTed values of after are taken from it, and a delete's
+	// step is known.
+	oldFull bool
+	src     source
+}
+
+// appendSource appends the envelope's source block.
+func (r *Reader) appendSource(v []byte, s *source) []byte {
+	v = append(v, `"source":{"version":"`+schema.Version+`","connector":"postgresql","name":`...)
+	v = strconv.AppendQuote(v, r.cfg.TopicPrefix)
+	v = append(v, `,"ts_ms":`...)
+	v = strconv.AppendInt(v, s.tsMs, 10)
+	v = append(v, `,"snapshot":"`...)
+	v = append(v, s.snapshot...)
+	v = append(v, `","db":`...)
+	v = strconv.AppendQuote(v, r.db)
+	v = append(v, `,"sequence":"[`...)
+	if s.lastCommit == 0 {
+		v = append(v, "null"...)
+	} else {
+		v = append(v, `\"`...)
+		v = strconv.AppendUint(v, uint64(s.lastCommit), 10)
+		v = append(v, `\"`...)
+	}
+	v = append(v, `,\"`...)
+	v = strconv.AppendUint(v, uint64(s.lsn), 10)
+	v = append(v, `\"]","schema":`...)
+	v = strconv.AppendQuote(v, s.schema)
+	v = append(v, `,"table":`...)
+	v = strconv.AppendQuote(v, s.table)
+	v = append(v, `,"txId":`...)
+	v = strconv.AppendUint(v, s.txID, 10)
+	v = append(v, `,"lsn":`...)
+	v = strconv.AppendUint(v, uint64(s.lsn), 10)
+	return append(v, `,"xmin":null}`...)
+}
+
+// appendTail appends op, ts_ms and transaction, closing the envelope.
+func appendTail(v []byte, op string) []byte {
+	v = append(v, `,"op":"`...)
+	v = append(v, op...)
+	v = append(v, `","ts_ms":`...)
+	v = strconv.AppendInt(v, time.Now().UnixMilli(), 10)
+	return append(v, `,"transaction":null}`...)
+}
+
+// routeChange renders c as a Debezium envelope and hands the events it makes
+// to emit: one to the topic of the row's step, or one per step topic for a
+// delete whose step the WAL does not carry, or a dead letter when the row
+// cannot be routed or encoded.
+func (r *Reader) routeChange(ctx context.Context, c *change, emit func(event) error) error {
+	v := make([]byte, 0, 512)
+	v = append(v, `{"before":`...)
+	v, bID, bStep, bBad := appendRow(v, c.rel, c.before, nil)
+	v = append(v, `,"after":`...)
+	var fill *pglogrepl.TupleData
+	if c.oldFull {
+		fill = c.before
+	}
+	v, aID, aStep, aBad := appendRow(v, c.rel, c.after, fill)
+	v = append(v, ',')
+	v = r.appendSource(v, &c.src)
+	v = appendTail(v, c.op)
+
+	key, step, bad := aID, aStep, aBad
+	if c.after == nil {
+		key, step, bad = bID, bStep, bBad
+	} else if bad == "" {
+		bad = bBad
+	}
+	var reason, topic string
+	switch {
+	case bad != "":
+		reason = fmt.Sprintf("column %s holds bytes that are not valid UTF-8, so the row cannot be encoded as JSON; invalid bytes are shown as U+FFFD", bad)
+	case key == nil:
+		reason = "the row has no job_id, so the event has no key"
+	case step == nil && c.op == schema.OpDelete && !c.oldFull:
+		return r.broadcast(ctx, c.op, key, v, &c.src, emit)
+	case step == nil:
+		reason = "current_step is null, so the row has no step topic"
+	default:
+		topic = schema.Topic(r.cfg.TopicPrefix, string(step))
+		if err := schema.ValidTopic(topic); err != nil {
+			reason = err.Error()
+		}
+	}
+	ev := event{topic: topic, key: key, value: v, partition: -1, op: c.op[0], lsn: c.src.lsn, xid: c.src.xid()}
+	if reason == "" && ev.size()+batchOverhead > r.maxMessage {
+		reason = fmt.Sprintf("event is %d bytes, over the broker's message limit of %d", ev.size()-recordOverhead, r.maxMessage)
+	}
+	if reason != "" {
+		return emit(r.deadLetter(&ev, reason))
+	}
+	if err := r.ensureTopic(ctx, topic); err != nil {
+		return err
+	}
+	return emit(ev)
+}
+
+// broadcast sends an event whose step is unknown to every step topic: with
+// key, to the key's partition of each; without (a truncate), to every
+// partition of each, so each job's partition sees it after the job's earlier
+// events. With no step topic yet, it goes to the dead-letter topic.
+func (r *Reader) broadcast(ctx context.Context, op string, key, v []byte, src *source, emit func(event) error) error {
+	var topics []string
+	err := retry(ctx, func() error {
+		var err error
+		topics, err = r.stepTopics(ctx)
+		return err
+	}, func(err error, next time.Duration) {
+		r.log.Warn("cannot list the step topics; retrying", "err", err, "retry_in", next)
+	})
+	if err != nil {
+		return err
+	}
+	if len(topics) == 0 {
+		what := "a truncate of the table"
+		if op == schema.OpDelete {
+			what = "a delete whose step the WAL does not carry (REPLICA IDENTITY is not FULL)"
+		}
+		ev := event{key: key, value: v, partition: -1, op: op[0], lsn: src.lsn, xid: src.xid()}
+		return emit(r.deadLetter(&ev, what+" found no step topic to go to"))
+	}
+	for _, t := range topics {
+		if key != nil {
+			if err := emit(event{topic: t, key: key, value: v, partition: -1, op: op[0], lsn: src.lsn, xid: src.xid()}); err != nil {
+				return err
+			}
+			continue
+		}
+		var n int
+		err := retry(ctx, func() error {
+			var err error
+			n, err = r.prod.partitions(ctx, t)
+			return err
+		}, func(err error, next time.Duration) {
+			r.log.Warn("cannot look up a topic's partitions; retrying", "topic", t, "err", err, "retry_in", next)
+		})
+		if err != nil {
+			return err
+		}
+		for p := range n {
+			if err := emit(event{topic: t, value: v, partition: int32(p), op: op[0], lsn: src.lsn, xid: src.xid()}); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// routeTruncate emits op "t" for a truncate of rel.
+func (r *Reader) routeTruncate(ctx context.Context, rel *pglogrepl.RelationMessage, src *source, emit func(event) error) error {
+	v := make([]byte, 0, 512)
+	v = append(v, `{"before":null,"after":null,`...)
+	v = r.appendSource(v, src)
+	v = appendTail(v, schema.OpTruncate)
+	return r.broadcast(ctx, schema.OpTruncate, nil, v, src, emit)
+}
+
+// deadLetter turns ev into a record for the dead-letter topic, keyed by
+// job_id, with the reason in a header and in the value.
+func (r *Reader) deadLetter(ev *event, reason string) event {
+	r.log.Warn("dead letter", "job_id", string(ev.key), "lsn", ev.lsn, "topic", ev.topic, "reason", reason)
+	return event{
+		topic:     schema.DLQTopic(r.cfg.TopicPrefix),
+		key:       ev.key,
+		value:     deadLetterValue(nil, reason, ev.topic, ev.lsn, ev.value, r.maxMessage/2),
+		headers:   []kafka.Header{{Key: "jobstream.reason", Value: []byte(reason)}},
+		partition: -1,
+		reason:    reason,
+		lsn:       ev.lsn,
+		xid:       ev.xid,
+	}
+}
+
+// deadLetterValue renders a dead letter: the reason, the topic the event
+// was meant for, its LSN, and the event itself when it is valid JSON under
+// limit bytes.
+func deadLetterValue(v []byte, reason, topic string, lsn pglogrepl.LSN, event []byte, limit int) []byte {
+	v = append(v, `{"reason":`...)
+	v = strconv.AppendQuote(v, reason)
+	v = append(v, `,"topic":`...)
+	v = strconv.AppendQuote(v, topic)
+	v = append(v, `,"lsn":`...)
+	v = strconv.AppendUint(v, uint64(lsn), 10)
+	v = append(v, `,"event":`...)
+	if len(event) > 0 && len(event) < limit {
+		v = append(v, event...)
+	} else {
+		v = append(v, "null"...)
+	}
+	return append(v, '}')
+}
+
+// ensureTopic creates topic if this reader has not produced to it yet.
+func (r *Reader) ensureTopic(ctx context.Context, t string) error {
+	if r.known[t] {
+		return nil
+	}
+	err := retry(ctx, func() error { return r.broker.EnsureTopics(ctx, r.cfg.Partitions, t) }, func(err error, next time.Duration) {
+		r.log.Warn("cannot create a topic; retrying", "topic", t, "err", err, "retry_in", next)
+	})
+	if err != nil {
+		return err
+	}
+	r.known[t] = true
+	return nil
+}

@@ -1,0 +1,452 @@
+package cdc_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+	"github.com/segmentio/kafka-go"
+
+	"github.com/jobstream/jobstream/cdc"
+	"github.com/jobstream/jobstream/ops/harness"
+	"github.com/jobstream/jobstream/schema"
+)
+
+// readerConfig is the configuration of a reader for e.
+func readerConfig(e *harness.Env) cdc.Config {
+	return cdc.Config{DatabaseURL: e.DatabaseURL, Brokers: e.Brokers, Slot: e.Slot, Publication: e.Publication,
+		TopicPrefix: e.Prefix, StatusInterval: time.Second}
+}
+
+// startReader runs an in-process reader for e until the test ends and
+// returns once it is ready.
+func startReader(t testing.TB, e *harness.Env, tweak func(*cdc.Config)) *cdc.Reader {
+	t.Helper()
+	cfg := readerConfig(e)
+	if tweak != nil {
+		tweak(&cfg)
+	}
+	r, err := cdc.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("reader: %v", err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Errorf("reader did not stop within 30s")
+		}
+	})
+	select {
+	case <-r.Ready():
+	case err := <-done:
+		done <- err
+		t.Fatalf("reader stopped at start: %v", err)
+	case <-time.After(60 * time.Second):
+		t.Fatal("reader not ready within 60s")
+	}
+	return r
+}
+
+// proc is a `jobstream reader` process.
+type proc struct {
+	cmd  *exec.Cmd
+	out  *syncBuffer
+	done chan struct{}
+}
+
+// syncBuffer is a bytes.Buffer safe for a process's writers and a reader.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// startProc starts `jobstream reader` for e with args; the test's end stops it.
+func startProc(t testing.TB, e *harness.Env, args ...string) *proc {
+	t.Helper()
+	cmd := exec.Command(harness.Binary(t), append([]string{"reader"}, args...)...)
+	cmd.Env = append(os.Environ(),
+		"DATABASE_URL="+e.DatabaseURL,
+		"KAFKA_BROKERS="+strings.Join(e.Brokers, ","),
+		"JOBSTREAM_TOPIC_PREFIX="+e.Prefix,
+		"JOBSTREAM_SLOT="+e.Slot,
+		"JOBSTREAM_PUBLICATION="+e.Publication,
+		"JOBSTREAM_STATUS_INTERVAL=1s",
+		"JOBSTREAM_LOG_LEVEL=debug",
+	)
+	p := &proc{cmd: cmd, out: &syncBuffer{}, done: make(chan struct{})}
+	cmd.Stdout, cmd.Stderr = p.out, p.out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { cmd.Wait(); close(p.done) }()
+	t.Cleanup(func() {
+		p.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-p.done:
+		case <-time.After(20 * time.Second):
+			p.cmd.Process.Kill()
+			<-p.done
+		}
+		if t.Failed() {
+			out := p.out.String()
+			if len(out) > 6000 {
+				out = out[len(out)-6000:]
+			}
+			t.Logf("--- reader %d log (tail) ---\n%s", p.cmd.Process.Pid, out)
+		}
+	})
+	return p
+}
+
+// kill9 kills the process as a crash would and waits for it to be gone.
+func (p *proc) kill9() {
+	p.cmd.Process.Signal(syscall.SIGKILL)
+	<-p.done
+}
+
+// exited reports whether the process has ended.
+func (p *proc) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// waitSlotActive waits until the slot is streamed from by some process and
+// returns that walsender's pid.
+func waitSlotActive(t testing.TB, e *harness.Env) int {
+	t.Helper()
+	var pid int
+	harness.Eventually(t, 60*time.Second, func() (bool, string) {
+		pid = e.Count(t, `SELECT coalesce((SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1 AND active), 0)`, e.Slot)
+		return pid != 0, "slot " + e.Slot + " not active"
+	})
+	return pid
+}
+
+// readAll returns every message now in topic, in partition then offset
+// order, reading whole batches (harness.ReadTopic reads one at a time).
+func readAll(t testing.TB, e *harness.Env, topic string) []kafka.Message {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	n := partitionCount(t, e, topic)
+	var out []kafka.Message
+	for p := range n {
+		pc, err := kafka.DialLeader(ctx, "tcp", e.Brokers[0], topic, p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		first, last, err := pc.ReadOffsets()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for off := first; off < last; {
+			if _, err := pc.Seek(off, kafka.SeekAbsolute); err != nil {
+				t.Fatal(err)
+			}
+			pc.SetReadDeadline(time.Now().Add(20 * time.Second))
+			b := pc.ReadBatch(1, 64<<20)
+			from := off
+			for {
+				m, err := b.ReadMessage()
+				if err != nil {
+					break
+				}
+				out = append(out, m)
+				off = m.Offset + 1
+			}
+			if err := b.Close(); off == from {
+				t.Fatalf("read %s/%d at %d of %d: no progress (%v)", topic, p, off, last, err)
+			}
+		}
+		pc.Close()
+	}
+	return out
+}
+
+// client returns a kafka-go client with a fresh metadata cache.
+func client(t testing.TB, e *harness.Env) *kafka.Client {
+	tr := &kafka.Transport{}
+	t.Cleanup(tr.CloseIdleConnections)
+	return &kafka.Client{Addr: kafka.TCP(e.Brokers...), Timeout: 10 * time.Second, Transport: tr}
+}
+
+// partitionCount returns topic's partition count, 0 when it does not exist.
+// Unlike kafka-go's Conn.ReadPartitions it never creates the topic.
+func partitionCount(t testing.TB, e *harness.Env, topic string) int {
+	t.Helper()
+	c := client(t, e)
+	md, err := c.Metadata(context.Background(), &kafka.MetadataRequest{Topics: []string{topic}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tp := range md.Topics {
+		if tp.Name == topic && tp.Error == nil {
+			return len(tp.Partitions)
+		}
+	}
+	return 0
+}
+
+// topicCount returns how many messages topic holds, from its offsets.
+func topicCount(t testing.TB, e *harness.Env, topic string) int64 {
+	t.Helper()
+	n := partitionCount(t, e, topic)
+	if n == 0 {
+		return 0
+	}
+	c := client(t, e)
+	req := &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{}}
+	for p := range n {
+		req.Topics[topic] = append(req.Topics[topic], kafka.FirstOffsetOf(p), kafka.LastOffsetOf(p))
+	}
+	res, err := c.ListOffsets(context.Background(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var total int64
+	for _, po := range res.Topics[topic] {
+		if po.Error != nil {
+			t.Fatalf("offsets of %s/%d: %v", topic, po.Partition, po.Error)
+		}
+		total += po.LastOffset - po.FirstOffset
+	}
+	return total
+}
+
+// waitMessages waits until topic holds at least n messages and returns them.
+func waitMessages(t testing.TB, e *harness.Env, topic string, n int) []kafka.Message {
+	t.Helper()
+	harness.Eventually(t, 60*time.Second, func() (bool, string) {
+		c := topicCount(t, e, topic)
+		return c >= int64(n), fmt.Sprintf("%s holds %d of %d messages", topic, c, n)
+	})
+	return readAll(t, e, topic)
+}
+
+func confirmedLSN(t testing.TB, e *harness.Env) pglogrepl.LSN {
+	t.Helper()
+	var s *string
+	if err := e.Pool(t).QueryRow(context.Background(), `SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1`, e.Slot).Scan(&s); err != nil {
+		t.Fatal(err)
+	}
+	if s == nil {
+		return 0
+	}
+	lsn, err := pglogrepl.ParseLSN(*s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return lsn
+}
+
+func currentLSN(t testing.TB, e *harness.Env) pglogrepl.LSN {
+	t.Helper()
+	var s string
+	if err := e.Pool(t).QueryRow(context.Background(), `SELECT pg_current_wal_lsn()::text`).Scan(&s); err != nil {
+		t.Fatal(err)
+	}
+	lsn, _ := pglogrepl.ParseLSN(s)
+	return lsn
+}
+
+func decode(t testing.TB, m kafka.Message) *schema.Envelope {
+	t.Helper()
+	env, err := schema.DecodeEnvelope(m.Value)
+	if err != nil {
+		t.Fatalf("event is not an envelope: %v: %s", err, m.Value)
+	}
+	return env
+}
+
+// validate checks value against schema/envelope.schema.json with a
+// validator of the JSON Schema keywords that schema uses: type, enum,
+// const, pattern, required, properties, additionalProperties and local $ref.
+func validate(t testing.TB, value []byte) {
+	t.Helper()
+	var root map[string]any
+	if err := json.Unmarshal(schema.EnvelopeJSONSchema, &root); err != nil {
+		t.Fatal(err)
+	}
+	var doc any
+	dec := json.NewDecoder(bytes.NewReader(value))
+	dec.UseNumber()
+	if err := dec.Decode(&doc); err != nil {
+		t.Fatalf("event is not JSON: %v: %s", err, value)
+	}
+	if errs := check(root, root, doc, "$"); len(errs) > 0 {
+		t.Errorf("event does not match the envelope's JSON Schema:\n  %s\nevent: %s", strings.Join(errs, "\n  "), value)
+	}
+}
+
+func check(root, s map[string]any, v any, path string) []string {
+	if ref, ok := s["$ref"].(string); ok {
+		node := any(root)
+		for _, part := range strings.Split(strings.TrimPrefix(ref, "#/"), "/") {
+			node = node.(map[string]any)[part]
+		}
+		return check(root, node.(map[string]any), v, path)
+	}
+	var errs []string
+	if ty, ok := s["type"]; ok {
+		var types []any
+		if l, ok := ty.([]any); ok {
+			types = l
+		} else {
+			types = []any{ty}
+		}
+		match := false
+		for _, want := range types {
+			match = match || isType(v, want.(string))
+		}
+		if !match {
+			return append(errs, fmt.Sprintf("%s: %v is not of type %v", path, v, ty))
+		}
+	}
+	if c, ok := s["const"]; ok && fmt.Sprint(c) != fmt.Sprint(v) {
+		errs = append(errs, fmt.Sprintf("%s: %v is not %v", path, v, c))
+	}
+	if enum, ok := s["enum"].([]any); ok {
+		found := false
+		for _, e := range enum {
+			found = found || fmt.Sprint(e) == fmt.Sprint(v)
+		}
+		if !found {
+			errs = append(errs, fmt.Sprintf("%s: %v is not one of %v", path, v, enum))
+		}
+	}
+	if pat, ok := s["pattern"].(string); ok {
+		if str, ok := v.(string); ok && !regexp.MustCompile(pat).MatchString(str) {
+			errs = append(errs, fmt.Sprintf("%s: %q does not match %s", path, str, pat))
+		}
+	}
+	obj, isObj := v.(map[string]any)
+	if !isObj {
+		return errs
+	}
+	props, _ := s["properties"].(map[string]any)
+	if req, ok := s["required"].([]any); ok {
+		for _, k := range req {
+			if _, ok := obj[k.(string)]; !ok {
+				errs = append(errs, fmt.Sprintf("%s: lacks required %q", path, k))
+			}
+		}
+	}
+	for k, val := range obj {
+		ps, ok := props[k].(map[string]any)
+		if !ok {
+			if s["additionalProperties"] == false {
+				errs = append(errs, fmt.Sprintf("%s: has %q, which the schema does not name", path, k))
+			}
+			continue
+		}
+		errs = append(errs, check(root, ps, val, path+"."+k)...)
+	}
+	return errs
+}
+
+func isType(v any, want string) bool {
+	switch want {
+	case "null":
+		return v == nil
+	case "string":
+		_, ok := v.(string)
+		return ok
+	case "object":
+		_, ok := v.(map[string]any)
+		return ok
+	case "array":
+		_, ok := v.([]any)
+		return ok
+	case "boolean":
+		_, ok := v.(bool)
+		return ok
+	case "integer":
+		n, ok := v.(json.Number)
+		if !ok {
+			return false
+		}
+		_, err := n.Int64()
+		return err == nil
+	case "number":
+		_, ok := v.(json.Number)
+		return ok
+	}
+	return false
+}
+
+// sqlASCIIDatabase gives the test a second database, encoded SQL_ASCII (so
+// text may hold any bytes), migrated, with its own slot and topic prefix.
+func sqlASCIIDatabase(t testing.TB, e *harness.Env) *harness.Env {
+	t.Helper()
+	ctx := context.Background()
+	a := *e
+	a.DB = e.DB + "_ascii"
+	a.DatabaseURL = e.Postgres.URL(a.DB)
+	a.Slot = e.Slot + "_ascii"
+	a.Prefix = e.Prefix + "-ascii"
+	admin, err := pgx.Connect(ctx, e.Postgres.URL("postgres"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close(ctx)
+	if _, err := admin.Exec(ctx, "CREATE DATABASE "+a.DB+" ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		a.Pool(t).Close()
+		admin, err := pgx.Connect(ctx, e.Postgres.URL("postgres"))
+		if err != nil {
+			return
+		}
+		defer admin.Close(ctx)
+		harness.Eventually(t, 30*time.Second, func() (bool, string) {
+			_, err := admin.Exec(ctx, `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1`, a.Slot)
+			return err == nil, fmt.Sprintf("drop slot: %v", err)
+		})
+		admin.Exec(ctx, "DROP DATABASE IF EXISTS "+a.DB+" WITH (FORCE)")
+	})
+	conn, err := pgx.Connect(ctx, a.DatabaseURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	if _, err := schema.Migrate(ctx, conn, schema.MigrateOptions{Publication: a.Publication}); err != nil {
+		t.Fatal(err)
+	}
+	return &a
+}

@@ -1,0 +1,263 @@
+package cdc
+
+import (
+	"context"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+)
+
+// batch is a run of events produced together, in WAL order.
+type batch struct {
+	evs   []event
+	bytes int
+	// commit is the end of the last transaction that completed while this
+	// batch was filling: once the broker acknowledged the batch (and every
+	// batch before it), WAL up to commit may be reported as flushed. 0: none.
+	commit pglogrepl.LSN
+	// commitTimes are the commit times of those transactions.
+	commitTimes []time.Time
+}
+
+func (b *batch) reset() {
+	clear(b.evs) // drop references to values
+	b.evs, b.bytes, b.commit, b.commitTimes = b.evs[:0], 0, 0, b.commitTimes[:0]
+}
+
+// flight is a batch being produced.
+type flight struct {
+	b     *batch
+	start time.Time
+	done  chan struct{}
+	err   error
+	// wake, when set, interrupts the replication receive waiting in the
+	// main loop, so it hands on the next batch at once.
+	wake atomic.Pointer[context.CancelFunc]
+}
+
+func (f *flight) finished() bool {
+	select {
+	case <-f.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// pipeline moves events from the main loop to the broker with at most one
+// batch in flight: while one batch is produced the next fills, and it goes
+// as soon as the first is acknowledged. A quiet stream thus sends each event
+// at once (no linger), a busy one sends large batches, and memory stays
+// bounded by two batches. Batches are acknowledged in order, so the
+// acknowledged position only ever moves past events the broker holds.
+type pipeline struct {
+	r        *Reader
+	ctx      context.Context
+	cancel   context.CancelFunc
+	pending  *batch
+	spare    *batch
+	inflight *flight
+	vis      *visibility
+	// whileWaiting runs about every second while the main loop waits for the
+	// broker with a full batch (to keep the replication connection alive).
+	whileWaiting func() error
+}
+
+// newPipeline returns a pipeline whose producing outlives ctx until stop,
+// so that a deliberate stop can let the batch in flight land.
+func newPipeline(ctx context.Context, r *Reader) *pipeline {
+	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	return &pipeline{r: r, ctx: ctx, cancel: cancel, pending: &batch{}, spare: &batch{}, vis: &visibility{url: r.cfg.DatabaseURL}}
+}
+
+// add queues ev, sending it on at once when nothing is in flight.
+func (pl *pipeline) add(ev event) error {
+	pl.pending.evs = append(pl.pending.evs, ev)
+	pl.pending.bytes += ev.size()
+	if err := pl.poll(); err != nil {
+		return err
+	}
+	if b := pl.pending; pl.inflight != nil && (len(b.evs) >= pl.r.cfg.MaxBatch || b.bytes >= pl.r.cfg.MaxBatchBytes) {
+		if err := pl.wait(); err != nil {
+			return err
+		}
+		pl.send()
+	}
+	return nil
+}
+
+// commit records the end of a transaction whose events have all been added.
+func (pl *pipeline) commit(end pglogrepl.LSN, at time.Time) error {
+	pl.pending.commit = end
+	pl.pending.commitTimes = append(pl.pending.commitTimes, at)
+	return pl.poll()
+}
+
+// poll, without blocking, collects a finished flight and sends what is
+// pending when nothing is in flight.
+func (pl *pipeline) poll() error {
+	if f := pl.inflight; f != nil {
+		if !f.finished() {
+			return nil
+		}
+		if err := pl.land(); err != nil {
+			return err
+		}
+	}
+	switch {
+	case len(pl.pending.evs) > 0:
+		pl.send()
+	case pl.pending.commit > 0:
+		pl.r.acknowledge(pl.pending, 0)
+		pl.pending.reset()
+	}
+	return nil
+}
+
+// idle reports whether every event added has been acknowledged.
+func (pl *pipeline) idle() bool {
+	return pl.inflight == nil && len(pl.pending.evs) == 0 && pl.pending.commit == 0
+}
+
+// send starts producing the pending batch.
+func (pl *pipeline) send() {
+	f := &flight{b: pl.pending, start: time.Now(), done: make(chan struct{})}
+	pl.pending, pl.spare = pl.spare, nil
+	if pl.pending == nil {
+		pl.pending = &batch{}
+	}
+	pl.inflight = f
+	go func() {
+		f.err = pl.vis.wait(pl.ctx, f.b.evs, func(err error, next time.Duration) {
+			pl.r.log.Warn("cannot check that transactions are visible; retrying", "err", err, "retry_in", next)
+		})
+		if f.err == nil {
+			f.err = pl.r.prod.produce(pl.ctx, f.b.evs)
+		}
+		close(f.done)
+		if wake := f.wake.Swap(nil); wake != nil {
+			(*wake)()
+		}
+	}()
+}
+
+// land takes the result of the finished flight.
+func (pl *pipeline) land() error {
+	f := pl.inflight
+	pl.inflight = nil
+	if f.err != nil {
+		return f.err
+	}
+	pl.r.acknowledge(f.b, time.Since(f.start))
+	f.b.reset()
+	pl.spare = f.b
+	return nil
+}
+
+// wait blocks until the flight lands.
+func (pl *pipeline) wait() error {
+	f := pl.inflight
+	if f == nil {
+		return nil
+	}
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-f.done:
+			return pl.land()
+		case <-t.C:
+			if pl.whileWaiting != nil {
+				if err := pl.whileWaiting(); err != nil {
+					return err
+				}
+			}
+		}
+	}
+}
+
+// drain blocks until every event added has been acknowledged.
+func (pl *pipeline) drain() error {
+	for !pl.idle() {
+		if err := pl.wait(); err != nil {
+			return err
+		}
+		if err := pl.poll(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// stop waits up to grace for the batch in flight to be acknowledged, then
+// abandons what is not, and waits for the producing goroutine to return, so
+// no write of this session overlaps the next one.
+func (pl *pipeline) stop(grace time.Duration) {
+	if f := pl.inflight; f != nil && grace > 0 {
+		select {
+		case <-f.done:
+		case <-time.After(grace):
+		}
+	}
+	pl.cancel()
+	defer pl.vis.close()
+	if f := pl.inflight; f != nil {
+		<-f.done
+		pl.inflight = nil
+		if f.err != nil {
+			return
+		}
+		pl.r.acknowledge(f.b, time.Since(f.start))
+	}
+	if len(pl.pending.evs) == 0 && pl.pending.commit > 0 {
+		pl.r.acknowledge(pl.pending, 0)
+		pl.pending.reset()
+	}
+}
+
+// acknowledge records that the broker acknowledged every event of b (and of
+// every batch before it).
+func (r *Reader) acknowledge(b *batch, took time.Duration) {
+	now := time.Now()
+	if len(b.evs) > 0 {
+		var c, u, d, rd, t, dead int64
+		for i := range b.evs {
+			switch b.evs[i].op {
+			case 'c':
+				c++
+			case 'u':
+				u++
+			case 'd':
+				d++
+			case 'r':
+				rd++
+			case 't':
+				t++
+			default:
+				dead++
+			}
+		}
+		r.stats.Events.Add(int64(len(b.evs)))
+		r.stats.Inserts.Add(c)
+		r.stats.Updates.Add(u)
+		r.stats.Deletes.Add(d)
+		r.stats.SnapshotReads.Add(rd)
+		r.stats.Truncates.Add(t)
+		r.stats.DeadLetters.Add(dead)
+		if r.cfg.OnProduce != nil {
+			r.cfg.OnProduce(len(b.evs), took)
+		}
+	}
+	if b.commit > 0 {
+		r.setAcked(b.commit)
+		if n := len(b.commitTimes); n > 0 {
+			r.stats.CommitToAckMicros.Store(now.Sub(b.commitTimes[n-1]).Microseconds())
+		}
+		if r.cfg.OnCommitAcked != nil {
+			for _, at := range b.commitTimes {
+				r.cfg.OnCommitAcked(now.Sub(at))
+			}
+		}
+	}
+}

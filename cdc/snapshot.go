@@ -1,0 +1,127 @@
+package cdc
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/jobstream/jobstream/schema"
+)
+
+// snapshot reads every table of the publication in a REPEATABLE READ
+// transaction that imports the snapshot the slot exported (name), so it sees
+// exactly the transactions committed before the slot's consistent point at:
+// every later one is streamed from the slot. Each row becomes a read event
+// (op "r"), source.snapshot "first" for the first, "last" for the last and
+// "true" for the others, as Debezium marks them. It returns once the broker
+// acknowledged them all. The replication connection stays open and idle
+// meanwhile, which keeps the exported snapshot valid.
+func (s *stream) snapshot(ctx context.Context, name string, at pglogrepl.LSN) (int64, error) {
+	r := s.r
+	conn, err := pgx.Connect(ctx, r.cfg.DatabaseURL)
+	if err != nil {
+		return 0, fmt.Errorf("connect: %w", err)
+	}
+	defer conn.Close(context.Background())
+	tx, err := conn.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
+	if err != nil {
+		return 0, fmt.Errorf("begin: %w", err)
+	}
+	defer tx.Rollback(context.Background()) //nolint:errcheck // read-only
+	if _, err := tx.Exec(ctx, "SET TRANSACTION SNAPSHOT "+quoteLiteral(name)); err != nil {
+		return 0, fmt.Errorf("import snapshot %s: %w", name, err)
+	}
+	var xmin int64
+	if err := tx.QueryRow(ctx, `SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint`).Scan(&xmin); err != nil {
+		return 0, fmt.Errorf("read snapshot: %w", err)
+	}
+	rows, err := tx.Query(ctx, `SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = $1 ORDER BY 1, 2`, r.cfg.Publication)
+	if err != nil {
+		return 0, fmt.Errorf("list published tables: %w", err)
+	}
+	tables, err := pgx.CollectRows(rows, pgx.RowToStructByPos[struct{ Schema, Table string }])
+	if err != nil {
+		return 0, fmt.Errorf("list published tables: %w", err)
+	}
+	r.log.Info("initial snapshot started", "slot", r.cfg.Slot, "tables", len(tables), "consistent_point", at)
+
+	// One row is held back until the next is read, to know which is last.
+	var held *change
+	var n int64
+	emit := func(c *change, marker string) error {
+		c.src.snapshot = marker
+		c.src.tsMs = time.Now().UnixMilli()
+		return r.routeChange(ctx, c, s.pl.add)
+	}
+	for _, t := range tables {
+		if skipTable(t.Table) {
+			continue
+		}
+		rows, err := tx.Query(ctx, "SELECT * FROM "+pgx.Identifier{t.Schema, t.Table}.Sanitize(), pgx.QueryResultFormats{pgx.TextFormatCode})
+		if err != nil {
+			return 0, fmt.Errorf("read %s.%s: %w", t.Schema, t.Table, err)
+		}
+		rel := &pglogrepl.RelationMessage{Namespace: t.Schema, RelationName: t.Table}
+		for _, fd := range rows.FieldDescriptions() {
+			rel.Columns = append(rel.Columns, &pglogrepl.RelationMessageColumn{Name: fd.Name, DataType: fd.DataTypeOID, TypeModifier: fd.TypeModifier})
+		}
+		for rows.Next() {
+			raw := rows.RawValues()
+			tuple := &pglogrepl.TupleData{Columns: make([]*pglogrepl.TupleDataColumn, len(raw))}
+			for i, v := range raw {
+				col := &pglogrepl.TupleDataColumn{DataType: 'n'}
+				if v != nil {
+					col.DataType, col.Data = 't', append([]byte(nil), v...)
+				}
+				tuple.Columns[i] = col
+			}
+			if held != nil {
+				marker := "true"
+				if n == 1 {
+					marker = "first"
+				}
+				if err := emit(held, marker); err != nil {
+					rows.Close()
+					return 0, err
+				}
+			}
+			n++
+			held = &change{op: schema.OpRead, rel: rel, after: tuple,
+				src: source{txID: uint64(xmin), lsn: at, schema: t.Schema, table: t.Table}}
+		}
+		if err := rows.Err(); err != nil {
+			return 0, fmt.Errorf("read %s.%s: %w", t.Schema, t.Table, err)
+		}
+	}
+	if held != nil {
+		if err := emit(held, "last"); err != nil {
+			return 0, err
+		}
+	}
+	if err := s.pl.drain(); err != nil {
+		return 0, err
+	}
+	return n, nil
+}
+
+// skipTable reports whether changes of table are jobstream's own
+// bookkeeping, never streamed even when a publication covers all tables.
+func skipTable(table string) bool {
+	return table == "jobstream_runs" || table == "jobstream_slots"
+}
+
+// quoteLiteral quotes s as an SQL string literal.
+func quoteLiteral(s string) string {
+	out := make([]byte, 0, len(s)+2)
+	out = append(out, '\'')
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\'' {
+			out = append(out, '\'')
+		}
+		out = append(out, s[i])
+	}
+	return string(append(out, '\''))
+}

@@ -1,0 +1,240 @@
+package cdc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/jobstream/jobstream/schema"
+)
+
+// statusMinGap is the shortest time between two standby status updates
+// that report progress: the slot follows acknowledgements this closely.
+const statusMinGap = 100 * time.Millisecond
+
+// stream is one replication session.
+type stream struct {
+	r    *Reader
+	conn *pgconn.PgConn // the replication connection
+	lock *pgx.Conn      // holds the slot's advisory lock
+	pl   *pipeline
+
+	// The open transaction.
+	inTx       bool
+	txID       uint32
+	commitTime time.Time
+	lastCommit pglogrepl.LSN
+
+	lastStatus   time.Time
+	lastReported pglogrepl.LSN
+}
+
+// run streams from start until the connection fails or ctx is done.
+func (s *stream) run(ctx context.Context, start pglogrepl.LSN) error {
+	r := s.r
+	err := pglogrepl.StartReplication(ctx, s.conn, r.cfg.Slot, start, pglogrepl.StartReplicationOptions{
+		Mode:       pglogrepl.LogicalReplication,
+		PluginArgs: []string{"proto_version '1'", "publication_names '" + r.cfg.Publication + "'"},
+	})
+	switch {
+	case isSlotLost(err):
+		return fatal(slotLost(r.cfg.Slot))
+	case err != nil:
+		return fmt.Errorf("start replication: %w", err)
+	}
+	r.log.Info("streaming", "slot", r.cfg.Slot, "from", start)
+	s.pl.whileWaiting = func() error { return s.maybeSendStatus(ctx, false) }
+
+	for {
+		if err := s.pl.poll(); err != nil {
+			return err
+		}
+		if err := s.maybeSendStatus(ctx, false); err != nil {
+			return err
+		}
+		msg, err := s.receive(ctx)
+		if err != nil {
+			return err
+		}
+		switch msg := msg.(type) {
+		case nil: // a deadline passed or the producer woke us
+		case *pgproto3.CopyData:
+			if err := s.handleCopyData(ctx, msg.Data); err != nil {
+				return err
+			}
+		case *pgproto3.ErrorResponse:
+			err := pgconn.ErrorResponseToPgError(msg)
+			if isSlotLost(err) {
+				return fatal(slotLost(r.cfg.Slot))
+			}
+			return err
+		case *pgproto3.CopyDone:
+			return errors.New("the server ended the replication stream")
+		default:
+			r.log.Debug("unexpected replication message", "type", fmt.Sprintf("%T", msg))
+		}
+	}
+}
+
+// receive waits for the next replication message until a status update is
+// due or the batch in flight is acknowledged (then it returns nil, nil).
+func (s *stream) receive(ctx context.Context) (pgproto3.BackendMessage, error) {
+	deadline := s.lastStatus.Add(s.r.cfg.StatusInterval)
+	if soon := s.lastStatus.Add(statusMinGap); s.r.acked > s.lastReported && soon.Before(deadline) {
+		deadline = soon
+	}
+	rctx, cancel := context.WithDeadline(ctx, deadline)
+	defer cancel()
+	if f := s.pl.inflight; f != nil {
+		f.wake.Store(&cancel)
+		defer f.wake.Store(nil)
+		if f.finished() {
+			return nil, nil
+		}
+	}
+	msg, err := s.conn.ReceiveMessage(rctx)
+	switch {
+	case err == nil:
+		return msg, nil
+	case ctx.Err() != nil:
+		return nil, ctx.Err()
+	case rctx.Err() != nil && !s.conn.IsClosed():
+		// pgconn keeps a message it was part way through for the next call.
+		return nil, nil
+	}
+	return nil, fmt.Errorf("receive: %w", err)
+}
+
+func (s *stream) handleCopyData(ctx context.Context, data []byte) error {
+	if len(data) == 0 {
+		return nil
+	}
+	r := s.r
+	switch data[0] {
+	case pglogrepl.PrimaryKeepaliveMessageByteID:
+		pkm, err := pglogrepl.ParsePrimaryKeepaliveMessage(data[1:])
+		if err != nil {
+			return fmt.Errorf("parse keepalive: %w", err)
+		}
+		r.stats.ServerLSN.Store(uint64(pkm.ServerWALEnd))
+		r.setReceived(pkm.ServerWALEnd)
+		// Everything the server sent before this keepalive has been read;
+		// with no transaction open and nothing unacknowledged, the slot may
+		// move to the server's position, so an idle table never pins WAL.
+		if !s.inTx && s.pl.idle() {
+			r.setAcked(pkm.ServerWALEnd)
+		}
+		if pkm.ReplyRequested {
+			r.stats.KeepaliveReplies.Add(1)
+			return s.maybeSendStatus(ctx, true)
+		}
+	case pglogrepl.XLogDataByteID:
+		xld, err := pglogrepl.ParseXLogData(data[1:])
+		if err != nil {
+			return fmt.Errorf("parse XLogData: %w", err)
+		}
+		r.setReceived(xld.WALStart)
+		return s.handleWAL(ctx, xld)
+	}
+	return nil
+}
+
+func (s *stream) handleWAL(ctx context.Context, xld pglogrepl.XLogData) error {
+	r := s.r
+	msg, err := pglogrepl.Parse(xld.WALData)
+	if err != nil {
+		if len(xld.WALData) > 0 && (xld.WALData[0] == 'I' || xld.WALData[0] == 'U' || xld.WALData[0] == 'D') {
+			// One change we cannot read must not stop the stream.
+			ev := event{partition: -1, lsn: xld.WALStart}
+			return s.pl.add(r.deadLetter(&ev, fmt.Sprintf("the pgoutput %q message cannot be decoded: %v", xld.WALData[0], err)))
+		}
+		return fmt.Errorf("decode pgoutput message at %s: %w", xld.WALStart, err)
+	}
+	switch m := msg.(type) {
+	case *pglogrepl.RelationMessage:
+		r.rels[m.RelationID] = m
+	case *pglogrepl.BeginMessage:
+		s.inTx, s.txID, s.commitTime = true, m.Xid, m.CommitTime
+	case *pglogrepl.CommitMessage:
+		s.inTx = false
+		s.lastCommit = m.CommitLSN
+		r.stats.Transactions.Add(1)
+		return s.pl.commit(m.TransactionEndLSN, s.commitTime)
+	case *pglogrepl.InsertMessage:
+		return s.change(ctx, xld.WALStart, schema.OpCreate, m.RelationID, nil, m.Tuple, false)
+	case *pglogrepl.UpdateMessage:
+		return s.change(ctx, xld.WALStart, schema.OpUpdate, m.RelationID, m.OldTuple, m.NewTuple, m.OldTupleType == pglogrepl.UpdateMessageTupleTypeOld)
+	case *pglogrepl.DeleteMessage:
+		return s.change(ctx, xld.WALStart, schema.OpDelete, m.RelationID, m.OldTuple, nil, m.OldTupleType == pglogrepl.DeleteMessageTupleTypeOld)
+	case *pglogrepl.TruncateMessage:
+		for _, id := range m.RelationIDs {
+			rel, ok := r.rels[id]
+			if !ok {
+				return fmt.Errorf("truncate of unknown relation %d at %s", id, xld.WALStart)
+			}
+			if skipTable(rel.RelationName) {
+				continue
+			}
+			src := s.source(rel, xld.WALStart)
+			if err := r.routeTruncate(ctx, rel, &src, s.pl.add); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func (s *stream) source(rel *pglogrepl.RelationMessage, lsn pglogrepl.LSN) source {
+	return source{tsMs: s.commitTime.UnixMilli(), snapshot: "false", txID: uint64(s.txID), lastCommit: s.lastCommit,
+		lsn: lsn, schema: rel.Namespace, table: rel.RelationName}
+}
+
+// change routes one decoded row change.
+func (s *stream) change(ctx context.Context, lsn pglogrepl.LSN, op string, relID uint32, before, after *pglogrepl.TupleData, oldFull bool) error {
+	rel, ok := s.r.rels[relID]
+	if !ok {
+		return fmt.Errorf("change for unknown relation %d at %s", relID, lsn)
+	}
+	if skipTable(rel.RelationName) {
+		return nil
+	}
+	c := change{op: op, rel: rel, before: before, after: after, oldFull: oldFull, src: s.source(rel, lsn)}
+	return s.r.routeChange(ctx, &c, s.pl.add)
+}
+
+// maybeSendStatus reports the positions to Postgres when due, when the
+// acknowledged position moved and statusMinGap passed, or when forced (a
+// keepalive asked for a reply). On the periodic update it also checks that
+// the connection holding the slot's lock is alive.
+func (s *stream) maybeSendStatus(ctx context.Context, force bool) error {
+	r := s.r
+	since := time.Since(s.lastStatus)
+	due := since >= r.cfg.StatusInterval
+	if !force && !due && !(since >= statusMinGap && r.acked > s.lastReported) {
+		return nil
+	}
+	err := pglogrepl.SendStandbyStatusUpdate(ctx, s.conn, pglogrepl.StandbyStatusUpdate{
+		WALWritePosition: max(r.received, r.acked),
+		WALFlushPosition: r.acked,
+		WALApplyPosition: r.acked,
+	})
+	if err != nil {
+		return fmt.Errorf("send standby status: %w", err)
+	}
+	s.lastStatus = time.Now()
+	s.lastReported = r.acked
+	if due {
+		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		if err := s.lock.Ping(pctx); err != nil {
+			return fmt.Errorf("lost the connection that holds the slot's lock: %w", err)
+		}
+	}
+	return nil
+}
