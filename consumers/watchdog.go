@@ -52,7 +52,7 @@ func (w *Worker) watchStalls(ctx context.Context, topic string) error {
 	if w.cfg.StallTimeout < 0 {
 		return nil
 	}
-	client := &kafka.Client{Addr: kafka.TCP(w.cfg.Brokers...), Timeout: 10 * time.Second}
+	client := w.broker().Client(10 * time.Second)
 	group := schema.GroupID(w.cfg.TopicPrefix, w.cfg.Step)
 	seen := map[int]stallMark{}
 	t := time.NewTicker(max(w.cfg.StallTimeout/3, 500*time.Millisecond))
@@ -144,7 +144,7 @@ func (w *Worker) findStalled(ctx context.Context, client *kafka.Client, topic, g
 // trigger whose job has an open run with a live lease (a step running long,
 // or waiting to retry): then the partition is busy, not stalled.
 func (w *Worker) headInProgress(ctx context.Context, topic string, p int, offset int64) (bool, error) {
-	conn, err := kafka.DialLeader(ctx, "tcp", w.cfg.Brokers[0], topic, p)
+	conn, err := w.broker().Dialer().DialLeader(ctx, "tcp", w.cfg.Brokers[0], topic, p)
 	if err != nil {
 		return false, err
 	}

@@ -3,6 +3,7 @@ package consumers
 import (
 	"cmp"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -16,6 +17,7 @@ import (
 	"github.com/cenkalti/backoff/v4"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/segmentio/kafka-go"
+	"github.com/segmentio/kafka-go/sasl"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/jobstream/jobstream/schema"
@@ -27,6 +29,10 @@ type Config struct {
 	DatabaseURL string
 	// Brokers are the Kafka bootstrap brokers (host:port). Required.
 	Brokers []string
+	// SASL authenticates to the brokers (default: none).
+	SASL sasl.Mechanism
+	// TLS encrypts the connections to the brokers (default: plaintext).
+	TLS *tls.Config
 	// Step is the step this worker runs. Required; not the pipeline's first.
 	Step string
 	// Pipeline gives the step order (default schema.DefaultPipeline()).
@@ -171,6 +177,11 @@ func New(cfg Config) (*Worker, error) {
 // its members are joining the group.
 func (w *Worker) Ready() <-chan struct{} { return w.ready }
 
+// broker says how to reach the brokers, SASL and TLS included.
+func (w *Worker) broker() schema.Broker {
+	return schema.Broker{Addrs: w.cfg.Brokers, SASL: w.cfg.SASL, TLS: w.cfg.TLS}
+}
+
 // Stats returns the worker's live counters.
 func (w *Worker) Stats() *Stats { return &w.stats }
 
@@ -179,7 +190,7 @@ func (w *Worker) Stats() *Stats { return &w.stats }
 // Config.Grace to finish before their runs are released. A deliberate stop
 // returns nil.
 func (w *Worker) Run(ctx context.Context) error {
-	broker := schema.Broker{Addrs: w.cfg.Brokers}
+	broker := w.broker()
 	if err := broker.Ping(ctx, 10*time.Second); err != nil {
 		return err
 	}
@@ -209,6 +220,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	}
 	w.store = &store{pool: pool, step: w.cfg.Step, trigger: w.trigger, lease: w.cfg.Lease}
 	w.dlq = &kafka.Writer{
+		Transport:    broker.Transport(),
 		Addr:         kafka.TCP(w.cfg.Brokers...),
 		Topic:        schema.DLQTopic(w.cfg.TopicPrefix),
 		Balancer:     &kafka.Murmur2Balancer{},
@@ -259,6 +271,7 @@ var errRejoin = errors.New("rejoin the consumer group")
 func (w *Worker) consume(ctx context.Context, topic, workerID, gpu string) error {
 	rd := kafka.NewReader(kafka.ReaderConfig{
 		Brokers:           w.cfg.Brokers,
+		Dialer:            w.broker().Dialer(),
 		GroupID:           schema.GroupID(w.cfg.TopicPrefix, w.cfg.Step),
 		Topic:             topic,
 		StartOffset:       kafka.FirstOffset,

@@ -376,6 +376,11 @@ func runWorker(ctx context.Context, args []string, _ io.Writer) error {
 		}
 	}
 	cfg.DatabaseURL, cfg.Brokers, cfg.TopicPrefix, cfg.Pipeline, cfg.Logger = c.databaseURL, c.brokerList(), c.prefix, p, log
+	b, err := c.broker()
+	if err != nil {
+		return err
+	}
+	cfg.SASL, cfg.TLS = b.SASL, b.TLS
 	cfg.Handler = consumers.Exec(argv...)
 	reg := newRegistry()
 	cfg.Observer = newWorkerMetrics(reg)

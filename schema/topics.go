@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"net"
 	"strings"
 	"time"
 
@@ -70,7 +71,9 @@ func (b Broker) Ping(ctx context.Context, timeout time.Duration) error {
 		}
 		return nil
 	}
-	if errors.Is(last, kafka.SASLAuthenticationFailed) {
+	var op *net.OpError
+	dialFailed := errors.As(last, &op) && op.Op == "dial"
+	if errors.Is(last, kafka.SASLAuthenticationFailed) || (b.SASL != nil && !dialFailed) {
 		return fmt.Errorf("the Kafka broker at %v refused the SASL credentials; check KAFKA_SASL_USER, KAFKA_SASL_PASSWORD and KAFKA_SASL_MECHANISM", b.Addrs)
 	}
 	return fmt.Errorf("cannot reach a Kafka broker at %v (%v); start one (jobstream broker, or Kafka) or fix KAFKA_BROKERS", b.Addrs, last)
