@@ -3,6 +3,8 @@ package cdc
 import (
 	"encoding/base64"
 	"encoding/hex"
+	"errors"
+	"fmt"
 	"math"
 	"math/big"
 	"strconv"
@@ -92,12 +94,14 @@ func appendValue(b []byte, oid uint32, typmod int32, v []byte) []byte {
 		}
 		return append(b, "false"...)
 	case oidInt2, oidInt4, oidInt8, oidOID:
-		return append(b, v...)
-	case oidFloat4, oidFloat8:
-		if f, err := strconv.ParseFloat(string(v), 64); err == nil && !math.IsNaN(f) && !math.IsInf(f, 0) {
+		if isJSONNumber(v) {
 			return append(b, v...)
 		}
-		return strconv.AppendQuote(b, string(v)) // NaN, Infinity, -Infinity
+	case oidFloat4, oidFloat8:
+		if f, err := strconv.ParseFloat(string(v), 64); err == nil && !math.IsNaN(f) && !math.IsInf(f, 0) && isJSONNumber(v) {
+			return append(b, v...)
+		}
+		return appendJSONString(b, v) // NaN, Infinity, -Infinity
 	case oidNumeric:
 		if out, ok := appendNumeric(b, typmod, v); ok {
 			return out
@@ -154,10 +158,9 @@ func appendNumeric(b []byte, typmod int32, v []byte) ([]byte, bool) {
 	}
 	scale := len(frac)
 	if typmod >= 4 {
-		declared := int((typmod - 4) & 0xffff)
-		for scale < declared {
-			frac += "0"
-			scale++
+		if declared := int((typmod - 4) & 0xffff); scale < declared {
+			frac += strings.Repeat("0", declared-scale)
+			scale = declared
 		}
 	}
 	unscaled, ok := new(big.Int).SetString(intPart+frac, 10)
@@ -258,4 +261,63 @@ func appendJSONString(b []byte, s []byte) []byte {
 	}
 	b = append(b, s[start:]...)
 	return append(b, '"')
+}
+
+// parsePgoutput is pglogrepl.Parse made safe for any input: pglogrepl panics
+// on some malformed messages (an empty one, for instance), and one bad
+// message must become an error, never a crashed reader.
+func parsePgoutput(data []byte) (msg pglogrepl.Message, err error) {
+	if len(data) == 0 {
+		return nil, errors.New("empty pgoutput message")
+	}
+	defer func() {
+		if p := recover(); p != nil {
+			msg, err = nil, fmt.Errorf("malformed pgoutput message: %v", p)
+		}
+	}()
+	return pglogrepl.Parse(data)
+}
+
+// isJSONNumber reports whether v is a number in JSON's grammar, so it can be
+// written unquoted. Postgres' text output of integers and floats always is;
+// this guards the envelope against anything else.
+func isJSONNumber(v []byte) bool {
+	i := 0
+	if i < len(v) && v[i] == '-' {
+		i++
+	}
+	switch {
+	case i < len(v) && v[i] == '0':
+		i++
+	case i < len(v) && v[i] >= '1' && v[i] <= '9':
+		for i < len(v) && v[i] >= '0' && v[i] <= '9' {
+			i++
+		}
+	default:
+		return false
+	}
+	if i < len(v) && v[i] == '.' {
+		i++
+		start := i
+		for i < len(v) && v[i] >= '0' && v[i] <= '9' {
+			i++
+		}
+		if i == start {
+			return false
+		}
+	}
+	if i < len(v) && (v[i] == 'e' || v[i] == 'E') {
+		i++
+		if i < len(v) && (v[i] == '+' || v[i] == '-') {
+			i++
+		}
+		start := i
+		for i < len(v) && v[i] >= '0' && v[i] <= '9' {
+			i++
+		}
+		if i == start {
+			return false
+		}
+	}
+	return i == len(v)
 }

@@ -147,7 +147,7 @@ func (s *stream) handleCopyData(ctx context.Context, data []byte) error {
 
 func (s *stream) handleWAL(ctx context.Context, xld pglogrepl.XLogData) error {
 	r := s.r
-	msg, err := pglogrepl.Parse(xld.WALData)
+	msg, err := parsePgoutput(xld.WALData)
 	if err != nil {
 		if len(xld.WALData) > 0 && (xld.WALData[0] == 'I' || xld.WALData[0] == 'U' || xld.WALData[0] == 'D') {
 			// One change we cannot read must not stop the stream.

@@ -7,6 +7,7 @@ package harness
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"os"
 	"os/exec"
@@ -45,6 +46,11 @@ func Main(m *testing.M) {
 }
 
 func run(m *testing.M) int {
+	flag.Parse()
+	if f := flag.Lookup("test.fuzz"); f != nil && f.Value.String() != "" {
+		// Fuzzing runs pure functions in many worker processes: no servers.
+		return m.Run()
+	}
 	dir, err := os.MkdirTemp("", "jobstream-test-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "harness:", err)
