@@ -26,8 +26,8 @@ vet: ## go vet and gofmt check
 fmt: ## format the code
 	gofmt -w $$(git ls-files '*.go')
 
-bench: ## run the Go micro-benchmarks (decoding, envelope encoding)
-	$(GO) test -run '^$$' -bench . -benchmem $(PKGS)
+bench: ## measure against pg_recvlogical, LISTEN/NOTIFY, polling and the database alone, plus the Go micro-benchmarks (~15 min); prints one table, writes BENCHMARKS.md
+	$(GO) run ./ops/bench -runs 3 -out BENCHMARKS.md
 
 chaos: ## kill -9 the reader, workers, broker and Postgres at random while 2,000 jobs flow; check nothing is lost or done twice (SEED=n replays a schedule)
 	$(GO) test ./ops/chaos -run TestChaos -count=1 -v -timeout 30m -args -chaos.full $(if $(SEED),-chaos.seed $(SEED))

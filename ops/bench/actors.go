@@ -1,0 +1,414 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/jobstream/jobstream/cdc"
+	"github.com/jobstream/jobstream/consumers"
+	"github.com/jobstream/jobstream/schema"
+)
+
+// loop is a goroutine an actor can stop.
+type loop struct {
+	cancel context.CancelFunc
+	done   chan error
+}
+
+func goLoop(ctx context.Context, f func(ctx context.Context) error) *loop {
+	ctx, cancel := context.WithCancel(ctx)
+	l := &loop{cancel: cancel, done: make(chan error, 1)}
+	go func() { l.done <- f(ctx) }()
+	return l
+}
+
+// stop ends the loop and returns its error (nil when it ended because it was stopped).
+func (l *loop) stop() error {
+	if l == nil {
+		return nil
+	}
+	l.cancel()
+	err := <-l.done
+	if errors.Is(err, context.Canceled) || errors.Is(err, errStopped) {
+		return nil
+	}
+	return err
+}
+
+// jobstreamActor is the reader (in this process, with its own broker
+// process) and a vlm_analyze worker with an in-process handler; the outage
+// stops the worker.
+type jobstreamActor struct {
+	t      *triggerEnv
+	b      *broker
+	reader *loop
+	worker *loop
+	r      *cdc.Reader
+	ws     []*consumers.Worker
+
+	mu    sync.Mutex
+	acked []float64 // commit → acknowledged by the broker, ms, per transaction
+}
+
+// ackedSince returns the commit → broker acknowledgement latencies (ms)
+// recorded since the last call, sorted.
+func (a *jobstreamActor) ackedSince() []float64 {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	out := a.acked
+	a.acked = nil
+	slices.Sort(out)
+	return out
+}
+
+func (a *jobstreamActor) prepare(ctx context.Context) error {
+	t := a.t
+	b, err := t.e.startBroker(ctx, fmt.Sprintf("broker-%s-%d", t.scen, t.run))
+	if err != nil {
+		return err
+	}
+	a.b = b
+	r, err := cdc.New(cdc.Config{DatabaseURL: t.db.url, Brokers: []string{b.addr}, Slot: "bench", TopicPrefix: t.prefix,
+		Snapshot: cdc.SnapshotNever, Logger: t.e.log.With("part", "reader", "db", t.db.name),
+		OnCommitAcked: func(d time.Duration) {
+			a.mu.Lock()
+			a.acked = append(a.acked, ms(d))
+			a.mu.Unlock()
+		}})
+	if err != nil {
+		return err
+	}
+	a.r = r
+	a.reader = goLoop(ctx, r.Run)
+	select {
+	case <-r.Ready():
+		return nil
+	case err := <-a.reader.done:
+		a.reader.done <- err
+		return fmt.Errorf("reader stopped: %v", err)
+	case <-time.After(time.Minute):
+		return errors.New("the reader was not streaming within a minute")
+	}
+}
+
+func (a *jobstreamActor) start(ctx context.Context) error {
+	t := a.t
+	w, err := consumers.New(consumers.Config{
+		DatabaseURL: t.db.url, Brokers: []string{a.b.addr}, Step: "vlm_analyze", TopicPrefix: t.prefix,
+		Concurrency: t.e.cfg.LatencyMembers, Lease: 30 * time.Second, Grace: 5 * time.Second,
+		Logger: t.e.log.With("part", "worker", "db", t.db.name),
+		Handler: func(_ context.Context, job consumers.Job) (json.RawMessage, error) {
+			t.rec.see(job.JobID)
+			return json.RawMessage(`{"caption":"a lighthouse at dusk"}`), nil
+		},
+	})
+	if err != nil {
+		return err
+	}
+	a.ws = append(a.ws, w)
+	a.worker = goLoop(ctx, w.Run)
+	select {
+	case <-w.Ready():
+		return nil
+	case err := <-a.worker.done:
+		a.worker.done <- err
+		return fmt.Errorf("worker stopped: %v", err)
+	case <-time.After(time.Minute):
+		return errors.New("the worker was not ready within a minute")
+	}
+}
+
+func (a *jobstreamActor) stop() {
+	if err := a.worker.stop(); err != nil {
+		a.t.e.log.Warn("worker", "err", err)
+	}
+	a.worker = nil
+}
+
+func (a *jobstreamActor) close() {
+	a.stop()
+	if a.r != nil {
+		st := a.r.Stats()
+		a.t.e.log.Info("reader stats", "db", a.t.db.name, "events", st.Events.Load(), "inserts", st.Inserts.Load(), "updates", st.Updates.Load(),
+			"transactions", st.Transactions.Load(), "dead_letters", st.DeadLetters.Load(), "reconnects", st.Reconnects.Load())
+	}
+	for _, w := range a.ws {
+		st := w.Stats()
+		a.t.e.log.Info("worker stats", "db", a.t.db.name, "claims", st.Claims.Load(), "completions", st.Completions.Load(),
+			"skipped", st.Skipped.Load(), "fenced", st.Fenced.Load(), "retries", st.Retries.Load())
+	}
+	if err := a.reader.stop(); err != nil {
+		a.t.e.log.Warn("reader", "err", err)
+	}
+	if a.b != nil {
+		a.b.stop()
+	}
+}
+
+// listenActor is the seed design's option 1: an AFTER UPDATE trigger calls
+// pg_notify when a job reaches (img_gen, done); a listener waits with
+// WaitForNotification, claims the job by the same compare-and-set and
+// starts the handler. The outage closes the listener's connection.
+type listenActor struct {
+	t    *triggerEnv
+	conn *pgx.Conn
+	l    *loop
+}
+
+const listenTriggerSQL = `CREATE FUNCTION bench_notify_done() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+	IF NEW.current_step = 'img_gen' AND NEW.status = 'done'
+	   AND (OLD.current_step IS DISTINCT FROM NEW.current_step OR OLD.status IS DISTINCT FROM NEW.status) THEN
+		PERFORM pg_notify('bench_done', NEW.job_id);
+	END IF;
+	RETURN NULL;
+END $$;
+CREATE TRIGGER bench_notify_done AFTER UPDATE ON jobs FOR EACH ROW EXECUTE FUNCTION bench_notify_done();`
+
+// claimOneSQL is the alternatives' claim: the compare-and-set on the job.
+const claimOneSQL = `UPDATE jobs SET current_step = 'vlm_analyze', status = 'running', updated_at = now()
+	WHERE job_id = $1 AND current_step = 'img_gen' AND status = 'done'`
+
+func (a *listenActor) prepare(ctx context.Context) error {
+	_, err := a.t.pool.Exec(ctx, listenTriggerSQL)
+	return err
+}
+
+func (a *listenActor) start(ctx context.Context) error {
+	conn, err := pgx.Connect(ctx, a.t.db.url)
+	if err != nil {
+		return err
+	}
+	if _, err := conn.Exec(ctx, "LISTEN bench_done"); err != nil {
+		conn.Close(context.Background())
+		return err
+	}
+	a.conn = conn
+	a.l = goLoop(ctx, func(ctx context.Context) error {
+		for {
+			n, err := conn.WaitForNotification(ctx)
+			if err != nil {
+				if ctx.Err() != nil {
+					return errStopped
+				}
+				return err
+			}
+			tag, err := a.t.pool.Exec(ctx, claimOneSQL, n.Payload)
+			if err != nil {
+				if ctx.Err() != nil {
+					return errStopped
+				}
+				return err
+			}
+			if tag.RowsAffected() == 1 {
+				a.t.rec.see(n.Payload)
+			}
+		}
+	})
+	return nil
+}
+
+func (a *listenActor) stop() {
+	if err := a.l.stop(); err != nil {
+		a.t.e.log.Warn("listener", "err", err)
+	}
+	a.l = nil
+	if a.conn != nil {
+		a.conn.Close(context.Background())
+		a.conn = nil
+	}
+}
+
+func (a *listenActor) close() { a.stop() }
+
+// pollActor claims every job at (img_gen, done) once per interval, as a
+// polling worker does (FOR UPDATE SKIP LOCKED, so several may run). The
+// outage stops the loop.
+type pollActor struct {
+	t *triggerEnv
+	l *loop
+}
+
+const pollClaimSQL = `UPDATE jobs SET current_step = 'vlm_analyze', status = 'running', updated_at = now()
+	WHERE job_id IN (SELECT job_id FROM jobs WHERE current_step = 'img_gen' AND status = 'done'
+	                 ORDER BY updated_at LIMIT 1000 FOR UPDATE SKIP LOCKED)
+	RETURNING job_id`
+
+func (a *pollActor) prepare(ctx context.Context) error {
+	_, err := a.t.pool.Exec(ctx, `CREATE INDEX bench_jobs_step_status ON jobs (current_step, status)`)
+	return err
+}
+
+func (a *pollActor) start(ctx context.Context) error {
+	a.l = goLoop(ctx, func(ctx context.Context) error {
+		tick := time.NewTicker(a.t.e.cfg.PollInterval)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return errStopped
+			case <-tick.C:
+			}
+			for {
+				rows, _ := a.t.pool.Query(ctx, pollClaimSQL)
+				ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
+				if err != nil {
+					if ctx.Err() != nil {
+						return errStopped
+					}
+					return err
+				}
+				for _, id := range ids {
+					a.t.rec.see(id)
+				}
+				if len(ids) < 1000 {
+					break
+				}
+			}
+		}
+	})
+	return nil
+}
+
+func (a *pollActor) stop() {
+	if err := a.l.stop(); err != nil {
+		a.t.e.log.Warn("poller", "err", err)
+	}
+	a.l = nil
+}
+
+func (a *pollActor) close() { a.stop() }
+
+// floorActor is the physical floor: a bare pglogrepl client on a slot of
+// its own, noting when the change of a job to (img_gen, done) arrives.
+type floorActor struct {
+	t *triggerEnv
+	l *loop
+}
+
+func (a *floorActor) prepare(ctx context.Context) error {
+	_, err := a.t.pool.Exec(ctx, `SELECT pg_create_logical_replication_slot('bench_floor', 'pgoutput')`)
+	return err
+}
+
+func (a *floorActor) start(ctx context.Context) error {
+	cfg, err := pgconn.ParseConfig(a.t.db.url)
+	if err != nil {
+		return err
+	}
+	cfg.RuntimeParams["replication"] = "database"
+	conn, err := pgconn.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	err = pglogrepl.StartReplication(ctx, conn, "bench_floor", 0, pglogrepl.StartReplicationOptions{
+		PluginArgs: []string{"proto_version '1'", "publication_names '" + schema.DefaultPublication + "'"},
+	})
+	if err != nil {
+		conn.Close(context.Background())
+		return err
+	}
+	a.l = goLoop(ctx, func(ctx context.Context) error {
+		defer conn.Close(context.Background())
+		return a.receive(ctx, conn)
+	})
+	return nil
+}
+
+func (a *floorActor) receive(ctx context.Context, conn *pgconn.PgConn) error {
+	rels := map[uint32]*pglogrepl.RelationMessage{}
+	var pos pglogrepl.LSN
+	next := time.Now().Add(time.Second)
+	for {
+		if !time.Now().Before(next) {
+			if err := pglogrepl.SendStandbyStatusUpdate(ctx, conn, pglogrepl.StandbyStatusUpdate{WALWritePosition: pos}); err != nil {
+				return err
+			}
+			next = time.Now().Add(time.Second)
+		}
+		rctx, cancel := context.WithDeadline(ctx, next)
+		msg, err := conn.ReceiveMessage(rctx)
+		cancel()
+		switch {
+		case ctx.Err() != nil:
+			return errStopped
+		case err != nil && pgconn.Timeout(err):
+			continue
+		case err != nil:
+			return err
+		}
+		cd, ok := msg.(*pgproto3.CopyData)
+		if !ok {
+			if er, ok := msg.(*pgproto3.ErrorResponse); ok {
+				return pgconn.ErrorResponseToPgError(er)
+			}
+			continue
+		}
+		switch cd.Data[0] {
+		case pglogrepl.PrimaryKeepaliveMessageByteID:
+			pkm, err := pglogrepl.ParsePrimaryKeepaliveMessage(cd.Data[1:])
+			if err == nil && pkm.ReplyRequested {
+				next = time.Time{}
+			}
+		case pglogrepl.XLogDataByteID:
+			xld, err := pglogrepl.ParseXLogData(cd.Data[1:])
+			if err != nil {
+				return err
+			}
+			pos = max(pos, xld.WALStart+pglogrepl.LSN(len(xld.WALData)))
+			m, err := pglogrepl.Parse(xld.WALData)
+			if err != nil {
+				return err
+			}
+			switch m := m.(type) {
+			case *pglogrepl.RelationMessage:
+				rels[m.RelationID] = m
+			case *pglogrepl.UpdateMessage:
+				if id, ok := finishedImgGen(rels[m.RelationID], m.NewTuple); ok {
+					a.t.rec.see(id)
+				}
+			}
+		}
+	}
+}
+
+// finishedImgGen returns the job_id of a new row at (img_gen, done).
+func finishedImgGen(rel *pglogrepl.RelationMessage, tup *pglogrepl.TupleData) (string, bool) {
+	if rel == nil || tup == nil {
+		return "", false
+	}
+	var id, step, status string
+	for i, c := range rel.Columns {
+		if i >= len(tup.Columns) {
+			break
+		}
+		switch c.Name {
+		case "job_id":
+			id = string(tup.Columns[i].Data)
+		case "current_step":
+			step = string(tup.Columns[i].Data)
+		case "status":
+			status = string(tup.Columns[i].Data)
+		}
+	}
+	return id, step == "img_gen" && status == "done"
+}
+
+func (a *floorActor) stop() {
+	if err := a.l.stop(); err != nil {
+		a.t.e.log.Warn("floor client", "err", err)
+	}
+	a.l = nil
+}
+
+func (a *floorActor) close() { a.stop() }

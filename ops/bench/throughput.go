@@ -1,0 +1,203 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"runtime/pprof"
+	"strconv"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/jobstream/jobstream/cdc"
+	"github.com/jobstream/jobstream/schema"
+)
+
+// cdcResult is one run of scenario 1.
+type cdcResult struct {
+	changes    int
+	txs        int
+	walBytes   uint64
+	recvSecs   []float64 // pg_recvlogical, start to exit at the end position, per pass
+	readerSecs []float64 // reader, start to the last event acknowledged, per pass
+}
+
+// recvRate and readerRate are the medians over the run's passes.
+func (r cdcResult) recvRate() float64   { return float64(r.changes) / median(r.recvSecs) }
+func (r cdcResult) readerRate() float64 { return float64(r.changes) / median(r.readerSecs) }
+
+// ratio is the median over the run's passes of reader rate / pg_recvlogical
+// rate, each pass's two measured back to back.
+func (r cdcResult) ratio() float64 {
+	var rs []float64
+	for i := range min(len(r.recvSecs), len(r.readerSecs)) {
+		rs = append(rs, r.recvSecs[i]/r.readerSecs[i])
+	}
+	return median(rs)
+}
+
+// perTx is the number of inserts (and so of updates) per transaction of
+// the scenario 1 workload.
+const perTx = 5
+
+// benchCDC streams the same changes with pg_recvlogical and with the
+// reader, each from a slot of its own created before the changes were
+// made, alternately, cfg.CDCPasses times each (so a passing load on the
+// machine hits both alike).
+func benchCDC(ctx context.Context, e *env, run int) (res cdcResult, err error) {
+	db, err := e.newDB(ctx, fmt.Sprintf("bench_cdc_%d", run))
+	if err != nil {
+		return res, err
+	}
+	defer db.drop()
+	conn, err := pgx.Connect(ctx, db.url)
+	if err != nil {
+		return res, err
+	}
+	defer conn.Close(context.Background())
+	passes := e.cfg.CDCPasses
+	for i := range passes {
+		for _, slot := range []string{"bench_recvlogical", "bench_reader"} {
+			slot := fmt.Sprintf("%s_%d", slot, i)
+			if _, err := conn.Exec(ctx, `SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, slot); err != nil {
+				return res, fmt.Errorf("create slot %s: %w", slot, err)
+			}
+		}
+	}
+	if _, err := conn.Exec(ctx, workloadSQL()); err != nil {
+		return res, fmt.Errorf("create workload procedure: %w", err)
+	}
+	var startLSN pglogrepl.LSN
+	if err := conn.QueryRow(ctx, `SELECT pg_current_wal_insert_lsn()::text`).Scan(lsnText{&startLSN}); err != nil {
+		return res, err
+	}
+	res.changes = 2 * (e.cfg.Changes / 2)
+	res.txs = (e.cfg.Changes/2 + min(50, e.cfg.Changes/2) + perTx - 1) / perTx
+	began := time.Now()
+	if _, err := conn.Exec(ctx, fmt.Sprintf("CALL bench_workload(%d, %d, 'cdc-')", e.cfg.Changes, perTx)); err != nil {
+		return res, fmt.Errorf("run workload: %w", err)
+	}
+	// The end: every change is before it. The marker transaction after it
+	// gives both clients a message past the end, so neither waits for a
+	// keepalive to learn it is there.
+	var end pglogrepl.LSN
+	if err := conn.QueryRow(ctx, `SELECT pg_current_wal_insert_lsn()::text`).Scan(lsnText{&end}); err != nil {
+		return res, err
+	}
+	if _, err := conn.Exec(ctx, `INSERT INTO jobs (job_id, current_step, status) VALUES ('cdc-marker', 'img_gen', 'pending')`); err != nil {
+		return res, err
+	}
+	res.walBytes = uint64(end - startLSN)
+	e.logf("  %d changes in %d transactions written in %.1fs (%.0f MiB of WAL)", res.changes, res.txs, time.Since(began).Seconds(), float64(res.walBytes)/(1<<20))
+
+	for i := range passes {
+		secs, err := recvlogical(ctx, conn.Config(), db.name, fmt.Sprintf("bench_recvlogical_%d", i), end)
+		if err != nil {
+			return res, err
+		}
+		res.recvSecs = append(res.recvSecs, secs)
+		e.log.Info("pg_recvlogical pass", "run", run, "pass", i, "seconds", secs)
+		if secs, err = readUntil(ctx, e, db, run, i, end, res.changes); err != nil {
+			return res, err
+		}
+		res.readerSecs = append(res.readerSecs, secs)
+	}
+	return res, nil
+}
+
+// recvlogical streams slot with pg_recvlogical (pgoutput) to /dev/null
+// until end: what Postgres itself decodes. It returns the seconds it took.
+func recvlogical(ctx context.Context, cfg *pgx.ConnConfig, db, slot string, end pglogrepl.LSN) (float64, error) {
+	cmd := exec.CommandContext(ctx, "pg_recvlogical", "-h", cfg.Host, "-p", strconv.Itoa(int(cfg.Port)), "-U", cfg.User, "-d", db,
+		"--slot", slot, "--start", "--no-loop", "-o", "proto_version=1", "-o", "publication_names="+schema.DefaultPublication,
+		"--endpos", end.String(), "-f", os.DevNull)
+	began := time.Now()
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return 0, fmt.Errorf("pg_recvlogical: %v: %s", err, out)
+	}
+	return time.Since(began).Seconds(), nil
+}
+
+// readUntil runs a reader (in this process, with a fresh broker process)
+// on the pass's slot until the broker has acknowledged every event up to
+// end. It returns the seconds from Run to that moment.
+func readUntil(ctx context.Context, e *env, db *database, run, pass int, end pglogrepl.LSN, changes int) (float64, error) {
+	b, err := e.startBroker(ctx, fmt.Sprintf("broker-cdc-%d-%d", run, pass))
+	if err != nil {
+		return 0, err
+	}
+	defer b.stop()
+	r, err := cdc.New(cdc.Config{DatabaseURL: db.url, Brokers: []string{b.addr}, Slot: fmt.Sprintf("bench_reader_%d", pass),
+		TopicPrefix: fmt.Sprintf("cdc%d-%d", run, pass), Logger: e.log.With("part", "reader")})
+	if err != nil {
+		return 0, err
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	if p := e.profilePath(fmt.Sprintf("reader-cdc-run%d-pass%d", run, pass)); p != "" {
+		stopProfile, err := startCPUProfile(p)
+		if err != nil {
+			return 0, err
+		}
+		defer stopProfile()
+	}
+	runErr := make(chan error, 1)
+	began := time.Now()
+	go func() { runErr <- r.Run(rctx) }()
+	st := r.Stats()
+	deadline := time.Now().Add(10 * time.Minute)
+	for pglogrepl.LSN(st.AckedLSN.Load()) < end {
+		select {
+		case err := <-runErr:
+			return 0, fmt.Errorf("reader stopped: %v", err)
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		case <-time.After(2 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			return 0, fmt.Errorf("reader acknowledged only %d of %d events within 10 minutes", st.Events.Load(), changes)
+		}
+	}
+	secs := time.Since(began).Seconds()
+	cancel()
+	<-runErr
+	e.log.Info("reader pass", "run", run, "pass", pass, "seconds", secs, "events", st.Events.Load(), "transactions", st.Transactions.Load(),
+		"reconnects", st.Reconnects.Load(), "dead_letters", st.DeadLetters.Load())
+	if n := st.Reconnects.Load(); n > 0 {
+		e.logf("  the reader reconnected %d times in pass %d (see bench.log)", n, pass)
+	}
+	if n := st.Events.Load(); n < int64(changes) {
+		return 0, fmt.Errorf("reader passed the end position with %d of %d events acknowledged", n, changes)
+	}
+	return secs, nil
+}
+
+// lsnText scans a pg_lsn rendered as text.
+type lsnText struct{ p *pglogrepl.LSN }
+
+func (l lsnText) Scan(src any) error {
+	s, ok := src.(string)
+	if !ok {
+		return fmt.Errorf("lsn: want text, got %T", src)
+	}
+	v, err := pglogrepl.ParseLSN(s)
+	*l.p = v
+	return err
+}
+
+// startCPUProfile profiles this process into path until the returned
+// function is called.
+func startCPUProfile(path string) (func(), error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }, nil
+}
