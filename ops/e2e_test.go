@@ -85,7 +85,9 @@ func TestEndToEndProcesses(t *testing.T) {
 		t.Fatalf("second migrate: %v: %s", err, out)
 	}
 
-	start(t, e, "reader", "reader")
+	rport, _ := localpg.FreePort()
+	readerMetrics := fmt.Sprintf("127.0.0.1:%d", rport)
+	start(t, e, "reader", "reader", "--http-addr", readerMetrics)
 	harness.Eventually(t, 30*time.Second, func() (bool, string) {
 		n := e.Count(t, `SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1 AND active`, e.Slot)
 		return n == 1, "reader slot not active"
@@ -161,6 +163,12 @@ func TestEndToEndProcesses(t *testing.T) {
 		`jobstream_attempts_total{outcome="done",step="vlm_analyze"} 200`} {
 		if !strings.Contains(body, want) {
 			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+	body = httpGet(t, "http://"+readerMetrics+"/metrics")
+	for _, want := range []string{`jobstream_reader_events_total{op="c"} 200`, "jobstream_commit_to_ack_seconds_count", "jobstream_replication_lag_bytes"} {
+		if !strings.Contains(body, want) {
+			t.Errorf("reader /metrics lacks %q", want)
 		}
 	}
 	if got := httpGet(t, "http://"+metricsAddr+"/readyz"); !strings.Contains(got, "ready") {
