@@ -259,16 +259,7 @@ func renderLive(w io.Writer, rep, prev *statusReport, rs *cdc.Stats, finished, f
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "  STEP\tMEMBERS\tLAG\tRUNNING\tDONE\tRATE\tCOMMIT→CLAIM p50 / p99")
 	for i, st := range rep.Steps {
-		rate := "-"
-		if prev != nil && i < len(prev.Steps) {
-			if dt := rep.At.Sub(prev.At).Seconds(); dt > 0 {
-				rate = fmt.Sprintf("%.0f/s", float64(st.Done-prev.Steps[i].Done)/dt)
-			}
-		}
-		lat := "-"
-		if st.P50ms != nil && st.P99ms != nil {
-			lat = fmt.Sprintf("%.1f / %.1f ms", *st.P50ms, *st.P99ms)
-		}
+		rate, lat := rateAndLatency(rep, prev, i)
 		fmt.Fprintf(tw, "  %s\t%d\t%d\t%d\t%d\t%s\t%s\n", st.Step, len(st.Members), st.Lag, st.Running, st.Done, rate, lat)
 	}
 	tw.Flush()

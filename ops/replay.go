@@ -94,11 +94,8 @@ func runReplay(ctx context.Context, args []string, out io.Writer) error {
 	if err != nil {
 		return usageError{err.Error()}
 	}
-	broker, err := c.broker()
+	broker, err := c.reachBroker(ctx)
 	if err != nil {
-		return err
-	}
-	if err := broker.Ping(ctx, 10*time.Second); err != nil {
 		return err
 	}
 	a := newAdmin(broker)

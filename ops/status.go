@@ -100,11 +100,8 @@ func runStatus(ctx context.Context, args []string, out io.Writer) error {
 	if err := pool.Ping(ctx); err != nil {
 		return redactErr(schema.PostgresUnreachable(err))
 	}
-	broker, err := c.broker()
+	broker, err := c.reachBroker(ctx)
 	if err != nil {
-		return err
-	}
-	if err := broker.Ping(ctx, 10*time.Second); err != nil {
 		return err
 	}
 	a := newAdmin(broker)
@@ -246,16 +243,7 @@ func printStatus(out io.Writer, rep *statusReport, prev *statusReport) {
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "STEP\tGROUP\tMEMBERS\tLAG\tDONE\tRUNNING\tFAILED\tRATE\tCOMMIT→CLAIM p50/p99")
 	for i, st := range rep.Steps {
-		rate := "-"
-		if prev != nil && i < len(prev.Steps) {
-			if dt := rep.At.Sub(prev.At).Seconds(); dt > 0 {
-				rate = fmt.Sprintf("%.0f/s", float64(st.Done-prev.Steps[i].Done)/dt)
-			}
-		}
-		lat := "-"
-		if st.P50ms != nil && st.P99ms != nil {
-			lat = fmt.Sprintf("%.1f / %.1f ms", *st.P50ms, *st.P99ms)
-		}
+		rate, lat := rateAndLatency(rep, prev, i)
 		fmt.Fprintf(tw, "%s\t%s (%s)\t%d\t%d\t%d\t%d\t%d\t%s\t%s\n", st.Step, st.Group, strings.ToLower(st.State), len(st.Members), st.Lag, st.Done, st.Running, st.Failed, rate, lat)
 	}
 	tw.Flush()
@@ -280,4 +268,20 @@ func bytesIEC(n int64) string {
 		exp++
 	}
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+// rateAndLatency renders step i's completions per second since prev and its
+// commit→claim p50/p99, "-" where unknown.
+func rateAndLatency(rep, prev *statusReport, i int) (rate, lat string) {
+	rate, lat = "-", "-"
+	st := rep.Steps[i]
+	if prev != nil && i < len(prev.Steps) {
+		if dt := rep.At.Sub(prev.At).Seconds(); dt > 0 {
+			rate = fmt.Sprintf("%.0f/s", float64(st.Done-prev.Steps[i].Done)/dt)
+		}
+	}
+	if st.P50ms != nil && st.P99ms != nil {
+		lat = fmt.Sprintf("%.1f / %.1f ms", *st.P50ms, *st.P99ms)
+	}
+	return rate, lat
 }

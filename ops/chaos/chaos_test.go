@@ -288,7 +288,7 @@ func TestChaos(t *testing.T) {
 	waitEventually(t, sc.settle, func() (bool, string) {
 		var n int
 		pool.QueryRow(ctx, `SELECT count(*) FROM jobs WHERE current_step = 'overlay' AND status = 'done'`).Scan(&n)
-		return n == sc.jobs, fmt.Sprintf("%d of %d jobs at (overlay, done); the others: %s", n, sc.jobs, dump(pool,
+		return n == sc.jobs, fmt.Sprintf("%d of %d jobs at (overlay, done); the others: %s", n, sc.jobs, harness.DumpRows(pool,
 			`SELECT j.job_id, j.current_step, j.status, j.updated_at, r.step, r.attempt, r.outcome, r.worker, r.started_at, r.finished_at
 			FROM jobs j LEFT JOIN jobstream_runs r USING (job_id) WHERE NOT (j.current_step = 'overlay' AND j.status = 'done')
 			ORDER BY j.job_id, r.run_id LIMIT 40`))
@@ -380,20 +380,6 @@ func check(t *testing.T, pool *pgxpool.Pool, e *harness.Env, jobs int) report {
 		return n < 16<<20, fmt.Sprintf("slot retains %d bytes of WAL", n)
 	})
 	return rep
-}
-
-func dump(pool *pgxpool.Pool, sql string) string {
-	rows, err := pool.Query(context.Background(), sql)
-	if err != nil {
-		return err.Error()
-	}
-	defer rows.Close()
-	var b strings.Builder
-	for rows.Next() {
-		v, _ := rows.Values()
-		fmt.Fprintln(&b, v...)
-	}
-	return b.String()
 }
 
 // waitEventually is harness.Eventually that reports an error and returns

@@ -205,7 +205,12 @@ func (e *Env) Count(t testing.TB, sql string, args ...any) int {
 // Dump renders the rows sql selects, one per line, for failure messages.
 func (e *Env) Dump(t testing.TB, sql string, args ...any) string {
 	t.Helper()
-	rows, err := e.Pool(t).Query(context.Background(), sql, args...)
+	return DumpRows(e.Pool(t), sql, args...)
+}
+
+// DumpRows renders the rows sql selects through pool, one per line.
+func DumpRows(pool *pgxpool.Pool, sql string, args ...any) string {
+	rows, err := pool.Query(context.Background(), sql, args...)
 	if err != nil {
 		return "dump: " + err.Error()
 	}
