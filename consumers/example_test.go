@@ -73,3 +73,32 @@ func ExampleConfig_WithDefaults() {
 	fmt.Println(c.Pipeline, "|", c.TopicPrefix, c.Partitions, c.Concurrency, c.Lease, c.MaxAttempts, c.Grace, c.Timeout)
 	// Output: img_gen → vlm_analyze → yolo_detect → planner → overlay | jobs 12 1 30s 3 30s 0s
 }
+
+// The executors: Exec runs a program per job (the job as JSON on stdin, the
+// result as JSON on stdout), HTTP POSTs each job to a URL. New refuses one
+// that cannot run, with the reason, before any job is taken.
+func Example_executors() {
+	cfg := consumers.Config{
+		DatabaseURL: "postgres://jobstream@localhost:5432/jobstream",
+		Brokers:     []string{"localhost:9092"},
+		Step:        "yolo_detect",
+		GPUs:        []string{"0", "1"}, // one member per GPU; the step sees CUDA_VISIBLE_DEVICES
+	}
+	for _, h := range []consumers.Handler{
+		consumers.Exec("/bin/sh", "-c", "cat >/dev/null; echo '{\"boxes\": []}'"),
+		consumers.HTTP("http://detector.internal:8080/detect"),
+		consumers.Exec(),
+		consumers.Exec("./no-such-step.sh"),
+		consumers.HTTP("detector.internal:8080"),
+	} {
+		cfg.Handler = h
+		_, err := consumers.New(cfg)
+		fmt.Println(err)
+	}
+	// Output:
+	// <nil>
+	// <nil>
+	// no step command given: pass the command and its arguments, e.g. ./step.sh
+	// step command "./no-such-step.sh" cannot be run: no such file or directory
+	// step URL "detector.internal:8080" is not an absolute http:// or https:// URL
+}

@@ -6,8 +6,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
+	"reflect"
+	"runtime"
 	"strconv"
 	"syscall"
 	"time"
@@ -26,16 +29,26 @@ type Job struct {
 }
 
 // Handler runs one step of one job and returns its result, a JSON value that
-// is stored under the step's name in the job's results. An error wrapped by
-// Permanent fails the job at once; any other error is retried.
+// is stored under the step's name in the job's results; an empty result is
+// stored as null. An error wrapped by Permanent fails the job at once; any
+// other error is retried. A Handler must return soon after ctx ends (step
+// timeout, lost lease, shutdown past the grace period): until it does, its
+// member starts no other step.
 type Handler func(ctx context.Context, job Job) (json.RawMessage, error)
 
 type permanentError struct{ err error }
 
-func (e permanentError) Error() string { return e.err.Error() }
+func (e permanentError) Error() string {
+	if e.err == nil {
+		return "permanent failure"
+	}
+	return e.err.Error()
+}
+
 func (e permanentError) Unwrap() error { return e.err }
 
-// Permanent marks err as a failure that retrying cannot fix.
+// Permanent marks err as a failure that retrying cannot fix. Permanent(nil)
+// is still a failure, reported as "permanent failure".
 func Permanent(err error) error { return permanentError{err} }
 
 // IsPermanent reports whether err was marked by Permanent.
@@ -55,56 +68,105 @@ const maxStdout = 16 << 20
 // sees JOBSTREAM_JOB_ID, JOBSTREAM_STEP, JOBSTREAM_ATTEMPT and, on a GPU
 // member, CUDA_VISIBLE_DEVICES. Exit code 0 is success, ExitPermanent a
 // permanent failure, anything else a retriable one; the tail of stderr is
-// the error. When ctx ends, the step's whole process group is killed.
+// the error. The step runs in its own process group: when ctx ends (timeout,
+// lost lease, shutdown) the whole group is killed, and when the worker
+// process dies, even by SIGKILL, the step is killed with it.
+//
+// An empty argv, or an argv[0] that cannot be found, gives a Handler that
+// New refuses with the reason (and that fails every job permanently if
+// called directly).
 func Exec(argv ...string) Handler {
-	return func(ctx context.Context, job Job) (json.RawMessage, error) {
-		in, err := json.Marshal(job)
-		if err != nil {
-			return nil, Permanent(fmt.Errorf("encode job: %w", err))
-		}
-		cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
-		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-		cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
-		cmd.WaitDelay = 2 * time.Second
-		cmd.Env = append(os.Environ(),
-			"JOBSTREAM_JOB_ID="+job.JobID,
-			"JOBSTREAM_STEP="+job.Step,
-			"JOBSTREAM_ATTEMPT="+strconv.Itoa(job.Attempt),
-		)
-		if job.GPU != "" {
-			cmd.Env = append(cmd.Env, "CUDA_VISIBLE_DEVICES="+job.GPU)
-		}
-		cmd.Stdin = bytes.NewReader(in)
-		stdout := &capped{max: maxStdout}
-		stderr := &tail{max: 4096}
-		cmd.Stdout, cmd.Stderr = stdout, stderr
-		err = cmd.Run()
-		if ctx.Err() != nil {
-			return nil, fmt.Errorf("step stopped: %w", context.Cause(ctx))
-		}
-		if err != nil {
-			msg := fmt.Sprintf("%s: %v", argv[0], err)
-			if t := bytes.TrimSpace(stderr.buf); len(t) > 0 {
-				msg += ": " + string(t)
-			}
-			var ee *exec.ExitError
-			if errors.As(err, &ee) && ee.ExitCode() == ExitPermanent {
-				return nil, Permanent(errors.New(msg))
-			}
-			return nil, errors.New(msg)
-		}
-		if stdout.over {
-			return nil, fmt.Errorf("%s printed over %d bytes on stdout; a result must be smaller", argv[0], maxStdout)
-		}
-		out := bytes.TrimSpace(stdout.buf)
-		if len(out) == 0 {
-			return json.RawMessage("null"), nil
-		}
-		if !json.Valid(out) {
-			return nil, fmt.Errorf("%s printed no JSON on stdout (starts %.80q)", argv[0], out)
-		}
-		return json.RawMessage(out), nil
+	if len(argv) == 0 || argv[0] == "" {
+		return invalid(errors.New("no step command given: pass the command and its arguments, e.g. ./step.sh"))
 	}
+	path, err := exec.LookPath(argv[0])
+	if err != nil {
+		if inner := errors.Unwrap(err); inner != nil {
+			err = inner
+		}
+		var pe *fs.PathError
+		if errors.As(err, &pe) {
+			err = pe.Err
+		}
+		return invalid(fmt.Errorf("step command %q cannot be run: %w", argv[0], err))
+	}
+	argv = append([]string(nil), argv...)
+	return func(ctx context.Context, job Job) (json.RawMessage, error) {
+		return runExec(ctx, path, argv, job)
+	}
+}
+
+// invalid returns the Handler of a constructor given something it cannot
+// run: every call fails permanently with err, and New refuses it. (Not
+// inlined: every Handler it returns must share its code, see isInvalid.)
+//
+//go:noinline
+func invalid(err error) Handler {
+	return func(context.Context, Job) (json.RawMessage, error) { return nil, Permanent(err) }
+}
+
+// invalidPC is the code of every Handler invalid returns.
+var invalidPC = reflect.ValueOf(invalid(nil)).Pointer()
+
+// isInvalid reports whether h was made by invalid; calling it has no effect
+// but returning its error.
+func isInvalid(h Handler) bool { return reflect.ValueOf(h).Pointer() == invalidPC }
+
+func runExec(ctx context.Context, path string, argv []string, job Job) (json.RawMessage, error) {
+	in, err := json.Marshal(job)
+	if err != nil {
+		return nil, Permanent(fmt.Errorf("encode job: %w", err))
+	}
+	cmd := exec.CommandContext(ctx, path, argv[1:]...)
+	cmd.Args[0] = argv[0]
+	// Its own process group, so a stop kills the step's children too; and
+	// SIGKILL when this thread dies, so a crashed worker leaves no step
+	// holding a GPU while another member runs the job again.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	cmd.WaitDelay = 2 * time.Second
+	cmd.Env = append(os.Environ(),
+		"JOBSTREAM_JOB_ID="+job.JobID,
+		"JOBSTREAM_STEP="+job.Step,
+		"JOBSTREAM_ATTEMPT="+strconv.Itoa(job.Attempt),
+	)
+	if job.GPU != "" {
+		cmd.Env = append(cmd.Env, "CUDA_VISIBLE_DEVICES="+job.GPU)
+	}
+	cmd.Stdin = bytes.NewReader(in)
+	stdout := &capped{max: maxStdout}
+	stderr := &tail{max: 4096}
+	cmd.Stdout, cmd.Stderr = stdout, stderr
+	// Pdeathsig fires when the thread that forked the step exits; keep this
+	// goroutine on its thread until the step is reaped.
+	runtime.LockOSThread()
+	err = cmd.Run()
+	runtime.UnlockOSThread()
+	if ctx.Err() != nil {
+		return nil, fmt.Errorf("step stopped: %w", context.Cause(ctx))
+	}
+	if err != nil {
+		msg := fmt.Sprintf("%s: %v", argv[0], err)
+		if t := bytes.TrimSpace(stderr.buf); len(t) > 0 {
+			msg += ": " + string(t)
+		}
+		var ee *exec.ExitError
+		if errors.As(err, &ee) && ee.ExitCode() == ExitPermanent {
+			return nil, Permanent(errors.New(msg))
+		}
+		return nil, errors.New(msg)
+	}
+	if stdout.over {
+		return nil, fmt.Errorf("%s printed over %d bytes on stdout; a result must be smaller", argv[0], maxStdout)
+	}
+	out := bytes.TrimSpace(stdout.buf)
+	if len(out) == 0 {
+		return json.RawMessage("null"), nil
+	}
+	if !json.Valid(out) {
+		return nil, fmt.Errorf("%s printed no JSON on stdout (starts %.80q)", argv[0], out)
+	}
+	return json.RawMessage(out), nil
 }
 
 // capped keeps at most max bytes and remembers whether more came.

@@ -5,14 +5,18 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
 // store holds the step protocol's SQL: every state change of a job and of
-// its runs happens here, each in one transaction.
+// its runs happens here, each in one statement (one round trip, one
+// transaction), so a crash between two of them leaves nothing half done.
 type store struct {
 	pool    *pgxpool.Pool
 	step    string // S
@@ -27,37 +31,32 @@ type run struct {
 	job     Job
 }
 
-// claim moves the job (T, done) → (S, running) and opens attempt 1+ of the
-// run with a lease, in one transaction. ok is false when the job is not at
-// (T, done): the event was stale or a duplicate.
-func (s *store) claim(ctx context.Context, jobID, worker string, triggerLSN int64, triggerCommitMs int64) (r run, ok bool, err error) {
-	tx, err := s.pool.Begin(ctx)
-	if err != nil {
-		return r, false, err
-	}
-	defer tx.Rollback(ctx) //nolint:errcheck // no-op after commit
-	var payload, results []byte
-	err = tx.QueryRow(ctx, `UPDATE jobs SET current_step = $2, status = 'running', error = NULL, updated_at = now()
-		WHERE job_id = $1 AND current_step = $3 AND status = 'done'
-		RETURNING coalesce(payload, 'null'::jsonb)::text, coalesce(results, '{}'::jsonb)::text`,
-		jobID, s.step, s.trigger).Scan(&payload, &results)
+// claim moves the job (T, done) → (S, running) and opens the next attempt
+// of the run with a lease, in one statement. ok is false when the job is
+// not at (T, done): the event was stale or a duplicate.
+func (s *store) claim(ctx context.Context, jobID, worker string, triggerLSN, triggerCommitMs int64) (r run, ok bool, err error) {
+	var payload, results string
+	err = s.pool.QueryRow(ctx, `WITH j AS (
+			UPDATE jobs SET current_step = $2, status = 'running', error = NULL, updated_at = now()
+			WHERE job_id = $1 AND current_step = $3 AND status = 'done'
+			RETURNING job_id, coalesce(payload, 'null'::jsonb)::text AS payload, coalesce(results, '{}'::jsonb)::text AS results),
+		r AS (
+			INSERT INTO jobstream_runs (job_id, step, attempt, worker, trigger_lsn, trigger_commit_at, lease_expires_at)
+			SELECT job_id, $2, (SELECT coalesce(max(attempt), 0) + 1 FROM jobstream_runs WHERE job_id = $1 AND step = $2),
+			       $4, $5, to_timestamp($6::float8 / 1000), now() + make_interval(secs => $7)
+			FROM j
+			RETURNING run_id, attempt)
+		SELECT r.run_id, r.attempt, j.payload, j.results FROM j, r`,
+		jobID, s.step, s.trigger, worker, strconv.FormatInt(triggerLSN, 10), triggerCommitMs, s.lease.Seconds()).
+		Scan(&r.id, &r.attempt, &payload, &results)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return r, false, nil
 	}
 	if err != nil {
 		return r, false, fmt.Errorf("claim: %w", err)
 	}
-	r.job = Job{JobID: jobID, Step: s.step, Payload: payload, Results: results}
-	err = tx.QueryRow(ctx, `INSERT INTO jobstream_runs (job_id, step, attempt, worker, trigger_lsn, trigger_commit_at, lease_expires_at)
-		VALUES ($1, $2, (SELECT coalesce(max(attempt), 0) + 1 FROM jobstream_runs WHERE job_id = $1 AND step = $2),
-		        $3, $4, to_timestamp($5::float8 / 1000), now() + make_interval(secs => $6))
-		RETURNING run_id, attempt`,
-		jobID, s.step, worker, fmt.Sprint(triggerLSN), triggerCommitMs, s.lease.Seconds()).Scan(&r.id, &r.attempt)
-	if err != nil {
-		return r, false, fmt.Errorf("open run: %w", err)
-	}
-	r.job.Attempt = r.attempt
-	return r, true, tx.Commit(ctx)
+	r.job = Job{JobID: jobID, Step: s.step, Attempt: r.attempt, Payload: json.RawMessage(payload), Results: json.RawMessage(results)}
+	return r, true, nil
 }
 
 // renew extends the run's lease; held is false when the run was closed by
@@ -68,113 +67,206 @@ func (s *store) renew(ctx context.Context, runID int64) (held bool, err error) {
 	return tag.RowsAffected() == 1, err
 }
 
-// closeRun finishes the run with outcome if this attempt still holds it.
-func closeRun(ctx context.Context, tx pgx.Tx, runID int64, outcome, errText string) (held bool, err error) {
-	tag, err := tx.Exec(ctx, `UPDATE jobstream_runs SET finished_at = now(), outcome = $2, error = nullif($3, '')
-		WHERE run_id = $1 AND finished_at IS NULL`, runID, outcome, errText)
-	return tag.RowsAffected() == 1, err
-}
-
 // complete closes the run and moves the job (S, running) → (S, done) with the
 // result merged into results under S, only while this attempt holds the run.
-// held is false when the attempt was fenced: its result is discarded.
+// held is false when the attempt was fenced: its result is discarded. If the
+// job left (S, running) while the step ran (someone moved or deleted it), the
+// run is closed as discarded and the job kept as it is.
 func (s *store) complete(ctx context.Context, r run, result json.RawMessage) (held bool, err error) {
-	tx, err := s.pool.Begin(ctx)
-	if err != nil {
-		return false, err
-	}
-	defer tx.Rollback(ctx) //nolint:errcheck // no-op after commit
-	if held, err = closeRun(ctx, tx, r.id, "done", ""); err != nil || !held {
-		return false, err
-	}
-	tag, err := tx.Exec(ctx, `UPDATE jobs SET status = 'done', updated_at = now(),
-		results = coalesce(results, '{}'::jsonb) || jsonb_build_object($2::text, $3::jsonb)
-		WHERE job_id = $1 AND current_step = $2 AND status = 'running'`, r.job.JobID, s.step, string(result))
+	var outcome string
+	err = s.pool.QueryRow(ctx, `WITH r AS (
+			SELECT run_id FROM jobstream_runs WHERE run_id = $1 AND finished_at IS NULL FOR UPDATE),
+		j AS (
+			UPDATE jobs SET status = 'done', updated_at = now(),
+				results = coalesce(results, '{}'::jsonb) || jsonb_build_object($3::text, $4::jsonb)
+			WHERE job_id = $2 AND current_step = $3 AND status = 'running' AND EXISTS (SELECT FROM r)
+			RETURNING job_id),
+		u AS (
+			UPDATE jobstream_runs SET finished_at = now(),
+				outcome = CASE WHEN EXISTS (SELECT FROM j) THEN 'done' ELSE 'discarded' END,
+				error = CASE WHEN EXISTS (SELECT FROM j) THEN NULL ELSE 'job left (step, running) while the step ran' END
+			WHERE run_id IN (SELECT run_id FROM r)
+			RETURNING outcome)
+		SELECT coalesce((SELECT outcome FROM u), 'fenced')`,
+		r.id, r.job.JobID, s.step, string(result)).Scan(&outcome)
 	if err != nil {
 		return false, fmt.Errorf("complete: %w", err)
 	}
-	if tag.RowsAffected() == 0 {
-		// The job was moved or deleted under us: record that, keep the job as it is.
-		tx.Rollback(ctx) //nolint:errcheck // replaced by the next statement
-		_, err := s.pool.Exec(ctx, `UPDATE jobstream_runs SET finished_at = now(), outcome = 'discarded',
-			error = 'job left (step, running) while the step ran' WHERE run_id = $1 AND finished_at IS NULL`, r.id)
-		return false, err
-	}
-	return true, tx.Commit(ctx)
+	return outcome == "done", nil
 }
 
 // retry closes a failed attempt and opens the next one, keeping the job at
-// (S, running). held is false when the attempt was fenced.
+// (S, running), in one statement. held is false when the attempt was fenced.
 func (s *store) retry(ctx context.Context, r run, worker string, cause error) (next run, held bool, err error) {
-	tx, err := s.pool.Begin(ctx)
-	if err != nil {
-		return next, false, err
-	}
-	defer tx.Rollback(ctx) //nolint:errcheck // no-op after commit
-	if held, err = closeRun(ctx, tx, r.id, "failed", cause.Error()); err != nil || !held {
-		return next, false, err
-	}
 	next = r
-	err = tx.QueryRow(ctx, `INSERT INTO jobstream_runs (job_id, step, attempt, worker, trigger_lsn, trigger_commit_at, lease_expires_at)
-		SELECT job_id, step, attempt + 1, $2, trigger_lsn, trigger_commit_at, now() + make_interval(secs => $3) FROM jobstream_runs WHERE run_id = $1
-		RETURNING run_id, attempt`, r.id, worker, s.lease.Seconds()).Scan(&next.id, &next.attempt)
+	err = s.pool.QueryRow(ctx, `WITH c AS (
+			UPDATE jobstream_runs SET finished_at = now(), outcome = 'failed', error = $2
+			WHERE run_id = $1 AND finished_at IS NULL
+			RETURNING job_id, step, attempt, trigger_lsn, trigger_commit_at)
+		INSERT INTO jobstream_runs (job_id, step, attempt, worker, trigger_lsn, trigger_commit_at, lease_expires_at)
+		SELECT job_id, step, attempt + 1, $3, trigger_lsn, trigger_commit_at, now() + make_interval(secs => $4) FROM c
+		RETURNING run_id, attempt`, r.id, errorText(cause), worker, s.lease.Seconds()).Scan(&next.id, &next.attempt)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return r, false, nil
+	}
 	if err != nil {
-		return next, false, fmt.Errorf("open retry run: %w", err)
+		return r, false, fmt.Errorf("open retry run: %w", err)
 	}
 	next.job.Attempt = next.attempt
-	return next, true, tx.Commit(ctx)
+	return next, true, nil
 }
 
-// fail closes the last attempt and moves the job to (S, failed) with the error.
+// fail closes the last attempt and moves the job to (S, failed) with the
+// error, in one statement. held is false when the attempt was fenced.
 func (s *store) fail(ctx context.Context, r run, cause error) (held bool, err error) {
-	tx, err := s.pool.Begin(ctx)
+	var closed bool
+	err = s.pool.QueryRow(ctx, `WITH c AS (
+			UPDATE jobstream_runs SET finished_at = now(), outcome = 'failed', error = $4
+			WHERE run_id = $1 AND finished_at IS NULL
+			RETURNING run_id),
+		j AS (
+			UPDATE jobs SET status = 'failed', error = $4, updated_at = now()
+			WHERE job_id = $2 AND current_step = $3 AND status = 'running' AND EXISTS (SELECT FROM c))
+		SELECT EXISTS (SELECT FROM c)`, r.id, r.job.JobID, s.step, errorText(cause)).Scan(&closed)
 	if err != nil {
-		return false, err
-	}
-	defer tx.Rollback(ctx) //nolint:errcheck // no-op after commit
-	if held, err = closeRun(ctx, tx, r.id, "failed", cause.Error()); err != nil || !held {
-		return false, err
-	}
-	if _, err := tx.Exec(ctx, `UPDATE jobs SET status = 'failed', error = $3, updated_at = now()
-		WHERE job_id = $1 AND current_step = $2 AND status = 'running'`, r.job.JobID, s.step, cause.Error()); err != nil {
 		return false, fmt.Errorf("fail job: %w", err)
 	}
-	return true, tx.Commit(ctx)
+	return closed, nil
 }
 
-// release gives a run back at once (graceful shutdown past the grace): the
+// release gives a run back at once (shutdown past the grace period): the
 // run is closed and the job rewound to (T, done), which re-delivers it.
 func (s *store) release(ctx context.Context, r run) error {
-	tx, err := s.pool.Begin(ctx)
+	_, err := s.pool.Exec(ctx, `WITH c AS (
+			UPDATE jobstream_runs SET finished_at = now(), outcome = 'released',
+				error = 'worker shut down before the step finished'
+			WHERE run_id = $1 AND finished_at IS NULL
+			RETURNING run_id)
+		UPDATE jobs SET current_step = $4, status = 'done', updated_at = now()
+		WHERE job_id = $2 AND current_step = $3 AND status = 'running' AND EXISTS (SELECT FROM c)`,
+		r.id, r.job.JobID, s.step, s.trigger)
 	if err != nil {
-		return err
+		return fmt.Errorf("release run: %w", err)
 	}
-	defer tx.Rollback(ctx) //nolint:errcheck // no-op after commit
-	if held, err := closeRun(ctx, tx, r.id, "released", "worker shut down before the step finished"); err != nil || !held {
-		return err
-	}
-	if _, err := tx.Exec(ctx, `UPDATE jobs SET current_step = $3, status = 'done', updated_at = now()
-		WHERE job_id = $1 AND current_step = $2 AND status = 'running'`, r.job.JobID, s.step, s.trigger); err != nil {
-		return err
-	}
-	return tx.Commit(ctx)
+	return nil
+}
+
+// swept is a run the sweeper closed because its lease expired.
+type swept struct {
+	jobID   string
+	attempt int
+	worker  string
+	failed  bool   // the job's attempts are spent: it is now (S, failed)
+	rewound bool   // the job is back at (T, done) and will be delivered again
+	errText string // the job's error when failed
+	trigger string // the trigger event's LSN
 }
 
 // sweep closes the step's runs whose lease expired (their worker died) and
 // rewinds each job to (T, done) so it is delivered again, or fails it when
-// its attempts are spent. It returns how many jobs it rewound or failed.
-func (s *store) sweep(ctx context.Context, maxAttempts int) (int64, error) {
-	tag, err := s.pool.Exec(ctx, `WITH expired AS (
-		UPDATE jobstream_runs SET finished_at = now(), outcome = 'expired',
-			error = 'lease expired: worker ' || worker || ' stopped renewing it'
-		WHERE step = $1 AND finished_at IS NULL AND lease_expires_at < now()
-		RETURNING job_id, attempt)
-	UPDATE jobs j SET
-		current_step = CASE WHEN e.attempt >= $3 THEN j.current_step ELSE $2 END,
-		status = CASE WHEN e.attempt >= $3 THEN 'failed' ELSE 'done' END,
-		error = CASE WHEN e.attempt >= $3 THEN 'lease expired on attempt ' || e.attempt || ' of ' || $3 ELSE j.error END,
-		updated_at = now()
-	FROM expired e WHERE j.job_id = e.job_id AND j.current_step = $1 AND j.status = 'running'`,
+// its attempts are spent. It returns the runs it closed.
+func (s *store) sweep(ctx context.Context, maxAttempts int) ([]swept, error) {
+	rows, err := s.pool.Query(ctx, `WITH expired AS (
+			UPDATE jobstream_runs SET finished_at = now(), outcome = 'expired',
+				error = 'lease expired: worker ' || worker || ' stopped renewing it'
+			WHERE step = $1 AND finished_at IS NULL AND lease_expires_at < now()
+			RETURNING job_id, attempt, worker, coalesce(trigger_lsn, '') AS trigger_lsn),
+		moved AS (
+			UPDATE jobs j SET
+				current_step = CASE WHEN e.attempt >= $3 THEN j.current_step ELSE $2 END,
+				status = CASE WHEN e.attempt >= $3 THEN 'failed' ELSE 'done' END,
+				error = CASE WHEN e.attempt >= $3 THEN 'lease expired on attempt ' || e.attempt || ' of ' || $3 ELSE j.error END,
+				updated_at = now()
+			FROM expired e WHERE j.job_id = e.job_id AND j.current_step = $1 AND j.status = 'running'
+			RETURNING j.job_id, j.status, coalesce(j.error, '') AS error)
+		SELECT e.job_id, e.attempt, e.worker, e.trigger_lsn, coalesce(m.status, ''), coalesce(m.error, '')
+		FROM expired e LEFT JOIN moved m USING (job_id)`,
 		s.step, s.trigger, maxAttempts)
-	return tag.RowsAffected(), err
+	if err != nil {
+		return nil, fmt.Errorf("sweep: %w", err)
+	}
+	var out []swept
+	for rows.Next() {
+		var sw swept
+		var status string
+		if err := rows.Scan(&sw.jobID, &sw.attempt, &sw.worker, &sw.trigger, &status, &sw.errText); err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("sweep: %w", err)
+		}
+		sw.failed, sw.rewound = status == "failed", status == "done"
+		out = append(out, sw)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("sweep: %w", err)
+	}
+	return out, nil
+}
+
+// visible reports whether transaction xid (32 bits, as an event's
+// source.txId carries it) is visible to a new snapshot: committed and no
+// longer in progress. Postgres writes a commit to the WAL, where logical
+// decoding reads it, a moment before the committing backend makes it
+// visible to other sessions; a claim in that moment would not see the
+// event's change.
+func (s *store) visible(ctx context.Context, xid uint32) (bool, error) {
+	var snap string
+	if err := s.pool.QueryRow(ctx, `SELECT pg_current_snapshot()::text`).Scan(&snap); err != nil {
+		return false, fmt.Errorf("read snapshot: %w", err)
+	}
+	return visibleIn(xid, snap), nil
+}
+
+// visibleIn reports whether xid precedes the snapshot's xmax and is not in
+// its in-progress list. snap is "xmin:xmax:xip,..." with 64-bit ids; ids
+// compare modulo 2^32, as Postgres compares them.
+func visibleIn(xid uint32, snap string) bool {
+	parts := strings.SplitN(snap, ":", 3)
+	if len(parts) != 3 {
+		return true // unparsable: do not hold the event
+	}
+	xmax, err := strconv.ParseUint(parts[1], 10, 64)
+	if err != nil {
+		return true
+	}
+	if int32(xid-uint32(xmax)) >= 0 {
+		return false
+	}
+	for _, f := range strings.Split(parts[2], ",") {
+		if x, err := strconv.ParseUint(f, 10, 64); err == nil && uint32(x) == xid {
+			return false
+		}
+	}
+	return true
+}
+
+// isDataError reports whether err is Postgres refusing the data itself
+// (SQLSTATE classes 22 data exception, 23 integrity constraint violation,
+// 54 program limit exceeded): asking again cannot succeed.
+func isDataError(err error) bool {
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) || len(pe.Code) < 2 {
+		return false
+	}
+	switch pe.Code[:2] {
+	case "22", "23", "54":
+		return true
+	}
+	return false
+}
+
+// maxErrorText bounds an error stored in jobs.error and jobstream_runs.error.
+const maxErrorText = 8 << 10
+
+// errorText renders err for a text column: valid UTF-8 without NUL bytes
+// (Postgres refuses both), at most maxErrorText bytes.
+func errorText(err error) string {
+	if err == nil {
+		return ""
+	}
+	s := strings.ToValidUTF8(err.Error(), "\uFFFD")
+	s = strings.ReplaceAll(s, "\x00", "\\0")
+	if len(s) > maxErrorText {
+		s = strings.ToValidUTF8(s[:maxErrorText], "") + "..."
+	}
+	return s
 }

@@ -7,8 +7,6 @@ import (
 	"time"
 
 	"github.com/segmentio/kafka-go"
-
-	"github.com/jobstream/jobstream/schema"
 )
 
 // The stall watchdog guards "no transition is lost" against a consumer group
@@ -16,11 +14,15 @@ import (
 // that died holding an assignment the coordinator never took back, or a
 // coordinator that answered a rebalance with inconsistent assignments (the
 // embedded broker, kfake, can tell several members they lead one
-// generation). A partition is stalled when its committed offset has not
-// moved for StallTimeout while the job at its head waits unclaimed (no open
-// run with a live lease). Then every member of this process leaves the group
-// and joins again, which makes the coordinator build a new generation from
-// the members that are really there.
+// generation). A partition is stalled when no member of this worker holds
+// it, its committed offset has not moved for StallTimeout, and the job at
+// its head waits unclaimed (no open run with a live lease). Then every
+// member of this process leaves the group and joins again, which makes the
+// coordinator build a new generation from the members that are really
+// there. A partition waiting for its member to finish a long step on
+// another partition is not stalled: partitions this worker's members hold
+// are skipped, and nothing is stalled while the step has as many runs in
+// progress as the group has members.
 
 type stallMark struct {
 	committed int64
@@ -48,12 +50,12 @@ func (w *Worker) requestRejoin() {
 }
 
 // watchStalls checks the trigger topic every StallTimeout/3 until ctx ends.
-func (w *Worker) watchStalls(ctx context.Context, topic string) error {
+func (w *Worker) watchStalls(ctx context.Context) error {
 	if w.cfg.StallTimeout < 0 {
 		return nil
 	}
-	client := w.broker().Client(10 * time.Second)
-	group := schema.GroupID(w.cfg.TopicPrefix, w.cfg.Step)
+	topic, group := w.topic, w.group
+	client := w.broker.Client(10 * time.Second)
 	seen := map[int]stallMark{}
 	t := time.NewTicker(max(w.cfg.StallTimeout/3, 500*time.Millisecond))
 	defer t.Stop()
@@ -113,6 +115,10 @@ func (w *Worker) findStalled(ctx context.Context, client *kafka.Client, topic, g
 	var stalled []int
 	for _, po := range lo.Topics[topic] {
 		p := po.Partition
+		if w.owns(p) {
+			delete(seen, p) // a member here reads it: busy or moving
+			continue
+		}
 		head, ok := committed[p]
 		if !ok || head < 0 {
 			head = po.FirstOffset
@@ -137,14 +143,41 @@ func (w *Worker) findStalled(ctx context.Context, client *kafka.Client, topic, g
 			stalled = append(stalled, p)
 		}
 	}
+	if len(stalled) > 0 {
+		// Members all busy with long steps (one per GPU) leave their other
+		// partitions waiting: that is not a stall.
+		busy, err := w.everyMemberBusy(ctx, client, group)
+		if err != nil || busy {
+			return nil, err
+		}
+	}
 	return stalled, nil
+}
+
+// everyMemberBusy reports whether the step has at least as many runs in
+// progress (open, with a live lease) as its group has members.
+func (w *Worker) everyMemberBusy(ctx context.Context, client *kafka.Client, group string) (bool, error) {
+	resp, err := client.DescribeGroups(ctx, &kafka.DescribeGroupsRequest{GroupIDs: []string{group}})
+	if err != nil {
+		return false, err
+	}
+	members := 0
+	for _, g := range resp.Groups {
+		members += len(g.Members)
+	}
+	var running int
+	if err := w.store.pool.QueryRow(ctx, `SELECT count(*) FROM jobstream_runs
+		WHERE step = $1 AND finished_at IS NULL AND lease_expires_at > now()`, w.cfg.Step).Scan(&running); err != nil {
+		return false, err
+	}
+	return members > 0 && running >= members, nil
 }
 
 // headInProgress reports whether the event at offset of partition p is a
 // trigger whose job has an open run with a live lease (a step running long,
 // or waiting to retry): then the partition is busy, not stalled.
 func (w *Worker) headInProgress(ctx context.Context, topic string, p int, offset int64) (bool, error) {
-	conn, err := w.broker().Dialer().DialLeader(ctx, "tcp", w.cfg.Brokers[0], topic, p)
+	conn, err := w.broker.Dialer().DialLeader(ctx, "tcp", w.cfg.Brokers[0], topic, p)
 	if err != nil {
 		return false, err
 	}
@@ -157,17 +190,13 @@ func (w *Worker) headInProgress(ctx context.Context, topic string, p int, offset
 	if err != nil {
 		return false, fmt.Errorf("read head of %s/%d: %w", topic, p, err)
 	}
-	env, err := schema.DecodeEnvelope(m.Value)
-	if err != nil {
-		return false, nil
-	}
-	row, ok := schema.Row(env.After)
-	if !ok {
+	env, err := decodeTrigger(m.Value)
+	if err != nil || env.After == nil || env.After.JobID == nil {
 		return false, nil
 	}
 	var busy bool
 	err = w.store.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM jobstream_runs
-		WHERE job_id = $1 AND step = $2 AND finished_at IS NULL AND lease_expires_at > now())`, row.JobID, w.cfg.Step).Scan(&busy)
+		WHERE job_id = $1 AND step = $2 AND finished_at IS NULL AND lease_expires_at > now())`, *env.After.JobID, w.cfg.Step).Scan(&busy)
 	if err != nil && !errors.Is(err, context.Canceled) {
 		return false, err
 	}

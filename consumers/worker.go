@@ -1,166 +1,43 @@
 package consumers
 
 import (
-	"cmp"
 	"context"
-	"crypto/tls"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"strconv"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/segmentio/kafka-go"
-	"github.com/segmentio/kafka-go/sasl"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/jobstream/jobstream/schema"
 )
 
-// Config configures a Worker. Zero fields take the defaults documented on them.
-type Config struct {
-	// DatabaseURL is the Postgres connection URL. Required.
-	DatabaseURL string
-	// Brokers are the Kafka bootstrap brokers (host:port). Required.
-	Brokers []string
-	// SASL authenticates to the brokers (default: none).
-	SASL sasl.Mechanism
-	// TLS encrypts the connections to the brokers (default: plaintext).
-	TLS *tls.Config
-	// Step is the step this worker runs. Required; not the pipeline's first.
-	Step string
-	// Pipeline gives the step order (default schema.DefaultPipeline()).
-	Pipeline schema.Pipeline
-	// TopicPrefix prefixes every topic name (default "jobs").
-	TopicPrefix string
-	// Partitions is the partition count if the trigger topic must be created (default 12).
-	Partitions int
-	// Concurrency is how many group members this process runs (default 1).
-	// Ignored when GPUs is set.
-	Concurrency int
-	// GPUs, when set, runs one member per GPU, each handler seeing its GPU.
-	GPUs []string
-	// Lease is how long a run is held without a heartbeat (default 30s); it
-	// is renewed every Lease/3 while the step runs.
-	Lease time.Duration
-	// MaxAttempts is how many attempts a job gets before it fails (default 3).
-	MaxAttempts int
-	// Timeout bounds one attempt (default 0: no bound).
-	Timeout time.Duration
-	// Grace is how long running steps may finish after a stop (default 30s).
-	Grace time.Duration
-	// WorkerID names this process in jobstream_runs (default host:pid).
-	WorkerID string
-	// Handler runs the step. Required.
-	Handler Handler
-	// Logger receives the worker's logs (default slog.Default()).
-	Logger *slog.Logger
-	// Observer receives measurements, for metrics (default: none).
-	Observer Observer
-	// StallTimeout is how long a partition of the trigger topic may hold an
-	// unclaimed job at its head without moving before the worker's members
-	// rejoin the group to recover it (default 30s; negative: never).
-	StallTimeout time.Duration
-}
-
-// Observer receives a worker's measurements; ops turns them into metrics.
-// Its methods are called from the members' goroutines and must be safe for
-// concurrent use.
-type Observer interface {
-	// Claimed is called when a run is claimed, with the time from the
-	// trigger's commit in Postgres to the claim.
-	Claimed(step string, commitToClaim time.Duration)
-	// Attempted is called when an attempt ends, with its outcome (done,
-	// retried, failed, fenced, released) and how long the handler ran.
-	Attempted(step, outcome string, d time.Duration)
-}
-
-type nopObserver struct{}
-
-func (nopObserver) Claimed(string, time.Duration)           {}
-func (nopObserver) Attempted(string, string, time.Duration) {}
-
-// WithDefaults returns a copy of c with every zero field set to its default.
-func (c Config) WithDefaults() Config {
-	if len(c.Pipeline.Steps) == 0 {
-		c.Pipeline = schema.DefaultPipeline()
-	}
-	c.TopicPrefix = cmp.Or(c.TopicPrefix, schema.DefaultTopicPrefix)
-	c.Partitions = cmp.Or(c.Partitions, schema.DefaultPartitions)
-	c.Concurrency = cmp.Or(c.Concurrency, 1)
-	c.Lease = cmp.Or(c.Lease, 30*time.Second)
-	c.MaxAttempts = cmp.Or(c.MaxAttempts, 3)
-	c.Grace = cmp.Or(c.Grace, 30*time.Second)
-	c.StallTimeout = cmp.Or(c.StallTimeout, 30*time.Second)
-	if c.WorkerID == "" {
-		host, _ := os.Hostname()
-		c.WorkerID = host + ":" + strconv.Itoa(os.Getpid())
-	}
-	if c.Logger == nil {
-		c.Logger = slog.Default()
-	}
-	if c.Observer == nil {
-		c.Observer = nopObserver{}
-	}
-	return c
-}
-
-func (c Config) validate() error {
-	switch {
-	case c.DatabaseURL == "":
-		return errors.New("no database given: set DATABASE_URL or --database-url (postgres://user:pass@host:port/db)")
-	case len(c.Brokers) == 0:
-		return errors.New("no Kafka broker given: set KAFKA_BROKERS or --brokers (host:port, comma-separated)")
-	case c.Step == "":
-		return errors.New("no step given: pass --step S")
-	case c.Handler == nil:
-		return errors.New("no handler given: pass the step's command after --, or --http URL")
-	case c.Concurrency < 1 || c.Concurrency > 1024:
-		return fmt.Errorf("--concurrency %d is out of range 1..1024", c.Concurrency)
-	case c.MaxAttempts < 1 || c.MaxAttempts > 1000:
-		return fmt.Errorf("--max-attempts %d is out of range 1..1000", c.MaxAttempts)
-	case c.Lease < time.Second:
-		return fmt.Errorf("--lease %s is too short; use 1s or more", c.Lease)
-	case c.Timeout < 0:
-		return fmt.Errorf("--timeout %s is negative", c.Timeout)
-	}
-	if err := c.Pipeline.Validate(); err != nil {
-		return err
-	}
-	_, err := c.Pipeline.Trigger(c.Step)
-	return err
-}
-
-// Stats are a worker's counters, safe to read while it runs.
-type Stats struct {
-	Claims      atomic.Int64 // runs claimed
-	Completions atomic.Int64 // runs completed (job moved to done)
-	Failures    atomic.Int64 // jobs moved to failed
-	Retries     atomic.Int64 // attempts retried
-	Fenced      atomic.Int64 // results discarded because the attempt lost its run
-	Skipped     atomic.Int64 // events that were not a trigger or whose claim found nothing
-	InFlight    atomic.Int64 // runs executing now
-	Rejoins     atomic.Int64 // times the stall watchdog made the members rejoin
-}
-
 // Worker is one process's share of a step's consumer group.
 type Worker struct {
-	cfg     Config
-	log     *slog.Logger
-	trigger string
-	store   *store
-	dlq     *kafka.Writer
-	stats   Stats
-	ready   chan struct{}
+	cfg      Config
+	log      *slog.Logger
+	trigger  string
+	topic    string
+	group    string
+	broker   schema.Broker
+	store    *store
+	dlq      *kafka.Writer
+	stats    Stats
+	ready    chan struct{}
+	steps    sync.WaitGroup  // every step this worker has in hand
+	stopping <-chan struct{} // closed when Run's ctx ends
+	joining  sync.WaitGroup  // members that have not had a generation yet
 
 	rejoinMu sync.Mutex
 	rejoinCh chan struct{} // closed to make every member rejoin
+
+	ownedMu sync.Mutex
+	owned   map[int]int // partitions of the trigger topic this worker's members hold, with how many hold each
 }
 
 // New checks cfg and returns a Worker; it connects nothing.
@@ -170,127 +47,181 @@ func New(cfg Config) (*Worker, error) {
 		return nil, err
 	}
 	trigger, _ := cfg.Pipeline.Trigger(cfg.Step)
-	return &Worker{cfg: cfg, log: cfg.Logger.With("step", cfg.Step), trigger: trigger, ready: make(chan struct{})}, nil
+	return &Worker{
+		cfg:     cfg,
+		log:     cfg.Logger.With("step", cfg.Step),
+		trigger: trigger,
+		topic:   schema.Topic(cfg.TopicPrefix, trigger),
+		group:   schema.GroupID(cfg.TopicPrefix, cfg.Step),
+		broker:  schema.Broker{Addrs: cfg.Brokers, SASL: cfg.SASL, TLS: cfg.TLS},
+		ready:   make(chan struct{}),
+	}, nil
 }
 
 // Ready is closed once the worker has reached Postgres and the broker and
-// its members are joining the group.
+// every one of its members has joined the group and been given its
+// partitions: from then on, a new trigger event is acted on at once.
 func (w *Worker) Ready() <-chan struct{} { return w.ready }
-
-// broker says how to reach the brokers, SASL and TLS included.
-func (w *Worker) broker() schema.Broker {
-	return schema.Broker{Addrs: w.cfg.Brokers, SASL: w.cfg.SASL, TLS: w.cfg.TLS}
-}
 
 // Stats returns the worker's live counters.
 func (w *Worker) Stats() *Stats { return &w.stats }
 
-// Run joins the step's consumer group with one member per GPU or per unit of
-// concurrency and handles events until ctx is done; then running steps get
-// Config.Grace to finish before their runs are released. A deliberate stop
-// returns nil.
+// Run joins the step's consumer group with one member per GPU, or one
+// member running Config.Concurrency steps at once, and handles events until
+// ctx is done. Then it takes no new event, gives running steps Config.Grace
+// to finish (past it their runs are released), commits the offsets of what
+// finished, and leaves the group. A deliberate stop returns nil.
 func (w *Worker) Run(ctx context.Context) error {
-	broker := w.broker()
-	if err := broker.Ping(ctx, 10*time.Second); err != nil {
+	// A stop while starting is a stop, not a failure to start.
+	starting := func(err error) error {
+		if ctx.Err() != nil {
+			return nil
+		}
 		return err
 	}
-	topic := schema.Topic(w.cfg.TopicPrefix, w.trigger)
-	if err := broker.EnsureTopics(ctx, w.cfg.Partitions, topic, schema.DLQTopic(w.cfg.TopicPrefix)); err != nil {
-		return err
+	if err := w.broker.Ping(ctx, 10*time.Second); err != nil {
+		return starting(err)
 	}
-	members := w.cfg.Concurrency
-	if len(w.cfg.GPUs) > 0 {
-		members = len(w.cfg.GPUs)
+	// The trigger topic, the dead-letter topic, and the topic this step's
+	// own transitions land on (the next step's trigger).
+	topics := []string{w.topic, schema.DLQTopic(w.cfg.TopicPrefix), schema.Topic(w.cfg.TopicPrefix, w.cfg.Step)}
+	if err := w.broker.EnsureTopics(ctx, w.cfg.Partitions, topics...); err != nil {
+		return starting(err)
+	}
+	members := w.members()
+	slots := 0
+	for _, m := range members {
+		slots += cap(m.slots)
 	}
 	pcfg, err := pgxpool.ParseConfig(w.cfg.DatabaseURL)
 	if err != nil {
 		return fmt.Errorf("parse DATABASE_URL: %w", err)
 	}
-	pcfg.MaxConns = int32(2*members + 2)
+	// A claim or completion per slot, a renewal per run in hand, the sweeper.
+	pcfg.MaxConns = int32(min(2*slots+4, 64))
 	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
 	if err != nil {
-		return fmt.Errorf("connect to Postgres: %w", err)
+		return starting(fmt.Errorf("connect to Postgres: %w", err))
 	}
 	defer pool.Close()
 	pctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	err = pool.Ping(pctx)
 	cancel()
 	if err != nil {
-		return schema.PostgresUnreachable(err)
+		return starting(schema.PostgresUnreachable(err))
 	}
 	w.store = &store{pool: pool, step: w.cfg.Step, trigger: w.trigger, lease: w.cfg.Lease}
 	w.dlq = &kafka.Writer{
-		Transport:    broker.Transport(),
 		Addr:         kafka.TCP(w.cfg.Brokers...),
 		Topic:        schema.DLQTopic(w.cfg.TopicPrefix),
 		Balancer:     &kafka.Murmur2Balancer{},
 		RequiredAcks: kafka.RequireAll,
 		BatchTimeout: time.Millisecond,
+		Transport:    w.broker.Transport(),
 	}
 	defer w.dlq.Close()
 
-	close(w.ready)
-	w.log.Info("worker started", "topic", topic, "group", schema.GroupID(w.cfg.TopicPrefix, w.cfg.Step), "members", members)
+	w.stopping = ctx.Done()
+	w.joining.Add(len(members))
+	go func() {
+		w.joining.Wait()
+		close(w.ready)
+	}()
+	w.log.Info("worker started", "topic", w.topic, "group", w.group, "members", len(members), "slots", slots)
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return w.sweepLoop(gctx) })
-	g.Go(func() error { return w.watchStalls(gctx, topic) })
-	for i := range members {
-		gpu := ""
-		if len(w.cfg.GPUs) > 0 {
-			gpu = w.cfg.GPUs[i]
-		}
-		g.Go(func() error { return w.member(gctx, topic, i, gpu) })
+	g.Go(func() error { return w.watchStalls(gctx) })
+	for _, m := range members {
+		g.Go(func() error { return m.run(gctx) })
 	}
 	err = g.Wait()
+	// Steps a rebalance detached from their partition finish (or are
+	// released) within the grace period too.
+	w.steps.Wait()
 	if errors.Is(err, context.Canceled) && ctx.Err() != nil {
-		return nil
+		err = nil
+	}
+	if err == nil {
+		w.log.Info("worker stopped", "claims", w.stats.Claims.Load(), "completions", w.stats.Completions.Load(),
+			"released", w.stats.Released.Load())
 	}
 	return err
 }
 
-// member is one consumer-group member: fetch, handle, commit, in order. When
-// the stall watchdog asks, it leaves the group and joins again.
-func (w *Worker) member(ctx context.Context, topic string, n int, gpu string) error {
-	workerID := w.cfg.WorkerID + "/" + strconv.Itoa(n)
-	if gpu != "" {
-		workerID += "/gpu" + gpu
+// members returns one member per GPU, or one member with Concurrency slots.
+func (w *Worker) members() []*member {
+	if len(w.cfg.GPUs) == 0 {
+		return []*member{{w: w, id: w.cfg.WorkerID + "/0", slots: make(chan struct{}, w.cfg.Concurrency)}}
 	}
+	var out []*member
+	for i, gpu := range w.cfg.GPUs {
+		out = append(out, &member{w: w, id: w.cfg.WorkerID + "/" + strconv.Itoa(i) + "/gpu" + gpu, gpu: gpu, slots: make(chan struct{}, 1)})
+	}
+	return out
+}
+
+// member is one consumer-group member. In each generation it reads every
+// partition it was assigned on its own goroutine, one event at a time per
+// partition in offset order, and runs up to cap(slots) steps at once; the
+// slots outlive generations, so a GPU member never runs two steps at once.
+type member struct {
+	w      *Worker
+	id     string // the worker name written into jobstream_runs
+	gpu    string
+	slots  chan struct{}
+	joined func() // called at every generation; the first marks the member joined
+}
+
+// groupTimeouts derives the group's session timeout from the lease: a dead
+// member's partitions move on before its runs' leases expire, so a rewound
+// job is claimed at once. 6s is Kafka's smallest allowed session timeout.
+func (w *Worker) groupTimeouts() (session, heartbeat time.Duration) {
+	session = min(max(w.cfg.Lease, 6*time.Second), 10*time.Second)
+	return session, session / 10
+}
+
+func (m *member) run(ctx context.Context) error {
+	var joined sync.Once
+	m.joined = func() { joined.Do(m.w.joining.Done) }
+	defer m.joined() // a member that stops before joining does not hold Ready back
 	for {
-		err := w.consume(ctx, topic, workerID, gpu)
-		if !errors.Is(err, errRejoin) {
+		stopped, err := m.membership(ctx, m.w.rejoinSignal())
+		if err != nil || stopped {
 			return err
 		}
-		w.log.Info("rejoining the consumer group", "member", workerID)
+		m.w.log.Info("rejoining the consumer group", "member", m.id)
 	}
 }
 
-var errRejoin = errors.New("rejoin the consumer group")
-
-// consume runs one membership of the group until ctx ends (nil), a rejoin
-// is requested (errRejoin) or the database stays unreachable (the error).
-func (w *Worker) consume(ctx context.Context, topic, workerID, gpu string) error {
-	rd := kafka.NewReader(kafka.ReaderConfig{
+// membership joins the group as a new member and consumes the generations
+// it is given until ctx ends (stopped) or the stall watchdog asks for a
+// rejoin; then it leaves the group.
+func (m *member) membership(ctx context.Context, rejoin <-chan struct{}) (stopped bool, err error) {
+	w := m.w
+	session, heartbeat := w.groupTimeouts()
+	debug := func(msg string, args ...any) { w.log.Debug(fmt.Sprintf(msg, args...), "member", m.id) }
+	cg, err := kafka.NewConsumerGroup(kafka.ConsumerGroupConfig{
+		ID:                w.group,
 		Brokers:           w.cfg.Brokers,
-		Dialer:            w.broker().Dialer(),
-		GroupID:           schema.GroupID(w.cfg.TopicPrefix, w.cfg.Step),
-		Topic:             topic,
+		Dialer:            w.broker.Dialer(),
+		Topics:            []string{w.topic},
+		HeartbeatInterval: heartbeat,
+		SessionTimeout:    session,
+		RebalanceTimeout:  30 * time.Second,
+		JoinGroupBackoff:  time.Second,
 		StartOffset:       kafka.FirstOffset,
-		MinBytes:          1,
-		MaxBytes:          10 << 20,
-		MaxWait:           500 * time.Millisecond,
-		ReadBackoffMin:    10 * time.Millisecond,
-		ReadBackoffMax:    200 * time.Millisecond,
-		HeartbeatInterval: time.Second,
-		SessionTimeout:    10 * time.Second,
-		RebalanceTimeout:  10 * time.Second,
-		JoinGroupBackoff:  500 * time.Millisecond,
-		CommitInterval:    0, // synchronous: a commit returns once the broker has it
+		Logger:            kafka.LoggerFunc(debug),
+		ErrorLogger:       kafka.LoggerFunc(debug),
 	})
-	defer rd.Close()
-	// A rejoin ends the fetch, never a running step.
+	if err != nil {
+		return false, fmt.Errorf("consumer group %s: %w", w.group, err)
+	}
+	defer func() {
+		cg.Close() // leaves the group
+		w.log.Info("left the group", "member", m.id)
+	}()
 	rctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	rejoin := w.rejoinSignal()
 	go func() {
 		select {
 		case <-rejoin:
@@ -299,272 +230,276 @@ func (w *Worker) consume(ctx context.Context, topic, workerID, gpu string) error
 		}
 	}()
 	for {
-		m, err := rd.FetchMessage(rctx)
-		if err != nil {
-			switch {
-			case ctx.Err() != nil:
-				return nil
-			case rctx.Err() != nil:
-				return errRejoin
-			}
-			w.log.Warn("fetch failed; retrying", "err", err)
-			select {
-			case <-rctx.Done():
-			case <-time.After(time.Second):
+		gen, err := cg.Next(rctx)
+		switch {
+		case ctx.Err() != nil:
+			return true, nil
+		case rctx.Err() != nil:
+			return false, nil
+		case err != nil:
+			if errors.Is(err, kafka.RebalanceInProgress) || errors.Is(err, kafka.UnknownMemberId) || errors.Is(err, kafka.IllegalGeneration) {
+				w.log.Debug("joining the group again", "member", m.id, "err", err)
+			} else {
+				w.log.Warn("join the group failed; retrying", "member", m.id, "err", err)
 			}
 			continue
 		}
-		// A stop lets the step in hand finish within the grace period.
-		hctx, cancelStep := graceContext(ctx, w.cfg.Grace)
-		err = w.handle(hctx, m, workerID, gpu)
-		cancelStep()
+		m.generation(ctx, rctx, gen)
+		switch {
+		case ctx.Err() != nil:
+			return true, nil
+		case rctx.Err() != nil:
+			return false, nil
+		}
+	}
+}
+
+// generation consumes the partitions gen assigned until the generation ends
+// (a rebalance) or rctx ends (a rejoin): then in-flight steps are detached,
+// go on holding their runs, and their events are left uncommitted for the
+// next owner, whose claim will find nothing. When ctx ends (a stop) no new
+// event is taken, in-flight steps finish within the grace period, and their
+// offsets are committed before the member leaves the group.
+func (m *member) generation(ctx, rctx context.Context, gen *kafka.Generation) {
+	w := m.w
+	parts := gen.Assignments[w.topic]
+	ids := make([]int, 0, len(parts))
+	for _, p := range parts {
+		ids = append(ids, p.ID)
+	}
+	w.log.Debug("generation started", "member", m.id, "generation", gen.ID, "partitions", ids)
+	w.own(ids, 1)
+	defer w.own(ids, -1)
+	m.joined()
+
+	over := make(chan struct{}) // closed to detach in-flight steps
+	var detach sync.Once
+	fetchCtx, stopFetching := context.WithCancel(ctx)
+	defer stopFetching()
+	com := &committer{gen: gen, topic: w.topic, log: w.log, pending: map[int]int64{}, kick: make(chan struct{}, 1)}
+	var loops sync.WaitGroup
+	for _, p := range parts {
+		loops.Add(1)
+		go func() {
+			defer loops.Done()
+			m.partition(fetchCtx, ctx, over, p, com)
+		}()
+	}
+	// end detaches the steps, stops the partitions and commits what
+	// finished, while the generation's connection to the coordinator is
+	// still open (kafka-go keeps it until every Start function returned).
+	end := func() {
+		detach.Do(func() { close(over) })
+		stopFetching()
+		loops.Wait()
+		com.flush()
+	}
+	finished := make(chan struct{})
+	gen.Start(func(gctx context.Context) {
+		defer close(finished)
+		com.run(gctx)
+		end()
+	})
+	select {
+	case <-finished:
+		w.log.Debug("generation ended", "member", m.id, "generation", gen.ID)
+	case <-rctx.Done():
+		if ctx.Err() == nil {
+			end() // a rejoin
+			return
+		}
+		// Stop: the partitions take no new event; each waits for its step
+		// (bounded by the grace period), then the finished offsets are
+		// committed before the member leaves the group.
+		w.log.Info("stopping: taking no new events, letting running steps finish", "member", m.id, "grace", w.cfg.Grace)
+		stopFetching()
+		loops.Wait()
+		com.flush()
+	}
+}
+
+// own adds d to the holders of each of partitions.
+func (w *Worker) own(partitions []int, d int) {
+	w.ownedMu.Lock()
+	defer w.ownedMu.Unlock()
+	if w.owned == nil {
+		w.owned = map[int]int{}
+	}
+	for _, p := range partitions {
+		if w.owned[p] += d; w.owned[p] <= 0 {
+			delete(w.owned, p)
+		}
+	}
+}
+
+// owns reports whether a member of this worker holds partition p now.
+func (w *Worker) owns(p int) bool {
+	w.ownedMu.Lock()
+	defer w.ownedMu.Unlock()
+	return w.owned[p] > 0
+}
+
+// partition handles the events of one partition in offset order until
+// fetchCtx ends or the generation is over. Each event's step runs on its own
+// goroutine, so that a rebalance can detach it instead of waiting for it.
+func (m *member) partition(fetchCtx, runCtx context.Context, over <-chan struct{}, p kafka.PartitionAssignment, com *committer) {
+	w := m.w
+	rd := kafka.NewReader(kafka.ReaderConfig{
+		Brokers:        w.cfg.Brokers,
+		Dialer:         w.broker.Dialer(),
+		Topic:          w.topic,
+		Partition:      p.ID,
+		MinBytes:       1,
+		MaxBytes:       10 << 20,
+		MaxWait:        time.Second,
+		ReadBackoffMin: 50 * time.Millisecond,
+		ReadBackoffMax: time.Second,
+		QueueCapacity:  256,
+		Logger:         kafka.LoggerFunc(func(string, ...any) {}),
+		ErrorLogger: kafka.LoggerFunc(func(msg string, args ...any) {
+			w.log.Debug(fmt.Sprintf(msg, args...), "partition", p.ID)
+		}),
+	})
+	// Close waits for a fetch in flight (up to MaxWait): let it happen
+	// after the partition is handed back.
+	defer func() { go rd.Close() }()
+	if err := rd.SetOffset(p.Offset); err != nil {
+		w.log.Warn("seek partition", "partition", p.ID, "offset", p.Offset, "err", err)
+		return
+	}
+	bo := backoff.NewExponentialBackOff()
+	bo.InitialInterval, bo.MaxInterval, bo.MaxElapsedTime = 100*time.Millisecond, 5*time.Second, 0
+	for {
+		msg, err := rd.FetchMessage(fetchCtx)
 		if err != nil {
-			if ctx.Err() != nil {
-				return nil
+			if fetchCtx.Err() != nil {
+				return
 			}
-			return err
+			d := bo.NextBackOff()
+			w.log.Warn("fetch failed; retrying", "partition", p.ID, "err", err, "retry_in", d)
+			select {
+			case <-fetchCtx.Done():
+				return
+			case <-time.After(d):
+			}
+			continue
 		}
-		cctx, cancelCommit := graceContext(ctx, 5*time.Second)
-		if err := rd.CommitMessages(cctx, m); err != nil {
-			// The partition moved to another member (rebalance): it will see
-			// the event again, and the claim decides.
-			w.log.Warn("commit offset failed; the event will be delivered again", "partition", m.Partition, "offset", m.Offset, "err", err)
+		bo.Reset()
+		select {
+		case m.slots <- struct{}{}:
+		case <-fetchCtx.Done():
+			return // not taken: the event stays uncommitted
 		}
-		cancelCommit()
+		if fetchCtx.Err() != nil {
+			<-m.slots
+			return
+		}
+		done := make(chan error, 1)
+		w.steps.Add(1)
+		go func() {
+			defer w.steps.Done()
+			defer func() { <-m.slots }()
+			// A stop lets the step finish within the grace period.
+			sctx, cancel := graceContext(runCtx, w.cfg.Grace)
+			defer cancel()
+			done <- w.handle(sctx, msg, m.id, m.gpu)
+		}()
+		select {
+		case err := <-done:
+			if err != nil {
+				// Stopped while the database was unreachable, or released
+				// past the grace: the event is delivered again.
+				return
+			}
+			com.mark(p.ID, msg.Offset+1)
+		case <-over:
+			// A rebalance: the step goes on holding its run; the next owner
+			// of the partition reads the event again and skips it.
+			return
+		}
 	}
 }
 
 // graceContext returns a context that ends grace after parent ends.
 func graceContext(parent context.Context, grace time.Duration) (context.Context, context.CancelFunc) {
-	ctx, cancel := context.WithCancel(context.WithoutCancel(parent))
+	ctx, cancel := context.WithCancelCause(context.WithoutCancel(parent))
 	stop := context.AfterFunc(parent, func() {
-		t := time.AfterFunc(grace, cancel)
+		t := time.AfterFunc(grace, func() { cancel(errGraceOver) })
 		context.AfterFunc(ctx, func() { t.Stop() })
 	})
-	return ctx, func() { stop(); cancel() }
+	return ctx, func() { stop(); cancel(context.Canceled) }
 }
 
-// handle applies the step protocol to one event. It returns an error only
-// when the database stays unreachable until ctx ends.
-func (w *Worker) handle(ctx context.Context, m kafka.Message, workerID, gpu string) error {
-	env, err := schema.DecodeEnvelope(m.Value)
-	if err != nil {
-		w.deadLetter(ctx, m.Key, m.Value, "event is not a change-event envelope: "+err.Error(), 0, "")
-		w.stats.Skipped.Add(1)
-		return nil
-	}
-	row, ok := schema.Row(env.After)
-	if !ok || env.Op == schema.OpDelete || row.CurrentStep != w.trigger || row.Status != "done" {
-		w.stats.Skipped.Add(1)
-		return nil
-	}
-	var r run
-	err = retryDB(ctx, w.log, func() error {
-		var err error
-		r, ok, err = w.store.claim(ctx, row.JobID, workerID, env.Source.LSN, env.Source.TsMs)
-		return err
-	})
-	if err != nil {
-		return err
-	}
-	if !ok {
-		w.stats.Skipped.Add(1)
-		return nil
-	}
-	w.stats.Claims.Add(1)
-	w.cfg.Observer.Claimed(w.cfg.Step, time.Since(time.UnixMilli(env.Source.TsMs)))
-	r.job.GPU = gpu
-	return w.execute(ctx, r, m, workerID)
+var errGraceOver = errors.New("worker stopping: the grace period is over")
+
+// committer commits the offsets of one generation soon after they are
+// marked, batching whatever was marked meanwhile.
+// An offset is marked only once its event's step is complete in Postgres.
+type committer struct {
+	gen   *kafka.Generation
+	topic string
+	log   *slog.Logger
+
+	mu      sync.Mutex // guards pending
+	pending map[int]int64
+	kick    chan struct{}
+
+	commitMu sync.Mutex // one commit at a time, so an offset never goes back
 }
 
-// execute runs attempts of the claimed job until one succeeds, the job
-// fails, or the attempt is fenced.
-func (w *Worker) execute(ctx context.Context, r run, m kafka.Message, workerID string) error {
-	w.stats.InFlight.Add(1)
-	defer w.stats.InFlight.Add(-1)
-	bo := backoff.NewExponentialBackOff()
-	bo.InitialInterval = 500 * time.Millisecond
-	bo.MaxInterval = 30 * time.Second
-	bo.MaxElapsedTime = 0
-	for {
-		began := time.Now()
-		result, runErr, fenced := w.attempt(ctx, r)
-		ran := time.Since(began)
-		if fenced {
-			w.cfg.Observer.Attempted(w.cfg.Step, "fenced", ran)
-			w.stats.Fenced.Add(1)
-			w.log.Warn("attempt lost its run; result discarded", "job_id", r.job.JobID, "attempt", r.attempt)
-			return nil
-		}
-		if runErr == nil {
-			var held bool
-			err := retryDB(ctx, w.log, func() (err error) { held, err = w.store.complete(ctx, r, result); return err })
-			if err != nil {
-				return err
-			}
-			if held {
-				w.stats.Completions.Add(1)
-				w.cfg.Observer.Attempted(w.cfg.Step, "done", ran)
-			} else {
-				w.cfg.Observer.Attempted(w.cfg.Step, "fenced", ran)
-				w.stats.Fenced.Add(1)
-				w.log.Warn("attempt was fenced before completing; result discarded", "job_id", r.job.JobID, "attempt", r.attempt)
-			}
-			return nil
-		}
-		if ctx.Err() != nil {
-			// Stopped past the grace period: give the run back at once.
-			rctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			w.cfg.Observer.Attempted(w.cfg.Step, "released", ran)
-			if err := w.store.release(rctx, r); err != nil {
-				w.log.Warn("release run", "job_id", r.job.JobID, "err", err)
-			}
-			return ctx.Err()
-		}
-		if IsPermanent(runErr) || r.attempt >= w.cfg.MaxAttempts {
-			w.log.Warn("step failed", "job_id", r.job.JobID, "attempt", r.attempt, "err", runErr)
-			var held bool
-			err := retryDB(ctx, w.log, func() (err error) { held, err = w.store.fail(ctx, r, runErr); return err })
-			if err != nil {
-				return err
-			}
-			if held {
-				w.stats.Failures.Add(1)
-				w.cfg.Observer.Attempted(w.cfg.Step, "failed", ran)
-				w.deadLetter(ctx, m.Key, m.Value, "step failed", r.attempt, runErr.Error())
-			}
-			return nil
-		}
-		w.log.Info("step failed; retrying", "job_id", r.job.JobID, "attempt", r.attempt, "err", runErr)
-		var held bool
-		err := retryDB(ctx, w.log, func() (err error) { r, held, err = w.store.retry(ctx, r, workerID, runErr); return err })
-		if err != nil {
-			return err
-		}
-		if !held {
-			w.stats.Fenced.Add(1)
-			return nil
-		}
-		w.stats.Retries.Add(1)
-		w.cfg.Observer.Attempted(w.cfg.Step, "retried", ran)
-		select {
-		case <-ctx.Done():
-		case <-time.After(bo.NextBackOff()):
-		}
+func (c *committer) mark(partition int, next int64) {
+	c.mu.Lock()
+	if next > c.pending[partition] {
+		c.pending[partition] = next
+	}
+	c.mu.Unlock()
+	select {
+	case c.kick <- struct{}{}:
+	default:
 	}
 }
 
-var errFenced = errors.New("lease lost: the run was closed by another worker or the sweeper")
+// commitLinger is how long the committer lets marks gather before a
+// commit: a busy member then sends one commit for many events.
+const commitLinger = 5 * time.Millisecond
 
-// attempt runs the handler once while renewing the run's lease.
-func (w *Worker) attempt(ctx context.Context, r run) (result json.RawMessage, err error, fenced bool) {
-	actx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	if w.cfg.Timeout > 0 {
-		var c context.CancelFunc
-		actx, c = context.WithTimeoutCause(actx, w.cfg.Timeout, fmt.Errorf("step timed out after %s", w.cfg.Timeout))
-		defer c()
-	}
-	var lost atomic.Bool
-	done := make(chan struct{})
-	go func() {
-		t := time.NewTicker(w.cfg.Lease / 3)
-		defer t.Stop()
-		for {
-			select {
-			case <-done:
-				return
-			case <-t.C:
-				held, err := w.store.renew(ctx, r.id)
-				if err != nil {
-					w.log.Warn("renew lease", "job_id", r.job.JobID, "err", err)
-					continue
-				}
-				if !held {
-					lost.Store(true)
-					cancel(errFenced)
-					return
-				}
-			}
-		}
-	}()
-	result, err = w.cfg.Handler(actx, r.job)
-	close(done)
-	if lost.Load() {
-		return nil, errFenced, true
-	}
-	if err == nil && !json.Valid(result) {
-		err = fmt.Errorf("handler returned invalid JSON (%.80q)", result)
-	}
-	if err == nil && len(result) == 0 {
-		result = json.RawMessage("null")
-	}
-	return result, err, false
-}
-
-// deadLetter sends a message that could not be processed to the dead-letter
-// topic, keyed by job_id, with the reason.
-func (w *Worker) deadLetter(ctx context.Context, key, event []byte, reason string, attempts int, errText string) {
-	v, _ := json.Marshal(map[string]any{
-		"reason":   reason,
-		"step":     w.cfg.Step,
-		"job_id":   string(key),
-		"attempts": attempts,
-		"error":    errText,
-		"event":    json.RawMessage(orNull(event)),
-	})
-	msg := kafka.Message{Key: key, Value: v, Headers: []kafka.Header{{Key: "jobstream.reason", Value: []byte(reason)}}}
-	err := retryDB(ctx, w.log, func() error { return w.dlq.WriteMessages(ctx, msg) })
-	if err != nil {
-		w.log.Error("dead letter not written", "job_id", string(key), "err", err)
-	}
-}
-
-func orNull(b []byte) []byte {
-	if json.Valid(b) {
-		return b
-	}
-	q, _ := json.Marshal(string(b))
-	return q
-}
-
-// retryDB retries op with capped exponential backoff until it succeeds or ctx ends.
-func retryDB(ctx context.Context, log *slog.Logger, op func() error) error {
-	bo := backoff.NewExponentialBackOff()
-	bo.InitialInterval = 100 * time.Millisecond
-	bo.MaxInterval = 5 * time.Second
-	bo.MaxElapsedTime = 0
-	return backoff.RetryNotify(func() error {
-		err := op()
-		if err != nil && ctx.Err() != nil {
-			return backoff.Permanent(ctx.Err())
-		}
-		return err
-	}, backoff.WithContext(bo, ctx), func(err error, d time.Duration) {
-		log.Warn("retrying", "err", err, "retry_in", d)
-	})
-}
-
-// sweepLoop rewinds runs whose lease expired, every Lease/3.
-func (w *Worker) sweepLoop(ctx context.Context) error {
-	t := time.NewTicker(max(w.cfg.Lease/3, 500*time.Millisecond))
-	defer t.Stop()
+// run commits marked offsets until the generation ends.
+func (c *committer) run(gctx context.Context) {
 	for {
 		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-			n, err := w.store.sweep(ctx, w.cfg.MaxAttempts)
-			if err != nil {
-				if ctx.Err() == nil {
-					w.log.Warn("sweep expired leases", "err", err)
-				}
-				continue
-			}
-			if n > 0 {
-				w.log.Info("rewound jobs whose worker stopped renewing its lease", "jobs", n)
+		case <-gctx.Done():
+			return
+		case <-c.kick:
+		}
+		select {
+		case <-gctx.Done():
+			return // the last flush follows
+		case <-time.After(commitLinger):
+		}
+		c.flush()
+	}
+}
+
+// flush commits what is marked. A refused commit (the generation ended)
+// only means the events are delivered again, and their claims skip them.
+func (c *committer) flush() {
+	c.commitMu.Lock()
+	defer c.commitMu.Unlock()
+	c.mu.Lock()
+	offsets := c.pending
+	c.pending = map[int]int64{}
+	c.mu.Unlock()
+	if len(offsets) == 0 {
+		return
+	}
+	if err := c.gen.CommitOffsets(map[string]map[int]int64{c.topic: offsets}); err != nil {
+		c.log.Debug("commit offsets refused; those events will be delivered again", "generation", c.gen.ID, "offsets", offsets, "err", err)
+		c.mu.Lock()
+		for p, off := range offsets {
+			if _, newer := c.pending[p]; !newer {
+				c.pending[p] = off
 			}
 		}
+		c.mu.Unlock()
 	}
 }

@@ -46,13 +46,14 @@ func (l *logSink) Write(p []byte) (int, error) {
 	return l.buf.Write(p)
 }
 
-// testLogger returns a logger whose output is shown only when t fails. It
+// testLogger returns a logger whose output is shown only when t fails (or
+// JOBSTREAM_TEST_LOGS is set). It
 // registers its cleanup first, so it runs after the components using it stopped.
-func testLogger(t *testing.T, name string) *slog.Logger {
+func testLogger(t testing.TB, name string) *slog.Logger {
 	t.Helper()
 	sink := &logSink{}
 	t.Cleanup(func() {
-		if !t.Failed() {
+		if !t.Failed() && os.Getenv("JOBSTREAM_TEST_LOGS") == "" {
 			return
 		}
 		sink.mu.Lock()
@@ -68,7 +69,7 @@ func testLogger(t *testing.T, name string) *slog.Logger {
 
 // startReader runs an in-process reader for e until the test ends and
 // returns once its slot exists.
-func startReader(t *testing.T, e *harness.Env) *cdc.Reader {
+func startReader(t testing.TB, e *harness.Env) *cdc.Reader {
 	t.Helper()
 	r, err := cdc.New(cdc.Config{DatabaseURL: e.DatabaseURL, Brokers: e.Brokers, Slot: e.Slot,
 		TopicPrefix: e.Prefix, Publication: e.Publication, Logger: testLogger(t, "reader")})
@@ -410,6 +411,20 @@ func TestStepProtocolHappyPath(t *testing.T) {
 	if s.Claims.Load() != n || s.Completions.Load() != n || s.Failures.Load() != 0 || s.Retries.Load() != 0 || s.Fenced.Load() != 0 {
 		t.Errorf("stats %s, want %d claims and completions and nothing else", stats(w), n)
 	}
+
+	// The step's topic shows each job's claim and its one completion, in
+	// that order; and every trigger event's offset is committed.
+	var ids []string
+	for i := 1; i <= n; i++ {
+		ids = append(ids, fmt.Sprintf("j%d", i))
+	}
+	events := settledTransitions(t, e, ids)
+	for _, id := range ids {
+		if got := events[id]; !slices.Equal(got, []string{step + "/running", step + "/done"}) {
+			t.Errorf("job %s's events on %s: %v, want running then done", id, e.Topic(step), got)
+		}
+	}
+	waitAllCommitted(t, e, step, trigger)
 }
 
 // TestDuplicateAndStaleEventsAreSkipped: once the jobs completed, trigger
@@ -465,12 +480,14 @@ func TestDuplicateAndStaleEventsAreSkipped(t *testing.T) {
 	skipped := w.Stats().Skipped.Load()
 	claims := w.Stats().Claims.Load()
 	wr := &kafka.Writer{Addr: kafka.TCP(e.Brokers...), Topic: e.Topic(trigger), Balancer: &kafka.Murmur2Balancer{},
-		RequiredAcks: kafka.RequireAll, BatchTimeout: time.Millisecond, AllowAutoTopicCreation: true}
+		RequiredAcks: kafka.RequireAll, BatchTimeout: time.Millisecond}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := wr.WriteMessages(ctx, replay...); err != nil {
-		t.Fatalf("produce copies: %v", err)
-	}
+	// kafka-go's shared metadata cache may not know the topic yet.
+	harness.Eventually(t, 30*time.Second, func() (bool, string) {
+		err := wr.WriteMessages(ctx, replay...)
+		return err == nil, fmt.Sprint("produce copies: ", err)
+	})
 	if err := wr.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -502,6 +519,8 @@ func TestDuplicateAndStaleEventsAreSkipped(t *testing.T) {
 	if n := e.Count(t, `SELECT count(*) FROM jobs WHERE job_id = 'ghost'`); n != 0 {
 		t.Errorf("the ghost job was created")
 	}
+	// Skipped events are committed like the others.
+	waitAllCommitted(t, e, step, trigger)
 	harness.Eventually(t, 10*time.Second, func() (bool, string) {
 		var keys []string
 		for _, m := range e.ReadTopic(t, schema.DLQTopic(e.Prefix)) {
@@ -835,8 +854,18 @@ func TestSweeperRescuesExpiredLease(t *testing.T) {
 	if runs := getRuns(t, e, "alive"); len(runs) != 1 || runs[0].finished {
 		t.Errorf("alive job's runs %+v, want its run still open", runs)
 	}
-	if s := w.Stats(); s.Claims.Load() != 1 || s.Completions.Load() != 1 {
-		t.Errorf("stats %s, want 1 claim and 1 completion", stats(w))
+	if s := w.Stats(); s.Claims.Load() != 1 || s.Completions.Load() != 1 || s.Failures.Load() != 1 || s.Expired.Load() != 2 {
+		t.Errorf("stats %s, expired %d; want 1 claim, 1 completion, 1 failure, 2 expired", stats(w), s.Expired.Load())
+	}
+	// The job the sweeper failed is dead-lettered like any failed job.
+	harness.Eventually(t, 10*time.Second, func() (bool, string) {
+		d := deadLetters(t, e)["spent"]
+		return d != nil && d["reason"] == "lease expired" && d["attempts"] == json.Number("3") &&
+				d["error"] == "lease expired on attempt 3 of 3" && d["step"] == step && d["trigger_lsn"] == "0",
+			fmt.Sprintf("dead letter of the spent job: %v", d)
+	})
+	if d := deadLetters(t, e); d["orphan"] != nil || d["alive"] != nil {
+		t.Errorf("dead letters for jobs that did not fail: %v", d)
 	}
 }
 

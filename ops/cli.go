@@ -338,16 +338,22 @@ func serveWhile(ctx context.Context, httpAddr string, reg *prometheus.Registry, 
 func runWorker(ctx context.Context, args []string, _ io.Writer) error {
 	var c common
 	var cfg consumers.Config
-	var gpus, httpAddr string
-	f := newFlags("worker", "worker --step S [flags] -- CMD [ARGS...]\n\nRuns step S: consumes the topic of the step before S, claims each job whose previous step is done,\nruns CMD (no shell; the job as JSON on stdin; the result as JSON on stdout), stores the result and commits.\nExit code "+strconv.Itoa(consumers.ExitPermanent)+" from CMD fails the job at once; any other non-zero exit is retried.")
+	var gpus, httpAddr, stepURL string
+	f := newFlags("worker", "worker --step S [flags] -- CMD [ARGS...]\n       jobstream worker --step S [flags] --http URL\n\n"+
+		"Runs step S: consumes the topic of the step before S, claims each job whose previous step is done,\n"+
+		"runs CMD (no shell; the job as JSON on stdin; the result as JSON on stdout) or POSTs the job to URL,\n"+
+		"stores the result and commits. Exit code "+strconv.Itoa(consumers.ExitPermanent)+" from CMD, or a 4xx answer from URL, fails the job at once;\n"+
+		"any other failure is retried up to --max-attempts. SIGTERM lets running steps finish within --grace.")
 	c.register(f, true, true)
 	f.str(&cfg.Step, "step", "JOBSTREAM_STEP", "", "the step this worker runs (required)")
-	f.num(&cfg.Concurrency, "concurrency", "JOBSTREAM_CONCURRENCY", 1, "group members in this process (steps that need no GPU)")
-	f.str(&gpus, "gpus", "JOBSTREAM_GPUS", "", "GPU ids, e.g. 0,1,2,3: one member per GPU, CUDA_VISIBLE_DEVICES set for each")
-	f.dur(&cfg.Lease, "lease", "JOBSTREAM_LEASE", 30*time.Second, "how long a run is held without a heartbeat")
+	f.str(&stepURL, "http", "JOBSTREAM_HTTP_URL", "", "run the step by POSTing the job JSON to this URL instead of a command (2xx done, 4xx permanent failure, 5xx retried)")
+	f.num(&cfg.Concurrency, "concurrency", "JOBSTREAM_CONCURRENCY", 1, "steps run at once (steps that need no GPU)")
+	f.str(&gpus, "gpus", "JOBSTREAM_GPUS", "", "GPU ids, e.g. 0,1,2,3: one member per GPU running one step at a time, CUDA_VISIBLE_DEVICES set for each")
+	f.dur(&cfg.Lease, "lease", "JOBSTREAM_LEASE", 30*time.Second, "how long a run is held without a heartbeat; a dead worker's jobs move on after about this long")
 	f.num(&cfg.MaxAttempts, "max-attempts", "JOBSTREAM_MAX_ATTEMPTS", 3, "attempts before a job fails")
-	f.dur(&cfg.Timeout, "timeout", "JOBSTREAM_TIMEOUT", 0, "bound on one attempt (0: none)")
-	f.dur(&cfg.Grace, "grace", "JOBSTREAM_GRACE", 30*time.Second, "time running steps get to finish on SIGTERM")
+	f.dur(&cfg.RetryBackoff, "retry-backoff", "JOBSTREAM_RETRY_BACKOFF", 500*time.Millisecond, "delay before the first retry; it grows 1.5x per retry, with jitter")
+	f.dur(&cfg.Timeout, "timeout", "JOBSTREAM_TIMEOUT", 0, "bound on one attempt; past it the step's process group is killed and the attempt retried (0: none)")
+	f.dur(&cfg.Grace, "grace", "JOBSTREAM_GRACE", 30*time.Second, "time running steps get to finish on SIGTERM; past it their runs are released to other workers")
 	f.str(&httpAddr, "http-addr", "JOBSTREAM_HTTP_ADDR", "", "serve /metrics, /healthz and /readyz on this address, e.g. :9101")
 	if err := f.parse(args); err != nil {
 		return err
@@ -359,12 +365,15 @@ func runWorker(ctx context.Context, args []string, _ io.Writer) error {
 		return usagef("--max-attempts %d is out of range 1..1000", cfg.MaxAttempts)
 	case cfg.Lease < time.Second:
 		return usagef("--lease %s is too short; use 1s or more", cfg.Lease)
-	case cfg.Grace < 0 || cfg.Timeout < 0:
-		return usagef("--grace and --timeout must not be negative")
+	case cfg.Grace < 0 || cfg.Timeout < 0 || cfg.RetryBackoff < 0:
+		return usagef("--grace, --timeout and --retry-backoff must not be negative")
 	}
 	argv := f.Args()
-	if len(argv) == 0 {
-		return usagef("no step command given: pass it after --, e.g. jobstream worker --step %s -- ./step.sh", cmpOr(cfg.Step, "S"))
+	switch {
+	case len(argv) == 0 && stepURL == "":
+		return usagef("no step command given: pass it after --, e.g. jobstream worker --step %s -- ./step.sh, or pass --http URL", cmpOr(cfg.Step, "S"))
+	case len(argv) > 0 && stepURL != "":
+		return usagef("both a step command and --http given; pass one of them")
 	}
 	if err := c.needDB(); err != nil {
 		return err
@@ -380,18 +389,22 @@ func runWorker(ctx context.Context, args []string, _ io.Writer) error {
 	if err != nil {
 		return usageError{err.Error()}
 	}
+	b, err := c.broker()
+	if err != nil {
+		return err
+	}
 	for _, g := range strings.Split(gpus, ",") {
 		if g = strings.TrimSpace(g); g != "" {
 			cfg.GPUs = append(cfg.GPUs, g)
 		}
 	}
-	cfg.DatabaseURL, cfg.Brokers, cfg.TopicPrefix, cfg.Pipeline, cfg.Logger = c.databaseURL, c.brokerList(), c.prefix, p, log
-	b, err := c.broker()
-	if err != nil {
-		return err
+	cfg.DatabaseURL, cfg.Brokers, cfg.SASL, cfg.TLS = c.databaseURL, b.Addrs, b.SASL, b.TLS
+	cfg.TopicPrefix, cfg.Pipeline, cfg.Logger = c.prefix, p, log
+	if stepURL != "" {
+		cfg.Handler = consumers.HTTP(stepURL)
+	} else {
+		cfg.Handler = consumers.Exec(argv...)
 	}
-	cfg.SASL, cfg.TLS = b.SASL, b.TLS
-	cfg.Handler = consumers.Exec(argv...)
 	reg := newRegistry()
 	cfg.Observer = newWorkerMetrics(reg)
 	w, err := consumers.New(cfg)

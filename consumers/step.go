@@ -1,0 +1,505 @@
+package consumers
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime/debug"
+	"sync"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"github.com/segmentio/kafka-go"
+
+	"github.com/jobstream/jobstream/schema"
+)
+
+// handle applies the step protocol to one event: decode, claim, run,
+// complete or fail. It returns an error only when the event must be
+// delivered again: the database stayed unreachable until ctx ended, or the
+// run was released at a stop.
+func (w *Worker) handle(ctx context.Context, m kafka.Message, workerID, gpu string) error {
+	if len(m.Value) == 0 {
+		w.stats.Skipped.Add(1) // a tombstone
+		return nil
+	}
+	env, err := decodeTrigger(m.Value)
+	if err != nil {
+		w.deadLetter(ctx, letter{key: m.Key, event: m.Value, reason: "event is not a change-event envelope: " + err.Error()})
+		w.stats.Skipped.Add(1)
+		return nil
+	}
+	row := env.After
+	if row == nil || row.JobID == nil || *row.JobID == "" || env.Op == schema.OpDelete || row.CurrentStep != w.trigger || row.Status != "done" {
+		w.stats.Skipped.Add(1)
+		return nil
+	}
+	r, ok, err := w.claim(ctx, env, *row.JobID, workerID)
+	if isDataError(err) {
+		w.deadLetter(ctx, letter{key: m.Key, event: m.Value, reason: "claim refused by Postgres", errText: errorText(err)})
+		w.stats.Skipped.Add(1)
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if !ok {
+		w.stats.Skipped.Add(1)
+		return nil
+	}
+	w.stats.Claims.Add(1)
+	if env.Source.TsMs > 0 {
+		w.cfg.Observer.Claimed(w.cfg.Step, time.Since(time.UnixMilli(env.Source.TsMs)))
+	}
+	r.job.GPU = gpu
+	return w.execute(ctx, r, m, workerID)
+}
+
+// trigger is the part of a change event a worker reads: the Debezium
+// envelope's op, the job's identity and state after the change, and where
+// and when the change was committed. Decoding only this skips building the
+// before and after maps with every column.
+type trigger struct {
+	Op    string `json:"op"`
+	After *struct {
+		JobID       *string `json:"job_id"`
+		CurrentStep string  `json:"current_step"`
+		Status      string  `json:"status"`
+	} `json:"after"`
+	Source struct {
+		TxID     int64  `json:"txId"`
+		LSN      int64  `json:"lsn"`
+		TsMs     int64  `json:"ts_ms"`
+		Snapshot string `json:"snapshot"`
+	} `json:"source"`
+}
+
+// decodeTrigger parses an event value. A value schema.DecodeEnvelope
+// accepts but whose job_id, current_step or status is not a string (a
+// table this worker cannot act on) is an error too.
+func decodeTrigger(b []byte) (*trigger, error) {
+	var t trigger
+	if err := json.Unmarshal(b, &t); err != nil {
+		return nil, err
+	}
+	return &t, nil
+}
+
+// maxVisibilityWait bounds how long a claim that found nothing waits for
+// the event's transaction to become visible before calling the event stale.
+const maxVisibilityWait = 10 * time.Second
+
+// claim claims the job of a trigger event. A claim that finds nothing is
+// trusted only once the event's transaction is visible to new snapshots:
+// Postgres writes a commit to the WAL, where logical decoding reads it, a
+// moment before the committing backend makes it visible to other sessions,
+// and a claim in that moment would not see the event's change. So the
+// worker waits for visibility, then claims once more.
+func (w *Worker) claim(ctx context.Context, env *trigger, jobID, workerID string) (r run, ok bool, err error) {
+	try := func() (r run, ok bool, err error) {
+		err = retryDB(ctx, w.log, func() (err error) {
+			r, ok, err = w.store.claim(ctx, jobID, workerID, env.Source.LSN, env.Source.TsMs)
+			return err
+		})
+		return r, ok, err
+	}
+	r, ok, err = try()
+	if err != nil || ok || env.Source.TxID == 0 || env.Source.Snapshot != "false" {
+		return r, ok, err
+	}
+	deadline := time.Now().Add(maxVisibilityWait)
+	for pause := 100 * time.Microsecond; ; pause = min(2*pause, 5*time.Millisecond) {
+		var visible bool
+		err = retryDB(ctx, w.log, func() (err error) { visible, err = w.store.visible(ctx, uint32(env.Source.TxID)); return err })
+		if err != nil {
+			return r, false, err
+		}
+		if visible {
+			return try()
+		}
+		if pause == 100*time.Microsecond {
+			w.log.Debug("the event's transaction is not visible yet; claiming again once it is", "job_id", jobID, "txid", env.Source.TxID)
+		}
+		if time.Now().After(deadline) {
+			w.log.Warn("the event's transaction is still not visible; taking the event as stale", "job_id", jobID, "txid", env.Source.TxID)
+			return r, false, nil
+		}
+		select {
+		case <-ctx.Done():
+			return r, false, context.Cause(ctx)
+		case <-time.After(pause):
+		}
+	}
+}
+
+var errFenced = errors.New("lease lost: the run was closed by another worker or the sweeper")
+
+// lease keeps the current attempt's run alive from the claim until the job
+// leaves this worker, through every attempt and the backoff between them.
+type lease struct {
+	mu  sync.Mutex // held while renewing and while switching runs
+	run int64
+}
+
+// execute runs attempts of the claimed job until one succeeds, the job
+// fails, the attempt is fenced, or the worker stops past its grace period
+// (then the run is released).
+func (w *Worker) execute(ctx context.Context, r run, m kafka.Message, workerID string) error {
+	w.stats.InFlight.Add(1)
+	defer w.stats.InFlight.Add(-1)
+	kctx, lose := context.WithCancelCause(ctx)
+	l := &lease{run: r.id}
+	kept := make(chan struct{})
+	jobID := r.job.JobID
+	go func() {
+		defer close(kept)
+		w.keepLease(kctx, l, lose, jobID)
+	}()
+	defer func() {
+		lose(context.Canceled)
+		<-kept
+	}()
+
+	bo := backoff.NewExponentialBackOff()
+	bo.InitialInterval = w.cfg.RetryBackoff
+	bo.MaxInterval = w.cfg.MaxRetryBackoff
+	bo.MaxElapsedTime = 0
+	bo.Reset()
+	for {
+		began := time.Now()
+		result, runErr := w.attempt(ctx, kctx, r)
+		ran := time.Since(began)
+		switch {
+		case errors.Is(context.Cause(kctx), errFenced):
+			w.fenced(r, ran)
+			return nil
+		case ctx.Err() != nil:
+			return w.release(ctx, r, ran)
+		case runErr == nil:
+			var held bool
+			err := retryDB(ctx, w.log, func() (err error) { held, err = w.store.complete(ctx, r, result); return err })
+			if isDataError(err) {
+				return w.fail(ctx, r, m, ran, fmt.Errorf("postgres refused the result: %w", err))
+			}
+			if err != nil {
+				return err
+			}
+			if !held {
+				w.fenced(r, ran)
+				return nil
+			}
+			w.stats.Completions.Add(1)
+			w.cfg.Observer.Attempted(w.cfg.Step, "done", ran)
+			return nil
+		case IsPermanent(runErr) || r.attempt >= w.cfg.MaxAttempts:
+			return w.fail(ctx, r, m, ran, runErr)
+		}
+
+		w.log.Info("step failed; retrying", "job_id", r.job.JobID, "attempt", r.attempt, "err", runErr)
+		var next run
+		var held bool
+		l.mu.Lock()
+		err := retryDB(ctx, w.log, func() (err error) { next, held, err = w.store.retry(ctx, r, workerID, runErr); return err })
+		if err == nil && held {
+			l.run = next.id
+		}
+		l.mu.Unlock()
+		if isDataError(err) {
+			return w.fail(ctx, r, m, ran, runErr)
+		}
+		if err != nil {
+			return err
+		}
+		if !held {
+			w.fenced(r, ran)
+			return nil
+		}
+		r = next
+		w.stats.Retries.Add(1)
+		w.cfg.Observer.Attempted(w.cfg.Step, "retried", ran)
+
+		// Wait out the backoff, still holding (and renewing) the run. A
+		// stop gives back a job that is not running at once.
+		t := time.NewTimer(bo.NextBackOff())
+		select {
+		case <-t.C:
+		case <-kctx.Done():
+		case <-w.stopping:
+		}
+		t.Stop()
+		switch {
+		case errors.Is(context.Cause(kctx), errFenced):
+			w.fenced(r, 0)
+			return nil
+		case ctx.Err() != nil || isClosed(w.stopping):
+			return w.release(ctx, r, 0)
+		}
+	}
+}
+
+func isClosed(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
+}
+
+// keepLease renews the lease of l's current run every Lease/3 until ctx
+// ends; when a renewal finds the run closed by someone else, it cancels the
+// attempt with errFenced.
+func (w *Worker) keepLease(ctx context.Context, l *lease, lose context.CancelCauseFunc, jobID string) {
+	t := time.NewTicker(w.cfg.Lease / 3)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		l.mu.Lock()
+		held, err := w.store.renew(ctx, l.run)
+		l.mu.Unlock()
+		switch {
+		case ctx.Err() != nil:
+			return
+		case err != nil:
+			w.log.Warn("renew lease failed; retrying", "job_id", jobID, "err", err)
+		case !held:
+			lose(errFenced)
+			return
+		}
+	}
+}
+
+// attempt runs the handler once. It waits for the handler to return, even
+// when the attempt times out or is fenced (so a member never runs two steps
+// at once), except at a stop past the grace period: then it returns at once
+// so that the run is released without delay.
+func (w *Worker) attempt(ctx, kctx context.Context, r run) (json.RawMessage, error) {
+	actx, cancel := kctx, context.CancelFunc(func() {})
+	if w.cfg.Timeout > 0 {
+		actx, cancel = context.WithTimeoutCause(kctx, w.cfg.Timeout, fmt.Errorf("step timed out after %s", w.cfg.Timeout))
+	}
+	defer cancel()
+	type answer struct {
+		result json.RawMessage
+		err    error
+	}
+	ch := make(chan answer, 1)
+	go func() {
+		defer func() {
+			if p := recover(); p != nil {
+				w.log.Error("handler panicked", "job_id", r.job.JobID, "panic", p, "stack", string(debug.Stack()))
+				ch <- answer{err: fmt.Errorf("handler panicked: %v", p)}
+			}
+		}()
+		result, err := w.cfg.Handler(actx, r.job)
+		ch <- answer{result, err}
+	}()
+	var a answer
+	select {
+	case a = <-ch:
+	case <-ctx.Done():
+		return nil, context.Cause(ctx)
+	}
+	if a.err != nil {
+		if actx.Err() != nil && kctx.Err() == nil && (errors.Is(a.err, context.DeadlineExceeded) || errors.Is(a.err, context.Canceled)) {
+			a.err = context.Cause(actx) // the timeout, named
+		}
+		return nil, a.err
+	}
+	out := bytes.TrimSpace(a.result)
+	if len(out) == 0 {
+		return json.RawMessage("null"), nil
+	}
+	if !json.Valid(out) {
+		return nil, fmt.Errorf("handler returned invalid JSON (%.80q)", out)
+	}
+	return out, nil
+}
+
+// fenced records an attempt whose run was closed under it: its result is discarded.
+func (w *Worker) fenced(r run, ran time.Duration) {
+	w.stats.Fenced.Add(1)
+	w.cfg.Observer.Attempted(w.cfg.Step, "fenced", ran)
+	w.log.Warn("attempt lost its run; result discarded", "job_id", r.job.JobID, "attempt", r.attempt)
+}
+
+var errReleased = errors.New("run released: the worker is stopping")
+
+// release gives the run back at a stop (past the grace period, or in the
+// backoff before a retry), so that another member takes the job at once.
+func (w *Worker) release(ctx context.Context, r run, ran time.Duration) error {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if err := w.store.release(rctx, r); err != nil {
+		w.log.Warn("release run failed; its lease will expire instead", "job_id", r.job.JobID, "err", err)
+	} else {
+		w.stats.Released.Add(1)
+		w.log.Info("released the run of a step that did not finish within the grace period", "job_id", r.job.JobID, "attempt", r.attempt)
+	}
+	w.cfg.Observer.Attempted(w.cfg.Step, "released", ran)
+	return errReleased
+}
+
+// fail moves the job to (S, failed) with cause and dead-letters its event.
+func (w *Worker) fail(ctx context.Context, r run, m kafka.Message, ran time.Duration, cause error) error {
+	w.log.Warn("step failed", "job_id", r.job.JobID, "attempt", r.attempt, "err", cause)
+	var held bool
+	err := retryDB(ctx, w.log, func() (err error) { held, err = w.store.fail(ctx, r, cause); return err })
+	if isDataError(err) {
+		cause = fmt.Errorf("the step failed and postgres refused its error: %w", err)
+		err = retryDB(ctx, w.log, func() (err error) { held, err = w.store.fail(ctx, r, cause); return err })
+	}
+	if err != nil {
+		return err
+	}
+	if !held {
+		w.fenced(r, ran)
+		return nil
+	}
+	w.stats.Failures.Add(1)
+	w.cfg.Observer.Attempted(w.cfg.Step, "failed", ran)
+	w.deadLetter(ctx, letter{key: m.Key, event: m.Value, reason: "step failed", attempts: r.attempt, errText: errorText(cause)})
+	return nil
+}
+
+// letter is a dead letter: a message that could not be processed, or the
+// trigger of a job that failed.
+type letter struct {
+	key        []byte
+	event      []byte // the triggering event, as consumed
+	reason     string
+	attempts   int
+	errText    string
+	triggerLSN string
+}
+
+// maxLetterEvent bounds the event a dead letter carries verbatim, so that the
+// letter stays under the broker's default message size.
+const maxLetterEvent = 512 << 10
+
+// deadLetter writes l to the dead-letter topic, keyed by job_id. It retries
+// while the broker is unreachable, but never blocks on a letter the broker
+// refuses for good.
+func (w *Worker) deadLetter(ctx context.Context, l letter) {
+	msg := map[string]any{
+		"reason":   l.reason,
+		"step":     w.cfg.Step,
+		"job_id":   string(l.key),
+		"attempts": l.attempts,
+		"error":    l.errText,
+		"event":    json.RawMessage(orNull(l.event)),
+	}
+	if len(l.event) > maxLetterEvent {
+		msg["event"] = string(bytes.ToValidUTF8(l.event[:maxLetterEvent], nil))
+		msg["event_truncated"] = true
+	}
+	if l.triggerLSN != "" {
+		msg["trigger_lsn"] = l.triggerLSN
+	}
+	v, _ := json.Marshal(msg)
+	km := kafka.Message{Key: l.key, Value: v, Headers: []kafka.Header{
+		{Key: "jobstream.reason", Value: []byte(l.reason)},
+		{Key: "jobstream.step", Value: []byte(w.cfg.Step)},
+	}}
+	err := retry(ctx, w.log, func() error {
+		err := w.dlq.WriteMessages(ctx, km)
+		var ke kafka.Error
+		if errors.As(err, &ke) && !ke.Temporary() {
+			return backoff.Permanent(err)
+		}
+		var tooLarge kafka.MessageTooLargeError
+		if errors.As(err, &tooLarge) {
+			return backoff.Permanent(err)
+		}
+		return err
+	})
+	if err != nil {
+		w.log.Error("dead letter not written", "job_id", string(l.key), "reason", l.reason, "err", err)
+		return
+	}
+	w.stats.DeadLetters.Add(1)
+}
+
+func orNull(b []byte) []byte {
+	if json.Valid(b) {
+		return b
+	}
+	q, _ := json.Marshal(string(b))
+	return q
+}
+
+// retryDB retries a store call with capped exponential backoff until it
+// succeeds, ctx ends, or Postgres refuses the data itself (isDataError),
+// which no retry can fix.
+func retryDB(ctx context.Context, log *slog.Logger, op func() error) error {
+	return retry(ctx, log, func() error {
+		err := op()
+		if isDataError(err) {
+			return backoff.Permanent(err)
+		}
+		return err
+	})
+}
+
+// retry retries op with capped exponential backoff and jitter until it
+// succeeds, returns a backoff.Permanent error, or ctx ends.
+func retry(ctx context.Context, log *slog.Logger, op func() error) error {
+	bo := backoff.NewExponentialBackOff()
+	bo.InitialInterval = 100 * time.Millisecond
+	bo.MaxInterval = 5 * time.Second
+	bo.MaxElapsedTime = 0
+	return backoff.RetryNotify(func() error {
+		err := op()
+		if err != nil && ctx.Err() != nil {
+			return backoff.Permanent(context.Cause(ctx))
+		}
+		return err
+	}, backoff.WithContext(bo, ctx), func(err error, d time.Duration) {
+		log.Warn("retrying", "err", err, "retry_in", d)
+	})
+}
+
+// sweepInterval is how often the sweeper looks for expired leases.
+func (w *Worker) sweepInterval() time.Duration {
+	return min(max(w.cfg.Lease/4, 250*time.Millisecond), 2*time.Second)
+}
+
+// sweepLoop closes the runs whose lease expired (their worker died),
+// rewinding their jobs so they are delivered again, or failing and
+// dead-lettering those whose attempts are spent.
+func (w *Worker) sweepLoop(ctx context.Context) error {
+	t := time.NewTicker(w.sweepInterval())
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		runs, err := w.store.sweep(ctx, w.cfg.MaxAttempts)
+		if err != nil {
+			if ctx.Err() == nil {
+				w.log.Warn("sweep expired leases", "err", err)
+			}
+			continue
+		}
+		for _, s := range runs {
+			w.stats.Expired.Add(1)
+			switch {
+			case s.failed:
+				w.stats.Failures.Add(1)
+				w.log.Warn("lease expired on the last attempt; job failed", "job_id", s.jobID, "attempt", s.attempt, "worker", s.worker)
+				w.deadLetter(ctx, letter{key: []byte(s.jobID), reason: "lease expired", attempts: s.attempt, errText: s.errText, triggerLSN: s.trigger})
+			case s.rewound:
+				w.log.Info("lease expired; job rewound to be delivered again", "job_id", s.jobID, "attempt", s.attempt, "worker", s.worker)
+			}
+		}
+	}
+}
