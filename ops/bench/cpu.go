@@ -36,6 +36,18 @@ func (e *env) cpuNow(groups map[string][]*proc) cpuSnap {
 	return s
 }
 
+// add adds d's figures to s.
+func (s *cpuSnap) add(d cpuSnap) {
+	if s.by == nil {
+		s.by = map[string]float64{}
+	}
+	for k, v := range d.by {
+		s.by[k] += v
+	}
+	s.busy += d.busy
+	s.total += d.total
+}
+
 // sub returns s - earlier.
 func (s cpuSnap) sub(earlier cpuSnap) cpuSnap {
 	d := cpuSnap{by: map[string]float64{}, busy: s.busy - earlier.busy, total: s.total - earlier.total}

@@ -164,6 +164,20 @@ func (r *results) rows() []row {
 			row{"", "(b) jobstream reader, every event acked by the broker", thousands(median(rd)) + " changes/s", "(b)/(a) " + f2(ratio), "≥ 0.6", passMiss(ratio >= 0.6),
 				joinRuns(rd, thousands) + " · ratio " + joinRuns(ratios, f2), c.command("cdc")},
 		)
+		perChange := func(get func(cdcResult) cpuSnap, parts ...string) string {
+			var cells []string
+			for _, part := range parts {
+				us := median(each(r.cdc, func(x cdcResult) float64 {
+					return 1e6 * get(x).by[part] / float64(x.changes*max(len(x.recvSecs), 1))
+				}))
+				cells = append(cells, part+" "+f1(us))
+			}
+			return strings.Join(cells, ", ")
+		}
+		rows = append(rows, row{"", "CPU µs per change (user+system)",
+			"(a) " + perChange(func(x cdcResult) cpuSnap { return x.recvCPU }, "walsender", "pg_recvlogical") +
+				" · (b) " + perChange(func(x cdcResult) cpuSnap { return x.readerCPU }, "walsender", "reader", "broker", "postgres"),
+			"", "", "", "", c.command("cdc")})
 	}
 	if len(r.latency) > 0 {
 		n := r.latency[sysFloor][0].n
@@ -407,7 +421,8 @@ func (r *results) markdown(rows []row) string {
 			"(a) `pg_recvlogical --start -o proto_version=1 -o publication_names=jobstream --endpos <end> -f /dev/null`, timed from start to exit: "+
 			"the rate at which Postgres decodes pgoutput. (b) `cdc.Reader`, timed from `Run` until `Stats().AckedLSN` passes the same end "+
 			"(every event acknowledged by the broker, acks=all). The broker is a fresh `jobstream broker` (kfake, in memory) in its own process. "+
-			"Each run streams the changes %s with each client, alternately, each time from a slot of its own; a run's rate is the median of its passes.\n",
+			"Each run streams the changes %s with each client, alternately, each time from a slot of its own; a run's rate is the median of its passes. "+
+			"CPU µs per change: user+system CPU time (/proc) of the WAL sender (pgoutput decoding), the client, the broker and the server's other backends, over the passes.\n",
 			2*c.CDCPasses, thousands(float64(x.changes)), thousands(float64(x.changes/2)), perTx, perTx, thousands(float64(x.txs)), float64(x.walBytes)/(1<<20), times(c.CDCPasses))
 	}
 	if len(r.latency) > 0 {

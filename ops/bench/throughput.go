@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -23,6 +24,8 @@ type cdcResult struct {
 	walBytes   uint64
 	recvSecs   []float64 // pg_recvlogical, start to exit at the end position, per pass
 	readerSecs []float64 // reader, start to the last event acknowledged, per pass
+	recvCPU    cpuSnap   // CPU seconds over the pg_recvlogical passes
+	readerCPU  cpuSnap   // CPU seconds over the reader passes
 }
 
 // recvRate and readerRate are the medians over the run's passes.
@@ -94,85 +97,125 @@ func benchCDC(ctx context.Context, e *env, run int) (res cdcResult, err error) {
 	e.logf("  %d changes in %d transactions written in %.1fs (%.0f MiB of WAL)", res.changes, res.txs, time.Since(began).Seconds(), float64(res.walBytes)/(1<<20))
 
 	for i := range passes {
-		secs, err := recvlogical(ctx, conn.Config(), db.name, fmt.Sprintf("bench_recvlogical_%d", i), end)
+		secs, wal, client, err := recvlogical(ctx, e, conn.Config(), db.name, fmt.Sprintf("bench_recvlogical_%d", i), end)
 		if err != nil {
 			return res, err
 		}
 		res.recvSecs = append(res.recvSecs, secs)
+		res.recvCPU.add(cpuSnap{by: map[string]float64{"walsender": wal, "pg_recvlogical": client}})
 		e.log.Info("pg_recvlogical pass", "run", run, "pass", i, "seconds", secs)
-		if secs, err = readUntil(ctx, e, db, run, i, end, res.changes); err != nil {
+		var cpu cpuSnap
+		if secs, cpu, err = readUntil(ctx, e, db, run, i, end, res.changes); err != nil {
 			return res, err
 		}
+		res.readerCPU.add(cpu)
 		res.readerSecs = append(res.readerSecs, secs)
 	}
 	return res, nil
 }
 
 // recvlogical streams slot with pg_recvlogical (pgoutput) to /dev/null
-// until end: what Postgres itself decodes. It returns the seconds it took.
-func recvlogical(ctx context.Context, cfg *pgx.ConnConfig, db, slot string, end pglogrepl.LSN) (float64, error) {
+// until end: what Postgres itself decodes. It returns the seconds it took
+// and the CPU seconds of the WAL sender (sampled while it runs) and of
+// pg_recvlogical.
+func recvlogical(ctx context.Context, e *env, cfg *pgx.ConnConfig, db, slot string, end pglogrepl.LSN) (secs, walsender, client float64, err error) {
 	cmd := exec.CommandContext(ctx, "pg_recvlogical", "-h", cfg.Host, "-p", strconv.Itoa(int(cfg.Port)), "-U", cfg.User, "-d", db,
 		"--slot", slot, "--start", "--no-loop", "-o", "proto_version=1", "-o", "publication_names="+schema.DefaultPublication,
 		"--endpos", end.String(), "-f", os.DevNull)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	_, wal0 := e.postgresCPU()
 	began := time.Now()
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return 0, fmt.Errorf("pg_recvlogical: %v: %s", err, out)
+	if err := cmd.Start(); err != nil {
+		return 0, 0, 0, fmt.Errorf("pg_recvlogical: %w", err)
 	}
-	return time.Since(began).Seconds(), nil
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	wal := wal0
+	for {
+		select {
+		case err := <-done:
+			secs = time.Since(began).Seconds()
+			if err != nil {
+				return 0, 0, 0, fmt.Errorf("pg_recvlogical: %v: %s", err, out.String())
+			}
+			st := cmd.ProcessState
+			return secs, wal - wal0, (st.UserTime() + st.SystemTime()).Seconds(), nil
+		case <-time.After(10 * time.Millisecond):
+			// The WAL sender ends with its client: keep its last reading.
+			if _, w := e.postgresCPU(); w > wal {
+				wal = w
+			}
+		}
+	}
 }
 
 // readUntil runs a reader (in this process, with a fresh broker process)
 // on the pass's slot until the broker has acknowledged every event up to
 // end. It returns the seconds from Run to that moment.
-func readUntil(ctx context.Context, e *env, db *database, run, pass int, end pglogrepl.LSN, changes int) (float64, error) {
+func readUntil(ctx context.Context, e *env, db *database, run, pass int, end pglogrepl.LSN, changes int) (float64, cpuSnap, error) {
+	var none cpuSnap
 	b, err := e.startBroker(ctx, fmt.Sprintf("broker-cdc-%d-%d", run, pass))
 	if err != nil {
-		return 0, err
+		return 0, none, err
 	}
 	defer b.stop()
 	r, err := cdc.New(cdc.Config{DatabaseURL: db.url, Brokers: []string{b.addr}, Slot: fmt.Sprintf("bench_reader_%d", pass),
 		TopicPrefix: fmt.Sprintf("cdc%d-%d", run, pass), Logger: e.log.With("part", "reader")})
 	if err != nil {
-		return 0, err
+		return 0, none, err
 	}
 	rctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	if p := e.profilePath(fmt.Sprintf("reader-cdc-run%d-pass%d", run, pass)); p != "" {
 		stopProfile, err := startCPUProfile(p)
 		if err != nil {
-			return 0, err
+			return 0, none, err
 		}
 		defer stopProfile()
 	}
+	groups := map[string][]*proc{"broker": {b.proc}}
+	cpu0 := e.cpuNow(groups)
 	runErr := make(chan error, 1)
 	began := time.Now()
 	go func() { runErr <- r.Run(rctx) }()
 	st := r.Stats()
+	var ready time.Duration
 	deadline := time.Now().Add(10 * time.Minute)
 	for pglogrepl.LSN(st.AckedLSN.Load()) < end {
+		if ready == 0 {
+			select {
+			case <-r.Ready():
+				ready = time.Since(began)
+			default:
+			}
+		}
 		select {
 		case err := <-runErr:
-			return 0, fmt.Errorf("reader stopped: %v", err)
+			return 0, none, fmt.Errorf("reader stopped: %v", err)
 		case <-ctx.Done():
-			return 0, ctx.Err()
+			return 0, none, ctx.Err()
 		case <-time.After(2 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			return 0, fmt.Errorf("reader acknowledged only %d of %d events within 10 minutes", st.Events.Load(), changes)
+			return 0, none, fmt.Errorf("reader acknowledged only %d of %d events within 10 minutes", st.Events.Load(), changes)
 		}
 	}
 	secs := time.Since(began).Seconds()
+	cpu := e.cpuNow(groups).sub(cpu0)
+	cpu.by["reader"] = cpu.by["bench"] // the reader runs in this process
+	delete(cpu.by, "bench")
 	cancel()
 	<-runErr
-	e.log.Info("reader pass", "run", run, "pass", pass, "seconds", secs, "events", st.Events.Load(), "transactions", st.Transactions.Load(),
+	e.log.Info("reader pass", "run", run, "pass", pass, "seconds", secs, "ready_after", ready, "events", st.Events.Load(), "transactions", st.Transactions.Load(),
 		"reconnects", st.Reconnects.Load(), "dead_letters", st.DeadLetters.Load())
 	if n := st.Reconnects.Load(); n > 0 {
 		e.logf("  the reader reconnected %d times in pass %d (see bench.log)", n, pass)
 	}
 	if n := st.Events.Load(); n < int64(changes) {
-		return 0, fmt.Errorf("reader passed the end position with %d of %d events acknowledged", n, changes)
+		return 0, none, fmt.Errorf("reader passed the end position with %d of %d events acknowledged", n, changes)
 	}
-	return secs, nil
+	return secs, cpu, nil
 }
 
 // lsnText scans a pg_lsn rendered as text.
