@@ -44,12 +44,7 @@ func TestBadInputCatalogue(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	r, err := cdc.New(cdc.Config{DatabaseURL: e.DatabaseURL, Brokers: e.Brokers, Slot: e.Slot, TopicPrefix: e.Prefix})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go r.Run(ctx)
-	<-r.Ready()
+	startReader(t, ctx, cdc.Config{DatabaseURL: e.DatabaseURL, Brokers: e.Brokers, Slot: e.Slot, TopicPrefix: e.Prefix})
 	w, err := consumers.New(consumers.Config{DatabaseURL: e.DatabaseURL, Brokers: e.Brokers, Step: "vlm_analyze", TopicPrefix: e.Prefix,
 		Concurrency: 3, Timeout: 3 * time.Second, MaxAttempts: 2, Lease: 5 * time.Second, Handler: consumers.Exec(script)})
 	if err != nil {

@@ -27,19 +27,7 @@ func TestLeastPrivilegeRoles(t *testing.T) {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	r, err := cdc.New(cdc.Config{DatabaseURL: as("jobstream_reader"), Brokers: e.Brokers, Slot: e.Slot, TopicPrefix: e.Prefix})
-	if err != nil {
-		t.Fatal(err)
-	}
-	rerr := make(chan error, 1)
-	go func() { rerr <- r.Run(ctx) }()
-	select {
-	case <-r.Ready():
-	case err := <-rerr:
-		t.Fatalf("reader as jobstream_reader: %v", err)
-	case <-time.After(30 * time.Second):
-		t.Fatal("reader not ready")
-	}
+	startReader(t, ctx, cdc.Config{DatabaseURL: as("jobstream_reader"), Brokers: e.Brokers, Slot: e.Slot, TopicPrefix: e.Prefix})
 	w, err := consumers.New(consumers.Config{DatabaseURL: as("jobstream_worker"), Brokers: e.Brokers, Step: "vlm_analyze", TopicPrefix: e.Prefix,
 		Handler: func(context.Context, consumers.Job) (json.RawMessage, error) {
 			return json.RawMessage(`{"ok": true}`), nil

@@ -42,19 +42,7 @@ func TestKafkaSASL(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	r, err := cdc.New(cdc.Config{DatabaseURL: e.DatabaseURL, Brokers: plain.Addrs, SASL: plain.SASL, Slot: e.Slot, TopicPrefix: e.Prefix})
-	if err != nil {
-		t.Fatal(err)
-	}
-	rerr := make(chan error, 1)
-	go func() { rerr <- r.Run(ctx) }()
-	select {
-	case <-r.Ready():
-	case err := <-rerr:
-		t.Fatalf("reader with SASL PLAIN: %v", err)
-	case <-time.After(30 * time.Second):
-		t.Fatal("reader not ready")
-	}
+	startReader(t, ctx, cdc.Config{DatabaseURL: e.DatabaseURL, Brokers: plain.Addrs, SASL: plain.SASL, Slot: e.Slot, TopicPrefix: e.Prefix})
 	w, err := consumers.New(consumers.Config{DatabaseURL: e.DatabaseURL, Brokers: scram.Addrs, SASL: scram.SASL, Step: "vlm_analyze", TopicPrefix: e.Prefix,
 		Handler: func(context.Context, consumers.Job) (json.RawMessage, error) { return json.RawMessage(`{}`), nil }})
 	if err != nil {
