@@ -134,7 +134,9 @@ func runExec(ctx context.Context, path string, argv []string, job Job) (json.Raw
 		cmd.Env = append(cmd.Env, "CUDA_VISIBLE_DEVICES="+job.GPU)
 	}
 	cmd.Stdin = bytes.NewReader(in)
-	stdout := &capped{max: maxStdout}
+	// A step that prints past the bound is killed there: its output is not
+	// drained, so gigabytes cost neither memory nor time.
+	stdout := &capped{max: maxStdout, over: func() { syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }}
 	stderr := &tail{max: 4096}
 	cmd.Stdout, cmd.Stderr = stdout, stderr
 	// Pdeathsig fires when the thread that forked the step exits; keep this
@@ -144,6 +146,9 @@ func runExec(ctx context.Context, path string, argv []string, job Job) (json.Raw
 	runtime.UnlockOSThread()
 	if ctx.Err() != nil {
 		return nil, fmt.Errorf("step stopped: %w", context.Cause(ctx))
+	}
+	if stdout.exceeded {
+		return nil, fmt.Errorf("%s printed over %d bytes on stdout and was stopped; a result must be smaller", argv[0], maxStdout)
 	}
 	if err != nil {
 		msg := fmt.Sprintf("%s: %v", argv[0], err)
@@ -156,9 +161,6 @@ func runExec(ctx context.Context, path string, argv []string, job Job) (json.Raw
 		}
 		return nil, errors.New(msg)
 	}
-	if stdout.over {
-		return nil, fmt.Errorf("%s printed over %d bytes on stdout; a result must be smaller", argv[0], maxStdout)
-	}
 	out := bytes.TrimSpace(stdout.buf)
 	if len(out) == 0 {
 		return json.RawMessage("null"), nil
@@ -169,17 +171,21 @@ func runExec(ctx context.Context, path string, argv []string, job Job) (json.Raw
 	return json.RawMessage(out), nil
 }
 
-// capped keeps at most max bytes and remembers whether more came.
+// capped keeps at most max bytes; when more come it calls over, once.
 type capped struct {
-	buf  []byte
-	max  int
-	over bool
+	buf      []byte
+	max      int
+	over     func()
+	exceeded bool
 }
 
 func (c *capped) Write(p []byte) (int, error) {
 	n := len(p)
 	if room := c.max - len(c.buf); room < len(p) {
-		c.over = true
+		if !c.exceeded && c.over != nil {
+			c.over()
+		}
+		c.exceeded = true
 		p = p[:max(room, 0)]
 	}
 	c.buf = append(c.buf, p...)

@@ -67,9 +67,9 @@ func runAudit(ctx context.Context, args []string, out io.Writer) error {
 	if err := c.needBrokers(); err != nil {
 		return err
 	}
-	p, err := schema.LoadPipeline(c.pipeline)
+	p, err := c.loadPipeline()
 	if err != nil {
-		return usageError{err.Error()}
+		return err
 	}
 	broker, err := c.reachBroker(ctx)
 	if err != nil {

@@ -4,9 +4,13 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -24,17 +28,37 @@ cat >/dev/null
 case "$JOBSTREAM_JOB_ID" in
   hang) sleep 1000 ;;
   crash) kill -SEGV $$ ;;
-  huge) head -c 40000000 /dev/zero ;;
+  huge) head -c 4000000000 /dev/zero ;;
   garbage) echo 'this is not JSON' ;;
   deleted) sleep 1.5; echo '{"late": true}' ;;
   *) echo '{"ok": true}' ;;
 esac
 `
 
-// TestBadInputCatalogue: executors that hang, crash, print garbage or too
-// much; a job deleted mid-step; malformed and truncated messages in the step
-// topic. Each gets a clear error or a dead letter with the reason, and every
-// other job keeps moving.
+// The bad-input catalogue: each kind of bad input, the test that feeds it to
+// real processes or a real Postgres and broker, and what it must get.
+//
+//	malformed and truncated messages    TestBadInputCatalogue (dead letter: not a change-event envelope),
+//	in a step topic                     TestPoisonEventsDoNotBlockPartitions (consumers)
+//	an event for a job that no longer   TestBadInputCatalogue (job "gone": skipped, the group's lag reaches 0)
+//	exists
+//	a job deleted mid-step              TestBadInputCatalogue (job "deleted": run discarded)
+//	a step name that is no valid topic  TestBadRowsGoToDeadLetterTopic (cdc: dead letter naming the step)
+//	an oversized row                    TestBrokerLimitsAreLearnedAndRefusalsDeadLettered (cdc: dead letter)
+//	an executor that hangs, crashes,    TestBadInputCatalogue (failed with "timed out", "segmentation fault",
+//	prints non-JSON or gigabytes        "no JSON", "printed over"; dead letters), TestStepTimeoutKillsProcessGroup
+//	an HTTP executor that never answers TestHTTPExecutorNeverAnswers
+//	a config file with unknown keys or  TestBadUsage (exit 2, one sentence), TestLoadPipeline (schema)
+//	a cycle
+//	flags out of range                  TestBadUsage, TestConfigErrorsAreOneSentence (cdc)
+//
+// Every one of them also checks that the other jobs keep moving.
+
+// TestBadInputCatalogue: executors that hang, crash, print garbage or
+// gigabytes; a job deleted mid-step; an event for a job that no longer
+// exists; malformed and truncated messages in the step topic. Each gets a
+// clear error or a dead letter with the reason, and every other job keeps
+// moving.
 func TestBadInputCatalogue(t *testing.T) {
 	t.Parallel()
 	e := harness.New(t)
@@ -52,6 +76,9 @@ func TestBadInputCatalogue(t *testing.T) {
 	}
 	go w.Run(ctx)
 
+	// "gone" is done at img_gen and deleted before any worker can claim it:
+	// its trigger event names a job that no longer exists.
+	e.Exec(t, `BEGIN; INSERT INTO jobs (job_id, current_step, status) VALUES ('gone', 'img_gen', 'done'); DELETE FROM jobs WHERE job_id = 'gone'; COMMIT`)
 	jobs := []string{"hang", "crash", "huge", "garbage", "deleted", "n1", "n2", "n3", "n4", "n5"}
 	for _, j := range jobs {
 		e.Exec(t, `INSERT INTO jobs (job_id, current_step, status) VALUES ($1, 'img_gen', 'done')`, j)
@@ -114,4 +141,72 @@ func TestBadInputCatalogue(t *testing.T) {
 			t.Errorf("dead letter of %s: %q", k, reasons[k])
 		}
 	}
+
+	// The event of "gone" was read and passed over: no run, no dead letter,
+	// and the step's group has consumed every event in its topic.
+	if reasons["gone"] != "" || e.Count(t, `SELECT count(*) FROM jobstream_runs WHERE job_id = 'gone'`) != 0 {
+		t.Errorf("the job that no longer exists was run or dead-lettered: %q", reasons["gone"])
+	}
+	harness.Eventually(t, 30*time.Second, func() (bool, string) {
+		lag := stepLag(t, e, "vlm_analyze")
+		return lag == 0, fmt.Sprintf("vlm_analyze still has %d events to consume", lag)
+	})
+}
+
+// TestHTTPExecutorNeverAnswers: a step service that accepts the connection
+// and then says nothing. Each attempt ends at --timeout, the job fails with
+// that reason and a dead letter, and the jobs the service does answer move on.
+func TestHTTPExecutorNeverAnswers(t *testing.T) {
+	t.Parallel()
+	e := harness.New(t)
+	var held sync.WaitGroup
+	release := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("X-Jobstream-Job-Id") == "silent" {
+			conn, _, err := w.(http.Hijacker).Hijack()
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			held.Add(1)
+			go func() { defer held.Done(); <-release; conn.Close() }()
+			return
+		}
+		io.WriteString(w, `{"ok": true}`)
+	}))
+	defer func() { close(release); held.Wait(); srv.Close() }()
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	startReader(t, ctx, cdc.Config{DatabaseURL: e.DatabaseURL, Brokers: e.Brokers, Slot: e.Slot, TopicPrefix: e.Prefix})
+	w, err := consumers.New(consumers.Config{DatabaseURL: e.DatabaseURL, Brokers: e.Brokers, Step: "vlm_analyze", TopicPrefix: e.Prefix,
+		Concurrency: 2, Timeout: time.Second, MaxAttempts: 2, RetryBackoff: 100 * time.Millisecond, MaxRetryBackoff: 200 * time.Millisecond,
+		Lease: 5 * time.Second, Handler: consumers.HTTP(srv.URL + "/step")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go w.Run(ctx)
+
+	for _, j := range []string{"silent", "a1", "a2", "a3", "a4"} {
+		e.Exec(t, `INSERT INTO jobs (job_id, current_step, status) VALUES ($1, 'img_gen', 'done')`, j)
+	}
+	harness.Eventually(t, 60*time.Second, func() (bool, string) {
+		done := e.Count(t, `SELECT count(*) FROM jobs WHERE job_id LIKE 'a%' AND current_step = 'vlm_analyze' AND status = 'done'`)
+		failed := e.Count(t, `SELECT count(*) FROM jobs WHERE job_id = 'silent' AND status = 'failed'`)
+		return done == 4 && failed == 1, fmt.Sprintf("%d of 4 answered jobs done, silent job failed: %v", done, failed == 1)
+	})
+	var errText string
+	e.Pool(t).QueryRow(ctx, `SELECT coalesce(error, '') FROM jobs WHERE job_id = 'silent'`).Scan(&errText)
+	attempts := e.Count(t, `SELECT count(*) FROM jobstream_runs WHERE job_id = 'silent' AND step = 'vlm_analyze'`)
+	if !strings.Contains(errText, "timed out after 1s") || attempts != 2 {
+		t.Errorf("silent job: %d attempts, error %q; want 2 attempts that timed out after 1s", attempts, errText)
+	}
+	harness.Eventually(t, 30*time.Second, func() (bool, string) {
+		for _, m := range e.ReadTopic(t, schema.DLQTopic(e.Prefix)) {
+			if string(m.Key) == "silent" && strings.Contains(string(m.Value), "timed out") {
+				return true, ""
+			}
+		}
+		return false, "no dead letter for the silent job"
+	})
 }

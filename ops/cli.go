@@ -98,20 +98,21 @@ func printUsage(w io.Writer) {
 // flags is a flag set whose flags default to their environment twins.
 type flags struct {
 	*flag.FlagSet
+	usage  func()
+	envErr error // the first environment twin that could not be parsed
 }
 
 func newFlags(name, usage string) *flags {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
-	f := &flags{fs}
-	fs.Usage = func() {
+	fs.Usage = func() {} // errors are one sentence; only --help prints the flags
+	return &flags{FlagSet: fs, usage: func() {
 		w := os.Stdout
 		fmt.Fprintf(w, "Usage: jobstream %s\n\n", usage)
 		fs.SetOutput(w)
 		fs.PrintDefaults()
 		fs.SetOutput(io.Discard)
-	}
-	return f
+	}}
 }
 
 func (f *flags) str(p *string, name, env, def, usage string) {
@@ -122,29 +123,44 @@ func (f *flags) str(p *string, name, env, def, usage string) {
 }
 
 func (f *flags) num(p *int, name, env string, def int, usage string) {
-	if v, err := strconv.Atoi(os.Getenv(env)); err == nil {
-		def = v
+	if s := os.Getenv(env); s != "" {
+		v, err := strconv.Atoi(s)
+		f.envParsed(env, s, "a whole number", err)
+		if err == nil {
+			def = v
+		}
 	}
 	f.IntVar(p, name, def, usage+" [$"+env+"]")
 }
 
 func (f *flags) dur(p *time.Duration, name, env string, def time.Duration, usage string) {
-	if v, err := time.ParseDuration(os.Getenv(env)); err == nil {
-		def = v
+	if s := os.Getenv(env); s != "" {
+		v, err := time.ParseDuration(s)
+		f.envParsed(env, s, "a duration such as 30s or 5m", err)
+		if err == nil {
+			def = v
+		}
 	}
 	f.DurationVar(p, name, def, usage+" [$"+env+"]")
 }
 
-// parse parses args; a flag error is bad usage, --help prints and stops.
+func (f *flags) envParsed(env, value, want string, err error) {
+	if err != nil && f.envErr == nil {
+		f.envErr = usagef("%s=%q is not %s", env, value, want)
+	}
+}
+
+// parse parses args; a flag error, or an environment twin that cannot be
+// parsed, is bad usage; --help prints the flags and stops.
 func (f *flags) parse(args []string) error {
 	if err := f.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			f.Usage()
+			f.usage()
 			return flag.ErrHelp
 		}
 		return usageError{err.Error()}
 	}
-	return nil
+	return f.envErr
 }
 
 // common holds the flags most commands share.
@@ -223,6 +239,24 @@ func (c *common) reachBroker(ctx context.Context) (schema.Broker, error) {
 	return b, b.Ping(ctx, 10*time.Second)
 }
 
+// checkPartitions refuses a --partitions that no topic could have.
+func checkPartitions(n int) error {
+	if n < 1 || n > 10000 {
+		return usagef("--partitions %d is out of range 1..10000", n)
+	}
+	return nil
+}
+
+// loadPipeline reads --pipeline (or the default steps); a file that cannot
+// be read, has unknown keys or repeats a step is a usage error.
+func (c *common) loadPipeline() (schema.Pipeline, error) {
+	p, err := schema.LoadPipeline(c.pipeline)
+	if err != nil {
+		return p, usageError{err.Error()}
+	}
+	return p, nil
+}
+
 func (c *common) needDB() error {
 	if c.databaseURL == "" {
 		return usagef("no database given: set DATABASE_URL or pass --database-url postgres://user:pass@host:port/db")
@@ -291,10 +325,18 @@ func runReader(ctx context.Context, args []string, _ io.Writer) error {
 	if cfg.Snapshot != cdc.SnapshotInitial && cfg.Snapshot != cdc.SnapshotNever {
 		return usagef("--snapshot %q is not one of initial, never", cfg.Snapshot)
 	}
+	if err := checkPartitions(cfg.Partitions); err != nil {
+		return err
+	}
 	if err := c.needDB(); err != nil {
 		return err
 	}
 	if err := c.needBrokers(); err != nil {
+		return err
+	}
+	// The reader streams every step it sees, but a pipeline file shared by
+	// all the processes must not be broken for one of them only.
+	if _, err := c.loadPipeline(); err != nil {
 		return err
 	}
 	log, err := c.logger()
@@ -385,9 +427,9 @@ func runWorker(ctx context.Context, args []string, _ io.Writer) error {
 	if err != nil {
 		return err
 	}
-	p, err := schema.LoadPipeline(c.pipeline)
+	p, err := c.loadPipeline()
 	if err != nil {
-		return usageError{err.Error()}
+		return err
 	}
 	b, err := c.broker()
 	if err != nil {
@@ -425,6 +467,12 @@ func runBroker(ctx context.Context, args []string, out io.Writer) error {
 	f.dur(&faultFor, "fault-on-usr1", "JOBSTREAM_BROKER_FAULT_ON_USR1", 0, "for chaos tests: on SIGUSR1, answer produce and fetch with errors for this long")
 	if err := f.parse(args); err != nil {
 		return err
+	}
+	if err := checkPartitions(cfg.Partitions); err != nil {
+		return err
+	}
+	if faultFor < 0 {
+		return usagef("--fault-on-usr1 %s is negative", faultFor)
 	}
 	b, err := broker.Start(cfg)
 	if err != nil {

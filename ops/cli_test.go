@@ -3,6 +3,7 @@ package ops_test
 import (
 	"bytes"
 	"context"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -29,6 +30,18 @@ func TestBadUsage(t *testing.T) {
 	t.Setenv("DATABASE_URL", "")
 	t.Setenv("KAFKA_BROKERS", "")
 	db, kafka := "--database-url="+e.DatabaseURL, "--brokers="+e.Brokers[0]
+	pipeline := func(name, body string) string {
+		p := filepath.Join(t.TempDir(), name)
+		if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	unknownKey := pipeline("unknown.json", `{"steps": ["img_gen", "planner"], "retries": 3}`)
+	cycle := pipeline("cycle.json", `{"steps": ["img_gen", "planner", "overlay", "planner"]}`)
+	worker := func(extra ...string) []string {
+		return append(append([]string{"worker", db, kafka, "--step", "planner"}, extra...), "--", "true")
+	}
 	cases := []struct {
 		name string
 		args []string
@@ -46,6 +59,19 @@ func TestBadUsage(t *testing.T) {
 		{"broker unreachable", []string{"reader", db, "--brokers=127.0.0.1:1", "--slot", e.Slot}, 1, "cannot reach a Kafka broker"},
 		{"postgres unreachable", []string{"migrate", "--database-url=postgres://u:secret@127.0.0.1:1/x"}, 1, "cannot connect to Postgres"},
 		{"bad pipeline file", []string{"worker", db, kafka, "--step", "planner", "--pipeline", "/nonexistent.json", "--", "true"}, 2, "pipeline config"},
+		{"pipeline with an unknown key", worker("--pipeline", unknownKey), 2, `unknown field "retries"`},
+		{"pipeline with a cycle", worker("--pipeline", cycle), 2, "appears twice"},
+		{"reader pipeline with a cycle", []string{"reader", db, kafka, "--pipeline", cycle}, 2, "appears twice"},
+		{"max-attempts out of range", worker("--max-attempts", "0"), 2, "out of range"},
+		{"lease too short", worker("--lease", "10ms"), 2, "too short"},
+		{"negative timeout", worker("--timeout", "-1s"), 2, "negative"},
+		{"negative grace", worker("--grace", "-5s"), 2, "negative"},
+		{"repeated gpu", worker("--gpus", "0,0"), 2, "repeated GPU"},
+		{"not a number", worker("--concurrency", "many"), 2, "invalid value"},
+		{"partitions out of range", []string{"reader", db, kafka, "--partitions", "0"}, 2, "out of range"},
+		{"broker partitions out of range", []string{"broker", "--partitions", "20000"}, 2, "out of range"},
+		{"status interval too short", []string{"reader", db, kafka, "--status-interval", "1ms"}, 2, "too short"},
+		{"step that is no topic name", []string{"reader", db, kafka, "--topic-prefix", "jobs/bad"}, 2, "topic"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -61,7 +87,14 @@ func TestBadUsage(t *testing.T) {
 			}
 		})
 	}
-	if code, out, _ := runMain(t, "worker", "--help"); code != 0 || !strings.Contains(out, "") {
+	t.Run("environment twin that is not a duration", func(t *testing.T) {
+		t.Setenv("JOBSTREAM_LEASE", "abc")
+		code, _, stderr := runMain(t, worker()...)
+		if code != 2 || !strings.Contains(stderr, `JOBSTREAM_LEASE="abc" is not a duration`) {
+			t.Fatalf("exit %d, stderr %q", code, stderr)
+		}
+	})
+	if code, _, _ := runMain(t, "worker", "--help"); code != 0 {
 		t.Fatalf("--help exit %d", code)
 	}
 }

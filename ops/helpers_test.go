@@ -2,10 +2,12 @@ package ops_test
 
 import (
 	"context"
+	"encoding/json"
 	"testing"
 	"time"
 
 	"github.com/jobstream/jobstream/cdc"
+	"github.com/jobstream/jobstream/ops/harness"
 )
 
 // startReader runs a reader with cfg until ctx ends and returns it once its
@@ -26,4 +28,31 @@ func startReader(t *testing.T, ctx context.Context, cfg cdc.Config) *cdc.Reader 
 		t.Fatal("reader not ready within 30s")
 	}
 	return r
+}
+
+// stepLag returns how many events in step's trigger topic its group has not
+// yet committed, as `jobstream status --json` reports it.
+func stepLag(t *testing.T, e *harness.Env, step string) int64 {
+	t.Helper()
+	code, out, stderr := runMain(t, "status", "--json", "--database-url", e.DatabaseURL, "--brokers", e.Brokers[0],
+		"--topic-prefix", e.Prefix, "--slot", e.Slot)
+	if code != 0 {
+		t.Fatalf("status exit %d: %s", code, stderr)
+	}
+	var rep struct {
+		Steps []struct {
+			Step string `json:"step"`
+			Lag  int64  `json:"lag"`
+		} `json:"steps"`
+	}
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		t.Fatalf("status --json: %v: %s", err, out)
+	}
+	for _, s := range rep.Steps {
+		if s.Step == step {
+			return s.Lag
+		}
+	}
+	t.Fatalf("status --json has no step %s: %s", step, out)
+	return 0
 }

@@ -86,9 +86,9 @@ func runReplay(ctx context.Context, args []string, out io.Writer) error {
 	if err := c.needBrokers(); err != nil {
 		return err
 	}
-	p, err := schema.LoadPipeline(c.pipeline)
+	p, err := c.loadPipeline()
 	if err != nil {
-		return usageError{err.Error()}
+		return err
 	}
 	trigger, err := p.Trigger(c.step)
 	if err != nil {

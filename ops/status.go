@@ -88,9 +88,9 @@ func runStatus(ctx context.Context, args []string, out io.Writer) error {
 	if err := c.needBrokers(); err != nil {
 		return err
 	}
-	p, err := schema.LoadPipeline(c.pipeline)
+	p, err := c.loadPipeline()
 	if err != nil {
-		return usageError{err.Error()}
+		return err
 	}
 	pool, err := pgxpool.New(ctx, c.databaseURL)
 	if err != nil {
