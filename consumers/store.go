@@ -270,3 +270,27 @@ func errorText(err error) string {
 	}
 	return s
 }
+
+// ClaimAndComplete moves one job through step with the very statements a
+// worker runs, claim then complete with result, and no executor or Kafka in
+// between. It is for tools that must measure or script the step protocol
+// itself, such as the benchmark's database-alone baseline. It fails when the
+// job is not at (trigger, done) or the run was fenced.
+func ClaimAndComplete(ctx context.Context, pool *pgxpool.Pool, jobID, step, trigger, worker string, result json.RawMessage) error {
+	s := &store{pool: pool, step: step, trigger: trigger, lease: 30 * time.Second}
+	r, ok, err := s.claim(ctx, jobID, worker, 0, time.Now().UnixMilli())
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return fmt.Errorf("claim: job %s is not at (%s, done)", jobID, trigger)
+	}
+	held, err := s.complete(ctx, r, result)
+	if err != nil {
+		return err
+	}
+	if !held {
+		return fmt.Errorf("complete: the run of job %s at %s was fenced", jobID, step)
+	}
+	return nil
+}

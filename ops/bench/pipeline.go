@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/jobstream/jobstream/consumers"
 	"github.com/jobstream/jobstream/schema"
 )
 
@@ -184,37 +185,6 @@ func waitPipeline(ctx context.Context, pool *pgxpool.Pool, like string, n int, p
 	}
 }
 
-// The step protocol's claim and complete, as consumers/store.go runs them
-// (each one statement: one round trip, one transaction). Keep these in step
-// with it.
-const (
-	claimSQL = `WITH j AS (
-			UPDATE jobs SET current_step = $2, status = 'running', error = NULL, updated_at = now()
-			WHERE job_id = $1 AND current_step = $3 AND status = 'done'
-			RETURNING job_id, coalesce(payload, 'null'::jsonb)::text AS payload, coalesce(results, '{}'::jsonb)::text AS results),
-		r AS (
-			INSERT INTO jobstream_runs (job_id, step, attempt, worker, trigger_lsn, trigger_commit_at, lease_expires_at)
-			SELECT job_id, $2, (SELECT coalesce(max(attempt), 0) + 1 FROM jobstream_runs WHERE job_id = $1 AND step = $2),
-			       $4, $5, to_timestamp($6::float8 / 1000), now() + make_interval(secs => $7)
-			FROM j
-			RETURNING run_id, attempt)
-		SELECT r.run_id, r.attempt, j.payload, j.results FROM j, r`
-	completeSQL = `WITH r AS (
-			SELECT run_id FROM jobstream_runs WHERE run_id = $1 AND finished_at IS NULL FOR UPDATE),
-		j AS (
-			UPDATE jobs SET status = 'done', updated_at = now(),
-				results = coalesce(results, '{}'::jsonb) || jsonb_build_object($3::text, $4::jsonb)
-			WHERE job_id = $2 AND current_step = $3 AND status = 'running' AND EXISTS (SELECT FROM r)
-			RETURNING job_id),
-		u AS (
-			UPDATE jobstream_runs SET finished_at = now(),
-				outcome = CASE WHEN EXISTS (SELECT FROM j) THEN 'done' ELSE 'discarded' END,
-				error = CASE WHEN EXISTS (SELECT FROM j) THEN NULL ELSE 'job left (step, running) while the step ran' END
-			WHERE run_id IN (SELECT run_id FROM r)
-			RETURNING outcome)
-		SELECT coalesce((SELECT outcome FROM u), 'fenced')`
-)
-
 // pipelineDatabase walks the same number of jobs through the four steps
 // with the step protocol's SQL only: as many connections as the pipeline
 // has group members, each claiming and completing one job after another.
@@ -295,21 +265,10 @@ func pipelineDatabase(ctx context.Context, e *env, run int, res *pipelineResult)
 }
 
 // claimComplete claims job id for step (triggered by trigger) and
-// completes it with a no-op result, as a worker does.
+// completes it with a no-op result, with the workers' own statements.
 func claimComplete(ctx context.Context, pool *pgxpool.Pool, id, step, trigger, worker string) error {
-	var runID int64
-	var attempt int
-	var payload, results string
-	if err := pool.QueryRow(ctx, claimSQL, id, step, trigger, worker, "0", time.Now().UnixMilli(), (30*time.Second).Seconds()).
-		Scan(&runID, &attempt, &payload, &results); err != nil {
-		return fmt.Errorf("claim %s for %s: %w", id, step, err)
-	}
-	var outcome string
-	if err := pool.QueryRow(ctx, completeSQL, runID, id, step, `{"ok":true}`).Scan(&outcome); err != nil {
-		return fmt.Errorf("complete %s for %s: %w", id, step, err)
-	}
-	if outcome != "done" {
-		return fmt.Errorf("complete %s for %s: %s", id, step, outcome)
+	if err := consumers.ClaimAndComplete(ctx, pool, id, step, trigger, worker, json.RawMessage(`{"ok":true}`)); err != nil {
+		return fmt.Errorf("%s for %s: %w", id, step, err)
 	}
 	return nil
 }
