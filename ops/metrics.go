@@ -124,6 +124,9 @@ func registerWorker(reg *prometheus.Registry, w *consumers.Worker, step string) 
 		{"jobstream_retries_total", "Attempts retried.", func() float64 { return float64(s.Retries.Load()) }},
 		{"jobstream_fenced_results_total", "Results discarded because their attempt lost its run.", func() float64 { return float64(s.Fenced.Load()) }},
 		{"jobstream_skipped_events_total", "Events that were no trigger or found nothing to claim.", func() float64 { return float64(s.Skipped.Load()) }},
+		{"jobstream_expired_leases_total", "Runs whose lease expired (their worker died or hung), closed by this worker's sweeper.", func() float64 { return float64(s.Expired.Load()) }},
+		{"jobstream_released_runs_total", "Runs given back to other workers at a stop past the grace period.", func() float64 { return float64(s.Released.Load()) }},
+		{"jobstream_worker_dead_letters_total", "Messages this worker wrote to the dead-letter topic.", func() float64 { return float64(s.DeadLetters.Load()) }},
 		{"jobstream_group_rejoins_total", "Times the stall watchdog made the members rejoin the group.", func() float64 { return float64(s.Rejoins.Load()) }},
 	} {
 		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: c.name, Help: c.help, ConstLabels: lbl}, c.f))
