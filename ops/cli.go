@@ -444,6 +444,9 @@ func runWorker(ctx context.Context, args []string, _ io.Writer) error {
 	cfg.TopicPrefix, cfg.Pipeline, cfg.Logger = c.prefix, p, log
 	if stepURL != "" {
 		cfg.Handler = consumers.HTTP(stepURL)
+		if cfg.Timeout == 0 {
+			log.Warn("--http without --timeout: a step service that never answers holds its job until this worker stops; set --timeout to the longest a step may take")
+		}
 	} else {
 		cfg.Handler = consumers.Exec(argv...)
 	}
