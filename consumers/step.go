@@ -28,7 +28,9 @@ func (w *Worker) handle(ctx context.Context, m kafka.Message, workerID, gpu stri
 	}
 	env, err := decodeTrigger(m.Value)
 	if err != nil {
-		w.deadLetter(ctx, letter{key: m.Key, event: m.Value, reason: "event is not a change-event envelope: " + err.Error()})
+		if !w.deadLetter(ctx, letter{key: m.Key, event: m.Value, reason: "event is not a change-event envelope: " + err.Error()}) {
+			return context.Cause(ctx) // not committed: the letter is written on the next delivery
+		}
 		w.stats.Skipped.Add(1)
 		return nil
 	}
@@ -39,7 +41,9 @@ func (w *Worker) handle(ctx context.Context, m kafka.Message, workerID, gpu stri
 	}
 	r, ok, err := w.claim(ctx, env, *row.JobID, workerID)
 	if isDataError(err) {
-		w.deadLetter(ctx, letter{key: m.Key, event: m.Value, reason: "claim refused by Postgres", errText: errorText(err)})
+		if !w.deadLetter(ctx, letter{key: m.Key, event: m.Value, reason: "claim refused by Postgres", errText: errorText(err)}) {
+			return context.Cause(ctx)
+		}
 		w.stats.Skipped.Add(1)
 		return nil
 	}
@@ -365,8 +369,20 @@ func (w *Worker) fail(ctx context.Context, r run, m kafka.Message, ran time.Dura
 	}
 	w.stats.Failures.Add(1)
 	w.cfg.Observer.Attempted(w.cfg.Step, "failed", ran)
-	w.deadLetter(ctx, letter{key: m.Key, event: m.Value, reason: "step failed", attempts: r.attempt, errText: errorText(cause)})
+	// The run owes this letter until deadLettered records it; if this
+	// worker dies first, the step's sweeper writes it (payOwedLetters).
+	if w.deadLetter(ctx, letter{key: m.Key, event: m.Value, reason: reasonStepFailed, attempts: r.attempt, errText: errorText(cause)}) {
+		w.recordLetter(ctx, r.id)
+	}
 	return nil
+}
+
+// recordLetter records that a run's dead letter was written. A failure only
+// means the sweeper writes the letter once more later.
+func (w *Worker) recordLetter(ctx context.Context, runID int64) {
+	if err := w.store.deadLettered(ctx, runID); err != nil && ctx.Err() == nil {
+		w.log.Warn("dead letter written but not recorded; it may be written again", "run_id", runID, "err", err)
+	}
 }
 
 // letter is a dead letter: a message that could not be processed, or the
@@ -386,8 +402,9 @@ const maxLetterEvent = 512 << 10
 
 // deadLetter writes l to the dead-letter topic, keyed by job_id. It retries
 // while the broker is unreachable, but never blocks on a letter the broker
-// refuses for good.
-func (w *Worker) deadLetter(ctx context.Context, l letter) {
+// refuses for good. settled is false only when ctx ended first: the letter
+// is still owed.
+func (w *Worker) deadLetter(ctx context.Context, l letter) (settled bool) {
 	msg := map[string]any{
 		"reason":   l.reason,
 		"step":     w.cfg.Step,
@@ -421,10 +438,14 @@ func (w *Worker) deadLetter(ctx context.Context, l letter) {
 		return err
 	})
 	if err != nil {
-		w.log.Error("dead letter not written", "job_id", string(l.key), "reason", l.reason, "err", err)
-		return
+		if ctx.Err() != nil {
+			return false
+		}
+		w.log.Error("dead letter refused by the broker; dropped", "job_id", string(l.key), "reason", l.reason, "err", err)
+		return true
 	}
 	w.stats.DeadLetters.Add(1)
+	return true
 }
 
 func orNull(b []byte) []byte {
@@ -471,6 +492,26 @@ func (w *Worker) sweepInterval() time.Duration {
 	return min(max(w.cfg.Lease/4, 250*time.Millisecond), 2*time.Second)
 }
 
+// payOwedLetters writes the dead letters of runs that failed over two
+// leases ago and whose worker died before writing them. Their triggering
+// event is gone with that worker; the letter carries the run's error and
+// trigger LSN.
+func (w *Worker) payOwedLetters(ctx context.Context) {
+	// Bounded, so that a broker outage does not hold the sweeper: what is
+	// not written stays owed for the next round.
+	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	n, err := w.store.payOwedLetters(ctx, 2*w.cfg.Lease, func(o owedLetter) bool {
+		return w.deadLetter(sctx, letter{key: []byte(o.jobID), reason: o.reason, attempts: o.attempt, errText: o.errText, triggerLSN: o.trigger})
+	})
+	if err != nil && ctx.Err() == nil {
+		w.log.Warn("write owed dead letters", "err", err)
+	}
+	if n > 0 {
+		w.log.Info("wrote dead letters that a stopped worker owed", "letters", n)
+	}
+}
+
 // sweepLoop closes the runs whose lease expired (their worker died),
 // rewinding their jobs so they are delivered again, or failing and
 // dead-lettering those whose attempts are spent.
@@ -483,6 +524,7 @@ func (w *Worker) sweepLoop(ctx context.Context) error {
 			return nil
 		case <-t.C:
 		}
+		w.payOwedLetters(ctx)
 		runs, err := w.store.sweep(ctx, w.cfg.MaxAttempts)
 		if err != nil {
 			if ctx.Err() == nil {
@@ -496,7 +538,9 @@ func (w *Worker) sweepLoop(ctx context.Context) error {
 			case s.failed:
 				w.stats.Failures.Add(1)
 				w.log.Warn("lease expired on the last attempt; job failed", "job_id", s.jobID, "attempt", s.attempt, "worker", s.worker)
-				w.deadLetter(ctx, letter{key: []byte(s.jobID), reason: "lease expired", attempts: s.attempt, errText: s.errText, triggerLSN: s.trigger})
+				if w.deadLetter(ctx, letter{key: []byte(s.jobID), reason: reasonLeaseExpired, attempts: s.attempt, errText: s.errText, triggerLSN: s.trigger}) {
+					w.recordLetter(ctx, s.runID)
+				}
 			case s.rewound:
 				w.log.Info("lease expired; job rewound to be delivered again", "job_id", s.jobID, "attempt", s.attempt, "worker", s.worker)
 			}

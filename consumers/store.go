@@ -121,13 +121,13 @@ func (s *store) retry(ctx context.Context, r run, worker string, cause error) (n
 func (s *store) fail(ctx context.Context, r run, cause error) (held bool, err error) {
 	var closed bool
 	err = s.pool.QueryRow(ctx, `WITH c AS (
-			UPDATE jobstream_runs SET finished_at = now(), outcome = 'failed', error = $4
+			UPDATE jobstream_runs SET finished_at = now(), outcome = 'failed', error = $4, dead_letter = $5
 			WHERE run_id = $1 AND finished_at IS NULL
 			RETURNING run_id),
 		j AS (
 			UPDATE jobs SET status = 'failed', error = $4, updated_at = now()
 			WHERE job_id = $2 AND current_step = $3 AND status = 'running' AND EXISTS (SELECT FROM c))
-		SELECT EXISTS (SELECT FROM c)`, r.id, r.job.JobID, s.step, errorText(cause)).Scan(&closed)
+		SELECT EXISTS (SELECT FROM c)`, r.id, r.job.JobID, s.step, errorText(cause), reasonStepFailed).Scan(&closed)
 	if err != nil {
 		return false, fmt.Errorf("fail job: %w", err)
 	}
@@ -153,6 +153,7 @@ func (s *store) release(ctx context.Context, r run) error {
 
 // swept is a run the sweeper closed because its lease expired.
 type swept struct {
+	runID   int64
 	jobID   string
 	attempt int
 	worker  string
@@ -167,10 +168,12 @@ type swept struct {
 // its attempts are spent. It returns the runs it closed.
 func (s *store) sweep(ctx context.Context, maxAttempts int) ([]swept, error) {
 	rows, err := s.pool.Query(ctx, `WITH expired AS (
-			UPDATE jobstream_runs SET finished_at = now(), outcome = 'expired',
-				error = 'lease expired: worker ' || worker || ' stopped renewing it'
+			UPDATE jobstream_runs r SET finished_at = now(), outcome = 'expired',
+				error = 'lease expired: worker ' || worker || ' stopped renewing it',
+				dead_letter = CASE WHEN attempt >= $3 AND EXISTS (SELECT FROM jobs
+					WHERE job_id = r.job_id AND current_step = $1 AND status = 'running') THEN $4 END
 			WHERE step = $1 AND finished_at IS NULL AND lease_expires_at < now()
-			RETURNING job_id, attempt, worker, coalesce(trigger_lsn, '') AS trigger_lsn),
+			RETURNING run_id, job_id, attempt, worker, coalesce(trigger_lsn, '') AS trigger_lsn),
 		moved AS (
 			UPDATE jobs j SET
 				current_step = CASE WHEN e.attempt >= $3 THEN j.current_step ELSE $2 END,
@@ -179,9 +182,9 @@ func (s *store) sweep(ctx context.Context, maxAttempts int) ([]swept, error) {
 				updated_at = now()
 			FROM expired e WHERE j.job_id = e.job_id AND j.current_step = $1 AND j.status = 'running'
 			RETURNING j.job_id, j.status, coalesce(j.error, '') AS error)
-		SELECT e.job_id, e.attempt, e.worker, e.trigger_lsn, coalesce(m.status, ''), coalesce(m.error, '')
+		SELECT e.run_id, e.job_id, e.attempt, e.worker, e.trigger_lsn, coalesce(m.status, ''), coalesce(m.error, '')
 		FROM expired e LEFT JOIN moved m USING (job_id)`,
-		s.step, s.trigger, maxAttempts)
+		s.step, s.trigger, maxAttempts, reasonLeaseExpired)
 	if err != nil {
 		return nil, fmt.Errorf("sweep: %w", err)
 	}
@@ -189,7 +192,7 @@ func (s *store) sweep(ctx context.Context, maxAttempts int) ([]swept, error) {
 	for rows.Next() {
 		var sw swept
 		var status string
-		if err := rows.Scan(&sw.jobID, &sw.attempt, &sw.worker, &sw.trigger, &status, &sw.errText); err != nil {
+		if err := rows.Scan(&sw.runID, &sw.jobID, &sw.attempt, &sw.worker, &sw.trigger, &status, &sw.errText); err != nil {
 			rows.Close()
 			return nil, fmt.Errorf("sweep: %w", err)
 		}
@@ -293,4 +296,69 @@ func ClaimAndComplete(ctx context.Context, pool *pgxpool.Pool, jobID, step, trig
 		return fmt.Errorf("complete: the run of job %s at %s was fenced", jobID, step)
 	}
 	return nil
+}
+
+// The reasons of the dead letters a failed run owes.
+const (
+	reasonStepFailed   = "step failed"
+	reasonLeaseExpired = "lease expired"
+)
+
+// owedLetter is a dead letter a failed run owes.
+type owedLetter struct {
+	runID   int64
+	jobID   string
+	attempt int
+	reason  string
+	errText string
+	trigger string
+}
+
+// deadLettered records that the broker took the dead letter run owed.
+func (s *store) deadLettered(ctx context.Context, runID int64) error {
+	_, err := s.pool.Exec(ctx, `UPDATE jobstream_runs SET dead_lettered_at = now() WHERE run_id = $1`, runID)
+	if err != nil {
+		return fmt.Errorf("record dead letter: %w", err)
+	}
+	return nil
+}
+
+// payOwedLetters finds the step's runs that failed over grace ago and still
+// owe their dead letter (their worker died before writing it), calls send
+// for each, and records the ones send wrote. The rows stay locked while send
+// runs, so two members never send the same letter, and a member that dies
+// meanwhile leaves them owed.
+func (s *store) payOwedLetters(ctx context.Context, grace time.Duration, send func(owedLetter) bool) (int, error) {
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("owed dead letters: %w", err)
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // no-op after commit
+	rows, err := tx.Query(ctx, `SELECT run_id, job_id, attempt, dead_letter, coalesce(error, ''), coalesce(trigger_lsn, '')
+		FROM jobstream_runs
+		WHERE step = $1 AND dead_letter IS NOT NULL AND dead_lettered_at IS NULL AND finished_at < now() - make_interval(secs => $2)
+		ORDER BY finished_at LIMIT 100 FOR UPDATE SKIP LOCKED`, s.step, grace.Seconds())
+	if err != nil {
+		return 0, fmt.Errorf("owed dead letters: %w", err)
+	}
+	owed, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (o owedLetter, err error) {
+		err = row.Scan(&o.runID, &o.jobID, &o.attempt, &o.reason, &o.errText, &o.trigger)
+		return o, err
+	})
+	if err != nil || len(owed) == 0 {
+		return 0, err
+	}
+	var paid []int64
+	for _, o := range owed {
+		if send(o) {
+			paid = append(paid, o.runID)
+		}
+	}
+	if _, err := tx.Exec(ctx, `UPDATE jobstream_runs SET dead_lettered_at = now() WHERE run_id = ANY($1)`, paid); err != nil {
+		return 0, fmt.Errorf("record owed dead letters: %w", err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return 0, fmt.Errorf("record owed dead letters: %w", err)
+	}
+	return len(paid), nil
 }

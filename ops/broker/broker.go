@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kerr"
@@ -89,8 +90,11 @@ func (b *Broker) Close() { b.c.Close() }
 
 // FailProduceAndFetch makes the broker answer every produce and fetch with a
 // retriable error (NOT_LEADER_OR_FOLLOWER) for d, as a broker does during a
-// leader election. For chaos tests.
-func (b *Broker) FailProduceAndFetch(d time.Duration) {
+// leader election, or until stop is called. For chaos and crash tests.
+func (b *Broker) FailProduceAndFetch(d time.Duration) (stop func()) {
 	h := b.c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce, kmsg.Fetch}, Err: kerr.NotLeaderForPartition, Count: -1})
-	time.AfterFunc(d, h.Remove)
+	var once sync.Once
+	stop = func() { once.Do(h.Remove) }
+	time.AfterFunc(d, stop)
+	return stop
 }

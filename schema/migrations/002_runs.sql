@@ -16,3 +16,10 @@ CREATE TABLE IF NOT EXISTS jobstream_runs (
     UNIQUE (job_id, step, attempt)
 );
 CREATE INDEX IF NOT EXISTS jobstream_runs_open ON jobstream_runs (step, lease_expires_at) WHERE finished_at IS NULL;
+-- The dead letter a failed run owes, and when the broker took it. A worker
+-- that dies between failing a job and writing its dead letter leaves the
+-- letter owed; the step's sweeper writes it.
+ALTER TABLE jobstream_runs ADD COLUMN IF NOT EXISTS dead_letter text;
+ALTER TABLE jobstream_runs ADD COLUMN IF NOT EXISTS dead_lettered_at timestamptz;
+CREATE INDEX IF NOT EXISTS jobstream_runs_letters_owed ON jobstream_runs (step, finished_at)
+    WHERE dead_letter IS NOT NULL AND dead_lettered_at IS NULL;
