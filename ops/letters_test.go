@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -46,27 +45,8 @@ esac
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	startReader(t, ctx, cdc.Config{DatabaseURL: e.DatabaseURL, Brokers: brokers, Slot: e.Slot, TopicPrefix: e.Prefix})
-	worker := func(name string) *exec.Cmd {
-		cmd := exec.Command(harness.Binary(t), "worker", "--step", "vlm_analyze", "--lease", "2s", "--", script)
-		cmd.Env = append(os.Environ(), "DATABASE_URL="+e.DatabaseURL, "KAFKA_BROKERS="+b.Addr(), "JOBSTREAM_TOPIC_PREFIX="+e.Prefix)
-		log, err := os.Create(filepath.Join(e.Dir, name+".log"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		cmd.Stdout, cmd.Stderr = log, log
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() {
-			cmd.Process.Kill()
-			cmd.Wait()
-			log.Close()
-			if t.Failed() {
-				out, _ := os.ReadFile(log.Name())
-				t.Logf("--- %s log ---\n%s", name, out)
-			}
-		})
-		return cmd
+	worker := func(name string) *proc {
+		return start(t, e, name, "worker", "--step", "vlm_analyze", "--lease", "2s", "--", script)
 	}
 	first := worker("worker-1")
 	jobAt := func(job, step, status string) func() (bool, string) {
@@ -89,10 +69,10 @@ esac
 		t.Fatalf("the failed run owes %d dead letters, want 1", n)
 	}
 	time.Sleep(500 * time.Millisecond) // inside the dead letter's produce retries, on purpose
-	if err := first.Process.Signal(syscall.SIGKILL); err != nil {
+	if err := first.cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	first.Wait()
+	first.cmd.Wait()
 	stopFault()
 
 	// The next worker of the step owes nothing itself, yet writes the letter.
