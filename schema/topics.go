@@ -75,18 +75,19 @@ func (b Broker) Ping(ctx context.Context, timeout time.Duration) error {
 	var op *net.OpError
 	dialFailed := errors.As(last, &op) && op.Op == "dial"
 	var certErr *tls.CertificateVerificationError
-	if errors.As(last, &certErr) {
-		return fmt.Errorf("the Kafka broker at %v presented a TLS certificate this host does not trust (%v); set KAFKA_TLS_CA (--kafka-ca) to the CA that signs it", b.Addrs, certErr.Err)
-	}
 	var recordErr tls.RecordHeaderError
-	if errors.As(last, &recordErr) || (!dialFailed && b.TLS != nil && (errors.Is(last, context.DeadlineExceeded) || errors.Is(last, io.EOF))) {
+	refusedSASL := fmt.Errorf("the Kafka broker at %v refused the SASL credentials; check KAFKA_SASL_USER, KAFKA_SASL_PASSWORD and KAFKA_SASL_MECHANISM", b.Addrs)
+	switch {
+	case errors.Is(last, kafka.SASLAuthenticationFailed):
+		return refusedSASL
+	case errors.As(last, &certErr):
+		return fmt.Errorf("the Kafka broker at %v presented a TLS certificate this host does not trust (%v); set KAFKA_TLS_CA (--kafka-ca) to the CA that signs it", b.Addrs, certErr.Err)
+	case errors.As(last, &recordErr), !dialFailed && b.TLS != nil && (errors.Is(last, context.DeadlineExceeded) || errors.Is(last, io.EOF)):
 		return fmt.Errorf("the Kafka broker at %v did not complete a TLS handshake; if its listener is plaintext, unset KAFKA_TLS and KAFKA_TLS_CA, or use its TLS listener", b.Addrs)
-	}
-	if !dialFailed && b.TLS == nil && (errors.Is(last, io.EOF) || errors.Is(last, io.ErrUnexpectedEOF)) {
+	case b.SASL != nil && !dialFailed:
+		return refusedSASL
+	case !dialFailed && b.TLS == nil && (errors.Is(last, io.EOF) || errors.Is(last, io.ErrUnexpectedEOF)):
 		return fmt.Errorf("the Kafka broker at %v closed the connection at once; if its listener expects TLS, set KAFKA_TLS=on (--kafka-tls on) or KAFKA_TLS_CA", b.Addrs)
-	}
-	if errors.Is(last, kafka.SASLAuthenticationFailed) || (b.SASL != nil && !dialFailed) {
-		return fmt.Errorf("the Kafka broker at %v refused the SASL credentials; check KAFKA_SASL_USER, KAFKA_SASL_PASSWORD and KAFKA_SASL_MECHANISM", b.Addrs)
 	}
 	return fmt.Errorf("cannot reach a Kafka broker at %v (%v); start one (jobstream broker, or Kafka) or fix KAFKA_BROKERS", b.Addrs, last)
 }
