@@ -74,6 +74,9 @@ esac
 	}
 	first.cmd.Wait()
 	stopFault()
+	if owed := lettersOwed(t, e); owed != 1 {
+		t.Errorf("status says %d dead letters owed, want 1", owed)
+	}
 
 	// The next worker of the step owes nothing itself, yet writes the letter.
 	worker("worker-2")
@@ -101,6 +104,9 @@ esac
 		n := e.Count(t, `SELECT count(*) FROM jobstream_runs WHERE job_id = 'doomed' AND dead_lettered_at IS NOT NULL`)
 		return n == 1, "the written dead letter is not recorded"
 	})
+	if owed := lettersOwed(t, e); owed != 0 {
+		t.Errorf("status says %d dead letters owed after the letter was written, want 0", owed)
+	}
 	// Recorded, it is not written again.
 	time.Sleep(6 * time.Second) // three sweeps of worker-2 past the grace
 	n := 0
@@ -112,4 +118,21 @@ esac
 	if n != 1 {
 		t.Errorf("%d dead letters for the failed job, want 1", n)
 	}
+}
+
+// lettersOwed returns the dead letters owed, as `jobstream status --json` reports them.
+func lettersOwed(t *testing.T, e *harness.Env) int64 {
+	t.Helper()
+	code, out, stderr := runMain(t, "status", "--json", "--database-url", e.DatabaseURL, "--brokers", e.Brokers[0],
+		"--topic-prefix", e.Prefix, "--slot", e.Slot)
+	if code != 0 {
+		t.Fatalf("status exit %d: %s", code, stderr)
+	}
+	var rep struct {
+		Owed *int64 `json:"dead_letters_owed"`
+	}
+	if err := json.Unmarshal([]byte(out), &rep); err != nil || rep.Owed == nil {
+		t.Fatalf("status --json: %v: %s", err, out)
+	}
+	return *rep.Owed
 }

@@ -61,6 +61,7 @@ type statusReport struct {
 	Jobs          []jobCount   `json:"jobs"`
 	ExpiredLeases int64        `json:"expired_leases"`
 	DeadLetters   int64        `json:"dead_letters"`
+	LettersOwed   int64        `json:"dead_letters_owed"`
 }
 
 type statusConfig struct {
@@ -169,7 +170,9 @@ func collectStatus(ctx context.Context, pool *pgxpool.Pool, a *admin, p schema.P
 	}); err != nil {
 		return nil, fmt.Errorf("read runs: %w", err)
 	}
-	if err := pool.QueryRow(ctx, `SELECT count(*) FROM jobstream_runs WHERE finished_at IS NULL AND lease_expires_at < now()`).Scan(&rep.ExpiredLeases); err != nil {
+	if err := pool.QueryRow(ctx, `SELECT
+			(SELECT count(*) FROM jobstream_runs WHERE finished_at IS NULL AND lease_expires_at < now()),
+			(SELECT count(*) FROM jobstream_runs WHERE dead_letter IS NOT NULL AND dead_lettered_at IS NULL)`).Scan(&rep.ExpiredLeases, &rep.LettersOwed); err != nil {
 		return nil, fmt.Errorf("read leases: %w", err)
 	}
 	rows, err = pool.Query(ctx, `SELECT coalesce(current_step, ''), coalesce(status, ''), count(*) FROM jobs GROUP BY 1, 2 ORDER BY 1, 2`)
@@ -254,7 +257,11 @@ func printStatus(out io.Writer, rep *statusReport, prev *statusReport) {
 		fmt.Fprintf(tw, "  %s\t%s\t%d\n", j.Step, j.Status, j.Count)
 	}
 	tw.Flush()
-	fmt.Fprintf(out, "\nexpired leases: %d   dead letters: %d\n", rep.ExpiredLeases, rep.DeadLetters)
+	fmt.Fprintf(out, "\nexpired leases: %d   dead letters: %d", rep.ExpiredLeases, rep.DeadLetters)
+	if rep.LettersOwed > 0 {
+		fmt.Fprintf(out, " (%d owed by failed runs, written by the step's workers)", rep.LettersOwed)
+	}
+	fmt.Fprintln(out)
 }
 
 func bytesIEC(n int64) string {

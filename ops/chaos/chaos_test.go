@@ -14,6 +14,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -209,6 +210,7 @@ func TestChaos(t *testing.T) {
 
 	// Load: jobs inserted at a steady pace over the first 60% of the schedule.
 	loadDone := make(chan error, 1)
+	var loaded atomic.Bool // every job inserted
 	go func() {
 		every := sc.duration * 6 / 10 / time.Duration(sc.jobs)
 		for i := 1; i <= sc.jobs; i++ {
@@ -222,6 +224,7 @@ func TestChaos(t *testing.T) {
 			}
 			time.Sleep(every)
 		}
+		loaded.Store(true)
 		loadDone <- nil
 	}()
 
@@ -230,13 +233,18 @@ func TestChaos(t *testing.T) {
 	var slowest time.Duration
 	var slowestWhat string
 	recovery := func(what string, from time.Time) {
-		// Recovery: until the pipeline completes a step again.
+		// Recovery: until the pipeline completes a step again. When no job
+		// is left to move (the load is over and every job is done), there is
+		// nothing to recover and nothing to measure.
 		var before int
 		pool.QueryRow(ctx, `SELECT count(*) FROM jobstream_runs WHERE outcome = 'done'`).Scan(&before)
 		for time.Since(from) < 30*time.Second {
-			var n int
+			var n, left int
 			if pool.QueryRow(ctx, `SELECT count(*) FROM jobstream_runs WHERE outcome = 'done'`).Scan(&n) == nil && n > before {
 				break
+			}
+			if loaded.Load() && pool.QueryRow(ctx, `SELECT count(*) FROM jobs WHERE NOT (current_step = 'overlay' AND status = 'done')`).Scan(&left) == nil && left == 0 {
+				return
 			}
 			time.Sleep(50 * time.Millisecond)
 		}
