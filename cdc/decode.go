@@ -2,6 +2,7 @@ package cdc
 
 import (
 	"encoding/base64"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -56,7 +57,7 @@ func appendRow(b []byte, rel *pglogrepl.RelationMessage, tuple, old *pglogrepl.T
 		if i > 0 {
 			b = append(b, ',')
 		}
-		b = strconv.AppendQuote(b, rc.Name)
+		b = appendQuoted(b, rc.Name)
 		b = append(b, ':')
 		kind, data := col.DataType, col.Data
 		if kind == 'u' && old != nil && i < len(old.Columns) && old.Columns[i].DataType != 'u' {
@@ -202,6 +203,9 @@ func twosComplement(x *big.Int) []byte {
 
 // parseTimestamp parses Postgres' ISO output ("2006-01-02 15:04:05.999999+00").
 func parseTimestamp(v []byte, tz bool) (time.Time, bool) {
+	if t, ok := parseTimestampISO(v, tz); ok {
+		return t, true
+	}
 	s := string(v)
 	var t time.Time
 	var err error
@@ -219,6 +223,88 @@ func parseTimestamp(v []byte, tz bool) (time.Time, bool) {
 	return t, err == nil
 }
 
+// jsonPlain marks the bytes appendJSONString copies as they are: printable
+// ASCII but the quote and the backslash.
+var jsonPlain = func() (t [256]bool) {
+	for c := 0x20; c < 0x7f; c++ {
+		t[c] = c != '"' && c != '\\'
+	}
+	return t
+}()
+
+// parseTimestampISO parses, without allocating, what Postgres writes for a
+// timestamp with its ISO DateStyle: "2006-01-02 15:04:05", then 1 to 9
+// fractional digits after a '.', then with tz an offset "+07" or "-07:30".
+// It reports false for anything else (and for any value out of range), which
+// parseTimestamp leaves to time.Parse; where it succeeds, it gives the time
+// time.Parse gives.
+func parseTimestampISO(v []byte, tz bool) (time.Time, bool) {
+	if len(v) < 19 || v[4] != '-' || v[7] != '-' || v[10] != ' ' || v[13] != ':' || v[16] != ':' {
+		return time.Time{}, false
+	}
+	ok := true
+	num := func(i int) int {
+		hi, lo := v[i]-'0', v[i+1]-'0'
+		ok = ok && hi <= 9 && lo <= 9
+		return int(hi)*10 + int(lo)
+	}
+	year := num(0)*100 + num(2)
+	month, day, hour, minute, sec := num(5), num(8), num(11), num(14), num(17)
+	if !ok || month < 1 || month > 12 || day < 1 || day > daysIn(time.Month(month), year) || hour > 23 || minute > 59 || sec > 59 {
+		return time.Time{}, false
+	}
+	i, nsec := 19, 0
+	if i < len(v) && v[i] == '.' {
+		i++
+		start := i
+		for i < len(v) && i-start < 9 && v[i] >= '0' && v[i] <= '9' {
+			nsec = nsec*10 + int(v[i]-'0')
+			i++
+		}
+		if i == start || i < len(v) && v[i] >= '0' && v[i] <= '9' {
+			return time.Time{}, false
+		}
+		for n := i - start; n < 9; n++ {
+			nsec *= 10
+		}
+	}
+	offset := 0
+	if tz {
+		if n := len(v) - i; n != 3 && (n != 6 || v[i+3] != ':') {
+			return time.Time{}, false
+		}
+		oh, om := num(i+1), 0
+		if len(v)-i == 6 {
+			om = num(i + 4)
+		}
+		if !ok || oh > 23 || om > 59 {
+			return time.Time{}, false
+		}
+		switch offset = (oh*60 + om) * 60; v[i] {
+		case '+':
+		case '-':
+			offset = -offset
+		default:
+			return time.Time{}, false
+		}
+	} else if i != len(v) {
+		return time.Time{}, false
+	}
+	t := time.Date(year, time.Month(month), day, hour, minute, sec, nsec, time.UTC)
+	return t.Add(-time.Duration(offset) * time.Second), true
+}
+
+// daysIn returns the number of days of month m of year (proleptic Gregorian).
+func daysIn(m time.Month, year int) int {
+	if m == time.February {
+		if year%4 == 0 && (year%100 != 0 || year%400 == 0) {
+			return 29
+		}
+		return 28
+	}
+	return 31 - int((m-1)%7%2)
+}
+
 // appendJSONString appends s as a JSON string literal; bytes that are not
 // valid UTF-8 become U+FFFD.
 func appendJSONString(b []byte, s []byte) []byte {
@@ -226,6 +312,10 @@ func appendJSONString(b []byte, s []byte) []byte {
 	b = append(b, '"')
 	start := 0
 	for i := 0; i < len(s); {
+		if jsonPlain[s[i]] {
+			i++
+			continue
+		}
 		c := s[i]
 		if c >= 0x80 {
 			r, size := utf8.DecodeRune(s[i:])
@@ -237,10 +327,6 @@ func appendJSONString(b []byte, s []byte) []byte {
 				continue
 			}
 			i += size
-			continue
-		}
-		if c >= 0x20 && c != '"' && c != '\\' && c < 0x7f {
-			i++
 			continue
 		}
 		b = append(b, s[start:i]...)
@@ -320,4 +406,137 @@ func isJSONNumber(v []byte) bool {
 		}
 	}
 	return i == len(v)
+}
+
+// rowMessage is a pgoutput Insert, Update or Delete as rowDecoder decodes it.
+type rowMessage struct {
+	op    byte // 'I', 'U' or 'D'
+	relID uint32
+	// oldType is 'K' (the old key) or 'O' (the whole old row, REPLICA
+	// IDENTITY FULL) when old is set, else 0.
+	oldType  byte
+	old, new *pglogrepl.TupleData
+}
+
+// rowDecoder decodes the row-carrying pgoutput messages, which are nearly
+// all of the stream, without allocating: the tuples and columns it returns
+// are reused by the next call, and the column values are slices of the
+// message itself, so they are valid only until the next message is
+// received. It gives up (ok false) on anything but a well-formed message,
+// and the caller falls back to parsePgoutput, so every odd case keeps
+// pglogrepl's behaviour; where it succeeds, its result equals pglogrepl's.
+type rowDecoder struct {
+	cols     []pglogrepl.TupleDataColumn
+	ptrs     []*pglogrepl.TupleDataColumn
+	old, new pglogrepl.TupleData
+}
+
+// decode decodes data, a pgoutput message starting with its type byte.
+func (d *rowDecoder) decode(data []byte) (m rowMessage, ok bool) {
+	if len(data) < 6 {
+		return m, false
+	}
+	m.op, m.relID = data[0], binary.BigEndian.Uint32(data[1:])
+	d.cols = d.cols[:0]
+	at, oldCols := 5, -1
+	kind := data[at]
+	at++
+	switch m.op {
+	case 'I':
+		if kind != 'N' || len(data) < 9 { // pglogrepl wants 8 bytes after the type
+
+			return m, false
+		}
+	case 'U':
+		if kind == 'K' || kind == 'O' {
+			m.oldType = kind
+			if at, ok = d.tuple(data, at); !ok || at >= len(data) || data[at] != 'N' {
+				return m, false
+			}
+			oldCols = len(d.cols)
+			at++
+		} else if kind != 'N' {
+			return m, false
+		}
+	case 'D':
+		if kind != 'K' && kind != 'O' {
+			return m, false
+		}
+		m.oldType = kind
+		if _, ok = d.tuple(data, at); !ok {
+			return m, false
+		}
+		oldCols = len(d.cols)
+	default:
+		return m, false
+	}
+	if m.op != 'D' {
+		if _, ok = d.tuple(data, at); !ok {
+			return m, false
+		}
+	}
+	// Point the tuples at the columns only now: d.cols may have grown.
+	d.ptrs = d.ptrs[:0]
+	for i := range d.cols {
+		d.ptrs = append(d.ptrs, &d.cols[i])
+	}
+	split := max(oldCols, 0)
+	if oldCols >= 0 {
+		d.old = pglogrepl.TupleData{ColumnNum: uint16(split), Columns: d.ptrs[:split:split]}
+		m.old = &d.old
+	}
+	if m.op != 'D' {
+		d.new = pglogrepl.TupleData{ColumnNum: uint16(len(d.ptrs) - split), Columns: d.ptrs[split:]}
+		m.new = &d.new
+	}
+	return m, true
+}
+
+// tuple decodes the TupleData at src[at:], appending its columns to d.cols,
+// and returns the offset after it.
+func (d *rowDecoder) tuple(src []byte, at int) (int, bool) {
+	if len(src)-at < 2 {
+		return 0, false
+	}
+	n := int(binary.BigEndian.Uint16(src[at:]))
+	at += 2
+	for range n {
+		if at >= len(src) {
+			return 0, false
+		}
+		c := pglogrepl.TupleDataColumn{DataType: src[at]}
+		at++
+		switch c.DataType {
+		case pglogrepl.TupleDataTypeText, pglogrepl.TupleDataTypeBinary:
+			if len(src)-at < 4 {
+				return 0, false
+			}
+			c.Length = binary.BigEndian.Uint32(src[at:])
+			at += 4
+			if uint64(c.Length) > uint64(len(src)-at) {
+				return 0, false
+			}
+			end := at + int(c.Length)
+			c.Data = src[at:end:end]
+			at = end
+		case pglogrepl.TupleDataTypeNull, pglogrepl.TupleDataTypeToast:
+		default:
+			return 0, false
+		}
+		d.cols = append(d.cols, c)
+	}
+	return at, true
+}
+
+// appendQuoted appends s quoted as strconv.AppendQuote quotes it, faster
+// for the usual names: printable ASCII with no quote or backslash.
+func appendQuoted(b []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' {
+			return strconv.AppendQuote(b, s)
+		}
+	}
+	b = append(b, '"')
+	b = append(b, s...)
+	return append(b, '"')
 }

@@ -34,7 +34,9 @@ func (s *source) xid() uint32 {
 	return uint32(s.txID)
 }
 
-// change is one row change to render and route.
+// change is one row change to render and route. The values of its tuples
+// may be slices of the replication message they were decoded from: nothing
+// may keep them past routeChange.
 type change struct {
 	op     string // schema.OpCreate, OpUpdate, OpDelete or OpRead
 	rel    *pglogrepl.RelationMessage
@@ -49,15 +51,18 @@ type change struct {
 
 // appendSource appends the envelope's source block.
 func (r *Reader) appendSource(v []byte, s *source) []byte {
-	v = append(v, `"source":{"version":"`+schema.Version+`","connector":"postgresql","name":`...)
-	v = strconv.AppendQuote(v, r.cfg.TopicPrefix)
-	v = append(v, `,"ts_ms":`...)
+	if r.srcDB != r.db || r.srcHead == nil {
+		// The parts that never change, rendered once.
+		r.srcHead = append([]byte(`"source":{"version":"`+schema.Version+`","connector":"postgresql","name":`), strconv.Quote(r.cfg.TopicPrefix)...)
+		r.srcHead = append(r.srcHead, `,"ts_ms":`...)
+		r.srcDBPart = append(append([]byte(`","db":`), strconv.Quote(r.db)...), `,"sequence":"[`...)
+		r.srcDB = r.db
+	}
+	v = append(v, r.srcHead...)
 	v = strconv.AppendInt(v, s.tsMs, 10)
 	v = append(v, `,"snapshot":"`...)
 	v = append(v, s.snapshot...)
-	v = append(v, `","db":`...)
-	v = strconv.AppendQuote(v, r.db)
-	v = append(v, `,"sequence":"[`...)
+	v = append(v, r.srcDBPart...)
 	if s.lastCommit == 0 {
 		v = append(v, "null"...)
 	} else {
@@ -68,9 +73,9 @@ func (r *Reader) appendSource(v []byte, s *source) []byte {
 	v = append(v, `,\"`...)
 	v = strconv.AppendUint(v, uint64(s.lsn), 10)
 	v = append(v, `\"]","schema":`...)
-	v = strconv.AppendQuote(v, s.schema)
+	v = appendQuoted(v, s.schema)
 	v = append(v, `,"table":`...)
-	v = strconv.AppendQuote(v, s.table)
+	v = appendQuoted(v, s.table)
 	v = append(v, `,"txId":`...)
 	v = strconv.AppendUint(v, s.txID, 10)
 	v = append(v, `,"lsn":`...)
@@ -92,7 +97,8 @@ func appendTail(v []byte, op string) []byte {
 // delete whose step the WAL does not carry, or a dead letter when the row
 // cannot be routed or encoded.
 func (r *Reader) routeChange(ctx context.Context, c *change, emit func(event) error) error {
-	v := make([]byte, 0, 512)
+	// Render into a buffer reused from change to change, then copy.
+	v := r.render[:0]
 	v = append(v, `{"before":`...)
 	v, bID, bStep, bBad := appendRow(v, c.rel, c.before, nil)
 	v = append(v, `,"after":`...)
@@ -104,12 +110,24 @@ func (r *Reader) routeChange(ctx context.Context, c *change, emit func(event) er
 	v = append(v, ',')
 	v = r.appendSource(v, &c.src)
 	v = appendTail(v, c.op)
+	r.render = v
 
 	key, step, bad := aID, aStep, aBad
 	if c.after == nil {
 		key, step, bad = bID, bStep, bBad
 	} else if bad == "" {
 		bad = bBad
+	}
+	// One allocation holds the event's value and key, both the event's own.
+	value := append([]byte(nil), v...)
+	if key != nil {
+		if cap(value)-len(value) >= len(key) {
+			n := len(value)
+			value = append(value, key...)
+			value, key = value[:n:n], value[n:]
+		} else {
+			key = append([]byte{}, key...)
+		}
 	}
 	var reason, topic string
 	switch {
@@ -118,16 +136,21 @@ func (r *Reader) routeChange(ctx context.Context, c *change, emit func(event) er
 	case key == nil:
 		reason = "the row has no job_id, so the event has no key"
 	case step == nil && c.op == schema.OpDelete && !c.oldFull:
-		return r.broadcast(ctx, c.op, key, v, &c.src, emit)
+		return r.broadcast(ctx, c.op, key, value, &c.src, emit)
 	case step == nil:
 		reason = "current_step is null, so the row has no step topic"
 	default:
-		topic = schema.Topic(r.cfg.TopicPrefix, string(step))
-		if err := schema.ValidTopic(topic); err != nil {
-			reason = err.Error()
+		var ok bool
+		if topic, ok = r.topics[string(step)]; !ok {
+			topic = schema.Topic(r.cfg.TopicPrefix, string(step))
+			if err := schema.ValidTopic(topic); err != nil {
+				reason = err.Error()
+			} else if len(r.topics) < 1024 {
+				r.topics[string(step)] = topic
+			}
 		}
 	}
-	ev := event{topic: topic, key: key, value: v, partition: -1, op: c.op[0], lsn: c.src.lsn, xid: c.src.xid()}
+	ev := event{topic: topic, key: key, value: value, partition: -1, op: c.op[0], lsn: c.src.lsn, xid: c.src.xid()}
 	if reason == "" && ev.size()+batchOverhead > r.maxMessage {
 		reason = fmt.Sprintf("event is %d bytes, over the broker's message limit of %d", ev.size()-recordOverhead, r.maxMessage)
 	}

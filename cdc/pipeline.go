@@ -33,7 +33,7 @@ type flight struct {
 	err   error
 	// wake, when set, interrupts the replication receive waiting in the
 	// main loop, so it hands on the next batch at once.
-	wake atomic.Pointer[context.CancelFunc]
+	wake atomic.Pointer[func()]
 }
 
 func (f *flight) finished() bool {

@@ -192,13 +192,18 @@ type topicPartition struct {
 func (p *producer) produce(ctx context.Context, evs []event) error {
 	groups := map[topicPartition][]int{}
 	var order []topicPartition
+	var lastTopic string // and its partition count n, looked up once per run of events
+	var n int
 	for i := range evs {
 		ev := &evs[i]
 		part := int(ev.partition)
 		if part < 0 {
-			n, err := p.partitionsRetrying(ctx, ev.topic)
-			if err != nil {
-				return err
+			if n == 0 || ev.topic != lastTopic {
+				var err error
+				if n, err = p.partitionsRetrying(ctx, ev.topic); err != nil {
+					return err
+				}
+				lastTopic = ev.topic
 			}
 			part = int((murmur2(ev.key) & 0x7fffffff) % uint32(n))
 		}

@@ -34,6 +34,14 @@ type Reader struct {
 	known      map[string]bool // topics created or seen to exist
 	rels       map[uint32]*pglogrepl.RelationMessage
 
+	// Rendering, reused from event to event: the buffer an envelope is
+	// rendered in, the constant parts of the source block (for database
+	// srcDB), and the topic of each step seen (valid names only).
+	render             []byte
+	srcHead, srcDBPart []byte
+	srcDB              string
+	topics             map[string]string
+
 	// Positions. received: the last WAL position seen. acked: the end of the
 	// last transaction whose every event the broker acknowledged; the only
 	// position ever reported as flushed.
@@ -56,6 +64,7 @@ func New(cfg Config) (*Reader, error) {
 		broker: schema.Broker{Addrs: cfg.Brokers, SASL: cfg.SASL, TLS: cfg.TLS},
 		known:  map[string]bool{},
 		rels:   map[uint32]*pglogrepl.RelationMessage{},
+		topics: map[string]string{},
 		ready:  make(chan struct{}),
 	}, nil
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -33,6 +35,19 @@ type stream struct {
 
 	lastStatus   time.Time
 	lastReported pglogrepl.LSN
+
+	// Receiving. The replication connection's read deadline is when the next
+	// status update is due; it is set only when that changes (readDeadline is
+	// the one set). wake interrupts a receive at once, from any goroutine, by
+	// moving the deadline into the past (the producer calls it when a batch
+	// lands, an AfterFunc when ctx is done); interrupted tells the main loop
+	// to set its deadline again. Receiving with no context of its own spares
+	// pgconn a context watcher, and the loop a deadline context, per message.
+	readDeadline time.Time
+	interrupted  atomic.Bool
+	wake         func()
+
+	rows rowDecoder
 }
 
 // run streams from start until the connection fails or ctx is done.
@@ -50,6 +65,14 @@ func (s *stream) run(ctx context.Context, start pglogrepl.LSN) error {
 	}
 	r.log.Info("streaming", "slot", r.cfg.Slot, "from", start)
 	s.pl.whileWaiting = func() error { return s.maybeSendStatus(ctx, false) }
+	netConn := s.conn.Conn()
+	s.wake = func() {
+		netConn.SetReadDeadline(time.Unix(1, 0)) //nolint:errcheck // a closed connection needs no waking
+		// After the deadline: once receive sees the flag, the past deadline
+		// is set, and its own deadline replaces it.
+		s.interrupted.Store(true)
+	}
+	defer context.AfterFunc(ctx, s.wake)()
 
 	for {
 		if err := s.pl.poll(); err != nil {
@@ -89,23 +112,34 @@ func (s *stream) receive(ctx context.Context) (pgproto3.BackendMessage, error) {
 	if soon := s.lastStatus.Add(statusMinGap); s.r.acked > s.lastReported && soon.Before(deadline) {
 		deadline = soon
 	}
-	rctx, cancel := context.WithDeadline(ctx, deadline)
-	defer cancel()
+	// Set the deadline before publishing wake and before looking at ctx and
+	// the flight: a wake this overwrites came after the flight finished or
+	// ctx was done, which the checks below then see.
+	if s.interrupted.Swap(false) || !deadline.Equal(s.readDeadline) {
+		if err := s.conn.Conn().SetReadDeadline(deadline); err != nil {
+			return nil, fmt.Errorf("receive: %w", err)
+		}
+		s.readDeadline = deadline
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	if f := s.pl.inflight; f != nil {
-		f.wake.Store(&cancel)
+		f.wake.Store(&s.wake)
 		defer f.wake.Store(nil)
 		if f.finished() {
 			return nil, nil
 		}
 	}
-	msg, err := s.conn.ReceiveMessage(rctx)
+	msg, err := s.conn.ReceiveMessage(context.Background())
 	switch {
 	case err == nil:
 		return msg, nil
 	case ctx.Err() != nil:
 		return nil, ctx.Err()
-	case rctx.Err() != nil && !s.conn.IsClosed():
-		// pgconn keeps a message it was part way through for the next call.
+	case errors.Is(err, os.ErrDeadlineExceeded) && !s.conn.IsClosed():
+		// The deadline passed or wake was called. pgconn keeps a message it
+		// was part way through for the next call.
 		return nil, nil
 	}
 	return nil, fmt.Errorf("receive: %w", err)
@@ -147,6 +181,17 @@ func (s *stream) handleCopyData(ctx context.Context, data []byte) error {
 
 func (s *stream) handleWAL(ctx context.Context, xld pglogrepl.XLogData) error {
 	r := s.r
+	if m, ok := s.rows.decode(xld.WALData); ok {
+		// The fast path for rows; the tuples are valid until the next receive.
+		switch m.op {
+		case 'I':
+			return s.change(ctx, xld.WALStart, schema.OpCreate, m.relID, nil, m.new, false)
+		case 'U':
+			return s.change(ctx, xld.WALStart, schema.OpUpdate, m.relID, m.old, m.new, m.oldType == pglogrepl.UpdateMessageTupleTypeOld)
+		default:
+			return s.change(ctx, xld.WALStart, schema.OpDelete, m.relID, m.old, nil, m.oldType == pglogrepl.DeleteMessageTupleTypeOld)
+		}
+	}
 	msg, err := parsePgoutput(xld.WALData)
 	if err != nil {
 		if len(xld.WALData) > 0 && (xld.WALData[0] == 'I' || xld.WALData[0] == 'U' || xld.WALData[0] == 'D') {
