@@ -60,7 +60,7 @@ func TestKillNineLosesNothing(t *testing.T) {
 		case <-writing:
 			done = true
 		case <-time.After(time.Duration(150+rand.IntN(900)) * time.Millisecond):
-			p.kill9()
+			p.Kill()
 			kills++
 			p = startProc(t, e, "--snapshot", "never", "--partitions", "4")
 		}
@@ -183,15 +183,15 @@ func TestStandbyTakesOver(t *testing.T) {
 	pid := waitSlotActive(t, e)
 	second := startProc(t, e)
 	harness.Eventually(t, 60*time.Second, func() (bool, string) {
-		return strings.Contains(second.out.String(), "waiting as standby"), "second reader not waiting as standby"
+		return strings.Contains(second.Log(), "waiting as standby"), "second reader not waiting as standby"
 	})
 	e.Exec(t, `INSERT INTO jobs (job_id, current_step, status) SELECT 'a' || i, 'img_gen', 'done' FROM generate_series(1, 100) i`)
 	waitMessages(t, e, e.Topic("img_gen"), 100)
-	if second.exited() || !strings.Contains(first.out.String(), "streaming") {
+	if second.Exited() || !strings.Contains(first.Log(), "streaming") {
 		t.Fatal("the first reader is not the one streaming")
 	}
 
-	first.kill9()
+	first.Kill()
 	killed := time.Now()
 	e.Exec(t, `INSERT INTO jobs (job_id, current_step, status) SELECT 'b' || i, 'img_gen', 'done' FROM generate_series(1, 100) i`)
 	var took time.Duration
@@ -211,7 +211,7 @@ func TestStandbyTakesOver(t *testing.T) {
 	if len(keys) != 200 {
 		t.Fatalf("%d of 200 jobs in the topic", len(keys))
 	}
-	if !strings.Contains(second.out.String(), "taking over") {
+	if !strings.Contains(second.Log(), "taking over") {
 		t.Fatalf("the standby did not say it took over")
 	}
 	t.Logf("standby took the slot over %s after SIGKILL of the active reader", took.Round(time.Millisecond))
@@ -268,7 +268,7 @@ func TestSnapshotInterruptedByCrashStartsOver(t *testing.T) {
 		t.Fatal("jobstream_slots does not show a snapshot in progress")
 	}
 	landed := topicCount(t, e, e.Topic("img_gen"))
-	first.kill9()
+	first.Kill()
 
 	// While no reader runs: changes the new snapshot must contain.
 	e.Exec(t, `UPDATE jobs SET seq = 1 WHERE job_id IN ('j1', 'j2500', 'j5000')`)
@@ -279,7 +279,7 @@ func TestSnapshotInterruptedByCrashStartsOver(t *testing.T) {
 		n := e.Count(t, `SELECT count(*) FROM jobstream_slots WHERE slot_name = $1 AND completed_at IS NOT NULL AND snapshot_rows = 5001`, e.Slot)
 		return n == 1, "second snapshot not complete"
 	})
-	if !strings.Contains(second.out.String(), "interrupted; dropping the slot") {
+	if !strings.Contains(second.Log(), "interrupted; dropping the slot") {
 		t.Error("the second reader did not say it starts the snapshot over")
 	}
 	e.Exec(t, `UPDATE jobs SET seq = 2 WHERE job_id IN ('j1', 'late')`)

@@ -5,12 +5,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"os"
 	"os/exec"
 	"regexp"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -37,112 +34,20 @@ func startReader(t testing.TB, e *harness.Env, tweak func(*cdc.Config)) *cdc.Rea
 	if tweak != nil {
 		tweak(&cfg)
 	}
-	r, err := cdc.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- r.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("reader: %v", err)
-			}
-		case <-time.After(30 * time.Second):
-			t.Errorf("reader did not stop within 30s")
-		}
-	})
-	select {
-	case <-r.Ready():
-	case err := <-done:
-		done <- err
-		t.Fatalf("reader stopped at start: %v", err)
-	case <-time.After(60 * time.Second):
-		t.Fatal("reader not ready within 60s")
-	}
-	return r
+	return harness.StartReader(t, context.Background(), cfg)
 }
 
-// proc is a `jobstream reader` process.
+// proc is a `jobstream reader` process; cmd is its command.
 type proc struct {
-	cmd  *exec.Cmd
-	out  *syncBuffer
-	done chan struct{}
-}
-
-// syncBuffer is a bytes.Buffer safe for a process's writers and a reader.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
+	*harness.Process
+	cmd *exec.Cmd
 }
 
 // startProc starts `jobstream reader` for e with args; the test's end stops it.
 func startProc(t testing.TB, e *harness.Env, args ...string) *proc {
 	t.Helper()
-	cmd := exec.Command(harness.Binary(t), append([]string{"reader"}, args...)...)
-	cmd.Env = append(os.Environ(),
-		"DATABASE_URL="+e.DatabaseURL,
-		"KAFKA_BROKERS="+strings.Join(e.Brokers, ","),
-		"JOBSTREAM_TOPIC_PREFIX="+e.Prefix,
-		"JOBSTREAM_SLOT="+e.Slot,
-		"JOBSTREAM_PUBLICATION="+e.Publication,
-		"JOBSTREAM_STATUS_INTERVAL=1s",
-		"JOBSTREAM_LOG_LEVEL=debug",
-	)
-	p := &proc{cmd: cmd, out: &syncBuffer{}, done: make(chan struct{})}
-	cmd.Stdout, cmd.Stderr = p.out, p.out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { cmd.Wait(); close(p.done) }()
-	t.Cleanup(func() {
-		p.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-p.done:
-		case <-time.After(20 * time.Second):
-			p.cmd.Process.Kill()
-			<-p.done
-		}
-		if t.Failed() {
-			out := p.out.String()
-			if len(out) > 6000 {
-				out = out[len(out)-6000:]
-			}
-			t.Logf("--- reader %d log (tail) ---\n%s", p.cmd.Process.Pid, out)
-		}
-	})
-	return p
-}
-
-// kill9 kills the process as a crash would and waits for it to be gone.
-func (p *proc) kill9() {
-	p.cmd.Process.Signal(syscall.SIGKILL)
-	<-p.done
-}
-
-// exited reports whether the process has ended.
-func (p *proc) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
+	p := e.StartProcess(t, "reader", []string{"JOBSTREAM_STATUS_INTERVAL=1s"}, append([]string{"reader"}, args...)...)
+	return &proc{Process: p, cmd: p.Cmd()}
 }
 
 // waitSlotActive waits until the slot is streamed from by some process and
@@ -414,7 +319,7 @@ func isType(v any, want string) bool {
 func sqlASCIIDatabase(t testing.TB, e *harness.Env) *harness.Env {
 	t.Helper()
 	ctx := context.Background()
-	a := *e
+	a := e.Copy(t)
 	a.DB = e.DB + "_ascii"
 	a.DatabaseURL = e.Postgres.URL(a.DB)
 	a.Slot = e.Slot + "_ascii"
@@ -448,5 +353,5 @@ func sqlASCIIDatabase(t testing.TB, e *harness.Env) *harness.Env {
 	if _, err := schema.Migrate(ctx, conn, schema.MigrateOptions{Publication: a.Publication}); err != nil {
 		t.Fatal(err)
 	}
-	return &a
+	return a
 }

@@ -40,11 +40,10 @@ func privatePostgres(t *testing.T, e *harness.Env, dir string, opts localpg.Opti
 	}
 	srv := &server{Postgres: pg}
 	t.Cleanup(srv.stop)
-	p := *e
+	p := e.Copy(t)
 	p.DB, p.DatabaseURL = "postgres", pg.URL("postgres")
 	p.Postgres = pg
-	t.Cleanup(func() { p.Pool(t).Close() })
-	return &p, srv
+	return p, srv
 }
 
 func migrate(t *testing.T, url string) {

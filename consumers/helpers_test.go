@@ -6,13 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -24,112 +22,11 @@ import (
 
 // ---- worker processes ----
 
-// proc is a jobstream process a test started; it is stopped (SIGTERM, then
-// SIGKILL) when the test ends, and its log shown if the test failed.
-type proc struct {
-	name string
-	cmd  *exec.Cmd
-	log  string
-	done chan struct{} // closed when the process exited
-	err  error         // its Wait error, once done
-}
-
-// startProc runs the jobstream binary with args against e; env adds to
-// the environment (DATABASE_URL, KAFKA_BROKERS, the topic prefix are set).
-func startProc(t *testing.T, e *harness.Env, name string, env []string, args ...string) *proc {
-	t.Helper()
-	logPath := filepath.Join(e.Dir, name+".log")
-	f, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(harness.Binary(t), args...)
-	cmd.Env = append(os.Environ(),
-		"DATABASE_URL="+e.DatabaseURL,
-		"KAFKA_BROKERS="+strings.Join(e.Brokers, ","),
-		"JOBSTREAM_TOPIC_PREFIX="+e.Prefix,
-		"JOBSTREAM_LOG_LEVEL=debug",
-	)
-	cmd.Env = append(cmd.Env, env...)
-	cmd.Stdout, cmd.Stderr = f, f
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	p := &proc{name: name, cmd: cmd, log: logPath, done: make(chan struct{})}
-	go func() {
-		p.err = cmd.Wait()
-		f.Close()
-		close(p.done)
-	}()
-	t.Cleanup(func() {
-		if !p.exited() {
-			cmd.Process.Signal(syscall.SIGCONT)
-			cmd.Process.Signal(syscall.SIGTERM)
-			select {
-			case <-p.done:
-			case <-time.After(30 * time.Second):
-				cmd.Process.Kill()
-				<-p.done
-			}
-		}
-		if t.Failed() || os.Getenv("JOBSTREAM_TEST_LOGS") != "" {
-			b, _ := os.ReadFile(logPath)
-			if len(b) > 12000 {
-				b = b[len(b)-12000:]
-			}
-			t.Logf("--- %s log (tail) ---\n%s", name, b)
-		}
-	})
-	return p
-}
-
-func (p *proc) pid() int { return p.cmd.Process.Pid }
-
-func (p *proc) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}
-
-func (p *proc) signal(t *testing.T, sig syscall.Signal) {
-	t.Helper()
-	if err := p.cmd.Process.Signal(sig); err != nil {
-		t.Fatalf("signal %s to %s: %v", sig, p.name, err)
-	}
-}
-
-// wait waits for the process to exit and returns its exit code.
-func (p *proc) wait(t *testing.T, timeout time.Duration) int {
-	t.Helper()
-	select {
-	case <-p.done:
-	case <-time.After(timeout):
-		t.Fatalf("%s did not exit within %s", p.name, timeout)
-	}
-	var ee *exec.ExitError
-	if errors.As(p.err, &ee) {
-		return ee.ExitCode()
-	}
-	if p.err != nil {
-		t.Fatalf("%s: %v", p.name, p.err)
-	}
-	return 0
-}
-
-// logged reports whether the process's log holds s.
-func (p *proc) logged(s string) bool {
-	b, _ := os.ReadFile(p.log)
-	return strings.Contains(string(b), s)
-}
-
-// workerName is what a worker process writes into jobstream_runs.worker:
+// workerName is what worker process p writes into jobstream_runs.worker:
 // host:pid, then the member.
-func (p *proc) workerName() string {
+func workerName(p *harness.Process) string {
 	host, _ := os.Hostname()
-	return host + ":" + strconv.Itoa(p.pid()) + "/"
+	return host + ":" + strconv.Itoa(p.Pid()) + "/"
 }
 
 // script writes an executable shell script into dir and returns its path.

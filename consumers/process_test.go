@@ -23,16 +23,34 @@ import (
 // ./ops/jobstream, against the test's database and broker; the reader runs
 // in the test process.
 
-// otherProc returns the one of ps that is not p.
-func otherProc(ps []*proc, pid int) (victim, survivor *proc) {
+// startSlowJob starts two `jobstream worker` processes of the step, running
+// slowStep with flags, where attempt 1 of ids[0] takes slowSecs. Once both
+// are in the group it inserts ids and waits for that attempt to start; it
+// returns the attempt, the worker running it and the other worker.
+func startSlowJob(t *testing.T, e *harness.Env, slowSecs string, flags []string, ids ...string) (first started, victim, survivor *harness.Process) {
+	t.Helper()
+	dir := t.TempDir()
+	stepCmd := script(t, dir, "step.sh", slowStep)
+	env := []string{"STEP_DIR=" + dir, "STEP_SLOW_JOB=" + ids[0], "STEP_SLOW_SECS=" + slowSecs}
+	args := append(append([]string{"worker", "--step", step}, flags...), "--", stepCmd)
+	var ps []*harness.Process
+	for _, name := range []string{"worker-a", "worker-b"} {
+		ps = append(ps, e.StartProcess(t, name, env, args...))
+	}
+	waitMembers(t, e, step, 2)
+	insertJobs(t, e, ids...)
+	first = waitStarted(t, dir, ids[0], 1, 60*time.Second)
 	for _, p := range ps {
-		if p.pid() == pid {
+		if p.Pid() == first.parent {
 			victim = p
 		} else {
 			survivor = p
 		}
 	}
-	return victim, survivor
+	if victim == nil {
+		t.Fatalf("%s was started by process %d, not by a worker of the test", ids[0], first.parent)
+	}
+	return first, victim, survivor
 }
 
 // checkOneCompletion checks that each job completed exactly once: one done
@@ -65,38 +83,24 @@ func TestKillWorkerMidStep(t *testing.T) {
 	t.Parallel()
 	e := harness.New(t)
 	startReader(t, e)
-	dir := t.TempDir()
-	stepCmd := script(t, dir, "step.sh", slowStep)
-	env := []string{"STEP_DIR=" + dir, "STEP_SLOW_JOB=kill-0", "STEP_SLOW_SECS=600"}
-	var ps []*proc
-	for _, name := range []string{"worker-a", "worker-b"} {
-		ps = append(ps, startProc(t, e, name, env, "worker", "--step", step, "--lease", "3s", "--", stepCmd))
-	}
-	waitMembers(t, e, step, 2)
-
 	ids := []string{"kill-0", "kill-1", "kill-2", "kill-3", "kill-4", "kill-5"}
-	insertJobs(t, e, ids...)
-	first := waitStarted(t, dir, "kill-0", 1, 60*time.Second)
-	victim, survivor := otherProc(ps, first.parent)
-	if victim == nil {
-		t.Fatalf("kill-0 was started by process %d, not by a worker of the test", first.parent)
-	}
+	first, victim, survivor := startSlowJob(t, e, "600", []string{"--lease", "3s"}, ids...)
 	// Let the attempt renew its lease at least once: a live step keeps it.
 	time.Sleep(2 * time.Second)
-	victim.signal(t, syscall.SIGKILL)
+	victim.Signal(t, syscall.SIGKILL)
 	killed := time.Now()
-	victim.wait(t, 10*time.Second)
+	victim.Wait(t, 10*time.Second)
 
 	j := waitJob(t, e, "kill-0", step, "done", 90*time.Second)
 	t.Logf("the killed worker's job completed %s after SIGKILL (lease 3s)", time.Since(killed).Round(100*time.Millisecond))
 	var res struct{ Attempt, Ppid int }
-	if err := json.Unmarshal(j.results[step], &res); err != nil || res.Attempt != 2 || res.Ppid != survivor.pid() {
-		t.Errorf("kill-0's result is %s, want attempt 2 by the surviving worker %d", j.results[step], survivor.pid())
+	if err := json.Unmarshal(j.results[step], &res); err != nil || res.Attempt != 2 || res.Ppid != survivor.Pid() {
+		t.Errorf("kill-0's result is %s, want attempt 2 by the surviving worker %d", j.results[step], survivor.Pid())
 	}
 	runs := getRuns(t, e, "kill-0")
-	if len(runs) != 2 || runs[0].outcome != "expired" || !strings.HasPrefix(runs[0].worker, victim.workerName()) ||
-		runs[1].outcome != "done" || !strings.HasPrefix(runs[1].worker, survivor.workerName()) {
-		t.Errorf("kill-0's runs %+v, want attempt 1 expired (worker %s) and attempt 2 done (worker %s)", runs, victim.workerName(), survivor.workerName())
+	if len(runs) != 2 || runs[0].outcome != "expired" || !strings.HasPrefix(runs[0].worker, workerName(victim)) ||
+		runs[1].outcome != "done" || !strings.HasPrefix(runs[1].worker, workerName(survivor)) {
+		t.Errorf("kill-0's runs %+v, want attempt 1 expired (worker %s) and attempt 2 done (worker %s)", runs, workerName(victim), workerName(survivor))
 	}
 	harness.Eventually(t, 10*time.Second, func() (bool, string) {
 		return !alive(first.child), fmt.Sprintf("the killed worker's step process %d still runs", first.child)
@@ -115,39 +119,25 @@ func TestStoppedWorkerResultIsFenced(t *testing.T) {
 	t.Parallel()
 	e := harness.New(t)
 	startReader(t, e)
-	dir := t.TempDir()
-	stepCmd := script(t, dir, "step.sh", slowStep)
-	env := []string{"STEP_DIR=" + dir, "STEP_SLOW_JOB=frozen", "STEP_SLOW_SECS=2"}
-	var ps []*proc
-	for _, name := range []string{"worker-a", "worker-b"} {
-		ps = append(ps, startProc(t, e, name, env, "worker", "--step", step, "--lease", "2s", "--", stepCmd))
-	}
-	waitMembers(t, e, step, 2)
-
-	insertJobs(t, e, "frozen")
-	first := waitStarted(t, dir, "frozen", 1, 60*time.Second)
-	victim, survivor := otherProc(ps, first.parent)
-	if victim == nil {
-		t.Fatalf("the job was started by process %d, not by a worker of the test", first.parent)
-	}
-	victim.signal(t, syscall.SIGSTOP)
+	_, victim, survivor := startSlowJob(t, e, "2", []string{"--lease", "2s"}, "frozen")
+	victim.Signal(t, syscall.SIGSTOP)
 
 	j := waitJob(t, e, "frozen", step, "done", 90*time.Second)
-	victim.signal(t, syscall.SIGCONT)
+	victim.Signal(t, syscall.SIGCONT)
 	harness.Eventually(t, 30*time.Second, func() (bool, string) {
-		return victim.logged("result discarded"), "the resumed worker has not discarded its late result"
+		return strings.Contains(victim.Log(), "result discarded"), "the resumed worker has not discarded its late result"
 	})
 
 	var res struct{ Attempt, Ppid int }
-	if err := json.Unmarshal(j.results[step], &res); err != nil || res.Attempt != 2 || res.Ppid != survivor.pid() {
-		t.Errorf("result %s, want attempt 2 by worker %d", j.results[step], survivor.pid())
+	if err := json.Unmarshal(j.results[step], &res); err != nil || res.Attempt != 2 || res.Ppid != survivor.Pid() {
+		t.Errorf("result %s, want attempt 2 by worker %d", j.results[step], survivor.Pid())
 	}
-	if j := getJob(t, e, "frozen"); string(j.results[step]) != `{"ppid": `+fmt.Sprint(survivor.pid())+`, "attempt": 2}` {
+	if j := getJob(t, e, "frozen"); string(j.results[step]) != `{"ppid": `+fmt.Sprint(survivor.Pid())+`, "attempt": 2}` {
 		t.Errorf("after the frozen worker resumed, the result is %s", j.results[step])
 	}
 	runs := getRuns(t, e, "frozen")
-	if len(runs) != 2 || runs[0].outcome != "expired" || runs[1].outcome != "done" || !strings.HasPrefix(runs[1].worker, survivor.workerName()) {
-		t.Errorf("runs %+v, want attempt 1 expired and attempt 2 done by %s", runs, survivor.workerName())
+	if len(runs) != 2 || runs[0].outcome != "expired" || runs[1].outcome != "done" || !strings.HasPrefix(runs[1].worker, workerName(survivor)) {
+		t.Errorf("runs %+v, want attempt 1 expired and attempt 2 done by %s", runs, workerName(survivor))
 	}
 	checkOneCompletion(t, e, "frozen")
 }
@@ -163,21 +153,21 @@ func TestSIGTERMFinishesRunningStep(t *testing.T) {
 	dir := t.TempDir()
 	stepCmd := script(t, dir, "step.sh", slowStep)
 	env := []string{"STEP_DIR=" + dir, "STEP_SLOW_JOB=term-1", "STEP_SLOW_SECS=3"}
-	w := startProc(t, e, "worker", env, "worker", "--step", step, "--grace", "60s", "--", stepCmd)
+	w := e.StartProcess(t, "worker", env, "worker", "--step", step, "--grace", "60s", "--", stepCmd)
 
 	insertJobs(t, e, "term-1")
 	waitStarted(t, dir, "term-1", 1, 60*time.Second)
-	w.signal(t, syscall.SIGTERM)
+	w.Signal(t, syscall.SIGTERM)
 	harness.Eventually(t, 10*time.Second, func() (bool, string) {
-		return w.logged("taking no new events"), "the worker did not log that it is stopping"
+		return strings.Contains(w.Log(), "taking no new events"), "the worker did not log that it is stopping"
 	})
 	insertJobs(t, e, "term-2")
-	if code := w.wait(t, 60*time.Second); code != 0 {
+	if code := w.Wait(t, 60*time.Second); code != 0 {
 		t.Errorf("worker exited %d after SIGTERM, want 0", code)
 	}
 
 	j := getJob(t, e, "term-1")
-	if j.step != step || j.status != "done" || string(j.results[step]) != fmt.Sprintf(`{"ppid": %d, "attempt": 1}`, w.pid()) {
+	if j.step != step || j.status != "done" || string(j.results[step]) != fmt.Sprintf(`{"ppid": %d, "attempt": 1}`, w.Pid()) {
 		t.Errorf("term-1 is %s, want done by the stopped worker at attempt 1", j)
 	}
 	// It left the group rather than waiting for its session to time out.
@@ -219,36 +209,22 @@ func TestSIGTERMPastGraceReleasesRun(t *testing.T) {
 	t.Parallel()
 	e := harness.New(t)
 	startReader(t, e)
-	dir := t.TempDir()
-	stepCmd := script(t, dir, "step.sh", slowStep)
-	env := []string{"STEP_DIR=" + dir, "STEP_SLOW_JOB=long", "STEP_SLOW_SECS=600"}
-	var ps []*proc
-	for _, name := range []string{"worker-a", "worker-b"} {
-		ps = append(ps, startProc(t, e, name, env, "worker", "--step", step, "--grace", "1s", "--lease", "10m", "--", stepCmd))
-	}
-	waitMembers(t, e, step, 2)
-
-	insertJobs(t, e, "long")
-	first := waitStarted(t, dir, "long", 1, 60*time.Second)
-	victim, survivor := otherProc(ps, first.parent)
-	if victim == nil {
-		t.Fatalf("the job was started by process %d, not by a worker of the test", first.parent)
-	}
-	victim.signal(t, syscall.SIGTERM)
-	if code := victim.wait(t, 60*time.Second); code != 0 {
+	first, victim, survivor := startSlowJob(t, e, "600", []string{"--grace", "1s", "--lease", "10m"}, "long")
+	victim.Signal(t, syscall.SIGTERM)
+	if code := victim.Wait(t, 60*time.Second); code != 0 {
 		t.Errorf("worker exited %d after SIGTERM, want 0", code)
 	}
 	if alive(first.child) {
 		t.Errorf("the step process %d outlived its worker's grace period", first.child)
 	}
 	j := waitJob(t, e, "long", step, "done", 90*time.Second)
-	if string(j.results[step]) != fmt.Sprintf(`{"ppid": %d, "attempt": 2}`, survivor.pid()) {
-		t.Errorf("result %s, want attempt 2 by worker %d", j.results[step], survivor.pid())
+	if string(j.results[step]) != fmt.Sprintf(`{"ppid": %d, "attempt": 2}`, survivor.Pid()) {
+		t.Errorf("result %s, want attempt 2 by worker %d", j.results[step], survivor.Pid())
 	}
 	runs := getRuns(t, e, "long")
-	if len(runs) != 2 || runs[0].outcome != "released" || !strings.HasPrefix(runs[0].worker, victim.workerName()) ||
-		runs[1].outcome != "done" || !strings.HasPrefix(runs[1].worker, survivor.workerName()) {
-		t.Errorf("runs %+v, want attempt 1 released by %s and attempt 2 done by %s", runs, victim.workerName(), survivor.workerName())
+	if len(runs) != 2 || runs[0].outcome != "released" || !strings.HasPrefix(runs[0].worker, workerName(victim)) ||
+		runs[1].outcome != "done" || !strings.HasPrefix(runs[1].worker, workerName(survivor)) {
+		t.Errorf("runs %+v, want attempt 1 released by %s and attempt 2 done by %s", runs, workerName(victim), workerName(survivor))
 	}
 	checkOneCompletion(t, e, "long")
 }
@@ -270,7 +246,7 @@ sleep 0.2
 rmdir "$lock"
 printf '{"gpu":"%s"}\n' "$CUDA_VISIBLE_DEVICES"
 `)
-	startProc(t, e, "worker", []string{"STEP_DIR=" + dir}, "worker", "--step", step, "--gpus", "0,1", "--", stepCmd)
+	e.StartProcess(t, "worker", []string{"STEP_DIR=" + dir}, "worker", "--step", step, "--gpus", "0,1", "--", stepCmd)
 	waitMembers(t, e, step, 2)
 
 	var ids []string
@@ -329,7 +305,7 @@ func TestHTTPExecutorProcess(t *testing.T) {
 		}
 	}))
 	t.Cleanup(srv.Close)
-	startProc(t, e, "worker", nil, "worker", "--step", step, "--http", srv.URL+"/steps/vlm", "--retry-backoff", "100ms")
+	e.StartProcess(t, "worker", nil, "worker", "--step", step, "--http", srv.URL+"/steps/vlm", "--retry-backoff", "100ms")
 
 	insertJobs(t, e, "http-ok", "http-flaky", "http-bad")
 	ok := waitJob(t, e, "http-ok", step, "done", 60*time.Second)

@@ -288,7 +288,7 @@ func TestLongStepKeepsLeaseWithoutChangeEvents(t *testing.T) {
 	e := harness.New(t)
 	startReader(t, e)
 	var leaseSeen atomic.Int64
-	pool := e.Pool(t) // (Env.Pool is not safe for concurrent first use)
+	pool := e.Pool(t) // here: the handler runs where t.Fatal must not
 	w := startWorker(t, e, consumers.Config{Lease: time.Second, Handler: func(ctx context.Context, job consumers.Job) (json.RawMessage, error) {
 		select {
 		case <-time.After(4 * time.Second):
@@ -434,7 +434,12 @@ func TestHTTPHandler(t *testing.T) {
 func TestClaimWaitsForEventTransaction(t *testing.T) {
 	t.Parallel()
 	e := harness.New(t)
-	sink := &logSink{}
+	sink := &harness.Buffer{}
+	t.Cleanup(func() { // after the worker stopped
+		if t.Failed() {
+			t.Logf("--- worker log ---\n%s", sink.String())
+		}
+	})
 	rec := &recorder{}
 	w, err := consumers.New(consumers.Config{DatabaseURL: e.DatabaseURL, Brokers: e.Brokers, TopicPrefix: e.Prefix,
 		Step: step, Handler: rec.attemptResult, WorkerID: "test-worker",
@@ -442,22 +447,13 @@ func TestClaimWaitsForEventTransaction(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- w.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("worker: %v", err)
-		}
-		if t.Failed() {
-			t.Logf("--- worker log ---\n%s", sink.buf.String())
-		}
-	})
+	run := harness.Go(t, context.Background(), "worker", w.Run)
 	select {
 	case <-w.Ready():
-	case err := <-done:
-		t.Fatalf("worker stopped: %v", err)
+	case <-run.Done():
+		t.Fatalf("worker stopped: %v", run.Err())
+	case <-time.After(time.Minute):
+		t.Fatal("worker not ready within 1m")
 	}
 
 	tx, err := e.Pool(t).Begin(context.Background())
@@ -483,9 +479,7 @@ func TestClaimWaitsForEventTransaction(t *testing.T) {
 	})
 	wr.Close()
 	harness.Eventually(t, 30*time.Second, func() (bool, string) {
-		sink.mu.Lock()
-		defer sink.mu.Unlock()
-		return strings.Contains(sink.buf.String(), "not visible yet"), "the worker has not met the event yet"
+		return strings.Contains(sink.String(), "not visible yet"), "the worker has not met the event yet"
 	})
 	if err := tx.Commit(context.Background()); err != nil {
 		t.Fatal(err)

@@ -34,31 +34,17 @@ const (
 
 // ---- environment ----
 
-// logSink collects one component's logs; the tail is printed if the test fails.
-type logSink struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *logSink) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
 // testLogger returns a logger whose output is shown only when t fails (or
 // JOBSTREAM_TEST_LOGS is set). It
 // registers its cleanup first, so it runs after the components using it stopped.
 func testLogger(t testing.TB, name string) *slog.Logger {
 	t.Helper()
-	sink := &logSink{}
+	sink := &harness.Buffer{}
 	t.Cleanup(func() {
 		if !t.Failed() && os.Getenv("JOBSTREAM_TEST_LOGS") == "" {
 			return
 		}
-		sink.mu.Lock()
-		defer sink.mu.Unlock()
-		b := sink.buf.Bytes()
+		b := sink.String()
 		if len(b) > 8000 {
 			b = b[len(b)-8000:]
 		}
@@ -71,34 +57,8 @@ func testLogger(t testing.TB, name string) *slog.Logger {
 // returns once its slot exists.
 func startReader(t testing.TB, e *harness.Env) *cdc.Reader {
 	t.Helper()
-	r, err := cdc.New(cdc.Config{DatabaseURL: e.DatabaseURL, Brokers: e.Brokers, Slot: e.Slot,
+	return harness.StartReader(t, context.Background(), cdc.Config{DatabaseURL: e.DatabaseURL, Brokers: e.Brokers, Slot: e.Slot,
 		TopicPrefix: e.Prefix, Publication: e.Publication, Logger: testLogger(t, "reader")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- r.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("reader: %v", err)
-			}
-		case <-time.After(30 * time.Second):
-			t.Errorf("reader did not stop within 30s")
-		}
-	})
-	select {
-	case <-r.Ready():
-	case err := <-done:
-		done <- err // for the cleanup
-		t.Fatalf("reader stopped at start: %v", err)
-	case <-time.After(30 * time.Second):
-		t.Fatal("reader not ready within 30s")
-	}
-	return r
 }
 
 // startWorker runs an in-process worker of cfg.Step (default vlm_analyze)
@@ -123,20 +83,7 @@ func startWorker(t *testing.T, e *harness.Env, cfg consumers.Config) *consumers.
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- w.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("worker: %v", err)
-			}
-		case <-time.After(30 * time.Second):
-			t.Errorf("worker did not stop within 30s")
-		}
-	})
+	harness.Go(t, context.Background(), "worker", w.Run)
 	return w
 }
 
@@ -296,6 +243,56 @@ func rewind(t *testing.T, e *harness.Env, id string) {
 	if err := tx.Commit(ctx); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// heldStep is a handler that records every call and holds attempt 1 until
+// released or, if it honors its context, until that context ends.
+type heldStep struct {
+	recorder
+	honorsCtx              bool
+	started, released      chan struct{}
+	startOnce, releaseOnce sync.Once
+	ctxEnded               atomic.Bool // attempt 1 returned because its context ended
+}
+
+func (h *heldStep) handle(ctx context.Context, job consumers.Job) (json.RawMessage, error) {
+	h.record(job)
+	if job.Attempt == 1 {
+		h.startOnce.Do(func() { close(h.started) })
+		if h.honorsCtx {
+			select {
+			case <-ctx.Done():
+				h.ctxEnded.Store(true)
+				return nil, context.Cause(ctx)
+			case <-h.released:
+			}
+		} else {
+			<-h.released
+		}
+	}
+	return json.Marshal(map[string]int{"attempt": job.Attempt})
+}
+
+// release lets attempt 1 return.
+func (h *heldStep) release() { h.releaseOnce.Do(func() { close(h.released) }) }
+
+// loseFirstAttempt starts a worker (lease 1s) whose heldStep holds attempt 1
+// of job id, inserts the job, and once that attempt runs takes its run away
+// as the sweeper does when a lease expires (see rewind).
+func loseFirstAttempt(t *testing.T, e *harness.Env, id string, honorsCtx bool) (*heldStep, *consumers.Worker) {
+	t.Helper()
+	h := &heldStep{honorsCtx: honorsCtx, started: make(chan struct{}), released: make(chan struct{})}
+	w := startWorker(t, e, consumers.Config{Lease: time.Second, Handler: h.handle})
+	// Runs before the worker's cleanup: a handler never blocks its stop.
+	t.Cleanup(h.release)
+	insertJobs(t, e, id)
+	select {
+	case <-h.started:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("handler never started; %s", stats(w))
+	}
+	rewind(t, e, id)
+	return h, w
 }
 
 // decodeEvent parses a change event, keeping numbers exact.
@@ -680,40 +677,10 @@ func TestFencedResultIsDiscarded(t *testing.T) {
 			t.Parallel()
 			e := harness.New(t)
 			startReader(t, e)
-			rec := &recorder{}
-			started, release := make(chan struct{}), make(chan struct{})
-			var startOnce, releaseOnce sync.Once
-			var ctxEnded atomic.Bool
-			w := startWorker(t, e, consumers.Config{Lease: time.Second, Handler: func(ctx context.Context, job consumers.Job) (json.RawMessage, error) {
-				rec.record(job)
-				if job.Attempt == 1 {
-					startOnce.Do(func() { close(started) })
-					if tc.honorsCtx {
-						select {
-						case <-ctx.Done():
-							ctxEnded.Store(true)
-							return nil, context.Cause(ctx)
-						case <-release:
-						}
-					} else {
-						<-release
-					}
-				}
-				return json.Marshal(map[string]int{"attempt": job.Attempt})
-			}})
-			// Runs before the worker's cleanup: a handler never blocks its stop.
-			t.Cleanup(func() { releaseOnce.Do(func() { close(release) }) })
-
 			const id = "fenced"
-			insertJobs(t, e, id)
-			select {
-			case <-started:
-			case <-time.After(30 * time.Second):
-				t.Fatalf("handler never started; %s", stats(w))
-			}
-			rewind(t, e, id)
+			h, w := loseFirstAttempt(t, e, id, tc.honorsCtx)
 			if !tc.honorsCtx {
-				releaseOnce.Do(func() { close(release) })
+				h.release()
 			}
 
 			j := waitJob(t, e, id, step, "done", 20*time.Second)
@@ -727,10 +694,10 @@ func TestFencedResultIsDiscarded(t *testing.T) {
 			if n := e.Count(t, `SELECT count(*) FROM jobstream_runs WHERE job_id = $1 AND outcome = 'done'`, id); n != 1 {
 				t.Errorf("%d done runs, want 1", n)
 			}
-			if got := rec.attempts(id); !slices.Equal(got, []int{1, 2}) {
+			if got := h.attempts(id); !slices.Equal(got, []int{1, 2}) {
 				t.Errorf("handler was given attempts %v, want [1 2]", got)
 			}
-			if tc.honorsCtx && !ctxEnded.Load() {
+			if tc.honorsCtx && !h.ctxEnded.Load() {
 				t.Errorf("attempt 1's handler was not cancelled when its run was lost")
 			}
 			s := w.Stats()
@@ -750,32 +717,15 @@ func TestLateResultDoesNotOverwriteNewerAttempt(t *testing.T) {
 	t.Parallel()
 	e := harness.New(t)
 	startReader(t, e)
-	rec := &recorder{}
-	started, release := make(chan struct{}), make(chan struct{})
-	var startOnce, releaseOnce sync.Once
-	w := startWorker(t, e, consumers.Config{Lease: time.Second, Handler: func(ctx context.Context, job consumers.Job) (json.RawMessage, error) {
-		rec.record(job)
-		startOnce.Do(func() { close(started) })
-		<-release // ignores ctx: a step that cannot be interrupted
-		return json.Marshal(map[string]int{"attempt": job.Attempt})
-	}})
-	t.Cleanup(func() { releaseOnce.Do(func() { close(release) }) })
-
 	const id = "taken-over"
-	insertJobs(t, e, id)
-	select {
-	case <-started:
-	case <-time.After(30 * time.Second):
-		t.Fatalf("handler never started; %s", stats(w))
-	}
-	rewind(t, e, id)
+	h, w := loseFirstAttempt(t, e, id, false) // a step that cannot be interrupted
 	// Another worker claims the rewound job: attempt 2, open, with a long lease.
 	e.Exec(t, `WITH claimed AS (UPDATE jobs SET current_step = $2, status = 'running', updated_at = now()
 			WHERE job_id = $1 AND current_step = $3 AND status = 'done' RETURNING job_id)
 		INSERT INTO jobstream_runs (job_id, step, attempt, worker, lease_expires_at)
 		SELECT job_id, $2, 2, 'other', now() + interval '1 hour' FROM claimed`, id, step, trigger)
 	skipped := w.Stats().Skipped.Load()
-	releaseOnce.Do(func() { close(release) })
+	h.release()
 
 	// Attempt 1 is fenced, then the rewind's event is consumed and skipped.
 	harness.Eventually(t, 20*time.Second, func() (bool, string) {
@@ -791,7 +741,7 @@ func TestLateResultDoesNotOverwriteNewerAttempt(t *testing.T) {
 		runs[1].worker != "other" || runs[1].finished {
 		t.Errorf("runs %+v, want attempt 1 expired as the test closed it and attempt 2 open", runs)
 	}
-	if got := rec.attempts(id); !slices.Equal(got, []int{1}) {
+	if got := h.attempts(id); !slices.Equal(got, []int{1}) {
 		t.Errorf("handler was given attempts %v, want [1]", got)
 	}
 	if s := w.Stats(); s.Completions.Load() != 0 || s.Claims.Load() != 1 {

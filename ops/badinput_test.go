@@ -68,7 +68,7 @@ func TestBadInputCatalogue(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	startReader(t, ctx, cdc.Config{DatabaseURL: e.DatabaseURL, Brokers: e.Brokers, Slot: e.Slot, TopicPrefix: e.Prefix})
+	harness.StartReader(t, ctx, cdc.Config{DatabaseURL: e.DatabaseURL, Brokers: e.Brokers, Slot: e.Slot, TopicPrefix: e.Prefix})
 	w, err := consumers.New(consumers.Config{DatabaseURL: e.DatabaseURL, Brokers: e.Brokers, Step: "vlm_analyze", TopicPrefix: e.Prefix,
 		Concurrency: 3, Timeout: 3 * time.Second, MaxAttempts: 2, Lease: 5 * time.Second, Handler: consumers.Exec(script)})
 	if err != nil {
@@ -178,7 +178,7 @@ func TestHTTPExecutorNeverAnswers(t *testing.T) {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	startReader(t, ctx, cdc.Config{DatabaseURL: e.DatabaseURL, Brokers: e.Brokers, Slot: e.Slot, TopicPrefix: e.Prefix})
+	harness.StartReader(t, ctx, cdc.Config{DatabaseURL: e.DatabaseURL, Brokers: e.Brokers, Slot: e.Slot, TopicPrefix: e.Prefix})
 	w, err := consumers.New(consumers.Config{DatabaseURL: e.DatabaseURL, Brokers: e.Brokers, Step: "vlm_analyze", TopicPrefix: e.Prefix,
 		Concurrency: 2, Timeout: time.Second, MaxAttempts: 2, RetryBackoff: 100 * time.Millisecond, MaxRetryBackoff: 200 * time.Millisecond,
 		Lease: 5 * time.Second, Handler: consumers.HTTP(srv.URL + "/step")})

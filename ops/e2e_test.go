@@ -12,8 +12,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -21,54 +19,6 @@ import (
 	"github.com/jobstream/jobstream/ops/localpg"
 	"github.com/jobstream/jobstream/schema"
 )
-
-// proc is a jobstream process started by a test, stopped at its end.
-type proc struct {
-	cmd *exec.Cmd
-	log string
-}
-
-func start(t *testing.T, e *harness.Env, name string, args ...string) *proc {
-	t.Helper()
-	logPath := filepath.Join(e.Dir, name+".log")
-	f, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(harness.Binary(t), args...)
-	cmd.Env = append(os.Environ(),
-		"DATABASE_URL="+e.DatabaseURL,
-		"KAFKA_BROKERS="+strings.Join(e.Brokers, ","),
-		"JOBSTREAM_TOPIC_PREFIX="+e.Prefix,
-		"JOBSTREAM_SLOT="+e.Slot,
-		"JOBSTREAM_LOG_LEVEL=debug",
-	)
-	cmd.Stdout, cmd.Stderr = f, f
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	p := &proc{cmd: cmd, log: logPath}
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(20 * time.Second):
-			cmd.Process.Kill()
-			<-done
-		}
-		f.Close()
-		if t.Failed() {
-			b, _ := os.ReadFile(logPath)
-			if len(b) > 4000 {
-				b = b[len(b)-4000:]
-			}
-			t.Logf("--- %s log (tail) ---\n%s", name, b)
-		}
-	})
-	return p
-}
 
 // TestEndToEndProcesses runs the skeleton's acceptance by hand, with real
 // processes: migrate, a reader, four workers running a shell step; 200 jobs
@@ -87,7 +37,7 @@ func TestEndToEndProcesses(t *testing.T) {
 
 	rport, _ := localpg.FreePort()
 	readerMetrics := fmt.Sprintf("127.0.0.1:%d", rport)
-	start(t, e, "reader", "reader", "--http-addr", readerMetrics)
+	e.StartProcess(t, "reader", nil, "reader", "--http-addr", readerMetrics)
 	harness.Eventually(t, 30*time.Second, func() (bool, string) {
 		n := e.Count(t, `SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1 AND active`, e.Slot)
 		return n == 1, "reader slot not active"
@@ -101,7 +51,7 @@ func TestEndToEndProcesses(t *testing.T) {
 		if s == "vlm_analyze" {
 			args = append(args, "--http-addr", metricsAddr)
 		}
-		start(t, e, "worker-"+s, append(args, "--", step)...)
+		e.StartProcess(t, "worker-"+s, nil, append(args, "--", step)...)
 	}
 
 	const n = 200
@@ -160,7 +110,8 @@ func TestEndToEndProcesses(t *testing.T) {
 	// Metrics and health of the vlm_analyze worker.
 	body := httpGet(t, "http://"+metricsAddr+"/metrics")
 	for _, want := range []string{`jobstream_completions_total{step="vlm_analyze"} 200`, `jobstream_commit_to_claim_seconds_count{step="vlm_analyze"} 200`,
-		`jobstream_attempts_total{outcome="done",step="vlm_analyze"} 200`} {
+		`jobstream_attempts_total{outcome="done",step="vlm_analyze"} 200`, `jobstream_expired_leases_total{step="vlm_analyze"} 0`,
+		`jobstream_released_runs_total{step="vlm_analyze"} 0`, `jobstream_worker_dead_letters_total{step="vlm_analyze"} 0`} {
 		if !strings.Contains(body, want) {
 			t.Errorf("/metrics lacks %q", want)
 		}
@@ -243,7 +194,7 @@ func TestDevCtrlC(t *testing.T) {
 	e := harness.New(t)
 	dir := filepath.Join(e.Dir, "dev")
 	cmd := exec.Command(harness.Binary(t), "dev", "--jobs", "100000", "--dir", dir)
-	var out syncBuffer
+	var out harness.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -269,24 +220,6 @@ func TestDevCtrlC(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, "pg", "postmaster.pid")); err == nil {
 		t.Fatal("Postgres still running after Ctrl-C (postmaster.pid remains)")
 	}
-}
-
-// syncBuffer is a bytes.Buffer safe for a process's writers and a reader.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 // regexpLag matches a status line whose LAG column is not 0.

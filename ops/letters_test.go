@@ -44,9 +44,9 @@ esac
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	startReader(t, ctx, cdc.Config{DatabaseURL: e.DatabaseURL, Brokers: brokers, Slot: e.Slot, TopicPrefix: e.Prefix})
-	worker := func(name string) *proc {
-		return start(t, e, name, "worker", "--step", "vlm_analyze", "--lease", "2s", "--", script)
+	harness.StartReader(t, ctx, cdc.Config{DatabaseURL: e.DatabaseURL, Brokers: brokers, Slot: e.Slot, TopicPrefix: e.Prefix})
+	worker := func(name string) *harness.Process {
+		return e.StartProcess(t, name, nil, "worker", "--step", "vlm_analyze", "--lease", "2s", "--", script)
 	}
 	first := worker("worker-1")
 	jobAt := func(job, step, status string) func() (bool, string) {
@@ -69,10 +69,8 @@ esac
 		t.Fatalf("the failed run owes %d dead letters, want 1", n)
 	}
 	time.Sleep(500 * time.Millisecond) // inside the dead letter's produce retries, on purpose
-	if err := first.cmd.Process.Signal(syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	first.cmd.Wait()
+	first.Signal(t, syscall.SIGKILL)
+	first.Wait(t, 30*time.Second)
 	stopFault()
 	if owed := lettersOwed(t, e); owed != 1 {
 		t.Errorf("status says %d dead letters owed, want 1", owed)

@@ -16,7 +16,8 @@ import (
 )
 
 // pipeline runs a reader and one in-process worker per step for e, counting
-// handler calls per step and job. stop ends them all.
+// handler calls per step and job. stop ends them all: it waits for the
+// workers, and the test's end for the reader (see harness.StartReader).
 type pipeline struct {
 	mu    sync.Mutex
 	calls map[string]int // "step/job" → calls
@@ -34,13 +35,7 @@ func startPipeline(t *testing.T, e *harness.Env) *pipeline {
 	pl := &pipeline{calls: map[string]int{}}
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
-	r, err := cdc.New(cdc.Config{DatabaseURL: e.DatabaseURL, Brokers: e.Brokers, Slot: e.Slot, TopicPrefix: e.Prefix})
-	if err != nil {
-		t.Fatal(err)
-	}
-	wg.Add(1)
-	go func() { defer wg.Done(); r.Run(ctx) }()
-	<-r.Ready()
+	harness.StartReader(t, ctx, cdc.Config{DatabaseURL: e.DatabaseURL, Brokers: e.Brokers, Slot: e.Slot, TopicPrefix: e.Prefix})
 	for _, step := range schema.DefaultSteps[1:] {
 		w, err := consumers.New(consumers.Config{DatabaseURL: e.DatabaseURL, Brokers: e.Brokers, Step: step, TopicPrefix: e.Prefix,
 			WorkerID: "test-" + step,

@@ -27,7 +27,7 @@ func TestLeastPrivilegeRoles(t *testing.T) {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	startReader(t, ctx, cdc.Config{DatabaseURL: as("jobstream_reader"), Brokers: e.Brokers, Slot: e.Slot, TopicPrefix: e.Prefix})
+	harness.StartReader(t, ctx, cdc.Config{DatabaseURL: as("jobstream_reader"), Brokers: e.Brokers, Slot: e.Slot, TopicPrefix: e.Prefix})
 	w, err := consumers.New(consumers.Config{DatabaseURL: as("jobstream_worker"), Brokers: e.Brokers, Step: "vlm_analyze", TopicPrefix: e.Prefix,
 		Handler: func(context.Context, consumers.Job) (json.RawMessage, error) {
 			return json.RawMessage(`{"ok": true}`), nil

@@ -42,7 +42,7 @@ func TestKafkaSASL(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	startReader(t, ctx, cdc.Config{DatabaseURL: e.DatabaseURL, Brokers: plain.Addrs, SASL: plain.SASL, Slot: e.Slot, TopicPrefix: e.Prefix})
+	harness.StartReader(t, ctx, cdc.Config{DatabaseURL: e.DatabaseURL, Brokers: plain.Addrs, SASL: plain.SASL, Slot: e.Slot, TopicPrefix: e.Prefix})
 	w, err := consumers.New(consumers.Config{DatabaseURL: e.DatabaseURL, Brokers: scram.Addrs, SASL: scram.SASL, Step: "vlm_analyze", TopicPrefix: e.Prefix,
 		Handler: func(context.Context, consumers.Job) (json.RawMessage, error) { return json.RawMessage(`{}`), nil }})
 	if err != nil {

@@ -39,8 +39,8 @@ func TestKafkaTLS(t *testing.T) {
 	defer b.Close()
 
 	e.Brokers = []string{b.Addr()}
-	start(t, e, "reader", "reader", "--kafka-ca", caFile)
-	start(t, e, "worker", "worker", "--step", "vlm_analyze", "--kafka-ca", caFile, "--", "sh", "-c", "cat >/dev/null; echo '{}'")
+	e.StartProcess(t, "reader", nil, "reader", "--kafka-ca", caFile)
+	e.StartProcess(t, "worker", nil, "worker", "--step", "vlm_analyze", "--kafka-ca", caFile, "--", "sh", "-c", "cat >/dev/null; echo '{}'")
 	e.Exec(t, `INSERT INTO jobs (job_id, current_step, status) VALUES ('tls1', 'img_gen', 'done')`)
 	harness.Eventually(t, 60*time.Second, func() (bool, string) {
 		n := e.Count(t, `SELECT count(*) FROM jobs WHERE job_id = 'tls1' AND current_step = 'vlm_analyze' AND status = 'done'`)

@@ -293,14 +293,16 @@ func TestChaos(t *testing.T) {
 
 	// Every job reaches the end. If one does not, the checks below still run
 	// and say where its transitions went.
-	waitEventually(t, sc.settle, func() (bool, string) {
+	if err := harness.Poll(sc.settle, func() (bool, string) {
 		var n int
 		pool.QueryRow(ctx, `SELECT count(*) FROM jobs WHERE current_step = 'overlay' AND status = 'done'`).Scan(&n)
 		return n == sc.jobs, fmt.Sprintf("%d of %d jobs at (overlay, done); the others: %s", n, sc.jobs, harness.DumpRows(pool,
 			`SELECT j.job_id, j.current_step, j.status, j.updated_at, r.step, r.attempt, r.outcome, r.worker, r.started_at, r.finished_at
 			FROM jobs j LEFT JOIN jobstream_runs r USING (job_id) WHERE NOT (j.current_step = 'overlay' AND j.status = 'done')
 			ORDER BY j.job_id, r.run_id LIMIT 40`))
-	})
+	}); err != nil {
+		t.Error(err)
+	}
 	wall := time.Since(began)
 	env0 := &harness.Env{Brokers: []string{addr}}
 	rep := check(t, pool, env0, sc.jobs)
@@ -388,22 +390,4 @@ func check(t *testing.T, pool *pgxpool.Pool, e *harness.Env, jobs int) report {
 		return n < 16<<20, fmt.Sprintf("slot retains %d bytes of WAL", n)
 	})
 	return rep
-}
-
-// waitEventually is harness.Eventually that reports an error and returns
-// instead of stopping the test, so the invariant checks still run.
-func waitEventually(t *testing.T, timeout time.Duration, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		ok, state := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Errorf("condition not met within %s: %s", timeout, state)
-			return
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
 }

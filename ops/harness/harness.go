@@ -2,7 +2,9 @@
 // throwaway Postgres (wal_level=logical, run as the postgres OS user when the
 // tests run as root) and one embedded broker per test binary, and for each
 // test its own database, slot, publication and topic prefix, so tests run in
-// parallel and clean up after themselves.
+// parallel and clean up after themselves. It also runs what a test drives
+// (an in-process reader, StartReader; any blocking function, Go; a jobstream
+// process, Env.StartProcess) and stops it when the test ends.
 package harness
 
 import (
@@ -96,6 +98,7 @@ type Env struct {
 	// Dir is a folder the test may use, readable by the postgres OS user.
 	Dir string
 
+	mu   sync.Mutex // guards pool: the test and its goroutines may ask for it at once
 	pool *pgxpool.Pool
 }
 
@@ -140,9 +143,7 @@ func New(t testing.TB) *Env {
 	}
 	admin.Close(ctx)
 	t.Cleanup(func() {
-		if e.pool != nil {
-			e.pool.Close()
-		}
+		e.closePool()
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
 		admin, err := pgx.Connect(ctx, shared.pg.URL("postgres"))
@@ -171,9 +172,12 @@ func New(t testing.TB) *Env {
 	return e
 }
 
-// Pool returns a connection pool to the test's database.
+// Pool returns a connection pool to the test's database, opened on first
+// use; the test and its goroutines may call it at once.
 func (e *Env) Pool(t testing.TB) *pgxpool.Pool {
 	t.Helper()
+	e.mu.Lock()
+	defer e.mu.Unlock()
 	if e.pool == nil {
 		p, err := pgxpool.New(context.Background(), e.DatabaseURL)
 		if err != nil {
@@ -182,6 +186,24 @@ func (e *Env) Pool(t testing.TB) *pgxpool.Pool {
 		e.pool = p
 	}
 	return e.pool
+}
+
+func (e *Env) closePool() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.pool != nil {
+		e.pool.Close() // a second Close does nothing
+	}
+}
+
+// Copy returns a copy of e's fields for a test that points some of them
+// elsewhere (another database, another server). The copy has a pool of its
+// own, opened on first use and closed when t ends.
+func (e *Env) Copy(t testing.TB) *Env {
+	c := &Env{DB: e.DB, DatabaseURL: e.DatabaseURL, Brokers: e.Brokers, Slot: e.Slot, Publication: e.Publication,
+		Prefix: e.Prefix, Postgres: e.Postgres, Broker: e.Broker, Dir: e.Dir}
+	t.Cleanup(c.closePool)
+	return c
 }
 
 // Exec runs sql in the test's database.
@@ -271,14 +293,23 @@ func (e *Env) ReadTopic(t testing.TB, topic string) []kafka.Message {
 // fails t with the last state cond described.
 func Eventually(t testing.TB, timeout time.Duration, cond func() (ok bool, state string)) {
 	t.Helper()
+	if err := Poll(timeout, cond); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Poll is Eventually for a test that goes on after a timeout: it waits up
+// to timeout for cond to hold and returns an error naming the last state
+// cond described if it did not.
+func Poll(timeout time.Duration, cond func() (ok bool, state string)) error {
 	deadline := time.Now().Add(timeout)
 	for {
 		ok, state := cond()
 		if ok {
-			return
+			return nil
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("condition not met within %s: %s", timeout, state)
+			return fmt.Errorf("condition not met within %s: %s", timeout, state)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
