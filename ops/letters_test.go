@@ -121,16 +121,11 @@ esac
 // lettersOwed returns the dead letters owed, as `jobstream status --json` reports them.
 func lettersOwed(t *testing.T, e *harness.Env) int64 {
 	t.Helper()
-	code, out, stderr := runMain(t, "status", "--json", "--database-url", e.DatabaseURL, "--brokers", e.Brokers[0],
-		"--topic-prefix", e.Prefix, "--slot", e.Slot)
-	if code != 0 {
-		t.Fatalf("status exit %d: %s", code, stderr)
-	}
 	var rep struct {
 		Owed *int64 `json:"dead_letters_owed"`
 	}
-	if err := json.Unmarshal([]byte(out), &rep); err != nil || rep.Owed == nil {
-		t.Fatalf("status --json: %v: %s", err, out)
+	if statusJSON(t, e, &rep); rep.Owed == nil {
+		t.Fatal("status --json has no dead_letters_owed")
 	}
 	return *rep.Owed
 }
