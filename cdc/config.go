@@ -64,6 +64,11 @@ type Config struct {
 	// or 1,000,000 (Kafka's default) when the broker does not say. A value
 	// above the broker's limit is lowered to it.
 	MaxMessageBytes int
+	// NoTombstones turns off the tombstone that follows every delete event:
+	// a record with the delete's key and a null value, in the same topic and
+	// partition, which lets log compaction drop the job's earlier events
+	// (Debezium's tombstones.on.delete, which is on by default there too).
+	NoTombstones bool
 	// Logger receives the reader's logs (default slog.Default()).
 	Logger *slog.Logger
 	// OnProduce, when set, is called after every batch the broker
@@ -125,6 +130,7 @@ type Stats struct {
 	Deletes       atomic.Int64 // op "d" events acknowledged (one per topic a delete went to)
 	SnapshotReads atomic.Int64 // op "r" events acknowledged
 	Truncates     atomic.Int64 // op "t" events acknowledged (one per topic partition)
+	Tombstones    atomic.Int64 // tombstones acknowledged (one per delete event)
 	DeadLetters   atomic.Int64 // rows sent to the dead-letter topic, whatever the reason
 	Transactions  atomic.Int64 // transactions decoded
 	Reconnects    atomic.Int64 // replication sessions restarted after a failure

@@ -160,7 +160,20 @@ func (r *Reader) routeChange(ctx context.Context, c *change, emit func(event) er
 	if err := r.ensureTopic(ctx, topic); err != nil {
 		return err
 	}
-	return emit(ev)
+	return r.emitWithTombstone(ev, emit)
+}
+
+// opTombstone marks a tombstone among events (it is no envelope op).
+const opTombstone = 'x'
+
+// emitWithTombstone emits ev and, when ev is a delete and tombstones are on,
+// the tombstone that follows it: ev's key with a null value, in ev's topic
+// and (by the key) partition, in the same transaction.
+func (r *Reader) emitWithTombstone(ev event, emit func(event) error) error {
+	if err := emit(ev); err != nil || ev.op != schema.OpDelete[0] || r.cfg.NoTombstones {
+		return err
+	}
+	return emit(event{topic: ev.topic, key: ev.key, partition: ev.partition, op: opTombstone, lsn: ev.lsn, xid: ev.xid})
 }
 
 // broadcast sends an event whose step is unknown to every step topic: with
@@ -189,7 +202,7 @@ func (r *Reader) broadcast(ctx context.Context, op string, key, v []byte, src *s
 	}
 	for _, t := range topics {
 		if key != nil {
-			if err := emit(event{topic: t, key: key, value: v, partition: -1, op: op[0], lsn: src.lsn, xid: src.xid()}); err != nil {
+			if err := r.emitWithTombstone(event{topic: t, key: key, value: v, partition: -1, op: op[0], lsn: src.lsn, xid: src.xid()}, emit); err != nil {
 				return err
 			}
 			continue

@@ -221,7 +221,7 @@ func (pl *pipeline) stop(grace time.Duration) {
 func (r *Reader) acknowledge(b *batch, took time.Duration) {
 	now := time.Now()
 	if len(b.evs) > 0 {
-		var c, u, d, rd, t, dead int64
+		var c, u, d, rd, t, tomb, dead int64
 		for i := range b.evs {
 			switch b.evs[i].op {
 			case 'c':
@@ -234,6 +234,8 @@ func (r *Reader) acknowledge(b *batch, took time.Duration) {
 				rd++
 			case 't':
 				t++
+			case opTombstone:
+				tomb++
 			default:
 				dead++
 			}
@@ -243,6 +245,7 @@ func (r *Reader) acknowledge(b *batch, took time.Duration) {
 		r.stats.Updates.Add(u)
 		r.stats.Deletes.Add(d)
 		r.stats.SnapshotReads.Add(rd)
+		r.stats.Tombstones.Add(tomb)
 		r.stats.Truncates.Add(t)
 		r.stats.DeadLetters.Add(dead)
 		if r.cfg.OnProduce != nil {

@@ -31,7 +31,12 @@ func TestEnvelopesForInsertUpdateDelete(t *testing.T) {
 	e.Exec(t, `DELETE FROM jobs WHERE job_id = 'j1'`)
 
 	ins := waitMessages(t, e, e.Topic("img_gen"), 1)[0]
-	vlm := waitMessages(t, e, e.Topic("vlm_analyze"), 2)
+	vlm := waitMessages(t, e, e.Topic("vlm_analyze"), 3)
+	// The delete is followed by its tombstone: the key, a null value.
+	if tomb := vlm[2]; string(tomb.Key) != "j1" || tomb.Value != nil {
+		t.Fatalf("after the delete: key %q value %q; want the tombstone of j1", tomb.Key, tomb.Value)
+	}
+	vlm = vlm[:2]
 	for _, m := range append(vlm, ins) {
 		validate(t, m.Value)
 		if string(m.Key) != "j1" {
@@ -279,11 +284,15 @@ func TestDeletesAndTruncates(t *testing.T) {
 	e.Exec(t, `DELETE FROM jobs WHERE job_id = 'j2'`)
 	e.Exec(t, `TRUNCATE jobs`)
 
-	img := waitMessages(t, e, e.Topic("img_gen"), 1+1+3)
-	vlm := waitMessages(t, e, e.Topic("vlm_analyze"), 2+2+3)
+	img := waitMessages(t, e, e.Topic("img_gen"), 1+2+3)
+	vlm := waitMessages(t, e, e.Topic("vlm_analyze"), 2+4+3)
 	ops := func(msgs []kafka.Message) string {
 		var s []string
 		for _, m := range msgs {
+			if m.Value == nil {
+				s = append(s, "tombstone:"+string(m.Key))
+				continue
+			}
 			validate(t, m.Value)
 			env := decode(t, m)
 			id := string(m.Key)
@@ -303,8 +312,8 @@ func TestDeletesAndTruncates(t *testing.T) {
 		msgs  []kafka.Message
 		want  []string
 	}{
-		{"img_gen", img, []string{"c:j1", "d:j1", "t:"}},
-		{"vlm_analyze", vlm, []string{"c:j2", "c:j3", "d:j1", "d:j2", "t:"}},
+		{"img_gen", img, []string{"c:j1", "d:j1 tombstone:j1", "t:"}},
+		{"vlm_analyze", vlm, []string{"c:j2", "c:j3", "d:j1 tombstone:j1", "d:j2 tombstone:j2", "t:"}},
 	} {
 		got := ops(c.msgs)
 		for _, w := range c.want {
@@ -316,13 +325,25 @@ func TestDeletesAndTruncates(t *testing.T) {
 			t.Errorf("%s: %d truncate events, want one per partition (3): %s", c.topic, n, got)
 		}
 	}
-	if n := strings.Count(ops(img), "d:j2"); n != 0 {
+	if n := strings.Count(ops(img), ":j2"); n != 0 {
 		t.Errorf("the delete of j2 (REPLICA IDENTITY FULL) went to img_gen too")
 	}
 	harness.Eventually(t, 20*time.Second, func() (bool, string) {
-		d, tr := r.Stats().Deletes.Load(), r.Stats().Truncates.Load()
-		return d == 3 && tr == 6, fmt.Sprintf("counters: %d deletes (want 3), %d truncates (want 6)", d, tr)
+		d, tr, tomb := r.Stats().Deletes.Load(), r.Stats().Truncates.Load(), r.Stats().Tombstones.Load()
+		return d == 3 && tr == 6 && tomb == 3, fmt.Sprintf("counters: %d deletes (want 3), %d truncates (want 6), %d tombstones (want 3)", d, tr, tomb)
 	})
+
+	// With tombstones off, a delete is the delete event alone.
+	e2 := harness.New(t)
+	startReader(t, e2, func(c *cdc.Config) { c.NoTombstones = true })
+	e2.Exec(t, `ALTER TABLE jobs REPLICA IDENTITY FULL`)
+	e2.Exec(t, `INSERT INTO jobs (job_id, current_step, status) VALUES ('k1', 'img_gen', 'done'), ('k2', 'img_gen', 'done')`)
+	e2.Exec(t, `DELETE FROM jobs WHERE job_id = 'k1'`)
+	e2.Exec(t, `UPDATE jobs SET status = 'running' WHERE job_id = 'k2'`) // a marker after the delete
+	got := ops(waitMessages(t, e2, e2.Topic("img_gen"), 4))
+	if strings.Contains(got, "tombstone") || !strings.Contains(got, "d:k1") {
+		t.Errorf("with NoTombstones: %s", got)
+	}
 }
 
 // TestFlushWaitsForBrokerAck is item 1: with the broker down, the slot never

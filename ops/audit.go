@@ -30,8 +30,9 @@ type auditEntry struct {
 	Duration  string    `json:"duration,omitempty"`
 	Outcome   string    `json:"outcome,omitempty"`
 	Error     string    `json:"error,omitempty"`
-	// Kind is "change" for a change event, "replay" for a replay mark,
-	// "dead-letter" for a dead letter.
+	// Kind is "change" for a change event, "tombstone" for the null value
+	// after a delete, "replay" for a replay mark, "dead-letter" for a dead
+	// letter.
 	Kind   string          `json:"kind"`
 	Detail json.RawMessage `json:"detail,omitempty"`
 }
@@ -132,6 +133,8 @@ func auditTopics(ctx context.Context, a *admin, p schema.Pipeline, prefix, jobID
 		}
 		part := partitionOf(key, len(offs))
 		o := offs[part]
+		var lastLSN int64 // of the last change event read here
+		var lastTime time.Time
 		err = a.read(ctx, topic, part, o.First, o.End, func(m kafka.Message) error {
 			if string(m.Key) != jobID {
 				return nil
@@ -143,6 +146,11 @@ func auditTopics(ctx context.Context, a *admin, p schema.Pipeline, prefix, jobID
 			case ReplayTopic(prefix):
 				e.Kind, e.Detail = "replay", m.Value
 			default:
+				if len(m.Value) == 0 {
+					// After a delete, the job is gone: ordered with it.
+					e.Kind, e.LSN, e.Time = "tombstone", lastLSN, lastTime
+					break
+				}
 				env, err := schema.DecodeEnvelope(m.Value)
 				if err != nil {
 					e.Kind, e.Detail = "unreadable", json.RawMessage(fmt.Sprintf("%q", err.Error()))
@@ -150,6 +158,7 @@ func auditTopics(ctx context.Context, a *admin, p schema.Pipeline, prefix, jobID
 				}
 				e.Kind, e.Op, e.LSN = "change", env.Op, env.Source.LSN
 				e.Time = time.UnixMilli(env.Source.TsMs)
+				lastLSN, lastTime = e.LSN, e.Time
 				row, ok := schema.Row(env.After)
 				if !ok {
 					row, _ = schema.Row(env.Before)

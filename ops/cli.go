@@ -144,6 +144,17 @@ func (f *flags) dur(p *time.Duration, name, env string, def time.Duration, usage
 	f.DurationVar(p, name, def, usage+" [$"+env+"]")
 }
 
+func (f *flags) boolean(p *bool, name, env string, def bool, usage string) {
+	if s := os.Getenv(env); s != "" {
+		v, err := strconv.ParseBool(s)
+		f.envParsed(env, s, "true or false", err)
+		if err == nil {
+			def = v
+		}
+	}
+	f.BoolVar(p, name, def, usage+" [$"+env+"]")
+}
+
 func (f *flags) envParsed(env, value, want string, err error) {
 	if err != nil && f.envErr == nil {
 		f.envErr = usagef("%s=%q is not %s", env, value, want)
@@ -317,6 +328,8 @@ func runReader(ctx context.Context, args []string, _ io.Writer) error {
 	f.dur(&cfg.StatusInterval, "status-interval", "JOBSTREAM_STATUS_INTERVAL", 10*time.Second, "longest time between two status updates to Postgres")
 	f.num(&cfg.MaxBatch, "max-batch", "JOBSTREAM_MAX_BATCH", 4096, "most events in one produce round trip")
 	f.num(&cfg.MaxMessageBytes, "max-message-bytes", "JOBSTREAM_MAX_MESSAGE_BYTES", 0, "largest event; larger ones go to the dead-letter topic (0: the broker's message.max.bytes)")
+	tombstones := true
+	f.boolean(&tombstones, "tombstones", "JOBSTREAM_TOMBSTONES", true, "follow each delete event with a tombstone (the job_id key, a null value), as Debezium does; --tombstones=false turns them off")
 	var httpAddr string
 	f.str(&httpAddr, "http-addr", "JOBSTREAM_HTTP_ADDR", "", "serve /metrics, /healthz and /readyz on this address, e.g. :9100")
 	if err := f.parse(args); err != nil {
@@ -349,6 +362,7 @@ func runReader(ctx context.Context, args []string, _ io.Writer) error {
 	}
 	cfg.DatabaseURL, cfg.Brokers, cfg.TopicPrefix, cfg.Publication, cfg.Logger = c.databaseURL, c.brokerList(), c.prefix, c.publication, log
 	cfg.SASL, cfg.TLS = b.SASL, b.TLS
+	cfg.NoTombstones = !tombstones
 	reg := newRegistry()
 	rm := newReaderMetrics(reg)
 	cfg.OnProduce, cfg.OnCommitAcked = rm.produced, rm.commitAcked

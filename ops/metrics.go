@@ -45,6 +45,7 @@ func registerReader(reg *prometheus.Registry, r *cdc.Reader) {
 			func() float64 { return float64(v.Load()) })
 	}
 	reg.MustRegister(events("c", &s.Inserts), events("u", &s.Updates), events("d", &s.Deletes), events("r", &s.SnapshotReads), events("t", &s.Truncates))
+	counterFunc(reg, "jobstream_reader_tombstones_total", "Tombstones (null values after deletes) acknowledged by the broker.", func() float64 { return float64(s.Tombstones.Load()) })
 	counterFunc(reg, "jobstream_reader_dead_letters_total", "Rows sent to the dead-letter topic.", func() float64 { return float64(s.DeadLetters.Load()) })
 	counterFunc(reg, "jobstream_reader_transactions_total", "Transactions decoded.", func() float64 { return float64(s.Transactions.Load()) })
 	counterFunc(reg, "jobstream_reader_reconnects_total", "Replication sessions restarted after a failure.", func() float64 { return float64(s.Reconnects.Load()) })

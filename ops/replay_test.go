@@ -169,6 +169,22 @@ func TestReplayAndAudit(t *testing.T) {
 		t.Fatalf("audit shows %d replay marks for j1, want 1: %+v", marks, audit(t, e, "j1"))
 	}
 
+	// A deleted job: its delete goes to every step topic (REPLICA IDENTITY
+	// DEFAULT), each copy followed by a tombstone; the audit shows it once,
+	// last, then the tombstone.
+	e.Exec(t, `DELETE FROM jobs WHERE job_id = 'j5'`)
+	harness.Eventually(t, 30*time.Second, func() (bool, string) {
+		a = audit(t, e, "j5")
+		var tail []string
+		for _, h := range a.History {
+			tail = append(tail, h.Kind+":"+h.Op)
+		}
+		if n := len(tail); n >= 2 && strings.Join(tail[n-2:], " ") == "change:d tombstone:" && strings.Count(strings.Join(tail, " "), "tombstone") == 1 {
+			return true, ""
+		}
+		return false, fmt.Sprintf("audit of the deleted j5: %v", tail)
+	})
+
 	// A range that holds nothing.
 	future := time.Now().Add(time.Hour).UTC().Format(time.RFC3339)
 	code, out, _ = runMain(t, append([]string{"replay", "--step", "yolo_detect", "--from", future}, flags...)...)
