@@ -16,7 +16,8 @@ import (
 	"github.com/jackc/pglogrepl"
 )
 
-// Postgres type OIDs rendered specially; every other type is a JSON string.
+// Postgres type OIDs rendered specially (see also types.go); every other
+// type is a JSON string.
 const (
 	oidBool        = 16
 	oidBytea       = 17
@@ -115,8 +116,13 @@ func appendValue(b []byte, oid uint32, typmod int32, v []byte) []byte {
 			return append(b, '"')
 		}
 	case oidTimestamp:
-		// io.debezium.time.MicroTimestamp: microseconds since the epoch.
+		// Adaptive precision: timestamp(0..3) is io.debezium.time.Timestamp,
+		// milliseconds since the epoch; timestamp(4..6) and timestamp are
+		// io.debezium.time.MicroTimestamp, microseconds.
 		if t, ok := parseTimestamp(v, false); ok {
+			if typmod >= 0 && typmod <= 3 {
+				return strconv.AppendInt(b, t.UnixMilli(), 10)
+			}
 			return strconv.AppendInt(b, t.UnixMicro(), 10)
 		}
 	case oidDate:
@@ -135,6 +141,30 @@ func appendValue(b []byte, oid uint32, typmod int32, v []byte) []byte {
 		}
 	case oidJSON, oidJSONB:
 		// io.debezium.data.Json: the document as a string.
+	case oidTime:
+		// io.debezium.time.Time or MicroTime, by precision.
+		if out, ok := appendTime(b, typmod, v); ok {
+			return out
+		}
+	case oidTimetz:
+		// io.debezium.time.ZonedTime: ISO-8601 in UTC.
+		if out, ok := appendTimetz(b, v); ok {
+			return out
+		}
+	case oidInterval:
+		// io.debezium.time.MicroDuration: approximate microseconds.
+		if out, ok := appendInterval(b, v); ok {
+			return out
+		}
+	default:
+		// An array: a JSON array of its elements rendered as above.
+		if oid >= minArrayOID {
+			if elem := arrayElem(oid); elem != 0 {
+				if out, ok := appendArray(b, elem, typmod, v); ok {
+					return out
+				}
+			}
+		}
 	}
 	return appendJSONString(b, v)
 }

@@ -81,14 +81,23 @@ func TestEnvelopeRendersTypesAsDebezium(t *testing.T) {
 	e := harness.New(t)
 	e.Exec(t, `ALTER TABLE jobs ADD COLUMN n int, ADD COLUMN big bigint, ADD COLUMN small smallint, ADD COLUMN flag boolean,
 		ADD COLUMN ratio float8, ADD COLUMN price numeric(10,2), ADD COLUMN amount numeric, ADD COLUMN born date,
-		ADD COLUMN seen timestamp, ADD COLUMN blob bytea, ADD COLUMN uid uuid, ADD COLUMN note text, ADD COLUMN doc json`)
+		ADD COLUMN seen timestamp, ADD COLUMN blob bytea, ADD COLUMN uid uuid, ADD COLUMN note text, ADD COLUMN doc json,
+		ADD COLUMN at_time time, ADD COLUMN at_ms time(3), ADD COLUMN day_end time, ADD COLUMN at_tz timetz, ADD COLUMN took interval,
+		ADD COLUMN back interval, ADD COLUMN ns int[], ADD COLUMN bigs int8[], ADD COLUMN tags text[], ADD COLUMN names varchar(20)[],
+		ADD COLUMN flags bool[], ADD COLUMN ratios float8[], ADD COLUMN prices numeric(10,2)[], ADD COLUMN amounts numeric[],
+		ADD COLUMN uids uuid[], ADD COLUMN stamps timestamptz[], ADD COLUMN docs jsonb[], ADD COLUMN grid int[][]`)
 	e.Exec(t, `ALTER TABLE jobs ALTER COLUMN results SET STORAGE EXTERNAL`)
 	startReader(t, e, nil)
 	e.Exec(t, `INSERT INTO jobs (job_id, current_step, status, payload, results, error, updated_at, n, big, small, flag, ratio,
-		price, amount, born, seen, blob, uid, note, doc) VALUES
+		price, amount, born, seen, blob, uid, note, doc, at_time, at_ms, day_end, at_tz, took, back, ns, bigs, tags, names, flags,
+		ratios, prices, amounts, uids, stamps, docs, grid) VALUES
 		('j1', 'img_gen', 'done', '{"prompt": "a \"red\" square", "seed": 7}', jsonb_build_object('img_gen', repeat('r', 6000)),
 		NULL, '2026-11-26 23:32:21.123456+00', -42, 9007199254740993, 7, true, 0.25, 1.50, -12.345, '1970-01-11',
-		'1970-01-01 00:00:01.5', '\x68690a', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', E'line\nnext "q" \\ ✓', '[1, 2]')`)
+		'1970-01-01 00:00:01.5', '\x68690a', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', E'line\nnext "q" \\ ✓', '[1, 2]',
+		'13:14:15.123456', '13:14:15.123', '24:00:00', '04:05:06.789+05:30', '1 year 2 mons 3 days 04:05:06.789',
+		'-1 day +00:00:01', '{1,NULL,3}', '{}', ARRAY['a b', 'c"d', 'e\f', NULL, 'NULL', ''], '{x,y}', '{t,f,NULL}',
+		'{1.5,NaN}', '{1.50,-1.28}', '{1.5}', '{a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11}',
+		ARRAY['2026-11-26 23:32:21.123456+00'::timestamptz], ARRAY['{"a": 1}'::jsonb, '[1, 2]'], '{{1,2},{3,4}}')`)
 	// Only status changes: results is TOASTed and unchanged, so the WAL
 	// does not carry it.
 	e.Exec(t, `UPDATE jobs SET status = 'running' WHERE job_id = 'j1'`)
@@ -123,14 +132,32 @@ func TestEnvelopeRendersTypesAsDebezium(t *testing.T) {
 		"uid":        `"a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"`,
 		"note":       `"line\nnext \"q\" \\ ✓"`,
 		"doc":        `"[1, 2]"`,
+		"at_time":    `47655123456`,     // time: MicroTime, µs past midnight
+		"at_ms":      `47655123`,        // time(3): Time, ms past midnight
+		"day_end":    `86400000000`,     // time 24:00:00: a whole day
+		"at_tz":      `"22:35:06.789Z"`, // timetz: ZonedTime, in UTC
+		"took":       `37091106789000`,  // interval: MicroDuration, months of 365.25/12 days
+		"back":       `-86399000000`,    // interval "-1 days +00:00:01"
+		"ns":         `[1,null,3]`,      // arrays: JSON arrays of their elements
+		"bigs":       `[]`,
+		"tags":       `["a b","c\"d","e\\f",null,"NULL",""]`,
+		"names":      `["x","y"]`,
+		"flags":      `[true,false,null]`,
+		"ratios":     `[1.5,"NaN"]`,
+		"prices":     `["AJY=","gA=="]`,
+		"amounts":    `[{"scale":1,"value":"Dw=="}]`,
+		"uids":       `["a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"]`,
+		"stamps":     `["2026-11-26T23:32:21.123456Z"]`,
+		"docs":       `["{\"a\": 1}","[1, 2]"]`,
+		"grid":       `"{{1,2},{3,4}}"`, // multi-dimensional: left as text, as Debezium has no rendering for it
 	}
 	for col, w := range want {
 		if got := string(after[col]); got != w {
 			t.Errorf("after.%s = %s, want %s", col, got, w)
 		}
 	}
-	if len(after) != 20 {
-		t.Errorf("after has %d columns, want all 20: %s", len(after), ins["after"])
+	if len(after) != 38 {
+		t.Errorf("after has %d columns, want all 38: %s", len(after), ins["after"])
 	}
 	toasted := decode(t, msgs[1])
 	if toasted.Op != "u" || toasted.After["results"] != "__debezium_unavailable_value" || toasted.After["status"] != "running" {

@@ -181,8 +181,15 @@ func (s *stream) handleCopyData(ctx context.Context, data []byte) error {
 
 func (s *stream) handleWAL(ctx context.Context, xld pglogrepl.XLogData) error {
 	r := s.r
-	if m, ok := s.rows.decode(xld.WALData); ok {
-		// The fast path for rows; the tuples are valid until the next receive.
+	if d := xld.WALData; len(d) > 0 && (d[0] == 'I' || d[0] == 'U' || d[0] == 'D') {
+		// Rows, nearly all of the stream: decoded in place, the tuples valid
+		// until the next receive.
+		m, ok := s.rows.decode(d)
+		if !ok {
+			// One change we cannot read must not stop the stream.
+			ev := event{partition: -1, lsn: xld.WALStart}
+			return s.pl.add(r.deadLetter(&ev, fmt.Sprintf("the pgoutput %q message is malformed and cannot be decoded", d[0])))
+		}
 		switch m.op {
 		case 'I':
 			return s.change(ctx, xld.WALStart, schema.OpCreate, m.relID, nil, m.new, false)
@@ -194,11 +201,6 @@ func (s *stream) handleWAL(ctx context.Context, xld pglogrepl.XLogData) error {
 	}
 	msg, err := parsePgoutput(xld.WALData)
 	if err != nil {
-		if len(xld.WALData) > 0 && (xld.WALData[0] == 'I' || xld.WALData[0] == 'U' || xld.WALData[0] == 'D') {
-			// One change we cannot read must not stop the stream.
-			ev := event{partition: -1, lsn: xld.WALStart}
-			return s.pl.add(r.deadLetter(&ev, fmt.Sprintf("the pgoutput %q message cannot be decoded: %v", xld.WALData[0], err)))
-		}
 		return fmt.Errorf("decode pgoutput message at %s: %w", xld.WALStart, err)
 	}
 	switch m := msg.(type) {
@@ -211,12 +213,6 @@ func (s *stream) handleWAL(ctx context.Context, xld pglogrepl.XLogData) error {
 		s.lastCommit = m.CommitLSN
 		r.stats.Transactions.Add(1)
 		return s.pl.commit(m.TransactionEndLSN, s.commitTime)
-	case *pglogrepl.InsertMessage:
-		return s.change(ctx, xld.WALStart, schema.OpCreate, m.RelationID, nil, m.Tuple, false)
-	case *pglogrepl.UpdateMessage:
-		return s.change(ctx, xld.WALStart, schema.OpUpdate, m.RelationID, m.OldTuple, m.NewTuple, m.OldTupleType == pglogrepl.UpdateMessageTupleTypeOld)
-	case *pglogrepl.DeleteMessage:
-		return s.change(ctx, xld.WALStart, schema.OpDelete, m.RelationID, m.OldTuple, nil, m.OldTupleType == pglogrepl.DeleteMessageTupleTypeOld)
 	case *pglogrepl.TruncateMessage:
 		for _, id := range m.RelationIDs {
 			rel, ok := r.rels[id]
