@@ -17,29 +17,44 @@ import (
 	"github.com/jobstream/jobstream/schema"
 )
 
-// handle applies the step protocol to one event: decode, claim, run,
-// complete or fail. It returns an error only when the event must be
-// delivered again: the database stayed unreachable until ctx ended, or the
-// run was released at a stop.
-func (w *Worker) handle(ctx context.Context, m kafka.Message, workerID, gpu string) error {
+// decoded is an event as the partition loop read it: its trigger, or why
+// it is not a change-event envelope.
+type decoded struct {
+	env *trigger
+	err error
+}
+
+// decode decodes an event and reports whether it is one the step acts on:
+// a trigger of this step, or a malformed event to dead-letter. The others
+// (tombstones, changes of other states) are skipped without a slot.
+func (w *Worker) decode(m kafka.Message) (d decoded, act bool) {
 	if len(m.Value) == 0 {
-		w.stats.Skipped.Add(1) // a tombstone
-		return nil
+		return d, false // a tombstone
 	}
-	env, err := decodeTrigger(m.Value)
-	if err != nil {
-		if !w.deadLetter(ctx, letter{key: m.Key, event: m.Value, reason: "event is not a change-event envelope: " + err.Error()}) {
+	d.env, d.err = decodeTrigger(m.Value)
+	if d.err != nil {
+		return d, true
+	}
+	row := d.env.After
+	return d, row != nil && row.JobID != nil && *row.JobID != "" && d.env.Op != schema.OpDelete &&
+		row.CurrentStep == w.trigger && row.Status == "done"
+}
+
+// handle applies the step protocol to an event decode said to act on:
+// claim, run, complete or fail, or dead-letter a malformed event. It
+// returns an error only when the event must be delivered again: the
+// database stayed unreachable until ctx ended, or the run was released at
+// a stop.
+func (w *Worker) handle(ctx context.Context, m kafka.Message, d decoded, workerID, gpu string) error {
+	if d.err != nil {
+		if !w.deadLetter(ctx, letter{key: m.Key, event: m.Value, reason: "event is not a change-event envelope: " + d.err.Error()}) {
 			return context.Cause(ctx) // not committed: the letter is written on the next delivery
 		}
 		w.stats.Skipped.Add(1)
 		return nil
 	}
-	row := env.After
-	if row == nil || row.JobID == nil || *row.JobID == "" || env.Op == schema.OpDelete || row.CurrentStep != w.trigger || row.Status != "done" {
-		w.stats.Skipped.Add(1)
-		return nil
-	}
-	r, ok, err := w.claim(ctx, env, *row.JobID, workerID)
+	env := d.env
+	r, ok, err := w.claim(ctx, env, *env.After.JobID, workerID)
 	if isDataError(err) {
 		if !w.deadLetter(ctx, letter{key: m.Key, event: m.Value, reason: "claim refused by Postgres", errText: errorText(err)}) {
 			return context.Cause(ctx)
@@ -60,36 +75,6 @@ func (w *Worker) handle(ctx context.Context, m kafka.Message, workerID, gpu stri
 	}
 	r.job.GPU = gpu
 	return w.execute(ctx, r, m, workerID)
-}
-
-// trigger is the part of a change event a worker reads: the Debezium
-// envelope's op, the job's identity and state after the change, and where
-// and when the change was committed. Decoding only this skips building the
-// before and after maps with every column.
-type trigger struct {
-	Op    string `json:"op"`
-	After *struct {
-		JobID       *string `json:"job_id"`
-		CurrentStep string  `json:"current_step"`
-		Status      string  `json:"status"`
-	} `json:"after"`
-	Source struct {
-		TxID     int64  `json:"txId"`
-		LSN      int64  `json:"lsn"`
-		TsMs     int64  `json:"ts_ms"`
-		Snapshot string `json:"snapshot"`
-	} `json:"source"`
-}
-
-// decodeTrigger parses an event value. A value schema.DecodeEnvelope
-// accepts but whose job_id, current_step or status is not a string (a
-// table this worker cannot act on) is an error too.
-func decodeTrigger(b []byte) (*trigger, error) {
-	var t trigger
-	if err := json.Unmarshal(b, &t); err != nil {
-		return nil, err
-	}
-	return &t, nil
 }
 
 // maxVisibilityWait bounds how long a claim that found nothing waits for
@@ -158,13 +143,17 @@ func (w *Worker) execute(ctx context.Context, r run, m kafka.Message, workerID s
 	l := &lease{run: r.id}
 	kept := make(chan struct{})
 	jobID := r.job.JobID
-	go func() {
+	// The first renewal is due Lease/3 after the claim: a step done by
+	// then never starts the renewing goroutine.
+	renewing := time.AfterFunc(w.cfg.Lease/3, func() {
 		defer close(kept)
 		w.keepLease(kctx, l, lose, jobID)
-	}()
+	})
 	defer func() {
 		lose(context.Canceled)
-		<-kept
+		if !renewing.Stop() {
+			<-kept
+		}
 	}()
 
 	bo := backoff.NewExponentialBackOff()
@@ -253,18 +242,13 @@ func isClosed(ch <-chan struct{}) bool {
 	}
 }
 
-// keepLease renews the lease of l's current run every Lease/3 until ctx
-// ends; when a renewal finds the run closed by someone else, it cancels the
-// attempt with errFenced.
+// keepLease renews the lease of l's current run at once and then every
+// Lease/3 until ctx ends; when a renewal finds the run closed by someone
+// else, it cancels the attempt with errFenced.
 func (w *Worker) keepLease(ctx context.Context, l *lease, lose context.CancelCauseFunc, jobID string) {
 	t := time.NewTicker(w.cfg.Lease / 3)
 	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	for ctx.Err() == nil {
 		l.mu.Lock()
 		held, err := w.store.renew(ctx, l.run)
 		l.mu.Unlock()
@@ -276,6 +260,10 @@ func (w *Worker) keepLease(ctx context.Context, l *lease, lose context.CancelCau
 		case !held:
 			lose(errFenced)
 			return
+		}
+		select {
+		case <-ctx.Done():
+		case <-t.C:
 		}
 	}
 }
@@ -472,16 +460,28 @@ func retryDB(ctx context.Context, log *slog.Logger, op func() error) error {
 // retry retries op with capped exponential backoff and jitter until it
 // succeeds, returns a backoff.Permanent error, or ctx ends.
 func retry(ctx context.Context, log *slog.Logger, op func() error) error {
-	bo := backoff.NewExponentialBackOff()
-	bo.InitialInterval = 100 * time.Millisecond
-	bo.MaxInterval = 5 * time.Second
-	bo.MaxElapsedTime = 0
-	return backoff.RetryNotify(func() error {
+	try := func() error {
 		err := op()
 		if err != nil && ctx.Err() != nil {
 			return backoff.Permanent(context.Cause(ctx))
 		}
 		return err
+	}
+	// The first try, which nearly always succeeds, needs no backoff.
+	first := try()
+	if first == nil {
+		return nil
+	}
+	bo := backoff.NewExponentialBackOff()
+	bo.InitialInterval = 100 * time.Millisecond
+	bo.MaxInterval = 5 * time.Second
+	bo.MaxElapsedTime = 0
+	return backoff.RetryNotify(func() error {
+		if err := first; err != nil {
+			first = nil // RetryNotify's first call: the try made above
+			return err
+		}
+		return try()
 	}, backoff.WithContext(bo, ctx), func(err error, d time.Duration) {
 		log.Warn("retrying", "err", err, "retry_in", d)
 	})

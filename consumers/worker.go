@@ -340,8 +340,11 @@ func (w *Worker) owns(p int) bool {
 }
 
 // partition handles the events of one partition in offset order until
-// fetchCtx ends or the generation is over. Each event's step runs on its own
-// goroutine, so that a rebalance can detach it instead of waiting for it.
+// fetchCtx ends or the generation is over. Events that are not triggers are
+// skipped in place; steps run on a goroutine of their own, so that a
+// rebalance can detach the step in flight instead of waiting for it. That
+// goroutine serves the partition's steps one after another (its stack,
+// grown by the first, serves the next) and ends after the last.
 func (m *member) partition(fetchCtx, runCtx context.Context, over <-chan struct{}, p kafka.PartitionAssignment, com *committer) {
 	w := m.w
 	rd := kafka.NewReader(kafka.ReaderConfig{
@@ -367,6 +370,24 @@ func (m *member) partition(fetchCtx, runCtx context.Context, over <-chan struct{
 		w.log.Warn("seek partition", "partition", p.ID, "offset", p.Offset, "err", err)
 		return
 	}
+	type step struct {
+		msg kafka.Message
+		d   decoded
+	}
+	steps := make(chan step)
+	done := make(chan error, 1)
+	defer close(steps)
+	go func() {
+		// A stop lets the steps finish within the grace period.
+		sctx, cancel := graceContext(runCtx, w.cfg.Grace)
+		defer cancel()
+		for s := range steps {
+			err := w.handle(sctx, s.msg, s.d, m.id, m.gpu)
+			<-m.slots
+			w.steps.Done()
+			done <- err
+		}
+	}()
 	bo := backoff.NewExponentialBackOff()
 	bo.InitialInterval, bo.MaxInterval, bo.MaxElapsedTime = 100*time.Millisecond, 5*time.Second, 0
 	for {
@@ -385,6 +406,14 @@ func (m *member) partition(fetchCtx, runCtx context.Context, over <-chan struct{
 			continue
 		}
 		bo.Reset()
+		d, act := w.decode(msg)
+		if !act {
+			// Not a trigger: nothing to run, and every earlier event of
+			// the partition is finished (they are handled one at a time).
+			w.stats.Skipped.Add(1)
+			com.mark(p.ID, msg.Offset+1)
+			continue
+		}
 		select {
 		case m.slots <- struct{}{}:
 		case <-fetchCtx.Done():
@@ -394,16 +423,8 @@ func (m *member) partition(fetchCtx, runCtx context.Context, over <-chan struct{
 			<-m.slots
 			return
 		}
-		done := make(chan error, 1)
 		w.steps.Add(1)
-		go func() {
-			defer w.steps.Done()
-			defer func() { <-m.slots }()
-			// A stop lets the step finish within the grace period.
-			sctx, cancel := graceContext(runCtx, w.cfg.Grace)
-			defer cancel()
-			done <- w.handle(sctx, msg, m.id, m.gpu)
-		}()
+		steps <- step{msg, d}
 		select {
 		case err := <-done:
 			if err != nil {

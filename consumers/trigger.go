@@ -1,0 +1,493 @@
+package consumers
+
+import (
+	"encoding/json"
+	"unicode/utf8"
+)
+
+// trigger is the part of a change event a worker reads: the Debezium
+// envelope's op, the job's identity and state after the change, and where
+// and when the change was committed. Decoding only this skips building the
+// before and after maps with every column.
+type trigger struct {
+	Op     string        `json:"op"`
+	After  *triggerRow   `json:"after"`
+	Source triggerSource `json:"source"`
+}
+
+type triggerRow struct {
+	JobID       *string `json:"job_id"`
+	CurrentStep string  `json:"current_step"`
+	Status      string  `json:"status"`
+}
+
+type triggerSource struct {
+	TxID     int64  `json:"txId"`
+	LSN      int64  `json:"lsn"`
+	TsMs     int64  `json:"ts_ms"`
+	Snapshot string `json:"snapshot"`
+}
+
+// decodeTrigger parses an event value as json.Unmarshal into a trigger
+// does, with its very result and error on every input. A value
+// schema.DecodeEnvelope accepts but whose job_id, current_step or status
+// is not a string (a table this worker cannot act on) is an error too.
+//
+// The envelopes the reader writes take a fast path: one pass that checks
+// the syntax of the whole value, skips what the trigger does not hold and
+// reads the rest. Whatever that pass is not certain to read exactly as
+// encoding/json would (an error of any kind, escaped or non-ASCII or
+// case-folded names, repeated names, numbers that are not plain integers,
+// strings with escapes or invalid UTF-8, deep nesting) is left to
+// json.Unmarshal, so its errors and its quirks stay the reference.
+func decodeTrigger(b []byte) (*trigger, error) {
+	if t, ok := fastTrigger(b); ok {
+		return t, nil
+	}
+	var t trigger
+	if err := json.Unmarshal(b, &t); err != nil {
+		return nil, err
+	}
+	return &t, nil
+}
+
+// maxFastDepth is the nesting the fast path skips; deeper values go to
+// encoding/json, which has its own limit.
+const maxFastDepth = 256
+
+// fastTrigger is decodeTrigger's fast path; ok is false when the value must
+// go to encoding/json.
+func fastTrigger(b []byte) (t *trigger, ok bool) {
+	i := skipSpace(b, 0)
+	if i >= len(b) || b[i] != '{' {
+		return nil, false
+	}
+	t = &trigger{}
+	var seenOp, seenAfter, seenSource bool
+	i, ok = object(b, i, func(key []byte, i int) (int, bool) {
+		switch string(key) {
+		case "op":
+			if seenOp {
+				return i, false
+			}
+			seenOp = true
+			return stringField(b, i, &t.Op)
+		case "after":
+			if seenAfter {
+				return i, false
+			}
+			seenAfter = true
+			if hasLiteral(b, i, "null") {
+				return i + 4, true
+			}
+			t.After = &triggerRow{}
+			return t.After.decode(b, i)
+		case "source":
+			if seenSource {
+				return i, false
+			}
+			seenSource = true
+			if hasLiteral(b, i, "null") {
+				return i + 4, true
+			}
+			return t.Source.decode(b, i)
+		}
+		if foldsTo(key, "op", "after", "source") {
+			return i, false
+		}
+		return skipValue(b, i, 1)
+	})
+	if !ok || skipSpace(b, i) != len(b) {
+		return nil, false
+	}
+	return t, true
+}
+
+func (r *triggerRow) decode(b []byte, i int) (int, bool) {
+	if i >= len(b) || b[i] != '{' {
+		return i, false
+	}
+	var seenID, seenStep, seenStatus bool
+	return object(b, i, func(key []byte, i int) (int, bool) {
+		switch string(key) {
+		case "job_id":
+			if seenID {
+				return i, false
+			}
+			seenID = true
+			if hasLiteral(b, i, "null") {
+				return i + 4, true
+			}
+			var id string
+			i, ok := stringField(b, i, &id)
+			r.JobID = &id
+			return i, ok
+		case "current_step":
+			if seenStep {
+				return i, false
+			}
+			seenStep = true
+			return stringField(b, i, &r.CurrentStep)
+		case "status":
+			if seenStatus {
+				return i, false
+			}
+			seenStatus = true
+			return stringField(b, i, &r.Status)
+		}
+		if foldsTo(key, "job_id", "current_step", "status") {
+			return i, false
+		}
+		return skipValue(b, i, 2)
+	})
+}
+
+func (s *triggerSource) decode(b []byte, i int) (int, bool) {
+	if i >= len(b) || b[i] != '{' {
+		return i, false
+	}
+	var seen [4]bool
+	once := func(k int) bool {
+		if seen[k] {
+			return false
+		}
+		seen[k] = true
+		return true
+	}
+	return object(b, i, func(key []byte, i int) (int, bool) {
+		switch string(key) {
+		case "txId":
+			if !once(0) {
+				return i, false
+			}
+			return intField(b, i, &s.TxID)
+		case "lsn":
+			if !once(1) {
+				return i, false
+			}
+			return intField(b, i, &s.LSN)
+		case "ts_ms":
+			if !once(2) {
+				return i, false
+			}
+			return intField(b, i, &s.TsMs)
+		case "snapshot":
+			if !once(3) {
+				return i, false
+			}
+			return stringField(b, i, &s.Snapshot)
+		}
+		if foldsTo(key, "txId", "lsn", "ts_ms", "snapshot") {
+			return i, false
+		}
+		return skipValue(b, i, 2)
+	})
+}
+
+// object reads the object at b[i] ('{'), calling field with each name
+// (plain ASCII without escapes; any other name fails) and the offset of
+// its value; field returns the offset after the value. It returns the
+// offset after the object.
+func object(b []byte, i int, field func(key []byte, i int) (int, bool)) (int, bool) {
+	i = skipSpace(b, i+1)
+	if i < len(b) && b[i] == '}' {
+		return i + 1, true
+	}
+	for {
+		if i >= len(b) || b[i] != '"' {
+			return i, false
+		}
+		start := i + 1
+		j := start
+		for j < len(b) && b[j] != '"' {
+			if c := b[j]; c < 0x20 || c == '\\' || c >= utf8.RuneSelf {
+				return j, false
+			}
+			j++
+		}
+		if j >= len(b) {
+			return j, false
+		}
+		key := b[start:j]
+		i = skipSpace(b, j+1)
+		if i >= len(b) || b[i] != ':' {
+			return i, false
+		}
+		var ok bool
+		if i, ok = field(key, skipSpace(b, i+1)); !ok {
+			return i, false
+		}
+		i = skipSpace(b, i)
+		if i >= len(b) {
+			return i, false
+		}
+		switch b[i] {
+		case ',':
+			i = skipSpace(b, i+1)
+		case '}':
+			return i + 1, true
+		default:
+			return i, false
+		}
+	}
+}
+
+// foldsTo reports whether key, which matches none of names exactly, might
+// still match one as encoding/json matches names (case-insensitively):
+// an ASCII name equal to one of them but for case.
+func foldsTo(key []byte, names ...string) bool {
+	for _, n := range names {
+		if len(n) != len(key) {
+			continue
+		}
+		same := true
+		for k := range len(n) {
+			if lower(key[k]) != lower(n[k]) {
+				same = false
+				break
+			}
+		}
+		if same {
+			return true
+		}
+	}
+	return false
+}
+
+func lower(c byte) byte {
+	if 'A' <= c && c <= 'Z' {
+		return c + 'a' - 'A'
+	}
+	return c
+}
+
+// stringField reads a string at b[i] into *dst, or nothing for null (as
+// encoding/json does). Strings with escapes or invalid UTF-8 fail.
+func stringField(b []byte, i int, dst *string) (int, bool) {
+	if hasLiteral(b, i, "null") {
+		return i + 4, true
+	}
+	if i >= len(b) || b[i] != '"' {
+		return i, false
+	}
+	start := i + 1
+	ascii := true
+	j := start
+	for ; j < len(b) && b[j] != '"'; j++ {
+		if c := b[j]; c < 0x20 || c == '\\' {
+			return j, false
+		} else if c >= utf8.RuneSelf {
+			ascii = false
+		}
+	}
+	if j >= len(b) || !ascii && !utf8.Valid(b[start:j]) {
+		return j, false
+	}
+	*dst = string(b[start:j])
+	return j + 1, true
+}
+
+// intField reads a plain integer (no fraction, no exponent, at most 18
+// digits) at b[i] into *dst, or nothing for null.
+func intField(b []byte, i int, dst *int64) (int, bool) {
+	if hasLiteral(b, i, "null") {
+		return i + 4, true
+	}
+	neg := i < len(b) && b[i] == '-'
+	if neg {
+		i++
+	}
+	start := i
+	var n int64
+	for i < len(b) && '0' <= b[i] && b[i] <= '9' {
+		n = n*10 + int64(b[i]-'0')
+		i++
+	}
+	digits := i - start
+	if digits == 0 || digits > 18 || digits > 1 && b[start] == '0' {
+		return i, false
+	}
+	if i < len(b) && (b[i] == '.' || b[i] == 'e' || b[i] == 'E') {
+		return i, false
+	}
+	if neg {
+		n = -n
+	}
+	*dst = n
+	return i, true
+}
+
+func hasLiteral(b []byte, i int, lit string) bool {
+	return len(b)-i >= len(lit) && string(b[i:i+len(lit)]) == lit
+}
+
+// skipValue checks the syntax of the value at b[i] and returns the offset
+// after it.
+func skipValue(b []byte, i, depth int) (int, bool) {
+	if i >= len(b) {
+		return i, false
+	}
+	switch c := b[i]; {
+	case c == '"':
+		return skipString(b, i)
+	case c == '{':
+		if depth >= maxFastDepth {
+			return i, false
+		}
+		i = skipSpace(b, i+1)
+		if i < len(b) && b[i] == '}' {
+			return i + 1, true
+		}
+		for {
+			var ok bool
+			if i >= len(b) || b[i] != '"' {
+				return i, false
+			}
+			if i, ok = skipString(b, i); !ok {
+				return i, false
+			}
+			i = skipSpace(b, i)
+			if i >= len(b) || b[i] != ':' {
+				return i, false
+			}
+			if i, ok = skipValue(b, skipSpace(b, i+1), depth+1); !ok {
+				return i, false
+			}
+			i = skipSpace(b, i)
+			if i >= len(b) {
+				return i, false
+			}
+			switch b[i] {
+			case ',':
+				i = skipSpace(b, i+1)
+			case '}':
+				return i + 1, true
+			default:
+				return i, false
+			}
+		}
+	case c == '[':
+		if depth >= maxFastDepth {
+			return i, false
+		}
+		i = skipSpace(b, i+1)
+		if i < len(b) && b[i] == ']' {
+			return i + 1, true
+		}
+		for {
+			var ok bool
+			if i, ok = skipValue(b, i, depth+1); !ok {
+				return i, false
+			}
+			i = skipSpace(b, i)
+			if i >= len(b) {
+				return i, false
+			}
+			switch b[i] {
+			case ',':
+				i = skipSpace(b, i+1)
+			case ']':
+				return i + 1, true
+			default:
+				return i, false
+			}
+		}
+	case c == 't':
+		return i + 4, hasLiteral(b, i, "true")
+	case c == 'f':
+		return i + 5, hasLiteral(b, i, "false")
+	case c == 'n':
+		return i + 4, hasLiteral(b, i, "null")
+	case c == '-' || '0' <= c && c <= '9':
+		return skipNumber(b, i)
+	}
+	return i, false
+}
+
+// skipString checks the string at b[i] ('"'): no control characters, valid
+// escapes; any other byte is allowed, as encoding/json allows it.
+func skipString(b []byte, i int) (int, bool) {
+	for i++; i < len(b); i++ {
+		switch c := b[i]; {
+		case c == '"':
+			return i + 1, true
+		case c < 0x20:
+			return i, false
+		case c == '\\':
+			i++
+			if i >= len(b) {
+				return i, false
+			}
+			switch b[i] {
+			case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
+			case 'u':
+				if len(b)-i < 5 {
+					return i, false
+				}
+				for _, h := range b[i+1 : i+5] {
+					if !('0' <= h && h <= '9' || 'a' <= h && h <= 'f' || 'A' <= h && h <= 'F') {
+						return i, false
+					}
+				}
+				i += 4
+			default:
+				return i, false
+			}
+		}
+	}
+	return i, false
+}
+
+// skipNumber checks a JSON number at b[i]:
+// -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?
+func skipNumber(b []byte, i int) (int, bool) {
+	if b[i] == '-' {
+		i++
+	}
+	switch {
+	case i < len(b) && b[i] == '0':
+		i++
+	case i < len(b) && '1' <= b[i] && b[i] <= '9':
+		i = skipDigits(b, i)
+	default:
+		return i, false
+	}
+	if i < len(b) && b[i] == '.' {
+		j := skipDigits(b, i+1)
+		if j == i+1 {
+			return j, false
+		}
+		i = j
+	}
+	if i < len(b) && (b[i] == 'e' || b[i] == 'E') {
+		i++
+		if i < len(b) && (b[i] == '+' || b[i] == '-') {
+			i++
+		}
+		j := skipDigits(b, i)
+		if j == i {
+			return j, false
+		}
+		i = j
+	}
+	return i, true
+}
+
+func skipDigits(b []byte, i int) int {
+	for i < len(b) && '0' <= b[i] && b[i] <= '9' {
+		i++
+	}
+	return i
+}
+
+func skipSpace(b []byte, i int) int {
+	for i < len(b) {
+		switch b[i] {
+		case ' ', '\t', '\n', '\r':
+			i++
+		default:
+			return i
+		}
+	}
+	return i
+}

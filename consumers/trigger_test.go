@@ -1,0 +1,69 @@
+package consumers
+
+import (
+	"encoding/json"
+	"reflect"
+	"testing"
+)
+
+var realEnv = []byte(`{"before":{"job_id":"job-1","current_step":"img_gen","status":"running","payload":"{}","results":"{\"img_gen\": {\"ok\": true}}","error":null,"updated_at":"2026-11-27T03:30:33.123456Z"},"after":{"job_id":"job-1","current_step":"img_gen","status":"done","payload":"{}","results":"{\"img_gen\": {\"ok\": true}}","error":null,"updated_at":"2026-11-27T03:30:33.223456Z"},"source":{"version":"jobstream-0.1.0","connector":"postgresql","name":"pipeline1","ts_ms":1795750232697,"snapshot":"false","db":"bench_pipeline_1","sequence":"[\"23456789\",\"23456999\"]","schema":"public","table":"jobs","txId":12345,"lsn":23456999,"xmin":null},"op":"u","ts_ms":1795750232699,"transaction":null}`)
+
+// FuzzDecodeTrigger: the worker's one-pass decoder of the fields it needs gives
+// what json.Unmarshal gives, result and error, on any input.
+func FuzzDecodeTrigger(f *testing.F) {
+	f.Add(realEnv)
+	for _, s := range []string{
+		`{"before":null,"after":{"job_id":"j1","current_step":"img_gen","status":"done","payload":"{}"},"source":{"version":"jobstream-0.1.0","connector":"postgresql","name":"jobs","ts_ms":1,"snapshot":"false","db":"d","sequence":"[\"1\",\"2\"]","schema":"public","table":"jobs","txId":7,"lsn":2,"xmin":null},"op":"c","ts_ms":2,"transaction":null}`,
+		`{"before":{"job_id":"j1"},"after":null,"op":"d"}`, `{"after":{"job_id":7,"status":["done"]}}`, `{"after":`, `null`, "\xff\xfe\x00",
+		`{"OP":"c"}`, `{"op":"c","op":"u"}`, `{"after":{"job_id":"a"},"after":{"status":"done"}}`, `{"source":{"txid":5}}`, `{"source":{"txId":1.0}}`,
+		`{"source":{"txId":-0,"lsn":01}}`, `{"after":{"job_id":"\u00e9"}}`, `{"after":{"job_id":"é"}}`, `{"after":{"job_id":"\xff"}}`,
+		`{"\u006fp":"c"}`, `{"after":{"Ĵob_id":"x"}}`, `{"after":{"STATUS":"done"}}`, `{"a":[1,2,{"b":[true,false,null,-1.5e+3]}]}`,
+		` {"op" : "u" } `, `{"op":"u"}x`, `{"op":"u",}`, `{"after":{"job_id":null,"current_step":null}}`, `{"source":null,"after":null}`,
+		`{"source":{"ts_ms":99999999999999999999}}`, `{"source":{"ts_ms":-9223372036854775808}}`, `[]`, `"x"`, `{}`, `{"x":"\ud800"}`,
+		`{"x":"a\tb"}`, `{"op":"a\u0000"}`, `{"after":{"ſtatus":"done"}}`, `{"source":{"snapshot":"true","txId":4294967296}}`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var want trigger
+		werr := json.Unmarshal(b, &want)
+		got, err := decodeTrigger(b)
+		if (err != nil) != (werr != nil) {
+			t.Fatalf("%q: err %v, want %v", b, err, werr)
+		}
+		if err != nil {
+			if err.Error() != werr.Error() {
+				t.Fatalf("%q: err %v, want %v", b, err, werr)
+			}
+			return
+		}
+		if !reflect.DeepEqual(*got, want) {
+			t.Fatalf("%q: got %+v, want %+v", b, *got, want)
+		}
+		if ft, ok := fastTrigger(b); ok && !reflect.DeepEqual(*ft, want) {
+			t.Fatalf("fast %q", b)
+		}
+	})
+}
+
+func TestFastPathTaken(t *testing.T) {
+	if _, ok := fastTrigger(realEnv); !ok {
+		t.Fatal("fast path not taken on a real envelope")
+	}
+}
+
+func BenchmarkDecodeTrigger(b *testing.B) {
+	b.Run("fast", func(b *testing.B) {
+		b.SetBytes(int64(len(realEnv)))
+		for b.Loop() {
+			decodeTrigger(realEnv)
+		}
+	})
+	b.Run("json", func(b *testing.B) {
+		b.SetBytes(int64(len(realEnv)))
+		for b.Loop() {
+			var t trigger
+			json.Unmarshal(realEnv, &t)
+		}
+	})
+}
