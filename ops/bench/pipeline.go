@@ -180,7 +180,10 @@ func waitPipeline(ctx context.Context, pool *pgxpool.Pool, like string, n int, p
 		select {
 		case <-ctx.Done():
 			return w, ctx.Err()
-		case <-time.After(250 * time.Millisecond):
+		case <-time.After(time.Second):
+			// The end is read from the rows (w.last), so a slow poll costs
+			// no precision; it scans the jobs table, which is CPU the
+			// pipeline would otherwise have.
 		}
 	}
 }
