@@ -410,6 +410,7 @@ func runWorker(ctx context.Context, args []string, _ io.Writer) error {
 	f.dur(&cfg.RetryBackoff, "retry-backoff", "JOBSTREAM_RETRY_BACKOFF", 500*time.Millisecond, "delay before the first retry; it grows 1.5x per retry, with jitter")
 	f.dur(&cfg.Timeout, "timeout", "JOBSTREAM_TIMEOUT", 0, "bound on one attempt; past it the step's process group is killed and the attempt retried (0: none)")
 	f.dur(&cfg.Grace, "grace", "JOBSTREAM_GRACE", 30*time.Second, "time running steps get to finish on SIGTERM; past it their runs are released to other workers")
+	f.dur(&cfg.StallTimeout, "stall-timeout", "JOBSTREAM_STALL_TIMEOUT", 30*time.Second, "how long a partition no member consumes may hold an unclaimed job before the members rejoin the group to recover it (negative: never)")
 	f.str(&httpAddr, "http-addr", "JOBSTREAM_HTTP_ADDR", "", "serve /metrics, /healthz and /readyz on this address, e.g. :9101")
 	if err := f.parse(args); err != nil {
 		return err
@@ -423,6 +424,8 @@ func runWorker(ctx context.Context, args []string, _ io.Writer) error {
 		return usagef("--lease %s is too short; use 1s or more", cfg.Lease)
 	case cfg.Grace < 0 || cfg.Timeout < 0 || cfg.RetryBackoff < 0:
 		return usagef("--grace, --timeout and --retry-backoff must not be negative")
+	case cfg.StallTimeout >= 0 && cfg.StallTimeout < time.Second:
+		return usagef("--stall-timeout %s is too short; use 1s or more, or a negative value to turn the watchdog off", cfg.StallTimeout)
 	}
 	argv := f.Args()
 	switch {

@@ -66,6 +66,7 @@ func TestBadUsage(t *testing.T) {
 		{"lease too short", worker("--lease", "10ms"), 2, "too short"},
 		{"negative timeout", worker("--timeout", "-1s"), 2, "negative"},
 		{"negative grace", worker("--grace", "-5s"), 2, "negative"},
+		{"stall timeout too short", worker("--stall-timeout", "100ms"), 2, "too short"},
 		{"repeated gpu", worker("--gpus", "0,0"), 2, "repeated GPU"},
 		{"not a number", worker("--concurrency", "many"), 2, "invalid value"},
 		{"partitions out of range", []string{"reader", db, kafka, "--partitions", "0"}, 2, "out of range"},

@@ -181,7 +181,10 @@ func TestChaos(t *testing.T) {
 		for i := range 2 {
 			name := fmt.Sprintf("worker-%s-%d", step, i)
 			killable = append(killable, &proc{name: name, env: env, log: logf(name),
-				args: []string{"worker", "--step", step, "--lease", "3s", "--max-attempts", "50", "--", script}})
+				// A stall watchdog quicker than the default bounds the
+				// recovery from the embedded broker's inconsistent
+				// rebalances (see consumers/watchdog.go).
+				args: []string{"worker", "--step", step, "--lease", "3s", "--max-attempts", "50", "--stall-timeout", "10s", "--", script}})
 		}
 	}
 	for _, p := range killable {
