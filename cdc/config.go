@@ -101,9 +101,9 @@ func (c Config) WithDefaults() Config {
 func (c Config) validate() error {
 	switch {
 	case c.DatabaseURL == "":
-		return errors.New("no database given: set DATABASE_URL or --database-url (postgres://user:pass@host:port/db)")
+		return schema.ErrNoDatabase
 	case len(c.Brokers) == 0:
-		return errors.New("no Kafka broker given: set KAFKA_BROKERS or --brokers (host:port, comma-separated)")
+		return schema.ErrNoBrokers
 	case !schema.ValidIdent(c.Slot):
 		return fmt.Errorf("slot name %q is not valid: use lower-case letters, digits and _", c.Slot)
 	case !schema.ValidIdent(c.Publication):

@@ -330,68 +330,8 @@ func skipValue(b []byte, i, depth int) (int, bool) {
 	switch c := b[i]; {
 	case c == '"':
 		return skipString(b, i)
-	case c == '{':
-		if depth >= maxFastDepth {
-			return i, false
-		}
-		i = skipSpace(b, i+1)
-		if i < len(b) && b[i] == '}' {
-			return i + 1, true
-		}
-		for {
-			var ok bool
-			if i >= len(b) || b[i] != '"' {
-				return i, false
-			}
-			if i, ok = skipString(b, i); !ok {
-				return i, false
-			}
-			i = skipSpace(b, i)
-			if i >= len(b) || b[i] != ':' {
-				return i, false
-			}
-			if i, ok = skipValue(b, skipSpace(b, i+1), depth+1); !ok {
-				return i, false
-			}
-			i = skipSpace(b, i)
-			if i >= len(b) {
-				return i, false
-			}
-			switch b[i] {
-			case ',':
-				i = skipSpace(b, i+1)
-			case '}':
-				return i + 1, true
-			default:
-				return i, false
-			}
-		}
-	case c == '[':
-		if depth >= maxFastDepth {
-			return i, false
-		}
-		i = skipSpace(b, i+1)
-		if i < len(b) && b[i] == ']' {
-			return i + 1, true
-		}
-		for {
-			var ok bool
-			if i, ok = skipValue(b, i, depth+1); !ok {
-				return i, false
-			}
-			i = skipSpace(b, i)
-			if i >= len(b) {
-				return i, false
-			}
-			switch b[i] {
-			case ',':
-				i = skipSpace(b, i+1)
-			case ']':
-				return i + 1, true
-			default:
-				return i, false
-			}
-		}
+	case c == '{', c == '[':
+		return skipContainer(b, i, depth)
 	case c == 't':
 		return i + 4, hasLiteral(b, i, "true")
 	case c == 'f':
@@ -402,6 +342,53 @@ func skipValue(b []byte, i, depth int) (int, bool) {
 		return skipNumber(b, i)
 	}
 	return i, false
+}
+
+// skipContainer checks the object or array at b[i] (members "key": value,
+// or values, separated by commas) and returns the offset after it.
+func skipContainer(b []byte, i, depth int) (int, bool) {
+	if depth >= maxFastDepth {
+		return i, false
+	}
+	object, end := b[i] == '{', byte(']')
+	if object {
+		end = '}'
+	}
+	i = skipSpace(b, i+1)
+	if i < len(b) && b[i] == end {
+		return i + 1, true
+	}
+	for {
+		var ok bool
+		if object {
+			if i >= len(b) || b[i] != '"' {
+				return i, false
+			}
+			if i, ok = skipString(b, i); !ok {
+				return i, false
+			}
+			i = skipSpace(b, i)
+			if i >= len(b) || b[i] != ':' {
+				return i, false
+			}
+			i = skipSpace(b, i+1)
+		}
+		if i, ok = skipValue(b, i, depth+1); !ok {
+			return i, false
+		}
+		i = skipSpace(b, i)
+		if i >= len(b) {
+			return i, false
+		}
+		switch b[i] {
+		case ',':
+			i = skipSpace(b, i+1)
+		case end:
+			return i + 1, true
+		default:
+			return i, false
+		}
+	}
 }
 
 // skipString checks the string at b[i] ('"'): no control characters, valid

@@ -270,14 +270,14 @@ func (c *common) loadPipeline() (schema.Pipeline, error) {
 
 func (c *common) needDB() error {
 	if c.databaseURL == "" {
-		return usagef("no database given: set DATABASE_URL or pass --database-url postgres://user:pass@host:port/db")
+		return usageError{schema.ErrNoDatabase.Error()}
 	}
 	return nil
 }
 
 func (c *common) needBrokers() error {
 	if len(c.brokerList()) == 0 {
-		return usagef("no Kafka broker given: set KAFKA_BROKERS or pass --brokers host:port")
+		return usageError{schema.ErrNoBrokers.Error()}
 	}
 	return nil
 }

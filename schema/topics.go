@@ -17,6 +17,12 @@ import (
 // DefaultTopicPrefix is the prefix of every topic name when none is given.
 const DefaultTopicPrefix = "jobs"
 
+// The errors of a reader, worker or command given nowhere to connect.
+var (
+	ErrNoDatabase = errors.New("no database given: set DATABASE_URL or --database-url (postgres://user:pass@host:port/db)")
+	ErrNoBrokers  = errors.New("no Kafka broker given: set KAFKA_BROKERS or --brokers (host:port, comma-separated)")
+)
+
 // DefaultPartitions is the partition count of topics jobstream creates.
 const DefaultPartitions = 12
 
@@ -59,7 +65,7 @@ type Broker struct {
 // command can fail at start with one clear sentence instead of retrying.
 func (b Broker) Ping(ctx context.Context, timeout time.Duration) error {
 	if len(b.Addrs) == 0 {
-		return errors.New("no Kafka broker given: set KAFKA_BROKERS or --brokers (host:port, comma-separated)")
+		return ErrNoBrokers
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
