@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"sort"
 	"strings"
 	"sync"
@@ -393,4 +394,21 @@ func check(t *testing.T, pool *pgxpool.Pool, e *harness.Env, jobs int) report {
 		return n < 16<<20, fmt.Sprintf("slot retains %d bytes of WAL", n)
 	})
 	return rep
+}
+
+// TestScheduleReplaysFromSeed: the printed seed is enough to replay a run's
+// schedule; another seed gives another schedule.
+func TestScheduleReplaysFromSeed(t *testing.T) {
+	sc := scenario{duration: 3 * time.Minute, kills: 30, brokerKills: 2, pgCrashes: 1, faults: 2}
+	at := func(seed uint64) []event { return sc.schedule(rand.New(rand.NewPCG(seed, 1)), 9) }
+	a, b, c := at(42), at(42), at(43)
+	if !reflect.DeepEqual(a, b) {
+		t.Fatalf("seed 42 gave two schedules:\n%v\n%v", a, b)
+	}
+	if reflect.DeepEqual(a, c) {
+		t.Fatal("seeds 42 and 43 gave the same schedule")
+	}
+	if len(a) != 35 {
+		t.Fatalf("%d events, want 35", len(a))
+	}
 }
