@@ -75,10 +75,15 @@ func TestKillNineLosesNothing(t *testing.T) {
 		t.Fatalf("wrote %d changes, want %d", n, changes)
 	}
 	final := map[string]int{}
-	rows, _ := e.Pool(t).Query(context.Background(), `SELECT job_id, seq FROM jobs`)
+	rows, err := e.Pool(t).Query(context.Background(), `SELECT job_id, seq FROM jobs`)
+	if err != nil {
+		t.Fatal(err)
+	}
 	var id string
 	var seq int
-	pgx.ForEachRow(rows, []any{&id, &seq}, func() error { final[id] = seq; return nil })
+	if _, err := pgx.ForEachRow(rows, []any{&id, &seq}, func() error { final[id] = seq; return nil }); err != nil || len(final) == 0 {
+		t.Fatalf("read the final rows: %v (%d rows)", err, len(final))
+	}
 
 	// Wait for the last reader to catch up, then check every topic.
 	end := currentLSN(t, e)

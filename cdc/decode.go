@@ -69,7 +69,7 @@ func appendRow(b []byte, rel *pglogrepl.RelationMessage, tuple, old *pglogrepl.T
 			b = append(b, "null"...)
 			continue
 		case 'u':
-			b = strconv.AppendQuote(b, unavailable)
+			b = appendQuoted(b, unavailable)
 			continue
 		}
 		switch rc.Name {
@@ -453,8 +453,9 @@ type rowMessage struct {
 // are reused by the next call, and the column values are slices of the
 // message itself, so they are valid only until the next message is
 // received. It gives up (ok false) on anything but a well-formed message,
-// and the caller falls back to parsePgoutput, so every odd case keeps
-// pglogrepl's behaviour; where it succeeds, its result equals pglogrepl's.
+// which the reader then dead-letters (pglogrepl, given a malformed message,
+// allocates whatever length it claims); where it succeeds, its result
+// equals pglogrepl's (FuzzPgoutputToEnvelope checks it).
 type rowDecoder struct {
 	cols     []pglogrepl.TupleDataColumn
 	ptrs     []*pglogrepl.TupleDataColumn
@@ -558,12 +559,12 @@ func (d *rowDecoder) tuple(src []byte, at int) (int, bool) {
 	return at, true
 }
 
-// appendQuoted appends s quoted as strconv.AppendQuote quotes it, faster
-// for the usual names: printable ASCII with no quote or backslash.
+// appendQuoted appends s as a JSON string literal (invalid UTF-8 as
+// U+FFFD), at once when s is printable ASCII without quote or backslash.
 func appendQuoted(b []byte, s string) []byte {
 	for i := 0; i < len(s); i++ {
 		if c := s[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' {
-			return strconv.AppendQuote(b, s)
+			return appendJSONString(b, []byte(s))
 		}
 	}
 	b = append(b, '"')

@@ -53,9 +53,9 @@ type change struct {
 func (r *Reader) appendSource(v []byte, s *source) []byte {
 	if r.srcDB != r.db || r.srcHead == nil {
 		// The parts that never change, rendered once.
-		r.srcHead = append([]byte(`"source":{"version":"`+schema.Version+`","connector":"postgresql","name":`), strconv.Quote(r.cfg.TopicPrefix)...)
+		r.srcHead = append([]byte(`"source":{"version":"`+schema.Version+`","connector":"postgresql","name":`), appendQuoted(nil, r.cfg.TopicPrefix)...)
 		r.srcHead = append(r.srcHead, `,"ts_ms":`...)
-		r.srcDBPart = append(append([]byte(`","db":`), strconv.Quote(r.db)...), `,"sequence":"[`...)
+		r.srcDBPart = append(append([]byte(`","db":`), appendQuoted(nil, r.db)...), `,"sequence":"[`...)
 		r.srcDB = r.db
 	}
 	v = append(v, r.srcHead...)
@@ -257,9 +257,9 @@ func (r *Reader) deadLetter(ev *event, reason string) event {
 // limit bytes.
 func deadLetterValue(v []byte, reason, topic string, lsn pglogrepl.LSN, event []byte, limit int) []byte {
 	v = append(v, `{"reason":`...)
-	v = strconv.AppendQuote(v, reason)
+	v = appendQuoted(v, reason)
 	v = append(v, `,"topic":`...)
-	v = strconv.AppendQuote(v, topic)
+	v = appendQuoted(v, topic)
 	v = append(v, `,"lsn":`...)
 	v = strconv.AppendUint(v, uint64(lsn), 10)
 	v = append(v, `,"event":`...)

@@ -63,10 +63,15 @@ func TestInitialSnapshotThenStream(t *testing.T) {
 		t.Fatal(err)
 	}
 	final := map[string]int{}
-	rs, _ := e.Pool(t).Query(context.Background(), `SELECT job_id, seq FROM jobs`)
+	rs, err := e.Pool(t).Query(context.Background(), `SELECT job_id, seq FROM jobs`)
+	if err != nil {
+		t.Fatal(err)
+	}
 	var id string
 	var seq int
-	pgx.ForEachRow(rs, []any{&id, &seq}, func() error { final[id] = seq; return nil })
+	if _, err := pgx.ForEachRow(rs, []any{&id, &seq}, func() error { final[id] = seq; return nil }); err != nil || len(final) == 0 {
+		t.Fatalf("read the final rows: %v (%d rows)", err, len(final))
+	}
 	total := 0
 	for _, s := range final {
 		total += s

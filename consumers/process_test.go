@@ -86,7 +86,11 @@ func TestKillWorkerMidStep(t *testing.T) {
 	ids := []string{"kill-0", "kill-1", "kill-2", "kill-3", "kill-4", "kill-5"}
 	first, victim, survivor := startSlowJob(t, e, "600", []string{"--lease", "3s"}, ids...)
 	// Let the attempt renew its lease at least once: a live step keeps it.
-	time.Sleep(2 * time.Second)
+	harness.Eventually(t, 30*time.Second, func() (bool, string) {
+		n := e.Count(t, `SELECT count(*) FROM jobstream_runs WHERE job_id = 'kill-0' AND finished_at IS NULL
+			AND lease_expires_at > started_at + interval '3.2 seconds'`)
+		return n == 1, "the attempt of kill-0 has not renewed its lease"
+	})
 	victim.Signal(t, syscall.SIGKILL)
 	killed := time.Now()
 	victim.Wait(t, 10*time.Second)

@@ -85,7 +85,7 @@ func TestRebalanceChurnLosesNothing(t *testing.T) {
 
 	// Jobs flow in over about ten seconds, 50 per transaction.
 	inserted := make(chan error, 1)
-	pool := e.Pool(t) // (Env.Pool is not safe for concurrent first use)
+	pool := e.Pool(t)
 	go func() {
 		for i := 0; i < n; i += 50 {
 			_, err := pool.Exec(context.Background(), `INSERT INTO jobs (job_id, current_step, status, payload)

@@ -524,26 +524,33 @@ func (w *Worker) sweepLoop(ctx context.Context) error {
 			return nil
 		case <-t.C:
 		}
+		w.sweep(ctx)
+		// After the sweep, so that a broker outage, which holds a letter
+		// for up to 10s, never delays the rescue of expired leases.
 		w.payOwedLetters(ctx)
-		runs, err := w.store.sweep(ctx, w.cfg.MaxAttempts)
-		if err != nil {
-			if ctx.Err() == nil {
-				w.log.Warn("sweep expired leases", "err", err)
-			}
-			continue
+	}
+}
+
+// sweep closes the runs whose lease expired, rewinding or failing their jobs.
+func (w *Worker) sweep(ctx context.Context) {
+	runs, err := w.store.sweep(ctx, w.cfg.MaxAttempts)
+	if err != nil {
+		if ctx.Err() == nil {
+			w.log.Warn("sweep expired leases", "err", err)
 		}
-		for _, s := range runs {
-			w.stats.Expired.Add(1)
-			switch {
-			case s.failed:
-				w.stats.Failures.Add(1)
-				w.log.Warn("lease expired on the last attempt; job failed", "job_id", s.jobID, "attempt", s.attempt, "worker", s.worker)
-				if w.deadLetter(ctx, letter{key: []byte(s.jobID), reason: reasonLeaseExpired, attempts: s.attempt, errText: s.errText, triggerLSN: s.trigger}) {
-					w.recordLetter(ctx, s.runID)
-				}
-			case s.rewound:
-				w.log.Info("lease expired; job rewound to be delivered again", "job_id", s.jobID, "attempt", s.attempt, "worker", s.worker)
+		return
+	}
+	for _, s := range runs {
+		w.stats.Expired.Add(1)
+		switch {
+		case s.failed:
+			w.stats.Failures.Add(1)
+			w.log.Warn("lease expired on the last attempt; job failed", "job_id", s.jobID, "attempt", s.attempt, "worker", s.worker)
+			if w.deadLetter(ctx, letter{key: []byte(s.jobID), reason: reasonLeaseExpired, attempts: s.attempt, errText: s.errText, triggerLSN: s.trigger}) {
+				w.recordLetter(ctx, s.runID)
 			}
+		case s.rewound:
+			w.log.Info("lease expired; job rewound to be delivered again", "job_id", s.jobID, "attempt", s.attempt, "worker", s.worker)
 		}
 	}
 }

@@ -329,6 +329,13 @@ func (s *store) deadLettered(ctx context.Context, runID int64) error {
 // runs, so two members never send the same letter, and a member that dies
 // meanwhile leaves them owed.
 func (s *store) payOwedLetters(ctx context.Context, grace time.Duration, send func(owedLetter) bool) (int, error) {
+	// Nearly always none: one round trip on the partial index, no transaction.
+	var due bool
+	if err := s.pool.QueryRow(ctx, `SELECT EXISTS (SELECT FROM jobstream_runs
+		WHERE step = $1 AND dead_letter IS NOT NULL AND dead_lettered_at IS NULL AND finished_at < now() - make_interval(secs => $2))`,
+		s.step, grace.Seconds()).Scan(&due); err != nil || !due {
+		return 0, err
+	}
 	tx, err := s.pool.Begin(ctx)
 	if err != nil {
 		return 0, fmt.Errorf("owed dead letters: %w", err)

@@ -360,7 +360,7 @@ func runReader(ctx context.Context, args []string, _ io.Writer) error {
 	if err != nil {
 		return err
 	}
-	cfg.DatabaseURL, cfg.Brokers, cfg.TopicPrefix, cfg.Publication, cfg.Logger = c.databaseURL, c.brokerList(), c.prefix, c.publication, log
+	cfg.DatabaseURL, cfg.Brokers, cfg.TopicPrefix, cfg.Publication, cfg.Logger = c.databaseURL, b.Addrs, c.prefix, c.publication, log
 	cfg.SASL, cfg.TLS = b.SASL, b.TLS
 	cfg.NoTombstones = !tombstones
 	reg := newRegistry()
