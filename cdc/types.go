@@ -1,6 +1,7 @@
 package cdc
 
 import (
+	"bytes"
 	"math"
 	"strconv"
 )
@@ -467,7 +468,7 @@ func parseInterval(v []byte) (iv pgInterval, ok bool) {
 		}
 		if odd {
 			odd = false
-			colon := indexByte(tok, ':')
+			colon := bytes.IndexByte(tok, ':')
 			if colon < 0 {
 				if verbose && string(tok) == "ago" && value == nil {
 					ago = true
@@ -492,23 +493,23 @@ func parseInterval(v []byte) (iv pgInterval, ok bool) {
 			return iv, false
 		}
 		var n int32
-		if !hasPrefix(tok, "sec") {
+		if !bytes.HasPrefix(tok, []byte("sec")) {
 			if n, ok = parseInt32(value); !ok {
 				return iv, false
 			}
 		}
 		switch {
-		case hasPrefix(tok, "year"):
+		case bytes.HasPrefix(tok, []byte("year")):
 			iv.years = n
-		case hasPrefix(tok, "mon"):
+		case bytes.HasPrefix(tok, []byte("mon")):
 			iv.months = n
-		case hasPrefix(tok, "day"):
+		case bytes.HasPrefix(tok, []byte("day")):
 			iv.days = n
-		case hasPrefix(tok, "hour"):
+		case bytes.HasPrefix(tok, []byte("hour")):
 			iv.hours = n
-		case hasPrefix(tok, "min"):
+		case bytes.HasPrefix(tok, []byte("min")):
 			iv.minutes = n
-		case hasPrefix(tok, "sec"):
+		case bytes.HasPrefix(tok, []byte("sec")):
 			if seconds, ok = parseSeconds(value); !ok {
 				return iv, false
 			}
@@ -626,17 +627,4 @@ func javaRound(x float64) float64 {
 // StringTokenizer's white space, and '+' and '@', which it blanks first.
 func isIntervalSpace(c byte) bool {
 	return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '+' || c == '@'
-}
-
-func indexByte(s []byte, c byte) int {
-	for i := range s {
-		if s[i] == c {
-			return i
-		}
-	}
-	return -1
-}
-
-func hasPrefix(s []byte, prefix string) bool {
-	return len(s) >= len(prefix) && string(s[:len(prefix)]) == prefix
 }
