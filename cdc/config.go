@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -46,6 +48,19 @@ type Config struct {
 	// SnapshotInitial (the default) emits the table's rows as read events
 	// first, SnapshotNever streams only later changes.
 	Snapshot string
+	// RecreateSlot drops the slot, if it exists, when this reader starts and
+	// creates it again with a fresh snapshot (default false). It is the way
+	// out for a slot that can no longer decode its WAL (its publication was
+	// dropped and created again): changes between the old slot's position
+	// and the new snapshot are not streamed, but the snapshot re-reads every
+	// row's current state as op "r" events. It requires SnapshotInitial.
+	RecreateSlot bool
+	// Pipeline is the steps whose topics take change events (default
+	// schema.DefaultPipeline()). A row whose current_step is no step of the
+	// pipeline (a typo, a step not deployed, a reserved name such as dlq or
+	// replays, an empty string) goes to the dead-letter topic with the
+	// reason, never to a topic of its own.
+	Pipeline schema.Pipeline
 	// StatusInterval is the longest time between two standby status updates
 	// sent to Postgres (default 10s).
 	StatusInterval time.Duration
@@ -88,6 +103,9 @@ func (c Config) WithDefaults() Config {
 	c.TopicPrefix = cmp.Or(c.TopicPrefix, schema.DefaultTopicPrefix)
 	c.Partitions = cmp.Or(c.Partitions, schema.DefaultPartitions)
 	c.Snapshot = cmp.Or(c.Snapshot, SnapshotInitial)
+	if len(c.Pipeline.Steps) == 0 {
+		c.Pipeline = schema.DefaultPipeline()
+	}
 	c.StatusInterval = cmp.Or(c.StatusInterval, 10*time.Second)
 	c.StandbyPoll = cmp.Or(c.StandbyPoll, time.Second)
 	c.MaxBatch = cmp.Or(c.MaxBatch, 4096)
@@ -110,6 +128,8 @@ func (c Config) validate() error {
 		return fmt.Errorf("publication name %q is not valid: use lower-case letters, digits and _", c.Publication)
 	case c.Snapshot != SnapshotInitial && c.Snapshot != SnapshotNever:
 		return fmt.Errorf("snapshot mode %q is not one of initial, never", c.Snapshot)
+	case c.RecreateSlot && c.Snapshot != SnapshotInitial:
+		return errors.New("RecreateSlot takes a fresh snapshot, so Snapshot must be initial")
 	case c.Partitions < 1 || c.Partitions > 10000:
 		return fmt.Errorf("partitions %d is out of range 1..10000", c.Partitions)
 	case c.MaxBatch < 1 || c.MaxBatchBytes < 1 || c.MaxMessageBytes < 0:
@@ -117,8 +137,23 @@ func (c Config) validate() error {
 	case c.StatusInterval < 100*time.Millisecond:
 		return fmt.Errorf("status interval %s is too short; use 100ms or more", c.StatusInterval)
 	}
+	if err := c.Pipeline.Validate(); err != nil {
+		return err
+	}
+	for _, s := range c.Pipeline.Steps {
+		if reservedStep(s) {
+			return fmt.Errorf("pipeline step %q is a reserved topic name (%s); rename the step", s, strings.Join(reservedSteps, ", "))
+		}
+	}
 	return schema.ValidTopic(schema.DLQTopic(c.TopicPrefix))
 }
+
+// reservedSteps are the names after the topic prefix that jobstream keeps
+// for topics of its own: <prefix>.dlq (dead letters) and <prefix>.replays
+// (replays, see ops.ReplayTopic). No change event ever goes to them.
+var reservedSteps = []string{"dlq", "replays"}
+
+func reservedStep(s string) bool { return slices.Contains(reservedSteps, s) }
 
 // Stats are the reader's counters, safe to read while it runs. Counters of
 // events count what the broker acknowledged; after a restart, events sent
@@ -132,8 +167,18 @@ type Stats struct {
 	Truncates     atomic.Int64 // op "t" events acknowledged (one per topic partition)
 	Tombstones    atomic.Int64 // tombstones acknowledged (one per delete event)
 	DeadLetters   atomic.Int64 // rows sent to the dead-letter topic, whatever the reason
-	Transactions  atomic.Int64 // transactions decoded
-	Reconnects    atomic.Int64 // replication sessions restarted after a failure
+	// Unroutable counts the dead letters of rows no step can take: a
+	// current_step that is null, empty, reserved (dlq, replays) or not a step
+	// of Config.Pipeline.
+	Unroutable atomic.Int64
+	// SlotGaps counts slots found missing and created again: the changes
+	// between the old slot's last confirmed position and the new slot's
+	// consistent point were never streamed (the snapshot re-reads each row's
+	// current state). Each gap is logged as an error with its LSN range and
+	// recorded in jobstream_slots.
+	SlotGaps     atomic.Int64
+	Transactions atomic.Int64 // transactions decoded
+	Reconnects   atomic.Int64 // replication sessions restarted after a failure
 	// KeepaliveReplies counts server keepalives that asked for a reply and got one.
 	KeepaliveReplies atomic.Int64
 	// AckedLSN is the WAL position up to which every event is acknowledged:

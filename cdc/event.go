@@ -3,7 +3,9 @@ package cdc
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -130,6 +132,7 @@ func (r *Reader) routeChange(ctx context.Context, c *change, emit func(event) er
 		}
 	}
 	var reason, topic string
+	unroutable := false
 	switch {
 	case bad != "":
 		reason = fmt.Sprintf("column %s holds bytes that are not valid UTF-8, so the row cannot be encoded as JSON; invalid bytes are shown as U+FFFD", bad)
@@ -138,29 +141,45 @@ func (r *Reader) routeChange(ctx context.Context, c *change, emit func(event) er
 	case step == nil && c.op == schema.OpDelete && !c.oldFull:
 		return r.broadcast(ctx, c.op, key, value, &c.src, emit)
 	case step == nil:
-		reason = "current_step is null, so the row has no step topic"
+		reason, unroutable = "current_step is null, so the row has no step topic", true
 	default:
 		var ok bool
 		if topic, ok = r.topics[string(step)]; !ok {
 			topic = schema.Topic(r.cfg.TopicPrefix, string(step))
 			if err := schema.ValidTopic(topic); err != nil {
-				reason = err.Error()
-			} else if len(r.topics) < 1024 {
-				r.topics[string(step)] = topic
+				reason, unroutable = err.Error(), true
+			} else if reason, unroutable = r.stepProblem(string(step)), true; reason == "" {
+				r.topics[string(step)] = topic // the pipeline's steps only: bounded
 			}
 		}
 	}
 	ev := event{topic: topic, key: key, value: value, partition: -1, op: c.op[0], lsn: c.src.lsn, xid: c.src.xid()}
 	if reason == "" && ev.size()+batchOverhead > r.maxMessage {
-		reason = fmt.Sprintf("event is %d bytes, over the broker's message limit of %d", ev.size()-recordOverhead, r.maxMessage)
+		reason, unroutable = fmt.Sprintf("event is %d bytes, over the broker's message limit of %d", ev.size()-recordOverhead, r.maxMessage), false
 	}
 	if reason != "" {
-		return emit(r.deadLetter(&ev, reason))
+		dl := r.deadLetter(&ev, reason)
+		dl.unroutable = unroutable
+		return emit(dl)
 	}
 	if err := r.ensureTopic(ctx, topic); err != nil {
 		return err
 	}
 	return r.emitWithTombstone(ev, emit)
+}
+
+// stepProblem says why no step can take a row whose current_step is step
+// (a valid topic-name component), or "" when step is one of the pipeline's.
+func (r *Reader) stepProblem(step string) string {
+	switch {
+	case step == "":
+		return "current_step is empty, so the row has no step topic"
+	case reservedStep(step):
+		return fmt.Sprintf("current_step %q is a reserved topic name (%s), which never takes change events", step, strings.Join(reservedSteps, ", "))
+	case !slices.Contains(r.cfg.Pipeline.Steps, step):
+		return fmt.Sprintf("current_step %q is not a step of the pipeline (%s), so no worker would ever take the row", step, strings.Join(r.cfg.Pipeline.Steps, ", "))
+	}
+	return ""
 }
 
 // opTombstone marks a tombstone among events (it is no envelope op).

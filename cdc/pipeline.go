@@ -221,7 +221,7 @@ func (pl *pipeline) stop(grace time.Duration) {
 func (r *Reader) acknowledge(b *batch, took time.Duration) {
 	now := time.Now()
 	if len(b.evs) > 0 {
-		var c, u, d, rd, t, tomb, dead int64
+		var c, u, d, rd, t, tomb, dead, unroutable int64
 		for i := range b.evs {
 			switch b.evs[i].op {
 			case 'c':
@@ -238,6 +238,9 @@ func (r *Reader) acknowledge(b *batch, took time.Duration) {
 				tomb++
 			default:
 				dead++
+				if b.evs[i].unroutable {
+					unroutable++
+				}
 			}
 		}
 		r.stats.Events.Add(int64(len(b.evs)))
@@ -248,6 +251,7 @@ func (r *Reader) acknowledge(b *batch, took time.Duration) {
 		r.stats.Tombstones.Add(tomb)
 		r.stats.Truncates.Add(t)
 		r.stats.DeadLetters.Add(dead)
+		r.stats.Unroutable.Add(unroutable)
 		if r.cfg.OnProduce != nil {
 			r.cfg.OnProduce(len(b.evs), took)
 		}

@@ -40,6 +40,8 @@ type event struct {
 	op byte
 	// reason is why a dead letter is one.
 	reason string
+	// unroutable marks the dead letter of a row no step can take.
+	unroutable bool
 	// lsn is the WAL position of the change (for dead letters and logs).
 	lsn pglogrepl.LSN
 	// xid is the streamed transaction the event comes from (0: a snapshot read).
@@ -438,9 +440,8 @@ func murmur2(data []byte) uint32 {
 }
 
 // stepTopics returns the step topics a broadcast event (a truncate, or a
-// delete whose step the WAL does not say) goes to: every topic of the prefix
-// the broker knows, and every topic this reader produced to, except the
-// dead-letter topic.
+// delete whose step the WAL does not say) goes to: the topics of the
+// pipeline's steps that the broker knows or this reader produced to.
 func (r *Reader) stepTopics(ctx context.Context) ([]string, error) {
 	ts, err := r.prod.topicsWithPrefix(ctx, r.cfg.TopicPrefix)
 	if err != nil {
@@ -449,8 +450,13 @@ func (r *Reader) stepTopics(ctx context.Context) ([]string, error) {
 	for t := range r.known {
 		ts = append(ts, t)
 	}
-	dlq := schema.DLQTopic(r.cfg.TopicPrefix)
+	steps := make(map[string]bool, len(r.cfg.Pipeline.Steps))
+	for _, s := range r.cfg.Pipeline.Steps {
+		steps[schema.Topic(r.cfg.TopicPrefix, s)] = true
+	}
 	slices.Sort(ts)
 	ts = slices.Compact(ts)
-	return slices.DeleteFunc(ts, func(t string) bool { return t == dlq }), nil
+	// Only the pipeline's steps: never the dead-letter or replay topic, nor
+	// the topic of a step no longer in the pipeline.
+	return slices.DeleteFunc(ts, func(t string) bool { return !steps[t] }), nil
 }

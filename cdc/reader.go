@@ -48,6 +48,10 @@ type Reader struct {
 	received pglogrepl.LSN
 	acked    pglogrepl.LSN
 
+	// recreated says RecreateSlot has been done: once per Reader, not at
+	// every reconnect.
+	recreated bool
+
 	ready     chan struct{}
 	readyOnce sync.Once
 }
@@ -147,6 +151,11 @@ func (r *Reader) session(ctx context.Context) error {
 	}
 	defer lock.Close(context.Background())
 	r.stats.Active.Store(true)
+	// The publication may have changed while no reader ran, or since the
+	// last session.
+	if err := r.checkPublication(ctx, lock); err != nil {
+		return err
+	}
 
 	conn, err := r.connectReplication(ctx)
 	if err != nil {
@@ -165,6 +174,9 @@ func (r *Reader) session(ctx context.Context) error {
 	err = s.run(ctx, start)
 	if ctx.Err() == nil {
 		s.pl.stop(0)
+		if isPublicationMissing(err) {
+			return r.publicationGone(ctx, lock, err)
+		}
 		return err
 	}
 	// A deliberate stop: let the batch in flight land and tell Postgres, so
@@ -270,39 +282,8 @@ func (r *Reader) preflight(ctx context.Context) error {
 	}
 	r.db = db
 
-	rows, err := conn.Query(cctx, `SELECT t.schemaname, t.tablename, c.relreplident::text,
-		EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)
-		FROM pg_publication_tables t
-		JOIN pg_namespace n ON n.nspname = t.schemaname
-		JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = t.tablename
-		WHERE t.pubname = $1 ORDER BY 1, 2`, r.cfg.Publication)
-	if err != nil {
-		return fmt.Errorf("look up publication: %w", err)
-	}
-	var schemaName, table, ident string
-	var hasPK, hasJobs bool
-	var identProblem error
-	_, err = pgx.ForEachRow(rows, []any{&schemaName, &table, &ident, &hasPK}, func() error {
-		if table == "jobs" {
-			hasJobs = true
-		}
-		switch {
-		case identProblem != nil:
-		case ident == "n" || ident == "d" && !hasPK:
-			identProblem = fmt.Errorf("table %s has no primary key and no REPLICA IDENTITY, so Postgres cannot replicate its updates and deletes; run ALTER TABLE %s ADD PRIMARY KEY (job_id), or ALTER TABLE %s REPLICA IDENTITY FULL", table, table, table)
-		case ident == "d":
-			r.log.Debug("table has REPLICA IDENTITY DEFAULT: events of updates carry no before image, and deletes go to every step topic; ALTER TABLE ... REPLICA IDENTITY FULL gives both", "table", table)
-		}
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("look up publication: %w", err)
-	}
-	if !hasJobs {
-		return fmt.Errorf("publication %q for table jobs does not exist; run jobstream migrate first", r.cfg.Publication)
-	}
-	if identProblem != nil {
-		return identProblem
+	if err := r.checkPublication(cctx, conn); err != nil {
+		return err
 	}
 
 	slot, err := lookupSlot(cctx, conn, r.cfg.Slot)
@@ -331,6 +312,103 @@ func (r *Reader) preflight(ctx context.Context) error {
 	}
 	r.prod.maxMessage = r.maxMessage
 	return r.ensureTopic(ctx, schema.DLQTopic(r.cfg.TopicPrefix))
+}
+
+// checkPublication says, in one sentence naming the fix (a fatalError), why the
+// publication cannot carry every change of the jobs table: it does not
+// exist, does not include the table, or does not publish one of insert,
+// update, delete and truncate (changes Postgres then filters out for good).
+// A table Postgres cannot replicate updates and deletes of is reported too.
+// The reader checks at start, at every reconnect and at every periodic
+// status update.
+func (r *Reader) checkPublication(ctx context.Context, conn *pgx.Conn) error {
+	pub := r.cfg.Publication
+	var ops []string
+	var all bool
+	err := conn.QueryRow(ctx, `SELECT array_remove(ARRAY[
+			CASE WHEN NOT pubinsert THEN 'insert' END, CASE WHEN NOT pubupdate THEN 'update' END,
+			CASE WHEN NOT pubdelete THEN 'delete' END, CASE WHEN NOT pubtruncate THEN 'truncate' END], NULL),
+		puballtables FROM pg_publication WHERE pubname = $1`, pub).Scan(&ops, &all)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		return fatal(fmt.Errorf("publication %q does not exist, so the reader has nothing to stream; run jobstream migrate, which creates it for table jobs", pub))
+	case err != nil:
+		return fmt.Errorf("look up publication: %w", err)
+	}
+	rows, err := conn.Query(ctx, `SELECT t.schemaname, t.tablename, c.relreplident::text,
+		EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)
+		FROM pg_publication_tables t
+		JOIN pg_namespace n ON n.nspname = t.schemaname
+		JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = t.tablename
+		WHERE t.pubname = $1 ORDER BY 1, 2`, pub)
+	if err != nil {
+		return fmt.Errorf("look up publication: %w", err)
+	}
+	var schemaName, table, ident string
+	var hasPK, hasJobs bool
+	var identProblem error
+	_, err = pgx.ForEachRow(rows, []any{&schemaName, &table, &ident, &hasPK}, func() error {
+		if table == "jobs" {
+			hasJobs = true
+		}
+		switch {
+		case identProblem != nil:
+		case ident == "n" || ident == "d" && !hasPK:
+			identProblem = fmt.Errorf("table %s has no primary key and no REPLICA IDENTITY, so Postgres cannot replicate its updates and deletes; run ALTER TABLE %s ADD PRIMARY KEY (job_id), or ALTER TABLE %s REPLICA IDENTITY FULL", table, table, table)
+		case ident == "d":
+			r.log.Debug("table has REPLICA IDENTITY DEFAULT: events of updates carry no before image, and deletes go to every step topic; ALTER TABLE ... REPLICA IDENTITY FULL gives both", "table", table)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("look up publication: %w", err)
+	}
+	switch {
+	case !hasJobs && all:
+		return fatal(fmt.Errorf("publication %q is FOR ALL TABLES but there is no table jobs to publish; run jobstream migrate first", pub))
+	case !hasJobs:
+		return fatal(fmt.Errorf("publication %q does not include table jobs, so the reader would stream none of its changes; run jobstream migrate (or ALTER PUBLICATION %s ADD TABLE jobs)", pub, pub))
+	case len(ops) > 0:
+		return fatal(fmt.Errorf("publication %q does not publish %s, so Postgres would drop those changes of table jobs for good; run ALTER PUBLICATION %s SET (publish = 'insert, update, delete, truncate'), or jobstream migrate",
+			pub, strings.Join(ops, ", "), pub))
+	}
+	if identProblem != nil {
+		return fatal(identProblem)
+	}
+	return nil
+}
+
+// publicationGone turns pgoutput's "publication does not exist", which
+// retrying would only repeat, into one sentence: the publication is missing
+// now (run jobstream migrate), or it exists again but the slot's WAL cannot
+// be decoded past the moment it was gone (recreate the slot).
+func (r *Reader) publicationGone(ctx context.Context, lock *pgx.Conn, err error) error {
+	cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	if perr := r.checkPublication(cctx, lock); perr != nil {
+		var fe *fatalError
+		if errors.As(perr, &fe) {
+			return perr
+		}
+		return err // cannot tell; the next session checks again
+	}
+	return fatal(cannotDecode(r.cfg.Slot, r.cfg.Publication, r.acked, err))
+}
+
+// isPublicationMissing reports whether err is pgoutput failing to find the
+// publication it was asked to decode with.
+func isPublicationMissing(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == "42704" && strings.HasPrefix(pgErr.Message, "publication ")
+}
+
+// cannotDecode is the error for a slot whose WAL refers to a publication
+// that no longer exists as it was: pgoutput reads the publication as of each
+// change it decodes, so once the publication was dropped (and perhaps
+// created again), the changes in between can never be decoded.
+func cannotDecode(slot, pub string, at pglogrepl.LSN, err error) error {
+	return fmt.Errorf("replication slot %s can no longer decode its WAL after %s (%v): publication %q was dropped after that point, and Postgres decodes each change with the publication as it was then; restart the reader once with --recreate-slot to drop the slot and take a fresh snapshot (changes since %s are then re-read from the table as snapshot events, op r)",
+		slot, at, err, pub, at)
 }
 
 // slotInfo is a row of pg_replication_slots.

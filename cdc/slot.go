@@ -16,12 +16,31 @@ import (
 // prepare makes sure the slot exists and can be streamed from, and returns
 // the position to stream from. A slot whose initial snapshot never completed
 // (the reader died during it) is dropped and created again, and the snapshot
-// taken again: a snapshot is all or nothing.
+// taken again: a snapshot is all or nothing. With RecreateSlot, the first
+// session drops the slot and creates it again. A slot that existed before
+// and is gone (dropped by hand, or lost) is created again, and the gap in
+// the stream is reported (see reportGap).
 func (s *stream) prepare(ctx context.Context) (pglogrepl.LSN, error) {
 	r := s.r
 	slot, err := lookupSlot(ctx, s.lock, r.cfg.Slot)
 	if err != nil {
 		return 0, err
+	}
+	var gap *slotGap
+	if slot == nil {
+		if from := s.lastPosition(ctx); from > 0 {
+			gap = &slotGap{from: from}
+		}
+	}
+	if slot != nil && r.cfg.RecreateSlot && !r.recreated {
+		from := max(slot.confirmed, r.acked)
+		r.log.Warn(fmt.Sprintf("dropping replication slot %s to create it again with a fresh snapshot, as RecreateSlot (--recreate-slot) asks: changes committed between its last confirmed position %s and the new slot's consistent point are not streamed; the snapshot re-reads every row's current state as op r events instead", r.cfg.Slot, from),
+			"slot", r.cfg.Slot, "confirmed", from)
+		if _, err := s.lock.Exec(ctx, `SELECT pg_drop_replication_slot($1)`, r.cfg.Slot); err != nil {
+			return 0, fmt.Errorf("drop replication slot %s: %w", r.cfg.Slot, err)
+		}
+		r.recreated = true
+		slot, gap = nil, &slotGap{from: from, deliberate: true}
 	}
 	if slot != nil {
 		if err := slot.usable(r.cfg.Slot, r.db); err != nil {
@@ -47,11 +66,79 @@ func (s *stream) prepare(ctx context.Context) (pglogrepl.LSN, error) {
 		}
 	}
 	if slot == nil {
-		return s.createSlot(ctx)
+		return s.createSlot(ctx, gap)
 	}
 	start := max(slot.confirmed, r.acked)
 	r.setAcked(start)
 	return start, nil
+}
+
+// slotGap is a stretch of WAL no slot streamed: from the old slot's last
+// confirmed position known to the new slot's consistent point.
+type slotGap struct {
+	from       pglogrepl.LSN
+	deliberate bool // RecreateSlot, not a lost slot
+}
+
+// lastPosition returns the last confirmed position known of a slot that no
+// longer exists: what this process acknowledged, or what jobstream_slots
+// recorded (the reader records its confirmed position there at every
+// periodic status update, so the recorded one may trail the real one by a
+// StatusInterval, which widens the gap reported, never narrows it). 0: the
+// slot never existed as far as anyone knows.
+func (s *stream) lastPosition(ctx context.Context) pglogrepl.LSN {
+	from := s.r.acked
+	var recorded *string
+	err := s.lock.QueryRow(ctx, `SELECT greatest(confirmed_lsn, consistent_lsn)::text FROM jobstream_slots WHERE slot_name = $1`, s.r.cfg.Slot).Scan(&recorded)
+	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		// An older jobstream_slots without confirmed_lsn, or none at all.
+		err = s.lock.QueryRow(ctx, `SELECT consistent_lsn::text FROM jobstream_slots WHERE slot_name = $1`, s.r.cfg.Slot).Scan(&recorded)
+	}
+	if err == nil && recorded != nil {
+		if lsn, err := pglogrepl.ParseLSN(*recorded); err == nil {
+			from = max(from, lsn)
+		}
+	}
+	return from
+}
+
+// recordConfirmed notes in jobstream_slots the position last reported to
+// Postgres as flushed, so that a reader that finds the slot gone can say
+// where the gap starts. Failures (no such table or column, no privilege)
+// only cost that precision.
+func (s *stream) recordConfirmed(ctx context.Context, at pglogrepl.LSN) {
+	if at == 0 || at == s.recordedConfirmed {
+		return
+	}
+	if _, err := s.lock.Exec(ctx, `UPDATE jobstream_slots SET confirmed_lsn = $2::text::pg_lsn WHERE slot_name = $1`, s.r.cfg.Slot, at.String()); err != nil {
+		s.r.log.Debug("cannot record the confirmed position in jobstream_slots", "err", err)
+		return
+	}
+	s.recordedConfirmed = at
+}
+
+// reportGap says loudly that the changes committed in g (up to the new
+// slot's consistent point at) were never streamed: an error log naming the
+// LSN range, Stats.SlotGaps, and the range in jobstream_slots, which
+// jobstream status shows.
+func (s *stream) reportGap(ctx context.Context, g *slotGap, at pglogrepl.LSN) {
+	r := s.r
+	r.stats.SlotGaps.Add(1)
+	then := "the snapshot re-reads every row's current state as op r events, so every job's latest state is delivered, but the intermediate transitions in that range are missing from the topics"
+	if r.cfg.Snapshot == SnapshotNever {
+		then = "with Snapshot never nothing re-reads them: those changes are missing from the topics; restart with --recreate-slot to take a snapshot"
+	}
+	if g.deliberate {
+		r.log.Warn(fmt.Sprintf("replication slot %s created again: changes committed between %s and %s were not streamed; %s", r.cfg.Slot, g.from, at, then),
+			"slot", r.cfg.Slot, "gap_from", g.from, "gap_to", at)
+	} else {
+		r.log.Error(fmt.Sprintf("replication slot %s was lost (it no longer exists; dropped by hand or by another tool) and has been created again: changes committed between %s (the old slot's last confirmed position) and %s (the new slot's consistent point) were never streamed; %s", r.cfg.Slot, g.from, at, then),
+			"slot", r.cfg.Slot, "gap_from", g.from, "gap_to", at)
+	}
+	if _, err := s.lock.Exec(ctx, `UPDATE jobstream_slots SET gap_from_lsn = $2::text::pg_lsn, gap_to_lsn = $3::text::pg_lsn, gap_at = now()
+		WHERE slot_name = $1`, r.cfg.Slot, g.from.String(), at.String()); err != nil {
+		r.log.Warn("cannot record the gap in jobstream_slots (run jobstream migrate to add its gap columns)", "err", err)
+	}
 }
 
 // Snapshot states recorded in jobstream_slots.
@@ -89,7 +176,7 @@ func snapshotState(ctx context.Context, conn *pgx.Conn, slot string) (string, er
 // Snapshot initial it exports the snapshot consistent with the slot's start
 // point, emits every row of it as a read event, waits until the broker
 // acknowledged them all, and only then records the snapshot as complete.
-func (s *stream) createSlot(ctx context.Context) (pglogrepl.LSN, error) {
+func (s *stream) createSlot(ctx context.Context, gap *slotGap) (pglogrepl.LSN, error) {
 	r := s.r
 	initial := r.cfg.Snapshot == SnapshotInitial
 	recorded := false
@@ -125,7 +212,13 @@ func (s *stream) createSlot(ctx context.Context) (pglogrepl.LSN, error) {
 	r.setAcked(at)
 	if !initial {
 		s.recordNever(ctx, at)
+		if gap != nil {
+			s.reportGap(ctx, gap, at)
+		}
 		return at, nil
+	}
+	if gap != nil {
+		s.reportGap(ctx, gap, at)
 	}
 	started := time.Now()
 	n, err := s.snapshot(ctx, res.SnapshotName, at)

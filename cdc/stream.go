@@ -35,6 +35,8 @@ type stream struct {
 
 	lastStatus   time.Time
 	lastReported pglogrepl.LSN
+	// recordedConfirmed is the position last recorded in jobstream_slots.
+	recordedConfirmed pglogrepl.LSN
 
 	// Receiving. The replication connection's read deadline is when the next
 	// status update is due; it is set only when that changes (readDeadline is
@@ -271,11 +273,21 @@ func (s *stream) maybeSendStatus(ctx context.Context, force bool) error {
 	s.lastStatus = time.Now()
 	s.lastReported = r.acked
 	if due {
+		// The publication check doubles as the check that the connection
+		// holding the slot's lock is alive. A publication changed under a
+		// running reader (ALTER PUBLICATION ... SET (publish = 'insert'))
+		// stops it within a StatusInterval (Postgres filters the changes
+		// committed after the ALTER out of the stream for good).
 		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
-		if err := s.lock.Ping(pctx); err != nil {
+		if err := r.checkPublication(pctx, s.lock); err != nil {
+			var fe *fatalError
+			if errors.As(err, &fe) {
+				return err
+			}
 			return fmt.Errorf("lost the connection that holds the slot's lock: %w", err)
 		}
+		s.recordConfirmed(pctx, s.lastReported)
 	}
 	return nil
 }

@@ -144,11 +144,21 @@ func Migrate(ctx context.Context, conn *pgx.Conn, opts MigrateOptions) ([]string
 		changes = append(changes, "created table jobstream_slots")
 	}
 
-	var pubExists, pubHasJobs bool
+	var pubExists, pubHasJobs, pubAllOps bool
 	if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1),
-		EXISTS (SELECT 1 FROM pg_publication_tables WHERE pubname = $1 AND schemaname = current_schema() AND tablename = 'jobs')`, pub).
-		Scan(&pubExists, &pubHasJobs); err != nil {
+		EXISTS (SELECT 1 FROM pg_publication_tables WHERE pubname = $1 AND schemaname = current_schema() AND tablename = 'jobs'),
+		coalesce((SELECT pubinsert AND pubupdate AND pubdelete AND pubtruncate FROM pg_publication WHERE pubname = $1), true)`, pub).
+		Scan(&pubExists, &pubHasJobs, &pubAllOps); err != nil {
 		return nil, fmt.Errorf("look up publication: %w", err)
+	}
+	// The reader needs every change of the table: a publication that lacks
+	// an operation (ALTER PUBLICATION ... SET (publish = 'insert')) has
+	// Postgres drop those changes for good.
+	if pubExists && !pubAllOps {
+		if _, err := tx.Exec(ctx, "ALTER PUBLICATION "+pub+" SET (publish = 'insert, update, delete, truncate')"); err != nil {
+			return nil, fmt.Errorf("set the operations of publication %s: %w", pub, err)
+		}
+		changes = append(changes, "publication "+pub+" publishes insert, update, delete and truncate again")
 	}
 	switch {
 	case !pubExists:

@@ -9,3 +9,11 @@ CREATE TABLE IF NOT EXISTS jobstream_slots (
     started_at     timestamptz NOT NULL DEFAULT now(),
     completed_at   timestamptz                  -- null: the snapshot has not completed
 );
+-- The reader records the position it last confirmed (at each periodic status update),
+-- so that a reader finding its slot gone can name where the gap starts; and the last
+-- gap it found: the changes between gap_from_lsn (the old slot's last confirmed
+-- position) and gap_to_lsn (the new slot's consistent point) were never streamed.
+ALTER TABLE jobstream_slots ADD COLUMN IF NOT EXISTS confirmed_lsn pg_lsn;
+ALTER TABLE jobstream_slots ADD COLUMN IF NOT EXISTS gap_from_lsn pg_lsn;
+ALTER TABLE jobstream_slots ADD COLUMN IF NOT EXISTS gap_to_lsn pg_lsn;
+ALTER TABLE jobstream_slots ADD COLUMN IF NOT EXISTS gap_at timestamptz;
