@@ -20,7 +20,10 @@ import (
 // retried. The error of a failure holds the status and the start of the
 // body. Requests carry Idempotency-Key (job_id/step/attempt) and
 // X-Jobstream-Job-Id, -Step, -Attempt and, on a GPU member, -Gpu headers.
-// Config.Timeout bounds each attempt.
+// In both headers a plain job id (printable ASCII without '%' and without
+// a space at either end) goes as it is and any other is percent-encoded
+// (RFC 3986), so any id fits and url.PathUnescape of the header gives it
+// back; the body holds the id as it is. Config.Timeout bounds each attempt.
 //
 // A rawURL that is not an absolute http or https URL gives a Handler that
 // New refuses with the reason.
@@ -48,8 +51,9 @@ func post(ctx context.Context, client *http.Client, target string, job Job) (jso
 	attempt := strconv.Itoa(job.Attempt)
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Accept", "application/json")
-	req.Header.Set("Idempotency-Key", job.JobID+"/"+job.Step+"/"+attempt)
-	req.Header.Set("X-Jobstream-Job-Id", job.JobID)
+	id := headerJobID(job.JobID)
+	req.Header.Set("Idempotency-Key", id+"/"+job.Step+"/"+attempt)
+	req.Header.Set("X-Jobstream-Job-Id", id)
 	req.Header.Set("X-Jobstream-Step", job.Step)
 	req.Header.Set("X-Jobstream-Attempt", attempt)
 	if job.GPU != "" {
@@ -88,6 +92,36 @@ func post(ctx context.Context, client *http.Client, target string, job Job) (jso
 	default:
 		return nil, Permanent(statusError(target, resp.Status, out))
 	}
+}
+
+// headerJobID returns job id as the HTTP handler puts it in the
+// X-Jobstream-Job-Id and Idempotency-Key headers. A plain id (printable
+// ASCII without '%' and without a space at either end) goes as it is; any
+// other is percent-encoded as in RFC 3986: each byte outside printable
+// ASCII, each space and each '%' becomes %XX (upper-case hex). So the value
+// is always a valid header value, url.PathUnescape of it gives back the id
+// (PathUnescape, not QueryUnescape, which would turn '+' into a space), and
+// two ids never give the same value: only encoded ids hold a '%'.
+func headerJobID(id string) string {
+	plain := id == "" || (id[0] != ' ' && id[len(id)-1] != ' ')
+	for i := 0; plain && i < len(id); i++ {
+		plain = id[i] >= ' ' && id[i] <= '~' && id[i] != '%'
+	}
+	if plain {
+		return id
+	}
+	const hex = "0123456789ABCDEF"
+	var b strings.Builder
+	for i := 0; i < len(id); i++ {
+		if c := id[i]; c > ' ' && c <= '~' && c != '%' {
+			b.WriteByte(c)
+		} else {
+			b.WriteByte('%')
+			b.WriteByte(hex[c>>4])
+			b.WriteByte(hex[c&15])
+		}
+	}
+	return b.String()
 }
 
 func statusError(target, status string, body []byte) error {

@@ -38,9 +38,18 @@ func TestEndToEndProcesses(t *testing.T) {
 	rport, _ := localpg.FreePort()
 	readerMetrics := fmt.Sprintf("127.0.0.1:%d", rport)
 	e.StartProcess(t, "reader", nil, "reader", "--http-addr", readerMetrics)
-	harness.Eventually(t, 30*time.Second, func() (bool, string) {
-		n := e.Count(t, `SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1 AND active`, e.Slot)
-		return n == 1, "reader slot not active"
+	// Insert only once the reader is ready: its slot is consistent, so every
+	// later commit is streamed (op "c"). An active slot is not enough: a
+	// slot is active while Postgres still looks for its consistent point,
+	// and a row committed meanwhile is in the initial snapshot (op "r").
+	harness.Eventually(t, 60*time.Second, func() (bool, string) {
+		resp, err := http.Get("http://" + readerMetrics + "/readyz")
+		if err != nil {
+			return false, fmt.Sprintf("reader /readyz: %v", err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode == http.StatusOK, fmt.Sprintf("reader /readyz: %s %s", resp.Status, b)
 	})
 	step, _ := filepath.Abs("testdata/step.sh")
 	steps := schema.DefaultSteps[1:]

@@ -204,12 +204,14 @@ func TestChaos(t *testing.T) {
 		}
 	})
 
-	// The reader's slot must exist before the first job, or that job is only
-	// seen by an initial snapshot.
-	harness.Eventually(t, 30*time.Second, func() (bool, string) {
+	// The reader's initial snapshot must be complete before the first job,
+	// or that job is seen by the snapshot rather than streamed: a slot is
+	// listed (and active) while Postgres still looks for its consistent
+	// point, and a row committed meanwhile is in the snapshot.
+	harness.Eventually(t, 60*time.Second, func() (bool, string) {
 		var n int
-		pool.QueryRow(ctx, `SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'jobstream'`).Scan(&n)
-		return n == 1, "the reader has not created its slot"
+		pool.QueryRow(ctx, `SELECT count(*) FROM jobstream_slots WHERE slot_name = 'jobstream' AND completed_at IS NOT NULL`).Scan(&n)
+		return n == 1, "the reader has not completed its initial snapshot"
 	})
 
 	// Load: jobs inserted at a steady pace over the first 60% of the schedule.
