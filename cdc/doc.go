@@ -34,8 +34,10 @@
 //   - Idle slots never pin WAL. With nothing in flight, server keepalives
 //     move the acknowledged position to the server's WAL end; a keepalive
 //     that asks for a reply gets one at once.
-//   - One bad row never stalls the stream. A row that cannot be routed (no
-//     current_step, a step that is no valid topic name), encoded (text that
+//   - One bad row never stalls the stream. A row that cannot be routed (a
+//     current_step that is null, empty, no valid topic name, reserved (dlq,
+//     replays) or not a step of Config.Pipeline: counted in
+//     Stats.Unroutable too; no topic is ever created for it), encoded (text that
 //     is not UTF-8), or produced (over the broker's message.max.bytes, which
 //     the reader asks the broker for, or refused by the broker) goes to
 //     <prefix>.dlq, keyed by job_id, with the reason in the value and in the
@@ -50,6 +52,21 @@
 //     identity, a slot Postgres invalidated) stops Run with one sentence
 //     naming the fix. An invalidated slot is never skipped silently: the
 //     error says how to re-snapshot.
+//   - The publication is checked at start, at every reconnect and at every
+//     periodic status update (StatusInterval): it must exist, include the
+//     jobs table and publish insert, update, delete and truncate, or Run
+//     stops with one sentence naming the fix (ALTER PUBLICATION, jobstream
+//     migrate). Postgres drops for good what a narrowed publication filters
+//     out between the ALTER and the check. A slot whose WAL cannot be
+//     decoded because its publication was dropped (and created again) stops
+//     Run too, naming RecreateSlot (--recreate-slot) as the way out.
+//   - A lost slot is a reported gap. A slot that existed (this process
+//     streamed from it, or jobstream_slots knows it) and is gone is created
+//     again with a fresh snapshot; the changes between the old slot's last
+//     confirmed position and the new consistent point were never decoded:
+//     the reader logs that LSN range at ERROR, counts it in Stats.SlotGaps
+//     and records it in jobstream_slots. The snapshot delivers every row's
+//     current state (op "r"); the transitions inside the gap are missing.
 //
 // # Events
 //
@@ -58,15 +75,17 @@
 // its defaults (jsonb as a JSON string, timestamptz as ISO-8601, numeric as
 // precise decimals); an unchanged TOASTed value the WAL does not carry is
 // Debezium's __debezium_unavailable_value, unless the table has REPLICA
-// IDENTITY FULL, whose old row supplies it. No tombstones follow deletes.
+// IDENTITY FULL, whose old row supplies it. A tombstone follows each delete
+// event unless NoTombstones.
 //
 // A delete goes to its step's topic when the WAL carries the row's step
 // (REPLICA IDENTITY FULL, recommended); under the default identity the WAL
 // carries only job_id, and the delete goes to every step topic of the
 // prefix. A truncate, which has no key, goes to every partition of every
 // step topic of the prefix, so every job's partition sees it after the
-// job's earlier events. The step topics are those of the prefix the broker
-// knows (except the dead-letter topic) and those this reader produced to.
+// job's earlier events. The step topics are the pipeline's (Config.Pipeline)
+// that the broker knows or this reader produced to; never the dead-letter or
+// replay topic.
 //
 // # Initial snapshot
 //
@@ -83,5 +102,6 @@
 // slot, creates it again and reads the table again (rows of the first
 // attempt that reached the broker are duplicates). With Snapshot "never",
 // only changes committed after the slot's creation are streamed. An existing
-// slot is never snapshotted again; to re-snapshot, drop the slot.
+// slot is never snapshotted again; to re-snapshot, set RecreateSlot (or drop
+// the slot), which reports the gap as for a lost slot.
 package cdc
