@@ -29,8 +29,8 @@ fmt: ## format the code
 bench: ## measure against pg_recvlogical, LISTEN/NOTIFY, polling and the database alone, plus the Go micro-benchmarks (~15 min); prints one table, writes BENCHMARKS.md
 	$(GO) run ./ops/bench -runs 3 -out BENCHMARKS.md
 
-chaos: ## kill -9 the reader, workers, broker and Postgres at random while 2,000 jobs flow; check nothing is lost or done twice (SEED=n replays a schedule)
-	$(GO) test ./ops/chaos -run TestChaos -count=1 -v -timeout 30m -args -chaos.full $(if $(SEED),-chaos.seed $(SEED))
+chaos: ## kill -9 the reader, workers, broker and Postgres at random while 2,000 jobs flow, then user actions and faults against the reference model; check nothing is lost or done twice (SEED=n replays a schedule)
+	$(GO) test ./ops/chaos -run '^(TestChaos|TestModel)$$' -count=1 -v -timeout 45m -args -chaos.full $(if $(SEED),-chaos.seed $(SEED))
 
 clean: ## remove build output and the dev stack's folder
 	rm -rf bin .jobstream
