@@ -69,12 +69,19 @@ type Config struct {
 	Logger *slog.Logger
 	// Observer receives measurements, for metrics (default: none).
 	Observer Observer
+	// RunsRetention is how long finished runs stay in jobstream_runs before
+	// the sweeper prunes them, in small batches (default RunsRetentionDefault;
+	// negative: never). Runs that still owe a dead letter are kept.
+	RunsRetention time.Duration
 	// StallTimeout is how long a partition of the trigger topic that no
 	// member of this worker owns may hold an unclaimed job at its head
 	// without moving before this worker's members rejoin the group to
 	// recover it (default 30s; negative: never).
 	StallTimeout time.Duration
 }
+
+// RunsRetentionDefault is how long finished runs are kept by default: a week.
+const RunsRetentionDefault = 7 * 24 * time.Hour
 
 // Observer receives a worker's measurements; ops turns them into metrics.
 // Its methods are called from the members' goroutines and must be safe for
@@ -84,7 +91,7 @@ type Observer interface {
 	// trigger's commit in Postgres to the claim.
 	Claimed(step string, commitToClaim time.Duration)
 	// Attempted is called when an attempt ends, with its outcome (done,
-	// retried, failed, fenced, released) and how long the handler ran.
+	// retried, failed, fenced, released, cancelled, discarded) and how long the handler ran.
 	Attempted(step, outcome string, d time.Duration)
 }
 
@@ -107,6 +114,7 @@ func (c Config) WithDefaults() Config {
 	c.MaxRetryBackoff = cmp.Or(c.MaxRetryBackoff, 30*time.Second)
 	c.Grace = cmp.Or(c.Grace, 30*time.Second)
 	c.StallTimeout = cmp.Or(c.StallTimeout, 30*time.Second)
+	c.RunsRetention = cmp.Or(c.RunsRetention, RunsRetentionDefault)
 	if c.WorkerID == "" {
 		host, _ := os.Hostname()
 		c.WorkerID = host + ":" + strconv.Itoa(os.Getpid())
@@ -177,4 +185,7 @@ type Stats struct {
 	Released    atomic.Int64 // runs given back at a stop past the grace period
 	DeadLetters atomic.Int64 // messages written to the dead-letter topic
 	Rejoins     atomic.Int64 // times the stall watchdog made the members rejoin
+	Cancelled   atomic.Int64 // runs stopped or closed because the user cancelled the job
+	Discarded   atomic.Int64 // runs stopped or closed because the job moved or was deleted under them
+	Pruned      atomic.Int64 // finished runs deleted by this worker's sweeper (RunsRetention)
 }

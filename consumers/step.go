@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
@@ -36,9 +37,14 @@ func (w *Worker) decode(m kafka.Message) (d decoded, act bool) {
 		return d, true
 	}
 	row := d.env.After
-	return d, row != nil && row.JobID != nil && *row.JobID != "" && d.env.Op != schema.OpDelete &&
-		row.CurrentStep == w.trigger && row.Status == "done"
+	act = row != nil && d.env.Op != schema.OpDelete && row.CurrentStep == w.trigger && row.Status == "done"
+	if act && (row.JobID == nil || *row.JobID == "") {
+		d.err = errNoJobID // never silently skipped: a dead letter says why
+	}
+	return d, act
 }
+
+var errNoJobID = errors.New("the row has no job_id (null or empty), so no job can be claimed for it")
 
 // handle applies the step protocol to an event decode said to act on:
 // claim, run, complete or fail, or dead-letter a malformed event. It
@@ -55,6 +61,9 @@ func (w *Worker) handle(ctx context.Context, m kafka.Message, d decoded, workerI
 	}
 	env := d.env
 	r, ok, err := w.claim(ctx, env, *env.After.JobID, workerID)
+	if isSchemaError(err) {
+		return w.halt(err)
+	}
 	if isDataError(err) {
 		if !w.deadLetter(ctx, letter{key: m.Key, event: m.Value, reason: "claim refused by Postgres", errText: errorText(err)}) {
 			return context.Cause(ctx)
@@ -124,30 +133,66 @@ func (w *Worker) claim(ctx context.Context, env *trigger, jobID, workerID string
 	}
 }
 
-var errFenced = errors.New("lease lost: the run was closed by another worker or the sweeper")
+var errFenced = errors.New("lease lost: the run was closed by another worker, the sweeper or a replay")
+
+// errJobLeft stops a step whose job the user cancelled, moved or deleted
+// while it ran.
+var errJobLeft = errors.New("the job left (step, running): cancelled, moved or deleted by someone else")
 
 // lease keeps the current attempt's run alive from the claim until the job
 // leaves this worker, through every attempt and the backoff between them.
 type lease struct {
-	mu  sync.Mutex // held while renewing and while switching runs
-	run int64
+	mu   sync.Mutex // held while renewing and while switching runs
+	run  atomic.Int64
+	lose context.CancelCauseFunc // stops the step: errFenced or errJobLeft
+}
+
+// hold registers l as in hand: the sweeper never expires its run, and the
+// watcher stops it when its job leaves (S, running).
+func (w *Worker) hold(l *lease) func() {
+	w.leasesMu.Lock()
+	if w.leases == nil {
+		w.leases = map[*lease]struct{}{}
+	}
+	w.leases[l] = struct{}{}
+	w.leasesMu.Unlock()
+	return func() {
+		w.leasesMu.Lock()
+		delete(w.leases, l)
+		w.leasesMu.Unlock()
+	}
+}
+
+// held returns the runs in hand and their leases.
+func (w *Worker) held() (ids []int64, byRun map[int64]*lease) {
+	w.leasesMu.Lock()
+	defer w.leasesMu.Unlock()
+	byRun = make(map[int64]*lease, len(w.leases))
+	for l := range w.leases {
+		id := l.run.Load()
+		ids = append(ids, id)
+		byRun[id] = l
+	}
+	return ids, byRun
 }
 
 // execute runs attempts of the claimed job until one succeeds, the job
-// fails, the attempt is fenced, or the worker stops past its grace period
-// (then the run is released).
+// fails, the attempt is fenced, the job is cancelled or moved under it, or
+// the worker stops past its grace period (then the run is released).
 func (w *Worker) execute(ctx context.Context, r run, m kafka.Message, workerID string) error {
 	w.stats.InFlight.Add(1)
 	defer w.stats.InFlight.Add(-1)
 	kctx, lose := context.WithCancelCause(ctx)
-	l := &lease{run: r.id}
+	l := &lease{lose: lose}
+	l.run.Store(r.id)
+	defer w.hold(l)()
 	kept := make(chan struct{})
 	jobID := r.job.JobID
 	// The first renewal is due Lease/3 after the claim: a step done by
 	// then never starts the renewing goroutine.
 	renewing := time.AfterFunc(w.cfg.Lease/3, func() {
 		defer close(kept)
-		w.keepLease(kctx, l, lose, jobID)
+		w.keepLease(kctx, l, jobID)
 	})
 	defer func() {
 		lose(context.Canceled)
@@ -169,19 +214,21 @@ func (w *Worker) execute(ctx context.Context, r run, m kafka.Message, workerID s
 		case errors.Is(context.Cause(kctx), errFenced):
 			w.fenced(r, ran)
 			return nil
+		case errors.Is(context.Cause(kctx), errJobLeft):
+			return w.abandon(ctx, r, ran)
 		case ctx.Err() != nil:
 			return w.release(ctx, r, ran)
 		case runErr == nil:
-			var held bool
-			err := retryDB(ctx, w.log, func() (err error) { held, err = w.store.complete(ctx, r, result); return err })
+			var outcome string
+			err := retryDB(ctx, w.log, func() (err error) { outcome, err = w.store.complete(ctx, r, result); return err })
 			if isDataError(err) {
 				return w.fail(ctx, r, m, ran, fmt.Errorf("postgres refused the result: %w", err))
 			}
 			if err != nil {
-				return err
+				return w.halt(err)
 			}
-			if !held {
-				w.fenced(r, ran)
+			if outcome != outcomeDone {
+				w.closed(r, outcome, ran)
 				return nil
 			}
 			w.stats.Completions.Add(1)
@@ -191,23 +238,23 @@ func (w *Worker) execute(ctx context.Context, r run, m kafka.Message, workerID s
 			return w.fail(ctx, r, m, ran, runErr)
 		}
 
-		w.log.Info("step failed; retrying", "job_id", r.job.JobID, "attempt", r.attempt, "err", runErr)
+		w.log.Info("step failed; retrying", "job_id", r.job.JobID, "chain", r.chain, "attempt", r.attempt, "err", runErr)
 		var next run
-		var held bool
+		var outcome string
 		l.mu.Lock()
-		err := retryDB(ctx, w.log, func() (err error) { next, held, err = w.store.retry(ctx, r, workerID, runErr); return err })
-		if err == nil && held {
-			l.run = next.id
+		err := retryDB(ctx, w.log, func() (err error) { next, outcome, err = w.store.retry(ctx, r, workerID, runErr); return err })
+		if err == nil && outcome == outcomeRetried {
+			l.run.Store(next.id)
 		}
 		l.mu.Unlock()
 		if isDataError(err) {
 			return w.fail(ctx, r, m, ran, runErr)
 		}
 		if err != nil {
-			return err
+			return w.halt(err)
 		}
-		if !held {
-			w.fenced(r, ran)
+		if outcome != outcomeRetried {
+			w.closed(r, outcome, ran)
 			return nil
 		}
 		r = next
@@ -227,6 +274,8 @@ func (w *Worker) execute(ctx context.Context, r run, m kafka.Message, workerID s
 		case errors.Is(context.Cause(kctx), errFenced):
 			w.fenced(r, 0)
 			return nil
+		case errors.Is(context.Cause(kctx), errJobLeft):
+			return w.abandon(ctx, r, 0)
 		case ctx.Err() != nil || isClosed(w.stopping):
 			return w.release(ctx, r, 0)
 		}
@@ -244,26 +293,76 @@ func isClosed(ch <-chan struct{}) bool {
 
 // keepLease renews the lease of l's current run at once and then every
 // Lease/3 until ctx ends; when a renewal finds the run closed by someone
-// else, it cancels the attempt with errFenced.
-func (w *Worker) keepLease(ctx context.Context, l *lease, lose context.CancelCauseFunc, jobID string) {
-	t := time.NewTicker(w.cfg.Lease / 3)
+// else, it cancels the attempt with errFenced. A failed renewal (Postgres
+// unreachable) is tried again every second: the sweepers give live workers
+// a full lease after an outage to get theirs in.
+func (w *Worker) keepLease(ctx context.Context, l *lease, jobID string) {
+	every := w.cfg.Lease / 3
+	t := time.NewTimer(every)
 	defer t.Stop()
 	for ctx.Err() == nil {
 		l.mu.Lock()
-		held, err := w.store.renew(ctx, l.run)
+		held, err := w.store.renew(ctx, l.run.Load())
 		l.mu.Unlock()
+		next := every
 		switch {
 		case ctx.Err() != nil:
 			return
 		case err != nil:
 			w.log.Warn("renew lease failed; retrying", "job_id", jobID, "err", err)
+			next = min(every, time.Second)
 		case !held:
-			lose(errFenced)
+			l.lose(errFenced)
 			return
 		}
+		t.Reset(next)
 		select {
 		case <-ctx.Done():
 		case <-t.C:
+		}
+	}
+}
+
+// watchInterval is how often the watcher checks that the jobs of the runs
+// in hand are still at (S, running): a cancel stops a step within about
+// this long plus the time the step takes to stop.
+const watchInterval = 500 * time.Millisecond
+
+// watchLoop stops the steps whose job the user cancelled, moved or deleted,
+// and those whose run someone else closed, with one query for all the runs
+// in hand every watchInterval.
+func (w *Worker) watchLoop(ctx context.Context) error {
+	t := time.NewTicker(watchInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		ids, byRun := w.held()
+		if len(ids) == 0 {
+			continue
+		}
+		gone, err := w.store.watch(ctx, ids)
+		if err != nil {
+			if ctx.Err() == nil {
+				w.log.Debug("watch runs in hand", "err", err)
+			}
+			continue
+		}
+		for _, g := range gone {
+			l := byRun[g.runID]
+			cause := errJobLeft
+			if g.closed {
+				cause = errFenced
+			}
+			// Under l.mu: a retry switching runs is not taken for a fence.
+			l.mu.Lock()
+			if l.run.Load() == g.runID {
+				l.lose(cause)
+			}
+			l.mu.Unlock()
 		}
 	}
 }
@@ -340,21 +439,23 @@ func (w *Worker) release(ctx context.Context, r run, ran time.Duration) error {
 }
 
 // fail moves the job to (S, failed) with cause and dead-letters its event.
+// A job the user cancelled, moved or deleted meanwhile is left as it is,
+// with no letter.
 func (w *Worker) fail(ctx context.Context, r run, m kafka.Message, ran time.Duration, cause error) error {
-	w.log.Warn("step failed", "job_id", r.job.JobID, "attempt", r.attempt, "err", cause)
-	var held bool
-	err := retryDB(ctx, w.log, func() (err error) { held, err = w.store.fail(ctx, r, cause); return err })
+	var outcome string
+	err := retryDB(ctx, w.log, func() (err error) { outcome, err = w.store.fail(ctx, r, cause); return err })
 	if isDataError(err) {
 		cause = fmt.Errorf("the step failed and postgres refused its error: %w", err)
-		err = retryDB(ctx, w.log, func() (err error) { held, err = w.store.fail(ctx, r, cause); return err })
+		err = retryDB(ctx, w.log, func() (err error) { outcome, err = w.store.fail(ctx, r, cause); return err })
 	}
 	if err != nil {
-		return err
+		return w.halt(err)
 	}
-	if !held {
-		w.fenced(r, ran)
+	if outcome != outcomeFailed {
+		w.closed(r, outcome, ran)
 		return nil
 	}
+	w.log.Warn("step failed", "job_id", r.job.JobID, "chain", r.chain, "attempt", r.attempt, "err", cause)
 	w.stats.Failures.Add(1)
 	w.cfg.Observer.Attempted(w.cfg.Step, "failed", ran)
 	// The run owes this letter until deadLettered records it; if this
@@ -363,6 +464,47 @@ func (w *Worker) fail(ctx context.Context, r run, m kafka.Message, ran time.Dura
 		w.recordLetter(ctx, r.id)
 	}
 	return nil
+}
+
+// abandon closes the run of a step stopped because its job left (S,
+// running): no retry, no letter.
+func (w *Worker) abandon(ctx context.Context, r run, ran time.Duration) error {
+	var outcome string
+	err := retryDB(ctx, w.log, func() (err error) { outcome, err = w.store.abandon(ctx, r); return err })
+	if err != nil {
+		return w.halt(err)
+	}
+	w.closed(r, outcome, ran)
+	return nil
+}
+
+// closed records a run that ended other than done, failed or retried: fenced,
+// or cancelled or discarded because its job left (S, running).
+func (w *Worker) closed(r run, outcome string, ran time.Duration) {
+	switch outcome {
+	case outcomeCancelled:
+		w.stats.Cancelled.Add(1)
+		w.cfg.Observer.Attempted(w.cfg.Step, outcome, ran)
+		w.log.Info("job cancelled; step stopped, no retry", "job_id", r.job.JobID, "chain", r.chain, "attempt", r.attempt)
+	case outcomeDiscarded:
+		w.stats.Discarded.Add(1)
+		w.cfg.Observer.Attempted(w.cfg.Step, outcome, ran)
+		w.log.Info("job moved or deleted while its step ran; result discarded, no retry", "job_id", r.job.JobID, "chain", r.chain, "attempt", r.attempt)
+	default:
+		w.fenced(r, ran)
+	}
+}
+
+// halt handles a store error that retrying did not fix. A missing table or
+// column stops the whole worker with the sentence naming jobstream migrate;
+// anything else (ctx ended while Postgres was unreachable) is returned, and
+// the event is delivered again.
+func (w *Worker) halt(err error) error {
+	if isSchemaError(err) {
+		err = schemaFailure(err)
+		w.stop(err)
+	}
+	return err
 }
 
 // recordLetter records that a run's dead letter was written. A failure only
@@ -446,11 +588,11 @@ func orNull(b []byte) []byte {
 
 // retryDB retries a store call with capped exponential backoff until it
 // succeeds, ctx ends, or Postgres refuses the data itself (isDataError),
-// which no retry can fix.
+// or a table or column is missing (isSchemaError), which no retry can fix.
 func retryDB(ctx context.Context, log *slog.Logger, op func() error) error {
 	return retry(ctx, log, func() error {
 		err := op()
-		if isDataError(err) {
+		if isDataError(err) || isSchemaError(err) {
 			return backoff.Permanent(err)
 		}
 		return err
@@ -514,31 +656,93 @@ func (w *Worker) payOwedLetters(ctx context.Context) {
 
 // sweepLoop closes the runs whose lease expired (their worker died),
 // rewinding their jobs so they are delivered again, or failing and
-// dead-lettering those whose attempts are spent.
+// dead-lettering those whose attempts are spent; it also prunes old runs.
+//
+// After an outage (a sweep that failed or took far longer than it should,
+// so Postgres was unreachable or stalled) it expires nothing for one lease:
+// every live worker's lease ran out meanwhile, and each gets that long to
+// renew before a sweeper takes its run for a dead one's. A Postgres restart
+// gets the same pause in the sweep statement itself.
 func (w *Worker) sweepLoop(ctx context.Context) error {
-	t := time.NewTicker(w.sweepInterval())
+	every := w.sweepInterval()
+	t := time.NewTicker(every)
 	defer t.Stop()
+	var holdUntil, lastPrune time.Time
+	outage := false
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
 		}
-		w.sweep(ctx)
+		began := time.Now()
+		var ok bool
+		if began.Before(holdUntil) {
+			ok = w.store.pool.Ping(ctx) == nil
+		} else {
+			ok = w.sweep(ctx)
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		if !ok || time.Since(began) > max(4*every, 5*time.Second) {
+			outage = true
+		}
+		if !ok {
+			continue
+		}
+		if outage {
+			outage = false
+			holdUntil = time.Now().Add(w.cfg.Lease)
+			w.log.Info("postgres is reachable again; expiring no lease for one lease period so live workers renew theirs first", "lease", w.cfg.Lease)
+			continue
+		}
 		// After the sweep, so that a broker outage, which holds a letter
 		// for up to 10s, never delays the rescue of expired leases.
 		w.payOwedLetters(ctx)
+		if w.cfg.RunsRetention > 0 && time.Since(lastPrune) > pruneInterval {
+			lastPrune = time.Now()
+			w.prune(ctx)
+		}
 	}
 }
 
-// sweep closes the runs whose lease expired, rewinding or failing their jobs.
-func (w *Worker) sweep(ctx context.Context) {
-	runs, err := w.store.sweep(ctx, w.cfg.MaxAttempts)
+// pruneInterval is how often a worker's sweeper prunes old runs.
+const pruneInterval = time.Minute
+
+// prune deletes finished runs older than RunsRetention, a batch at a time,
+// at most a few batches per round so the sweeper is never held long.
+func (w *Worker) prune(ctx context.Context) {
+	var total int64
+	for range 10 {
+		n, err := prune(ctx, w.store.pool, w.cfg.RunsRetention, PruneBatch)
+		total += n
+		if err != nil {
+			if ctx.Err() == nil {
+				w.log.Warn("prune old runs", "err", err)
+			}
+			break
+		}
+		if n < PruneBatch {
+			break
+		}
+	}
+	if total > 0 {
+		w.stats.Pruned.Add(total)
+		w.log.Info("pruned finished runs", "runs", total, "older_than", w.cfg.RunsRetention)
+	}
+}
+
+// sweep closes the runs whose lease expired, rewinding or failing their
+// jobs. ok is false when Postgres could not be reached.
+func (w *Worker) sweep(ctx context.Context) (ok bool) {
+	ids, _ := w.held()
+	runs, err := w.store.sweep(ctx, w.cfg.MaxAttempts, ids)
 	if err != nil {
 		if ctx.Err() == nil {
 			w.log.Warn("sweep expired leases", "err", err)
 		}
-		return
+		return false
 	}
 	for _, s := range runs {
 		w.stats.Expired.Add(1)
@@ -553,4 +757,5 @@ func (w *Worker) sweep(ctx context.Context) {
 			w.log.Info("lease expired; job rewound to be delivered again", "job_id", s.jobID, "attempt", s.attempt, "worker", s.worker)
 		}
 	}
+	return true
 }

@@ -5,8 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -14,141 +16,380 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
-// store holds the step protocol's SQL: every state change of a job and of
-// its runs happens here, each in one statement (one round trip, one
+// store is the one writer of jobs and jobstream_runs: claim, complete,
+// retry, fail, release, sweep, cancel, rewind for a replay and prune all
+// live in this file, each in one statement (one round trip, one
 // transaction), so a crash between two of them leaves nothing half done.
+// Workers use it through Worker; the admin commands through Cancel, Rewind
+// and PruneRuns.
+//
+// Attempts count per attempt chain. A chain starts each time a job reaches
+// (T, done) by a step's success, a replay, a requeue by hand or a new row;
+// only a rewind by the sweeper (the worker died) or a release at a stop
+// continues the chain. The closing run records the id of the transaction
+// that rewound the job (rewind_xid); a claim continues that chain only if
+// the job's row is still the version that transaction wrote (its xmin), so
+// any later change by someone else starts a new chain with full retries.
 type store struct {
 	pool    *pgxpool.Pool
 	step    string // S
 	trigger string // T
 	lease   time.Duration
+	q       queries
+}
+
+// queries are the store's statements with jobs.job_id's type cast in.
+type queries struct {
+	claim, complete, retry, fail, abandon, release, sweep, watch, cancel, rewind, state string
+}
+
+// jobIDTypes are the types of jobs.job_id that jobstream supports, by
+// pg_type.typname.
+var jobIDTypes = map[string]bool{"text": true, "varchar": true, "uuid": true, "int2": true, "int4": true, "int8": true}
+
+// newStore looks up the type of jobs.job_id and prepares the statements.
+func newStore(ctx context.Context, pool *pgxpool.Pool, step, trigger string, lease time.Duration) (*store, error) {
+	idType, err := lookupJobIDType(ctx, pool)
+	if err != nil {
+		return nil, err
+	}
+	s := &store{pool: pool, step: step, trigger: trigger, lease: lease}
+	s.q = prepareQueries(idType)
+	return s, nil
+}
+
+// ErrSchema marks an error saying the jobs table or jobstream_runs lacks
+// what jobstream needs: retrying cannot help, jobstream migrate can.
+var ErrSchema = errors.New("schema")
+
+type schemaError struct{ msg string }
+
+func (e *schemaError) Error() string        { return e.msg }
+func (e *schemaError) Is(target error) bool { return target == ErrSchema }
+
+// lookupJobIDType returns the SQL type of jobs.job_id (format_type), or an
+// error naming what is wrong with it.
+func lookupJobIDType(ctx context.Context, pool *pgxpool.Pool) (string, error) {
+	var formatted, typname string
+	err := pool.QueryRow(ctx, `SELECT format_type(a.atttypid, a.atttypmod), t.typname
+		FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+		WHERE a.attrelid = to_regclass('jobs') AND a.attname = 'job_id' AND a.attnum > 0 AND NOT a.attisdropped`).Scan(&formatted, &typname)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return "", &schemaError{"the jobs table or its job_id column does not exist; run jobstream migrate"}
+	}
+	if err != nil {
+		return "", fmt.Errorf("look up the type of jobs.job_id: %w", err)
+	}
+	if !jobIDTypes[typname] {
+		return "", &schemaError{fmt.Sprintf("jobs.job_id is of type %s; jobstream supports text, varchar, uuid, integer and bigint job ids", formatted)}
+	}
+	return formatted, nil
+}
+
+// checkSchema reports, as one sentence naming jobstream migrate, a column
+// of jobs or jobstream_runs that the step protocol needs and that is missing.
+func checkSchema(ctx context.Context, pool *pgxpool.Pool) error {
+	rows, err := pool.Query(ctx, `SELECT c.tbl || '.' || c.col FROM (VALUES
+			('jobs', 'job_id'), ('jobs', 'current_step'), ('jobs', 'status'), ('jobs', 'payload'),
+			('jobs', 'results'), ('jobs', 'error'), ('jobs', 'updated_at'),
+			('jobstream_runs', 'chain'), ('jobstream_runs', 'rewind_xid'), ('jobstream_runs', 'dead_letter')) AS c(tbl, col)
+		WHERE NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = to_regclass(c.tbl) AND attname = c.col AND attnum > 0 AND NOT attisdropped)`)
+	if err != nil {
+		return fmt.Errorf("check the jobs table: %w", err)
+	}
+	missing, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return fmt.Errorf("check the jobs table: %w", err)
+	}
+	if len(missing) > 0 {
+		return &schemaError{fmt.Sprintf("the database lacks %s, which the step protocol needs; run jobstream migrate", strings.Join(missing, ", "))}
+	}
+	return nil
+}
+
+// isSchemaError reports whether Postgres refused a statement because a
+// table or column it names does not exist (someone dropped it while the
+// worker ran): no retry can fix that.
+func isSchemaError(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && (pe.Code == "42703" || pe.Code == "42P01")
+}
+
+// schemaFailure turns a refused statement into the sentence naming the fix.
+func schemaFailure(err error) error {
+	var pe *pgconn.PgError
+	errors.As(err, &pe)
+	return &schemaError{fmt.Sprintf("postgres refused the step protocol's statement (%s): the jobs table or jobstream_runs lacks what jobstream needs; run jobstream migrate", pe.Message)}
+}
+
+var jobIDToken = regexp.MustCompile(`jobid\(([^()]*)\)`)
+
+// prepareQueries renders the statements for a job_id of SQL type idType:
+// jobid(x) becomes x cast to that type, so the primary key's index serves
+// every lookup whatever its type.
+func prepareQueries(idType string) queries {
+	cast := func(sql string) string {
+		return jobIDToken.ReplaceAllString(sql, "CAST(($1)::text AS "+idType+")")
+	}
+	// gone names why a job is no longer at (S, running): the user cancelled
+	// it, or it moved or was deleted.
+	const gone = `CASE WHEN EXISTS (SELECT FROM jobs WHERE job_id = jobid($2) AND status = 'cancelled') THEN 'cancelled' ELSE 'discarded' END`
+	return queries{
+		// A chain continues only when the job's row is the very version a
+		// sweeper's or release's rewind wrote (rewind_xid = xmin).
+		claim: cast(`WITH o AS (
+				SELECT xmin::text::bigint AS x FROM jobs WHERE job_id = jobid($1)),
+			p AS (
+				SELECT chain, attempt, rewind_xid FROM jobstream_runs
+				WHERE job_id = jobid($1)::text AND step = $2 ORDER BY chain DESC, attempt DESC LIMIT 1),
+			j AS (
+				UPDATE jobs SET current_step = $2, status = 'running', error = NULL, updated_at = now()
+				WHERE job_id = jobid($1) AND current_step = $3 AND status = 'done'
+				RETURNING job_id::text AS job_id, coalesce(payload, 'null'::jsonb)::text AS payload, coalesce(results, '{}'::jsonb)::text AS results),
+			c AS (
+				SELECT coalesce(p.rewind_xid = o.x, false) AS cont, p.chain, p.attempt FROM (SELECT 1) one
+				LEFT JOIN p ON true LEFT JOIN o ON true),
+			r AS (
+				INSERT INTO jobstream_runs (job_id, step, chain, attempt, worker, trigger_lsn, trigger_commit_at, lease_expires_at)
+				SELECT j.job_id, $2,
+				       CASE WHEN c.cont THEN c.chain ELSE coalesce(c.chain, 0) + 1 END,
+				       CASE WHEN c.cont THEN c.attempt + 1 ELSE 1 END,
+				       $4, $5, to_timestamp($6::float8 / 1000), now() + make_interval(secs => $7)
+				FROM j, c
+				RETURNING run_id, chain, attempt)
+			SELECT r.run_id, r.chain, r.attempt, j.job_id, j.payload, j.results FROM j, r`),
+		complete: cast(`WITH r AS (
+				SELECT run_id FROM jobstream_runs WHERE run_id = $1 AND finished_at IS NULL FOR UPDATE),
+			j AS (
+				UPDATE jobs SET status = 'done', updated_at = now(),
+					results = coalesce(results, '{}'::jsonb) || jsonb_build_object($3::text, $4::jsonb)
+				WHERE job_id = jobid($2) AND current_step = $3 AND status = 'running' AND EXISTS (SELECT FROM r)
+				RETURNING job_id),
+			o AS (
+				SELECT CASE WHEN EXISTS (SELECT FROM j) THEN 'done' ELSE ` + gone + ` END AS outcome),
+			u AS (
+				UPDATE jobstream_runs SET finished_at = now(), outcome = (SELECT outcome FROM o),
+					error = CASE WHEN EXISTS (SELECT FROM j) THEN NULL ELSE 'job left (step, running) while the step ran' END
+				WHERE run_id IN (SELECT run_id FROM r)
+				RETURNING outcome)
+			SELECT coalesce((SELECT outcome FROM u), 'fenced')`),
+		// The job row is locked first: a cancel that lands meanwhile waits,
+		// and one that landed is seen.
+		retry: cast(`WITH still AS (
+				SELECT FROM jobs WHERE job_id = jobid($5) AND current_step = $6 AND status = 'running' FOR UPDATE),
+			c AS (
+				UPDATE jobstream_runs SET finished_at = now(), error = $2,
+					outcome = CASE WHEN EXISTS (SELECT FROM still) THEN 'failed' ELSE ` + strings.ReplaceAll(gone, "$2", "$5") + ` END
+				WHERE run_id = $1 AND finished_at IS NULL
+				RETURNING job_id, step, chain, attempt, trigger_lsn, trigger_commit_at, outcome),
+			n AS (
+				INSERT INTO jobstream_runs (job_id, step, chain, attempt, worker, trigger_lsn, trigger_commit_at, lease_expires_at)
+				SELECT job_id, step, chain, attempt + 1, $3, trigger_lsn, trigger_commit_at, now() + make_interval(secs => $4)
+				FROM c WHERE outcome = 'failed'
+				RETURNING run_id, attempt)
+			SELECT coalesce((SELECT CASE WHEN outcome = 'failed' THEN 'retried' ELSE outcome END FROM c), 'fenced'),
+				coalesce((SELECT run_id FROM n), 0), coalesce((SELECT attempt FROM n), 0)`),
+		fail: cast(`WITH still AS (
+				SELECT FROM jobs WHERE job_id = jobid($2) AND current_step = $3 AND status = 'running' FOR UPDATE),
+			c AS (
+				UPDATE jobstream_runs SET finished_at = now(), error = $4,
+					outcome = CASE WHEN EXISTS (SELECT FROM still) THEN 'failed' ELSE ` + gone + ` END,
+					dead_letter = CASE WHEN EXISTS (SELECT FROM still) THEN $5 END
+				WHERE run_id = $1 AND finished_at IS NULL
+				RETURNING outcome),
+			j AS (
+				UPDATE jobs SET status = 'failed', error = $4, updated_at = now()
+				WHERE job_id = jobid($2) AND current_step = $3 AND status = 'running' AND EXISTS (SELECT FROM c WHERE outcome = 'failed'))
+			SELECT coalesce((SELECT outcome FROM c), 'fenced')`),
+		abandon: cast(`UPDATE jobstream_runs SET finished_at = now(), outcome = ` + gone + `,
+				error = 'job left (step, running) while the step ran; the step was stopped'
+			WHERE run_id = $1 AND finished_at IS NULL
+			RETURNING outcome`),
+		release: cast(`WITH c AS (
+				UPDATE jobstream_runs SET finished_at = now(), outcome = 'released',
+					error = 'worker shut down before the step finished',
+					rewind_xid = pg_current_xact_id()::text::bigint % 4294967296
+				WHERE run_id = $1 AND finished_at IS NULL
+				RETURNING run_id)
+			UPDATE jobs SET current_step = $4, status = 'done', updated_at = now()
+			WHERE job_id = jobid($2) AND current_step = $3 AND status = 'running' AND EXISTS (SELECT FROM c)`),
+		// $5: the runs this process holds and renews: never expired here,
+		// whatever their lease says after an outage. A Postgres restart
+		// gives every live worker a full lease to renew before any run
+		// expires.
+		sweep: cast(`WITH expired AS (
+				UPDATE jobstream_runs r SET finished_at = now(), outcome = 'expired',
+					error = 'lease expired: worker ' || worker || ' stopped renewing it',
+					rewind_xid = pg_current_xact_id()::text::bigint % 4294967296,
+					dead_letter = CASE WHEN attempt >= $3 AND EXISTS (SELECT FROM jobs
+						WHERE job_id = jobid(r.job_id) AND current_step = $1 AND status = 'running') THEN $4 END
+				WHERE step = $1 AND finished_at IS NULL AND lease_expires_at < now()
+					AND NOT (run_id = ANY($5::bigint[]))
+					AND pg_postmaster_start_time() < now() - make_interval(secs => $6)
+				RETURNING run_id, job_id, attempt, worker, coalesce(trigger_lsn, '') AS trigger_lsn),
+			moved AS (
+				UPDATE jobs j SET
+					current_step = CASE WHEN e.attempt >= $3 THEN j.current_step ELSE $2 END,
+					status = CASE WHEN e.attempt >= $3 THEN 'failed' ELSE 'done' END,
+					error = CASE WHEN e.attempt >= $3 THEN 'lease expired on attempt ' || e.attempt || ' of ' || $3 ELSE j.error END,
+					updated_at = now()
+				FROM expired e WHERE j.job_id = jobid(e.job_id) AND j.current_step = $1 AND j.status = 'running'
+				RETURNING j.job_id::text AS job_id, j.status, coalesce(j.error, '') AS error)
+			SELECT e.run_id, e.job_id, e.attempt, e.worker, e.trigger_lsn, coalesce(m.status, ''), coalesce(m.error, '')
+			FROM expired e LEFT JOIN moved m USING (job_id)`),
+		// The runs in hand whose job is no longer at (S, running) (the user
+		// cancelled, moved or deleted it), or that someone else closed.
+		watch: cast(`SELECT r.run_id, r.finished_at IS NOT NULL, coalesce(j.status, '')
+			FROM jobstream_runs r LEFT JOIN jobs j ON j.job_id = jobid(r.job_id)
+			WHERE r.run_id = ANY($1::bigint[])
+				AND (r.finished_at IS NOT NULL OR j.job_id IS NULL OR j.current_step IS DISTINCT FROM $2 OR j.status IS DISTINCT FROM 'running')`),
+		cancel: cast(`WITH b AS (
+				SELECT current_step, status FROM jobs WHERE job_id = jobid($1) FOR UPDATE),
+			u AS (
+				UPDATE jobs SET status = 'cancelled', updated_at = now()
+				WHERE job_id = jobid($1) AND status IN ('pending', 'running', 'done', 'failed')
+				RETURNING job_id)
+			SELECT coalesce(b.current_step, ''), coalesce(b.status, ''), EXISTS (SELECT FROM u) FROM b`),
+		state: cast(`SELECT coalesce(current_step, ''), coalesce(status, '') FROM jobs WHERE job_id = jobid($1)`),
+		rewind: cast(`WITH j AS (
+				UPDATE jobs SET current_step = $2, status = 'done', error = NULL, updated_at = now()
+				WHERE job_id = jobid($1) AND current_step = $3 AND status = $4
+				RETURNING job_id::text AS job_id),
+			r AS (
+				UPDATE jobstream_runs SET finished_at = now(), outcome = 'replayed', error = 'fenced by jobstream replay'
+				WHERE job_id IN (SELECT job_id FROM j) AND finished_at IS NULL)
+			SELECT EXISTS (SELECT FROM j)`),
+	}
 }
 
 // run is one attempt of the step on one job, held by this worker.
 type run struct {
 	id      int64
+	chain   int
 	attempt int
 	job     Job
 }
 
-// claim moves the job (T, done) → (S, running) and opens the next attempt
-// of the run with a lease, in one statement. ok is false when the job is
-// not at (T, done): the event was stale or a duplicate.
+// claim moves the job (T, done) → (S, running) and opens an attempt of the
+// run with a lease, in one statement: the next attempt of the chain when the
+// sweeper or a release rewound the job, else attempt 1 of a new chain. ok is
+// false when the job is not at (T, done): the event was stale or a duplicate.
 func (s *store) claim(ctx context.Context, jobID, worker string, triggerLSN, triggerCommitMs int64) (r run, ok bool, err error) {
-	var payload, results string
-	err = s.pool.QueryRow(ctx, `WITH j AS (
-			UPDATE jobs SET current_step = $2, status = 'running', error = NULL, updated_at = now()
-			WHERE job_id = $1 AND current_step = $3 AND status = 'done'
-			RETURNING job_id, coalesce(payload, 'null'::jsonb)::text AS payload, coalesce(results, '{}'::jsonb)::text AS results),
-		r AS (
-			INSERT INTO jobstream_runs (job_id, step, attempt, worker, trigger_lsn, trigger_commit_at, lease_expires_at)
-			SELECT job_id, $2, (SELECT coalesce(max(attempt), 0) + 1 FROM jobstream_runs WHERE job_id = $1 AND step = $2),
-			       $4, $5, to_timestamp($6::float8 / 1000), now() + make_interval(secs => $7)
-			FROM j
-			RETURNING run_id, attempt)
-		SELECT r.run_id, r.attempt, j.payload, j.results FROM j, r`,
+	var id, payload, results string
+	err = s.pool.QueryRow(ctx, s.q.claim,
 		jobID, s.step, s.trigger, worker, strconv.FormatInt(triggerLSN, 10), triggerCommitMs, s.lease.Seconds()).
-		Scan(&r.id, &r.attempt, &payload, &results)
+		Scan(&r.id, &r.chain, &r.attempt, &id, &payload, &results)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return r, false, nil
 	}
 	if err != nil {
 		return r, false, fmt.Errorf("claim: %w", err)
 	}
-	r.job = Job{JobID: jobID, Step: s.step, Attempt: r.attempt, Payload: json.RawMessage(payload), Results: json.RawMessage(results)}
+	r.job = Job{JobID: id, Step: s.step, Attempt: r.attempt, Payload: json.RawMessage(payload), Results: json.RawMessage(results)}
 	return r, true, nil
 }
 
 // renew extends the run's lease; held is false when the run was closed by
-// someone else (the sweeper): the attempt is fenced.
+// someone else (the sweeper, a replay): the attempt is fenced.
 func (s *store) renew(ctx context.Context, runID int64) (held bool, err error) {
 	tag, err := s.pool.Exec(ctx, `UPDATE jobstream_runs SET lease_expires_at = now() + make_interval(secs => $2)
 		WHERE run_id = $1 AND finished_at IS NULL`, runID, s.lease.Seconds())
 	return tag.RowsAffected() == 1, err
 }
 
+// The outcomes of closing a run, as complete, retry and fail report them.
+const (
+	outcomeDone      = "done"
+	outcomeRetried   = "retried"   // closed as failed, the next attempt opened
+	outcomeFailed    = "failed"    // the job is now (S, failed) and owes a dead letter
+	outcomeFenced    = "fenced"    // someone else closed the run first
+	outcomeCancelled = "cancelled" // the user cancelled the job: no retry, no letter
+	outcomeDiscarded = "discarded" // the job moved or was deleted: no retry, no letter
+)
+
 // complete closes the run and moves the job (S, running) → (S, done) with the
 // result merged into results under S, only while this attempt holds the run.
-// held is false when the attempt was fenced: its result is discarded. If the
-// job left (S, running) while the step ran (someone moved or deleted it), the
-// run is closed as discarded and the job kept as it is.
-func (s *store) complete(ctx context.Context, r run, result json.RawMessage) (held bool, err error) {
-	var outcome string
-	err = s.pool.QueryRow(ctx, `WITH r AS (
-			SELECT run_id FROM jobstream_runs WHERE run_id = $1 AND finished_at IS NULL FOR UPDATE),
-		j AS (
-			UPDATE jobs SET status = 'done', updated_at = now(),
-				results = coalesce(results, '{}'::jsonb) || jsonb_build_object($3::text, $4::jsonb)
-			WHERE job_id = $2 AND current_step = $3 AND status = 'running' AND EXISTS (SELECT FROM r)
-			RETURNING job_id),
-		u AS (
-			UPDATE jobstream_runs SET finished_at = now(),
-				outcome = CASE WHEN EXISTS (SELECT FROM j) THEN 'done' ELSE 'discarded' END,
-				error = CASE WHEN EXISTS (SELECT FROM j) THEN NULL ELSE 'job left (step, running) while the step ran' END
-			WHERE run_id IN (SELECT run_id FROM r)
-			RETURNING outcome)
-		SELECT coalesce((SELECT outcome FROM u), 'fenced')`,
-		r.id, r.job.JobID, s.step, string(result)).Scan(&outcome)
+// If the job left (S, running) while the step ran (the user cancelled,
+// moved or deleted it), the run is closed as cancelled or discarded and the
+// job kept as it is.
+func (s *store) complete(ctx context.Context, r run, result json.RawMessage) (outcome string, err error) {
+	err = s.pool.QueryRow(ctx, s.q.complete, r.id, r.job.JobID, s.step, string(result)).Scan(&outcome)
 	if err != nil {
-		return false, fmt.Errorf("complete: %w", err)
+		return "", fmt.Errorf("complete: %w", err)
 	}
-	return outcome == "done", nil
+	return outcome, nil
 }
 
-// retry closes a failed attempt and opens the next one, keeping the job at
-// (S, running), in one statement. held is false when the attempt was fenced.
-func (s *store) retry(ctx context.Context, r run, worker string, cause error) (next run, held bool, err error) {
+// retry closes a failed attempt and opens the next one of its chain,
+// keeping the job at (S, running), in one statement. A job that left (S,
+// running) gets no next attempt (outcome cancelled or discarded).
+func (s *store) retry(ctx context.Context, r run, worker string, cause error) (next run, outcome string, err error) {
 	next = r
-	err = s.pool.QueryRow(ctx, `WITH c AS (
-			UPDATE jobstream_runs SET finished_at = now(), outcome = 'failed', error = $2
-			WHERE run_id = $1 AND finished_at IS NULL
-			RETURNING job_id, step, attempt, trigger_lsn, trigger_commit_at)
-		INSERT INTO jobstream_runs (job_id, step, attempt, worker, trigger_lsn, trigger_commit_at, lease_expires_at)
-		SELECT job_id, step, attempt + 1, $3, trigger_lsn, trigger_commit_at, now() + make_interval(secs => $4) FROM c
-		RETURNING run_id, attempt`, r.id, errorText(cause), worker, s.lease.Seconds()).Scan(&next.id, &next.attempt)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return r, false, nil
-	}
+	err = s.pool.QueryRow(ctx, s.q.retry, r.id, errorText(cause), worker, s.lease.Seconds(), r.job.JobID, s.step).
+		Scan(&outcome, &next.id, &next.attempt)
 	if err != nil {
-		return r, false, fmt.Errorf("open retry run: %w", err)
+		return r, "", fmt.Errorf("open retry run: %w", err)
+	}
+	if outcome != outcomeRetried {
+		return r, outcome, nil
 	}
 	next.job.Attempt = next.attempt
-	return next, true, nil
+	return next, outcome, nil
 }
 
 // fail closes the last attempt and moves the job to (S, failed) with the
-// error, in one statement. held is false when the attempt was fenced.
-func (s *store) fail(ctx context.Context, r run, cause error) (held bool, err error) {
-	var closed bool
-	err = s.pool.QueryRow(ctx, `WITH c AS (
-			UPDATE jobstream_runs SET finished_at = now(), outcome = 'failed', error = $4, dead_letter = $5
-			WHERE run_id = $1 AND finished_at IS NULL
-			RETURNING run_id),
-		j AS (
-			UPDATE jobs SET status = 'failed', error = $4, updated_at = now()
-			WHERE job_id = $2 AND current_step = $3 AND status = 'running' AND EXISTS (SELECT FROM c))
-		SELECT EXISTS (SELECT FROM c)`, r.id, r.job.JobID, s.step, errorText(cause), reasonStepFailed).Scan(&closed)
+// error, in one statement; the run then owes a dead letter. A job that left
+// (S, running) is kept as it is and owes none (outcome cancelled or
+// discarded).
+func (s *store) fail(ctx context.Context, r run, cause error) (outcome string, err error) {
+	err = s.pool.QueryRow(ctx, s.q.fail, r.id, r.job.JobID, s.step, errorText(cause), reasonStepFailed).Scan(&outcome)
 	if err != nil {
-		return false, fmt.Errorf("fail job: %w", err)
+		return "", fmt.Errorf("fail job: %w", err)
 	}
-	return closed, nil
+	return outcome, nil
+}
+
+// abandon closes a run whose job left (S, running) while its step ran: the
+// step was stopped, and the run is closed as cancelled or discarded.
+func (s *store) abandon(ctx context.Context, r run) (outcome string, err error) {
+	err = s.pool.QueryRow(ctx, s.q.abandon, r.id, r.job.JobID).Scan(&outcome)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return outcomeFenced, nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("close run: %w", err)
+	}
+	return outcome, nil
 }
 
 // release gives a run back at once (shutdown past the grace period): the
-// run is closed and the job rewound to (T, done), which re-delivers it.
+// run is closed and the job rewound to (T, done), which re-delivers it; the
+// next claim continues the attempt chain.
 func (s *store) release(ctx context.Context, r run) error {
-	_, err := s.pool.Exec(ctx, `WITH c AS (
-			UPDATE jobstream_runs SET finished_at = now(), outcome = 'released',
-				error = 'worker shut down before the step finished'
-			WHERE run_id = $1 AND finished_at IS NULL
-			RETURNING run_id)
-		UPDATE jobs SET current_step = $4, status = 'done', updated_at = now()
-		WHERE job_id = $2 AND current_step = $3 AND status = 'running' AND EXISTS (SELECT FROM c)`,
-		r.id, r.job.JobID, s.step, s.trigger)
-	if err != nil {
+	if _, err := s.pool.Exec(ctx, s.q.release, r.id, r.job.JobID, s.step, s.trigger); err != nil {
 		return fmt.Errorf("release run: %w", err)
 	}
 	return nil
+}
+
+// left is a run in hand whose job left (S, running), or that someone else closed.
+type left struct {
+	runID  int64
+	closed bool   // someone else closed the run: the attempt is fenced
+	status string // the job's status now ("" when deleted)
+}
+
+// watch returns the runs among runIDs that must stop: their job was
+// cancelled, moved or deleted, or their run was closed by someone else.
+func (s *store) watch(ctx context.Context, runIDs []int64) ([]left, error) {
+	rows, err := s.pool.Query(ctx, s.q.watch, runIDs, s.step)
+	if err != nil {
+		return nil, fmt.Errorf("watch runs: %w", err)
+	}
+	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (l left, err error) {
+		err = row.Scan(&l.runID, &l.closed, &l.status)
+		return l, err
+	})
 }
 
 // swept is a run the sweeper closed because its lease expired.
@@ -165,26 +406,14 @@ type swept struct {
 
 // sweep closes the step's runs whose lease expired (their worker died) and
 // rewinds each job to (T, done) so it is delivered again, or fails it when
-// its attempts are spent. It returns the runs it closed.
-func (s *store) sweep(ctx context.Context, maxAttempts int) ([]swept, error) {
-	rows, err := s.pool.Query(ctx, `WITH expired AS (
-			UPDATE jobstream_runs r SET finished_at = now(), outcome = 'expired',
-				error = 'lease expired: worker ' || worker || ' stopped renewing it',
-				dead_letter = CASE WHEN attempt >= $3 AND EXISTS (SELECT FROM jobs
-					WHERE job_id = r.job_id AND current_step = $1 AND status = 'running') THEN $4 END
-			WHERE step = $1 AND finished_at IS NULL AND lease_expires_at < now()
-			RETURNING run_id, job_id, attempt, worker, coalesce(trigger_lsn, '') AS trigger_lsn),
-		moved AS (
-			UPDATE jobs j SET
-				current_step = CASE WHEN e.attempt >= $3 THEN j.current_step ELSE $2 END,
-				status = CASE WHEN e.attempt >= $3 THEN 'failed' ELSE 'done' END,
-				error = CASE WHEN e.attempt >= $3 THEN 'lease expired on attempt ' || e.attempt || ' of ' || $3 ELSE j.error END,
-				updated_at = now()
-			FROM expired e WHERE j.job_id = e.job_id AND j.current_step = $1 AND j.status = 'running'
-			RETURNING j.job_id, j.status, coalesce(j.error, '') AS error)
-		SELECT e.run_id, e.job_id, e.attempt, e.worker, e.trigger_lsn, coalesce(m.status, ''), coalesce(m.error, '')
-		FROM expired e LEFT JOIN moved m USING (job_id)`,
-		s.step, s.trigger, maxAttempts, reasonLeaseExpired)
+// its chain's attempts are spent. Runs in held (this process renews them)
+// are never closed, and for one lease after a Postgres restart none is, so
+// that live workers renew theirs first. It returns the runs it closed.
+func (s *store) sweep(ctx context.Context, maxAttempts int, held []int64) ([]swept, error) {
+	if held == nil {
+		held = []int64{}
+	}
+	rows, err := s.pool.Query(ctx, s.q.sweep, s.step, s.trigger, maxAttempts, reasonLeaseExpired, held, s.lease.Seconds())
 	if err != nil {
 		return nil, fmt.Errorf("sweep: %w", err)
 	}
@@ -203,6 +432,19 @@ func (s *store) sweep(ctx context.Context, maxAttempts int) ([]swept, error) {
 		return nil, fmt.Errorf("sweep: %w", err)
 	}
 	return out, nil
+}
+
+// prune deletes up to batch finished runs that finished over olderThan ago
+// and owe no dead letter, and returns how many it deleted.
+func prune(ctx context.Context, pool *pgxpool.Pool, olderThan time.Duration, batch int) (int64, error) {
+	tag, err := pool.Exec(ctx, `DELETE FROM jobstream_runs WHERE run_id IN (
+			SELECT run_id FROM jobstream_runs
+			WHERE finished_at < now() - make_interval(secs => $1) AND (dead_letter IS NULL OR dead_lettered_at IS NOT NULL)
+			LIMIT $2)`, olderThan.Seconds(), batch)
+	if err != nil {
+		return 0, fmt.Errorf("prune runs: %w", err)
+	}
+	return tag.RowsAffected(), nil
 }
 
 // visible reports whether transaction xid (32 bits, as an event's
@@ -280,7 +522,10 @@ func errorText(err error) string {
 // itself, such as the benchmark's database-alone baseline. It fails when the
 // job is not at (trigger, done) or the run was fenced.
 func ClaimAndComplete(ctx context.Context, pool *pgxpool.Pool, jobID, step, trigger, worker string, result json.RawMessage) error {
-	s := &store{pool: pool, step: step, trigger: trigger, lease: 30 * time.Second}
+	s, err := adminStore(ctx, pool, step, trigger)
+	if err != nil {
+		return err
+	}
 	r, ok, err := s.claim(ctx, jobID, worker, 0, time.Now().UnixMilli())
 	if err != nil {
 		return err
@@ -288,14 +533,131 @@ func ClaimAndComplete(ctx context.Context, pool *pgxpool.Pool, jobID, step, trig
 	if !ok {
 		return fmt.Errorf("claim: job %s is not at (%s, done)", jobID, trigger)
 	}
-	held, err := s.complete(ctx, r, result)
+	outcome, err := s.complete(ctx, r, result)
 	if err != nil {
 		return err
 	}
-	if !held {
-		return fmt.Errorf("complete: the run of job %s at %s was fenced", jobID, step)
+	if outcome != outcomeDone {
+		return fmt.Errorf("complete: the run of job %s at %s was %s", jobID, step, outcome)
 	}
 	return nil
+}
+
+// idTypes caches the type of jobs.job_id per pool for the admin functions.
+var idTypes sync.Map // *pgxpool.Pool → string
+
+// adminStore returns a store on pool for the admin functions, looking up
+// the type of jobs.job_id once per pool.
+func adminStore(ctx context.Context, pool *pgxpool.Pool, step, trigger string) (*store, error) {
+	t, ok := idTypes.Load(pool)
+	if !ok {
+		idType, err := lookupJobIDType(ctx, pool)
+		if err != nil {
+			return nil, err
+		}
+		t, _ = idTypes.LoadOrStore(pool, idType)
+	}
+	return &store{pool: pool, step: step, trigger: trigger, lease: 30 * time.Second, q: prepareQueries(t.(string))}, nil
+}
+
+// CancelResult says what Cancel did to one job.
+type CancelResult struct {
+	// Found is false when no job has the id.
+	Found bool
+	// Cancelled is true when the job was set to cancelled by this call;
+	// false when it was already cancelled.
+	Cancelled bool
+	// Step and Status are the job's state before the call.
+	Step, Status string
+}
+
+// Cancel sets a job's status to cancelled, as a user may by hand: a step
+// running on it is stopped within about a second (its run closed as
+// cancelled), it is not retried and owes no dead letter, and no later step
+// takes it. A job already cancelled is left as it is.
+func Cancel(ctx context.Context, pool *pgxpool.Pool, jobID string) (CancelResult, error) {
+	s, err := adminStore(ctx, pool, "", "")
+	if err != nil {
+		return CancelResult{}, err
+	}
+	var res CancelResult
+	err = pool.QueryRow(ctx, s.q.cancel, jobID).Scan(&res.Step, &res.Status, &res.Cancelled)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return res, nil
+	}
+	if err != nil {
+		return res, fmt.Errorf("cancel job %s: %w", jobID, err)
+	}
+	res.Found = true
+	return res, nil
+}
+
+// JobState returns a job's current step and status; found is false when no
+// job has the id.
+func JobState(ctx context.Context, pool *pgxpool.Pool, jobID string) (step, status string, found bool, err error) {
+	s, err := adminStore(ctx, pool, "", "")
+	if err != nil {
+		return "", "", false, err
+	}
+	err = pool.QueryRow(ctx, s.q.state, jobID).Scan(&step, &status)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return "", "", false, nil
+	}
+	if err != nil {
+		return "", "", false, fmt.Errorf("look up job %s: %w", jobID, err)
+	}
+	return step, status, true, nil
+}
+
+// Rewind moves a job from (fromStep, fromStatus) back to (trigger, done),
+// closing any run still open on it as replayed (its attempt is fenced), in
+// one statement: the job reaches (trigger, done) again, which starts a new
+// attempt chain of the step after trigger. ok is false when the job was no
+// longer at (fromStep, fromStatus).
+func Rewind(ctx context.Context, pool *pgxpool.Pool, jobID, trigger, fromStep, fromStatus string) (ok bool, err error) {
+	s, err := adminStore(ctx, pool, "", trigger)
+	if err != nil {
+		return false, err
+	}
+	if err := pool.QueryRow(ctx, s.q.rewind, jobID, trigger, fromStep, fromStatus).Scan(&ok); err != nil {
+		return false, fmt.Errorf("rewind job %s: %w", jobID, err)
+	}
+	return ok, nil
+}
+
+// PruneBatch is how many runs one prune statement deletes at most, so that
+// pruning never holds long locks or makes a large transaction.
+const PruneBatch = 1000
+
+// PruneRuns deletes the runs in jobstream_runs that finished over olderThan
+// ago, PruneBatch at a time, keeping those that still owe a dead letter. It
+// calls progress (if not nil) after each batch with the total so far, and
+// returns how many it deleted.
+func PruneRuns(ctx context.Context, pool *pgxpool.Pool, olderThan time.Duration, progress func(deleted int64)) (int64, error) {
+	var total int64
+	for {
+		n, err := prune(ctx, pool, olderThan, PruneBatch)
+		total += n
+		if err != nil {
+			return total, err
+		}
+		if n > 0 && progress != nil {
+			progress(total)
+		}
+		if n < PruneBatch {
+			return total, nil
+		}
+	}
+}
+
+// CountPrunable returns how many runs PruneRuns would delete.
+func CountPrunable(ctx context.Context, pool *pgxpool.Pool, olderThan time.Duration) (n int64, err error) {
+	err = pool.QueryRow(ctx, `SELECT count(*) FROM jobstream_runs
+		WHERE finished_at < now() - make_interval(secs => $1) AND (dead_letter IS NULL OR dead_lettered_at IS NOT NULL)`, olderThan.Seconds()).Scan(&n)
+	if err != nil {
+		return 0, fmt.Errorf("count prunable runs: %w", err)
+	}
+	return n, nil
 }
 
 // The reasons of the dead letters a failed run owes.

@@ -38,6 +38,11 @@ type Worker struct {
 
 	ownedMu sync.Mutex
 	owned   map[int]int // partitions of the trigger topic this worker's members hold, with how many hold each
+
+	leasesMu sync.Mutex
+	leases   map[*lease]struct{} // the runs in hand
+
+	stop context.CancelCauseFunc // stops Run with a cause it returns (a schema error)
 }
 
 // New checks cfg and returns a Worker; it connects nothing.
@@ -71,7 +76,7 @@ func (w *Worker) Stats() *Stats { return &w.stats }
 // ctx is done. Then it takes no new event, gives running steps Config.Grace
 // to finish (past it their runs are released), commits the offsets of what
 // finished, and leaves the group. A deliberate stop returns nil.
-func (w *Worker) Run(ctx context.Context) error {
+func (w *Worker) Run(ctx context.Context) (err error) {
 	// A stop while starting is a stop, not a failure to start.
 	starting := func(err error) error {
 		if ctx.Err() != nil {
@@ -79,6 +84,16 @@ func (w *Worker) Run(ctx context.Context) error {
 		}
 		return err
 	}
+	parent := ctx
+	ctx, w.stop = context.WithCancelCause(ctx)
+	defer w.stop(nil)
+	// A schema error found while running stops the worker like a stop
+	// does, and is what Run returns.
+	defer func() {
+		if cause := context.Cause(ctx); parent.Err() == nil && errors.Is(cause, ErrSchema) {
+			err = cause
+		}
+	}()
 	if err := w.broker.Ping(ctx, 10*time.Second); err != nil {
 		return starting(err)
 	}
@@ -110,7 +125,12 @@ func (w *Worker) Run(ctx context.Context) error {
 	if err != nil {
 		return starting(schema.PostgresUnreachable(err))
 	}
-	w.store = &store{pool: pool, step: w.cfg.Step, trigger: w.trigger, lease: w.cfg.Lease}
+	if err := checkSchema(ctx, pool); err != nil {
+		return starting(err)
+	}
+	if w.store, err = newStore(ctx, pool, w.cfg.Step, w.trigger, w.cfg.Lease); err != nil {
+		return starting(err)
+	}
 	w.dlq = &kafka.Writer{
 		Addr:         kafka.TCP(w.cfg.Brokers...),
 		Topic:        schema.DLQTopic(w.cfg.TopicPrefix),
@@ -131,6 +151,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return w.sweepLoop(gctx) })
 	g.Go(func() error { return w.watchStalls(gctx) })
+	g.Go(func() error { return w.watchLoop(gctx) })
 	for _, m := range members {
 		g.Go(func() error { return m.run(gctx) })
 	}

@@ -191,17 +191,17 @@ func waitJob(t *testing.T, e *harness.Env, id, wantStep, wantStatus string, time
 }
 
 type runRow struct {
-	attempt               int
+	chain, attempt        int
 	worker, outcome, err  string
 	finished, hasTriggerT bool
 }
 
-// getRuns returns job id's runs of the step, by attempt.
+// getRuns returns job id's runs of the step, in the order they were opened.
 func getRuns(t *testing.T, e *harness.Env, id string) []runRow {
 	t.Helper()
-	rows, err := e.Pool(t).Query(context.Background(), `SELECT attempt, worker, coalesce(outcome, ''), coalesce(error, ''),
+	rows, err := e.Pool(t).Query(context.Background(), `SELECT chain, attempt, worker, coalesce(outcome, ''), coalesce(error, ''),
 		finished_at IS NOT NULL, trigger_commit_at IS NOT NULL
-		FROM jobstream_runs WHERE job_id = $1 AND step = $2 ORDER BY attempt`, id, step)
+		FROM jobstream_runs WHERE job_id = $1 AND step = $2 ORDER BY run_id`, id, step)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -209,7 +209,7 @@ func getRuns(t *testing.T, e *harness.Env, id string) []runRow {
 	var out []runRow
 	for rows.Next() {
 		var r runRow
-		if err := rows.Scan(&r.attempt, &r.worker, &r.outcome, &r.err, &r.finished, &r.hasTriggerT); err != nil {
+		if err := rows.Scan(&r.chain, &r.attempt, &r.worker, &r.outcome, &r.err, &r.finished, &r.hasTriggerT); err != nil {
 			t.Fatal(err)
 		}
 		out = append(out, r)
@@ -230,7 +230,9 @@ func rewind(t *testing.T, e *harness.Env, id string) {
 		t.Fatal(err)
 	}
 	defer tx.Rollback(ctx) //nolint:errcheck // no-op after commit
-	tag, err := tx.Exec(ctx, `UPDATE jobstream_runs SET finished_at = now(), outcome = 'expired', error = 'closed by the test'
+	// As the sweeper does: the rewinding transaction's id continues the chain.
+	tag, err := tx.Exec(ctx, `UPDATE jobstream_runs SET finished_at = now(), outcome = 'expired', error = 'closed by the test',
+			rewind_xid = pg_current_xact_id()::text::bigint % 4294967296
 		WHERE job_id = $1 AND step = $2 AND finished_at IS NULL`, id, step)
 	if err != nil || tag.RowsAffected() != 1 {
 		t.Fatalf("close the open run of %s: %v (%d rows)", id, err, tag.RowsAffected())

@@ -45,6 +45,8 @@ func commands() []command {
 		{"reader", "stream the jobs table's WAL into Kafka topics keyed by job_id", runReader},
 		{"worker", "run one step: consume its trigger topic, claim, run CMD, complete, commit", runWorker},
 		{"replay", "rewind the jobs found in a step's trigger topic over a range, so the step runs again", runReplay},
+		{"cancel", "cancel jobs: a running step is stopped, no retry, no dead letter, no later step", runCancel},
+		{"prune", "delete finished runs older than an age from jobstream_runs", runPrune},
 		{"audit", "print a job's whole history from the topics, in commit order", runAudit},
 		{"status", "show the slot, each step's group and lag, jobs per state, expired leases, dead letters", runStatus},
 		{"broker", "run the embedded Kafka-protocol broker", runBroker},
@@ -325,6 +327,8 @@ func runReader(ctx context.Context, args []string, _ io.Writer) error {
 	f.str(&cfg.Slot, "slot", "JOBSTREAM_SLOT", "jobstream", "logical replication slot (created if missing)")
 	f.num(&cfg.Partitions, "partitions", "JOBSTREAM_PARTITIONS", schema.DefaultPartitions, "partitions of topics the reader creates")
 	f.str(&cfg.Snapshot, "snapshot", "JOBSTREAM_SNAPSHOT", cdc.SnapshotInitial, "when the slot is created: initial emits the existing rows first (op r), never streams only later changes")
+	// No environment twin: a variable left set would re-snapshot at every restart.
+	f.BoolVar(&cfg.RecreateSlot, "recreate-slot", false, "drop the slot at start and create it again with a fresh snapshot: the way out for a slot that can no longer decode (changes since its position are re-read from the table as op r events)")
 	f.dur(&cfg.StatusInterval, "status-interval", "JOBSTREAM_STATUS_INTERVAL", 10*time.Second, "longest time between two status updates to Postgres")
 	f.num(&cfg.MaxBatch, "max-batch", "JOBSTREAM_MAX_BATCH", 4096, "most events in one produce round trip")
 	f.num(&cfg.MaxMessageBytes, "max-message-bytes", "JOBSTREAM_MAX_MESSAGE_BYTES", 0, "largest event; larger ones go to the dead-letter topic (0: the broker's message.max.bytes)")
@@ -338,6 +342,9 @@ func runReader(ctx context.Context, args []string, _ io.Writer) error {
 	if cfg.Snapshot != cdc.SnapshotInitial && cfg.Snapshot != cdc.SnapshotNever {
 		return usagef("--snapshot %q is not one of initial, never", cfg.Snapshot)
 	}
+	if cfg.RecreateSlot && cfg.Snapshot != cdc.SnapshotInitial {
+		return usagef("--recreate-slot takes a fresh snapshot; it cannot be combined with --snapshot %s", cfg.Snapshot)
+	}
 	if err := checkPartitions(cfg.Partitions); err != nil {
 		return err
 	}
@@ -347,9 +354,9 @@ func runReader(ctx context.Context, args []string, _ io.Writer) error {
 	if err := c.needBrokers(); err != nil {
 		return err
 	}
-	// The reader streams every step it sees, but a pipeline file shared by
-	// all the processes must not be broken for one of them only.
-	if _, err := c.loadPipeline(); err != nil {
+	// Rows whose step is not in the pipeline go to the dead-letter topic.
+	var err error
+	if cfg.Pipeline, err = c.loadPipeline(); err != nil {
 		return err
 	}
 	log, err := c.logger()
@@ -411,11 +418,14 @@ func runWorker(ctx context.Context, args []string, _ io.Writer) error {
 	f.dur(&cfg.Timeout, "timeout", "JOBSTREAM_TIMEOUT", 0, "bound on one attempt; past it the step's process group is killed and the attempt retried (0: none)")
 	f.dur(&cfg.Grace, "grace", "JOBSTREAM_GRACE", 30*time.Second, "time running steps get to finish on SIGTERM; past it their runs are released to other workers")
 	f.dur(&cfg.StallTimeout, "stall-timeout", "JOBSTREAM_STALL_TIMEOUT", 30*time.Second, "how long a partition no member consumes may hold an unclaimed job before the members rejoin the group to recover it (negative: never)")
+	f.dur(&cfg.RunsRetention, "runs-retention", "JOBSTREAM_RUNS_RETENTION", consumers.RunsRetentionDefault, "how long finished runs stay in jobstream_runs before the sweeper prunes them (negative: never)")
 	f.str(&httpAddr, "http-addr", "JOBSTREAM_HTTP_ADDR", "", "serve /metrics, /healthz and /readyz on this address, e.g. :9101")
 	if err := f.parse(args); err != nil {
 		return err
 	}
 	switch {
+	case cfg.RunsRetention == 0:
+		return usagef("--runs-retention 0 would prune runs as they finish; give an age such as 168h, or a negative value to keep them forever")
 	case cfg.Concurrency < 1 || cfg.Concurrency > 1024:
 		return usagef("--concurrency %d is out of range 1..1024", cfg.Concurrency)
 	case cfg.MaxAttempts < 1 || cfg.MaxAttempts > 1000:

@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/segmentio/kafka-go"
 
+	"github.com/jobstream/jobstream/consumers"
 	"github.com/jobstream/jobstream/schema"
 )
 
@@ -224,15 +225,19 @@ func runReplay(ctx context.Context, args []string, out io.Writer) error {
 	var replayed, skipped []string
 	var marks []kafka.Message
 	for _, id := range order {
-		var step, status string
-		var hasTrigger bool
-		err := pool.QueryRow(ctx, `SELECT coalesce(current_step, ''), coalesce(status, ''), coalesce(results ? $2, false) FROM jobs WHERE job_id = $1`, id, trigger).
-			Scan(&step, &status, &hasTrigger)
+		step, status, found, err := consumers.JobState(ctx, pool, id)
 		if err != nil {
+			return err
+		}
+		if !found {
 			skipped = append(skipped, fmt.Sprintf("%s: not in jobs any more", id))
 			continue
 		}
-		if i, ok := idx[step]; !ok || i < idx[trigger] || !hasTrigger {
+		// The event shows the job finished the trigger step once; it is
+		// replayable while it is at the trigger step done or past it.
+		// (A job back at the trigger step and not done is in that step's
+		// own run: replay that step instead.)
+		if i, ok := idx[step]; !ok || i < idx[trigger] || (i == idx[trigger] && status != "done") {
 			skipped = append(skipped, fmt.Sprintf("%s: at (%s, %s), which has not reached %s", id, step, status, c.step))
 			continue
 		}
@@ -244,29 +249,15 @@ func runReplay(ctx context.Context, args []string, out io.Writer) error {
 			replayed = append(replayed, fmt.Sprintf("%s: (%s, %s) → (%s, done)", id, step, status, trigger))
 			continue
 		}
-		tx, err := pool.Begin(ctx)
+		// Fences any attempt still open on the job and rewinds it, in one
+		// statement; the job starts a new attempt chain of the step.
+		ok, err := consumers.Rewind(ctx, pool, id, trigger, step, status)
 		if err != nil {
 			return err
 		}
-		// Fence any attempt still open on the job, then rewind it.
-		if _, err := tx.Exec(ctx, `UPDATE jobstream_runs SET finished_at = now(), outcome = 'replayed', error = 'fenced by jobstream replay'
-			WHERE job_id = $1 AND finished_at IS NULL`, id); err != nil {
-			tx.Rollback(ctx)
-			return err
-		}
-		tag, err := tx.Exec(ctx, `UPDATE jobs SET current_step = $2, status = 'done', error = NULL, updated_at = now()
-			WHERE job_id = $1 AND current_step = $3 AND status = $4`, id, trigger, step, status)
-		if err != nil {
-			tx.Rollback(ctx)
-			return err
-		}
-		if tag.RowsAffected() == 0 {
-			tx.Rollback(ctx)
+		if !ok {
 			skipped = append(skipped, fmt.Sprintf("%s: moved while we looked; run the replay again", id))
 			continue
-		}
-		if err := tx.Commit(ctx); err != nil {
-			return err
 		}
 		mark, _ := json.Marshal(map[string]any{"job_id": id, "step": c.step, "rewound_to": []string{trigger, "done"},
 			"from_state": []string{step, status}, "by": who, "at": time.Now().UTC().Format(time.RFC3339Nano),
