@@ -210,3 +210,53 @@ func TestReplayAndAudit(t *testing.T) {
 		t.Fatalf("reset output: %s", out)
 	}
 }
+
+// TestReplayOfTheSecondStep (issue 11, item 3): jobs inserted the way the
+// README shows, with no img_gen result, can be replayed from vlm_analyze,
+// one by one and over a time range, and more than once: each replay is a
+// new attempt chain (attempt 1 again), never "attempts spent". Before,
+// replay required results ? 'img_gen', which no worker writes.
+func TestReplayOfTheSecondStep(t *testing.T) {
+	t.Parallel()
+	e := harness.New(t)
+	pl := startPipeline(t, e)
+	from := time.Now().Add(-time.Minute).UTC().Format(time.RFC3339)
+	for i := 1; i <= 3; i++ {
+		e.Exec(t, `INSERT INTO jobs (job_id, current_step, status) VALUES ($1, 'img_gen', 'done')`, fmt.Sprintf("r%d", i))
+	}
+	waitAllDone(t, e, 3)
+	flags := []string{"--database-url", e.DatabaseURL, "--brokers", e.Brokers[0], "--topic-prefix", e.Prefix}
+	overlays := func(id string, want int) {
+		t.Helper()
+		harness.Eventually(t, 60*time.Second, func() (bool, string) {
+			n := e.Count(t, `SELECT count(*) FROM jobstream_runs WHERE job_id = $1 AND step = 'overlay' AND outcome = 'done'`, id)
+			return n == want && e.Count(t, `SELECT count(*) FROM jobs WHERE job_id = $1 AND current_step = 'overlay' AND status = 'done'`, id) == 1,
+				fmt.Sprintf("%s completed overlay %d times, want %d", id, n, want)
+		})
+	}
+
+	// One job, twice.
+	for round := 2; round <= 3; round++ {
+		code, out, stderr := runMain(t, append([]string{"replay", "--step", "vlm_analyze", "--job", "r1"}, flags...)...)
+		if code != 0 || !strings.Contains(out, "replayed 1 job") {
+			t.Fatalf("replay r1: exit %d: %s %s", code, out, stderr)
+		}
+		overlays("r1", round)
+	}
+	if got := e.Dump(t, `SELECT chain || '.' || attempt || ':' || outcome FROM jobstream_runs WHERE job_id = 'r1' AND step = 'vlm_analyze' ORDER BY run_id`); got != "1.1:done\n2.1:done\n3.1:done\n" {
+		t.Errorf("vlm_analyze runs of r1:\n%s\nwant chains 1, 2 and 3, each done on attempt 1", got)
+	}
+
+	// A time range: every job that passed img_gen in it.
+	to := time.Now().Add(time.Minute).UTC().Format(time.RFC3339)
+	code, out, stderr := runMain(t, append([]string{"replay", "--step", "vlm_analyze", "--from", from, "--to", to}, flags...)...)
+	if code != 0 || !strings.Contains(out, "replayed 3 job") {
+		t.Fatalf("replay of a range: exit %d: %s %s", code, out, stderr)
+	}
+	overlays("r1", 4)
+	overlays("r2", 2)
+	overlays("r3", 2)
+	if pl.count("vlm_analyze", "r2") != 2 {
+		t.Errorf("vlm_analyze ran %d times for r2, want 2", pl.count("vlm_analyze", "r2"))
+	}
+}
