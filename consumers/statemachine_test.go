@@ -299,7 +299,7 @@ func TestPostgresOutageKillsNoStep(t *testing.T) {
 		t.Fatal("the step never started")
 	}
 	e.Pool(t).Reset() // its connections die with the server
-	running.Crash() // the replication connection would hold a fast shutdown
+	running.Crash()   // the replication connection would hold a fast shutdown
 	running = nil
 	time.Sleep(3 * lease) // the outage itself
 	running, err = localpg.Start(context.Background(), dir, localpg.Options{Port: pg.Port})
@@ -528,4 +528,3 @@ func TestPruneRuns(t *testing.T) {
 		t.Errorf("worker counted %d pruned runs, want %d", got, 10+1-owes)
 	}
 }
-
