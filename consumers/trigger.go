@@ -2,6 +2,7 @@ package consumers
 
 import (
 	"encoding/json"
+	"fmt"
 	"unicode/utf8"
 )
 
@@ -16,9 +17,60 @@ type trigger struct {
 }
 
 type triggerRow struct {
+	// JobID is the job's id as text: a JSON string (text, varchar, uuid
+	// keys) as it is, a JSON integer (integer and bigint keys) as its
+	// decimal digits; nil when null or absent.
 	JobID       *string `json:"job_id"`
 	CurrentStep string  `json:"current_step"`
 	Status      string  `json:"status"`
+}
+
+// UnmarshalJSON reads a row as encoding/json reads it into the struct's
+// fields, except that job_id may also be a JSON integer, read as its
+// decimal text (the reader renders integer and bigint columns as numbers).
+// A job_id of any other kind (a fraction, an exponent, a boolean, an
+// object) is an error.
+func (r *triggerRow) UnmarshalJSON(b []byte) error {
+	var raw struct {
+		JobID       json.RawMessage `json:"job_id"`
+		CurrentStep string          `json:"current_step"`
+		Status      string          `json:"status"`
+	}
+	if err := json.Unmarshal(b, &raw); err != nil {
+		return err
+	}
+	*r = triggerRow{CurrentStep: raw.CurrentStep, Status: raw.Status}
+	switch id := raw.JobID; {
+	case len(id) == 0 || string(id) == "null":
+	case id[0] == '"':
+		var s string
+		if err := json.Unmarshal(id, &s); err != nil {
+			return err
+		}
+		r.JobID = &s
+	case isInteger(id):
+		s := string(id)
+		r.JobID = &s
+	default:
+		return fmt.Errorf("json: job_id %.40s is neither a string nor an integer", id)
+	}
+	return nil
+}
+
+// isInteger reports whether b is a JSON number without fraction or exponent.
+func isInteger(b []byte) bool {
+	if len(b) > 0 && b[0] == '-' {
+		b = b[1:]
+	}
+	if len(b) == 0 || len(b) > 1 && b[0] == '0' {
+		return false
+	}
+	for _, c := range b {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return true
 }
 
 type triggerSource struct {
@@ -30,14 +82,16 @@ type triggerSource struct {
 
 // decodeTrigger parses an event value as json.Unmarshal into a trigger
 // does, with its very result and error on every input. A value
-// schema.DecodeEnvelope accepts but whose job_id, current_step or status
-// is not a string (a table this worker cannot act on) is an error too.
+// schema.DecodeEnvelope accepts but whose current_step or status is not a
+// string, or whose job_id is neither a string nor an integer (a table this
+// worker cannot act on), is an error too.
 //
 // The envelopes the reader writes take a fast path: one pass that checks
 // the syntax of the whole value, skips what the trigger does not hold and
 // reads the rest. Whatever that pass is not certain to read exactly as
 // encoding/json would (an error of any kind, escaped or non-ASCII or
-// case-folded names, repeated names, numbers that are not plain integers,
+// case-folded names, repeated names, numbers that are not plain integers
+// (a job_id too),
 // strings with escapes or invalid UTF-8, deep nesting) is left to
 // json.Unmarshal, so its errors and its quirks stay the reference.
 func decodeTrigger(b []byte) (*trigger, error) {
@@ -119,6 +173,16 @@ func (r *triggerRow) decode(b []byte, i int) (int, bool) {
 				return i + 4, true
 			}
 			var id string
+			if i < len(b) && (b[i] == '-' || '0' <= b[i] && b[i] <= '9') {
+				// An integer or bigint key: its digits, as UnmarshalJSON reads it.
+				j, ok := skipNumber(b, i)
+				if !ok || !isInteger(b[i:j]) {
+					return j, false
+				}
+				id = string(b[i:j])
+				r.JobID = &id
+				return j, true
+			}
 			i, ok := stringField(b, i, &id)
 			r.JobID = &id
 			return i, ok
