@@ -103,7 +103,7 @@ func dev(ctx context.Context, cfg devConfig, p schema.Pipeline, out io.Writer) e
 	runCtx, stop := context.WithCancel(ctx)
 	defer stop()
 	g, gctx := errgroup.WithContext(runCtx)
-	reader, err := cdc.New(cdc.Config{DatabaseURL: url, Brokers: []string{b.Addr()}, Logger: log.With("part", "reader")})
+	reader, err := cdc.New(cdc.Config{DatabaseURL: url, Brokers: []string{b.Addr()}, Pipeline: p, Logger: log.With("part", "reader")})
 	if err != nil {
 		return err
 	}

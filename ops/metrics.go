@@ -47,6 +47,8 @@ func registerReader(reg *prometheus.Registry, r *cdc.Reader) {
 	reg.MustRegister(events("c", &s.Inserts), events("u", &s.Updates), events("d", &s.Deletes), events("r", &s.SnapshotReads), events("t", &s.Truncates))
 	counterFunc(reg, "jobstream_reader_tombstones_total", "Tombstones (null values after deletes) acknowledged by the broker.", func() float64 { return float64(s.Tombstones.Load()) })
 	counterFunc(reg, "jobstream_reader_dead_letters_total", "Rows sent to the dead-letter topic.", func() float64 { return float64(s.DeadLetters.Load()) })
+	counterFunc(reg, "jobstream_reader_unroutable_total", "Rows no step can take (current_step null, empty, reserved or not in the pipeline), sent to the dead-letter topic.", func() float64 { return float64(s.Unroutable.Load()) })
+	counterFunc(reg, "jobstream_reader_slot_gaps_total", "Slots found missing and created again: the changes between the old slot's position and the new one's were never streamed.", func() float64 { return float64(s.SlotGaps.Load()) })
 	counterFunc(reg, "jobstream_reader_transactions_total", "Transactions decoded.", func() float64 { return float64(s.Transactions.Load()) })
 	counterFunc(reg, "jobstream_reader_reconnects_total", "Replication sessions restarted after a failure.", func() float64 { return float64(s.Reconnects.Load()) })
 	counterFunc(reg, "jobstream_reader_keepalive_replies_total", "Server keepalives answered at once.", func() float64 { return float64(s.KeepaliveReplies.Load()) })
@@ -129,6 +131,9 @@ func registerWorker(reg *prometheus.Registry, w *consumers.Worker, step string) 
 		{"jobstream_released_runs_total", "Runs given back to other workers at a stop past the grace period.", func() float64 { return float64(s.Released.Load()) }},
 		{"jobstream_worker_dead_letters_total", "Messages this worker wrote to the dead-letter topic.", func() float64 { return float64(s.DeadLetters.Load()) }},
 		{"jobstream_group_rejoins_total", "Times the stall watchdog made the members rejoin the group.", func() float64 { return float64(s.Rejoins.Load()) }},
+		{"jobstream_cancelled_runs_total", "Runs stopped or closed because the user cancelled their job (no retry, no dead letter).", func() float64 { return float64(s.Cancelled.Load()) }},
+		{"jobstream_discarded_runs_total", "Runs stopped or closed because their job was moved or deleted under them (no retry, no dead letter).", func() float64 { return float64(s.Discarded.Load()) }},
+		{"jobstream_pruned_runs_total", "Finished runs deleted from jobstream_runs by this worker's sweeper (--runs-retention).", func() float64 { return float64(s.Pruned.Load()) }},
 	} {
 		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: c.name, Help: c.help, ConstLabels: lbl}, c.f))
 	}

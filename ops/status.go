@@ -24,6 +24,16 @@ type slotStatus struct {
 	ConfirmedLSN  string `json:"confirmed_flush_lsn"`
 	RetainedBytes int64  `json:"retained_wal_bytes"`
 	WALStatus     string `json:"wal_status"`
+	// Gap is the last gap the reader recorded in jobstream_slots: changes
+	// it never streamed because the slot was lost or re-created.
+	Gap *slotGap `json:"gap,omitempty"`
+}
+
+// slotGap is a stretch of WAL no slot streamed.
+type slotGap struct {
+	From string    `json:"from_lsn"`
+	To   string    `json:"to_lsn"`
+	At   time.Time `json:"recorded_at"`
 }
 
 type partitionLag struct {
@@ -154,6 +164,13 @@ func collectStatus(ctx context.Context, pool *pgxpool.Pool, a *admin, p schema.P
 		return nil, fmt.Errorf("read slot: %w", err)
 	}
 
+	// Older schemas lack the gap columns: then there is no gap to show.
+	var gap slotGap
+	if err := pool.QueryRow(ctx, `SELECT gap_from_lsn::text, gap_to_lsn::text, gap_at FROM jobstream_slots
+		WHERE slot_name = $1 AND gap_at IS NOT NULL`, slot).Scan(&gap.From, &gap.To, &gap.At); err == nil {
+		rep.Slot.Gap = &gap
+	}
+
 	runs := map[string]stepStatus{}
 	rows, err := pool.Query(ctx, `SELECT step, count(*) FILTER (WHERE outcome = 'done'), count(*) FILTER (WHERE finished_at IS NULL),
 		count(*) FILTER (WHERE outcome = 'failed'),
@@ -241,6 +258,10 @@ func printStatus(out io.Writer, rep *statusReport, prev *statusReport) {
 			active = fmt.Sprintf("active (walsender pid %d)", *s.ActivePID)
 		}
 		fmt.Fprintf(out, "slot %s: %s, confirmed %s, retained WAL %s, wal_status %s\n", s.Name, active, s.ConfirmedLSN, bytesIEC(s.RetainedBytes), s.WALStatus)
+	}
+	if g := s.Gap; g != nil {
+		fmt.Fprintf(out, "slot %s: GAP recorded %s: the slot was lost and created again; changes committed between %s and %s were never streamed (the snapshot re-read every row's current state; intermediate transitions are missing from the topics)\n",
+			s.Name, g.At.Local().Format(time.DateTime), g.From, g.To)
 	}
 	fmt.Fprintln(out)
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
