@@ -25,6 +25,7 @@ type auditEntry struct {
 	Op        string    `json:"op,omitempty"`
 	Step      string    `json:"step,omitempty"`
 	Status    string    `json:"status,omitempty"`
+	Chain     int       `json:"chain,omitempty"`
 	Attempt   int       `json:"attempt,omitempty"`
 	Worker    string    `json:"worker,omitempty"`
 	Duration  string    `json:"duration,omitempty"`
@@ -39,7 +40,7 @@ type auditEntry struct {
 
 type auditRun struct {
 	step, worker, outcome, err string
-	attempt                    int
+	chain, attempt             int
 	started                    time.Time
 	finished                   *time.Time
 }
@@ -96,11 +97,11 @@ func runAudit(ctx context.Context, args []string, out io.Writer) error {
 	}
 	fmt.Fprintf(out, "history of job %s (%d entries)\n\n", jobID, len(entries))
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "TIME\tSTEP\tSTATUS\tOP\tATTEMPT\tWORKER\tDURATION\tWHERE\tNOTE")
+	fmt.Fprintln(tw, "TIME\tSTEP\tSTATUS\tOP\tCHAIN.ATTEMPT\tWORKER\tDURATION\tWHERE\tNOTE")
 	for _, e := range entries {
 		attempt := ""
 		if e.Attempt > 0 {
-			attempt = fmt.Sprint(e.Attempt)
+			attempt = fmt.Sprintf("%d.%d", e.Chain, e.Attempt)
 		}
 		note := e.Error
 		switch e.Kind {
@@ -218,14 +219,14 @@ func addRuns(ctx context.Context, url, jobID string, entries []auditEntry) error
 		return schema.PostgresUnreachable(err)
 	}
 	defer conn.Close(context.Background())
-	rows, err := conn.Query(ctx, `SELECT step, attempt, worker, coalesce(outcome, ''), coalesce(error, ''), started_at, finished_at
-		FROM jobstream_runs WHERE job_id = $1 ORDER BY started_at`, jobID)
+	rows, err := conn.Query(ctx, `SELECT step, chain, attempt, worker, coalesce(outcome, ''), coalesce(error, ''), started_at, finished_at
+		FROM jobstream_runs WHERE job_id = $1 ORDER BY run_id`, jobID)
 	if err != nil {
 		return fmt.Errorf("read runs: %w", err)
 	}
 	var runs []auditRun
 	var r auditRun
-	if _, err := pgx.ForEachRow(rows, []any{&r.step, &r.attempt, &r.worker, &r.outcome, &r.err, &r.started, &r.finished}, func() error {
+	if _, err := pgx.ForEachRow(rows, []any{&r.step, &r.chain, &r.attempt, &r.worker, &r.outcome, &r.err, &r.started, &r.finished}, func() error {
 		runs = append(runs, r)
 		return nil
 	}); err != nil {
@@ -246,7 +247,7 @@ func addRuns(ctx context.Context, url, jobID string, entries []auditEntry) error
 		if best == nil {
 			continue
 		}
-		e.Attempt, e.Worker = best.attempt, best.worker
+		e.Chain, e.Attempt, e.Worker = best.chain, best.attempt, best.worker
 		if e.Status != "running" {
 			e.Outcome, e.Error = best.outcome, best.err
 			if best.finished != nil {

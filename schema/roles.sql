@@ -5,7 +5,8 @@
 -- The reader streams the WAL: it needs REPLICATION (to create and read its
 -- slot) and SELECT on jobs (for the initial snapshot), nothing else.
 -- The worker claims and completes jobs: it reads and updates jobs and
--- records its attempts in jobstream_runs; it cannot insert or delete jobs.
+-- records its attempts in jobstream_runs (and prunes old ones, --runs-retention);
+-- it cannot insert or delete jobs.
 DO $$
 BEGIN
   IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'jobstream_reader') THEN
@@ -21,5 +22,5 @@ GRANT SELECT ON jobs TO jobstream_reader;
 GRANT SELECT, INSERT, UPDATE ON jobstream_slots TO jobstream_reader;
 
 GRANT SELECT, UPDATE (current_step, status, results, error, updated_at) ON jobs TO jobstream_worker;
-GRANT SELECT, INSERT, UPDATE ON jobstream_runs TO jobstream_worker;
+GRANT SELECT, INSERT, UPDATE, DELETE ON jobstream_runs TO jobstream_worker;
 GRANT USAGE ON SEQUENCE jobstream_runs_run_id_seq TO jobstream_worker;
