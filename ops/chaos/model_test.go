@@ -223,6 +223,20 @@ func (h *history) faultNear(from, to time.Time) bool {
 	return false
 }
 
+// execOf returns the execution of run r, nil if there is none.
+func (h *history) execOf(r mrun) *mexec {
+	end := time.Now()
+	if r.finished != nil {
+		end = *r.finished
+	}
+	for i, x := range h.execs {
+		if x.job == r.job && x.step == r.step && x.attempt == r.attempt && !x.start.Before(r.started.Add(-time.Second)) && !x.start.After(end) {
+			return &h.execs[i]
+		}
+	}
+	return nil
+}
+
 // faultOnPath reports whether a fault in [from, to] may delay the stop of
 // run r's step: Postgres or the broker down, the reader or r's worker
 // killed or stopped.
@@ -578,6 +592,9 @@ func (h *history) chainResult(id string, e, cut *epoch, c *chainRuns, bad func(j
 			switch cut.kind {
 			case "cancel":
 				ok["cancelled"] = true
+				if x := h.execOf(r); x != nil && !x.end.IsZero() && !x.end.After(cut.after) {
+					ok["discarded"] = true // the step had ended; its result found the job cancelled
+				}
 			case "delete", "requeue":
 				ok["cancelled"], ok["discarded"] = true, true
 			case "replay":
@@ -735,7 +752,7 @@ func (sc modelScenario) schedule(r *rand.Rand) []mevent {
 		mevent{at: sc.duration * 3 / 4, kind: "dropcol", r: r.Uint64()},
 		// and cancels (both ways) and deletes a job whose step runs.
 		mevent{at: sc.duration / 3, kind: "cancel-long-cli", r: r.Uint64()}, mevent{at: sc.duration / 2, kind: "cancel-long", r: r.Uint64()},
-		mevent{at: sc.duration * 2 / 3, kind: "delete-long", r: r.Uint64()})
+		mevent{at: sc.duration * 2 / 3, kind: "delete-long", r: r.Uint64()}, mevent{at: sc.duration * 2 / 5, kind: "requeue-long", r: r.Uint64()})
 	sort.SliceStable(evs, func(i, j int) bool { return evs[i].at < evs[j].at })
 	return evs
 }
@@ -1047,17 +1064,7 @@ func (m *modelRun) act(ev mevent, sc modelScenario) {
 			pay = randomPayload(r, m.steps, sc.maxLongSleep)
 			pay.Note = m.jobs[id].last().pay.Note
 		}
-		e, err := m.inTx(id, func(tx pgx.Tx) error {
-			_, err := tx.Exec(ctx, `UPDATE jobs SET current_step = $2, status = 'done', error = NULL, payload = $3, updated_at = now() WHERE job_id = $1`, id, to, pay.json())
-			return err
-		})
-		if err != nil {
-			m.problem("requeue %s: %v", id, err)
-			return
-		}
-		e.kind, e.from, e.pay = "requeue", to, pay
-		e.what = fmt.Sprintf("requeue by hand to (%s, done) at %s", to, m.since())
-		m.addEpoch(id, e)
+		m.requeue(id, to, pay)
 
 	case "cancel", "cancel-cli":
 		// Mostly a running job: that is where cancelling matters.
@@ -1072,7 +1079,7 @@ func (m *modelRun) act(ev mevent, sc modelScenario) {
 	case "cancel-long", "cancel-long-cli", "delete-long":
 		// A job whose first step runs for seconds, cancelled or deleted
 		// while it runs: its step must stop within 2 s.
-		id := m.longJob(6000)
+		id := m.longJob(m.steps[1], 6000)
 		if id == "" {
 			return
 		}
@@ -1081,6 +1088,17 @@ func (m *modelRun) act(ev mevent, sc modelScenario) {
 		} else {
 			m.cancel(id, ev.kind == "cancel-long-cli")
 		}
+
+	case "requeue-long":
+		// Requeued to the trigger of the step it runs, on a step with two
+		// workers: the other one claims the rerun while the old attempt
+		// still runs, and the old attempt must not complete it.
+		step := m.steps[2]
+		id := m.longJob(step, 4000)
+		if id == "" {
+			return
+		}
+		m.requeue(id, m.steps[1], m.jobs[id].last().pay)
 
 	case "delete":
 		id, ok := pick(r, m.dbIDs(`status = 'running'`))
@@ -1218,6 +1236,21 @@ func (m *modelRun) cancel(id string, cli bool) {
 	m.addEpoch(id, e)
 }
 
+// requeue moves job id to (to, done) by hand, with payload pay.
+func (m *modelRun) requeue(id, to string, pay mpayload) {
+	e, err := m.inTx(id, func(tx pgx.Tx) error {
+		_, err := tx.Exec(context.Background(), `UPDATE jobs SET current_step = $2, status = 'done', error = NULL, payload = $3, updated_at = now() WHERE job_id = $1`, id, to, pay.json())
+		return err
+	})
+	if err != nil {
+		m.problem("requeue %s: %v", id, err)
+		return
+	}
+	e.kind, e.from, e.pay = "requeue", to, pay
+	e.what = fmt.Sprintf("requeue by hand to (%s, done) at %s", to, m.since())
+	m.addEpoch(id, e)
+}
+
 // delete deletes job id.
 func (m *modelRun) delete(id string) {
 	e, err := m.inTx(id, func(tx pgx.Tx) error {
@@ -1233,11 +1266,11 @@ func (m *modelRun) delete(id string) {
 	m.reusable = append(m.reusable, id)
 }
 
-// longJob inserts a job whose first step sleeps ms and returns its id once
-// that step runs ("" if it did not start within 10 s).
-func (m *modelRun) longJob(ms int) string {
+// longJob inserts a job whose step sleeps ms and returns its id once that
+// step runs ("" if the insert failed).
+func (m *modelRun) longJob(step string, ms int) string {
 	id := m.freshID("p")
-	pay := mpayload{Sleep: map[string]int{m.steps[1]: ms}}
+	pay := mpayload{Sleep: map[string]int{step: ms}}
 	e, err := m.inTx(id, func(tx pgx.Tx) error {
 		_, err := tx.Exec(context.Background(), `INSERT INTO jobs (job_id, current_step, status, payload) VALUES ($1, $2, 'done', $3)`, id, m.steps[0], pay.json())
 		return err
@@ -1251,7 +1284,7 @@ func (m *modelRun) longJob(ms int) string {
 	m.addEpoch(id, e)
 	err = harness.Poll(10*time.Second, func() (bool, string) {
 		var n int
-		m.pool.QueryRow(context.Background(), `SELECT count(*) FROM jobstream_runs WHERE job_id = $1 AND finished_at IS NULL`, id).Scan(&n)
+		m.pool.QueryRow(context.Background(), `SELECT count(*) FROM jobstream_runs WHERE job_id = $1 AND step = $2 AND finished_at IS NULL`, id, step).Scan(&n)
 		return n > 0, "not claimed"
 	})
 	if err != nil {
@@ -1501,6 +1534,12 @@ func TestModel(t *testing.T) {
 			m.broker.kill()
 			time.Sleep(d)
 			m.broker.start(t, m.bin)
+			// The commands the schedule runs next need it.
+			if err := harness.Poll(30*time.Second, func() (bool, string) {
+				return (schema.Broker{Addrs: []string{m.brokers}}).Ping(ctx, time.Second) == nil, "broker not up"
+			}); err != nil {
+				m.problem("the broker did not come back: %v", err)
+			}
 			m.fault(mfault{kind: "broker", from: at, to: time.Now()})
 			m.ctl.Unlock()
 		case "postgres-down":
@@ -1508,7 +1547,7 @@ func TestModel(t *testing.T) {
 			d := modelLease + 2*time.Second
 			// A step running across the outage, from before it to well
 			// after: its worker is alive, so it must finish in this attempt.
-			probe := m.longJob(int((2*modelLease + d + time.Second) / time.Millisecond))
+			probe := m.longJob(m.steps[1], int((2*modelLease+d+time.Second)/time.Millisecond))
 			t.Logf("%s Postgres down for %s (%s's step runs across it)", m.since(), d, probe)
 			at := time.Now()
 			if r.IntN(2) == 0 {
