@@ -810,7 +810,7 @@ type modelRun struct {
 	start   time.Time
 
 	ctl    sync.Mutex // held while the schedule kills or restarts a process
-	mu     sync.Mutex // guards faults
+	mu     sync.Mutex // guards faults and probs
 	faults []mfault
 
 	jobs     map[string]*mjob
@@ -834,6 +834,8 @@ func (m *modelRun) fault(f mfault) {
 func (m *modelRun) problem(format string, a ...any) {
 	msg := fmt.Sprintf(format, a...)
 	m.t.Logf("%s PROBLEM %s", m.since(), msg)
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	m.probs = append(m.probs, msg)
 }
 
@@ -1547,7 +1549,7 @@ func TestModel(t *testing.T) {
 			d := modelLease + 2*time.Second
 			// A step running across the outage, from before it to well
 			// after: its worker is alive, so it must finish in this attempt.
-			probe := m.longJob(m.steps[1], int((2*modelLease+d+time.Second)/time.Millisecond))
+			probe := m.longJob(m.steps[1], int((d+modelLease+time.Second)/time.Millisecond))
 			t.Logf("%s Postgres down for %s (%s's step runs across it)", m.since(), d, probe)
 			at := time.Now()
 			if r.IntN(2) == 0 {
@@ -1556,9 +1558,20 @@ func TestModel(t *testing.T) {
 				m.pg.Crash()
 			}
 			time.Sleep(d)
-			if m.pg, err = localpg.Start(ctx, filepath.Join(m.dir, "pg"), localpg.Options{Port: m.pg.Port}); err != nil {
-				t.Fatalf("restart Postgres: %v", err)
+			// A start can fail if the server's own shutdown is not over, or
+			// something took the port meanwhile: try a few times.
+			var npg *localpg.Postgres
+			for try := 0; ; try++ {
+				if npg, err = localpg.Start(ctx, filepath.Join(m.dir, "pg"), localpg.Options{Port: m.pg.Port}); err == nil {
+					break
+				}
+				if try == 5 {
+					t.Fatalf("restart Postgres: %v; its log: %s", err, tailOf(filepath.Join(m.dir, "pg.log"), 1500))
+				}
+				t.Logf("%s restart Postgres: %v; trying again", m.since(), err)
+				time.Sleep(time.Second)
 			}
+			m.pg = npg
 			m.pool.Reset()
 			m.fault(mfault{kind: "pgdown", from: at, to: time.Now()})
 		case "stop-worker":
