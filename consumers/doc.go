@@ -32,9 +32,36 @@
 // was released) is fenced: its handler is cancelled and its late result
 // discarded, never a second done. Besides retries, a step runs again only
 // when an attempt lost its run: its worker stopped renewing the lease (it
-// died, froze, or lost Postgres for a lease) or was stopped past its grace
-// period. Handlers with side effects outside Postgres should therefore be
+// died or froze for a lease) or was stopped past its grace period.
+// Handlers with side effects outside Postgres should therefore be
 // idempotent per (job_id, step).
+//
+// Attempt chains: a chain starts each time the job reaches (T, done) by a
+// step's success, a replay, a requeue by hand or a new row; its attempts
+// are numbered 1..MaxAttempts (Job.Attempt) and recorded with the chain in
+// jobstream_runs. Only a rewind by the sweeper or a release continues a
+// chain, so a rerun always gets its full retries while a step that kills
+// its worker every time still runs out of them.
+//
+// Postgres outages: a worker never expires a run it holds, and after an
+// outage or a Postgres restart no sweeper expires any run for one lease, so
+// every live worker renews first: an outage of any length stops no step and
+// spends no attempt. A worker that really died loses its runs one lease
+// after Postgres is back.
+//
+// Cancellation: every 500ms the worker checks with one query that the jobs
+// of the runs it holds are still at (S, running). A job the user cancelled
+// (status 'cancelled', or Cancel), deleted or moved has its step stopped
+// (the handler's context cancelled, an exec step's process group killed)
+// and its run closed as cancelled or discarded, with no retry and no dead
+// letter; the same holds for a step that fails just as its job is changed.
+//
+// A missing table or column (someone dropped jobs.error) stops the worker
+// with one sentence naming jobstream migrate (ErrSchema) instead of a retry
+// loop; Run checks the schema at start too.
+//
+// Retention: the sweeper prunes finished runs older than RunsRetention,
+// 1,000 at a time; PruneRuns does it on demand.
 //
 // Ordering: within a partition (hence per job, as events are keyed by
 // job_id) events are handled one at a time in offset order, so a job's

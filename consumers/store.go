@@ -543,21 +543,22 @@ func ClaimAndComplete(ctx context.Context, pool *pgxpool.Pool, jobID, step, trig
 	return nil
 }
 
-// idTypes caches the type of jobs.job_id per pool for the admin functions.
-var idTypes sync.Map // *pgxpool.Pool → string
+// poolQueries caches the statements per pool for the admin functions.
+var poolQueries sync.Map // *pgxpool.Pool → *queries
 
 // adminStore returns a store on pool for the admin functions, looking up
 // the type of jobs.job_id once per pool.
 func adminStore(ctx context.Context, pool *pgxpool.Pool, step, trigger string) (*store, error) {
-	t, ok := idTypes.Load(pool)
+	q, ok := poolQueries.Load(pool)
 	if !ok {
 		idType, err := lookupJobIDType(ctx, pool)
 		if err != nil {
 			return nil, err
 		}
-		t, _ = idTypes.LoadOrStore(pool, idType)
+		prepared := prepareQueries(idType)
+		q, _ = poolQueries.LoadOrStore(pool, &prepared)
 	}
-	return &store{pool: pool, step: step, trigger: trigger, lease: 30 * time.Second, q: prepareQueries(t.(string))}, nil
+	return &store{pool: pool, step: step, trigger: trigger, lease: 30 * time.Second, q: *q.(*queries)}, nil
 }
 
 // CancelResult says what Cancel did to one job.
