@@ -66,6 +66,12 @@ func TestBadUsage(t *testing.T) {
 		{"lease too short", worker("--lease", "10ms"), 2, "too short"},
 		{"negative timeout", worker("--timeout", "-1s"), 2, "negative"},
 		{"negative grace", worker("--grace", "-5s"), 2, "negative"},
+		{"runs retention zero", worker("--runs-retention", "0"), 2, "--runs-retention 0"},
+		{"cancel without a job", []string{"cancel", db}, 2, "no job given"},
+		{"cancel of an unknown job", []string{"cancel", db, "no-such-job"}, 1, "not found"},
+		{"prune with an argument", []string{"prune", db, "old"}, 2, "takes no arguments"},
+		{"prune of age zero", []string{"prune", db, "--older-than", "0s"}, 2, "positive age"},
+		{"recreate-slot with snapshot never", []string{"reader", db, kafka, "--recreate-slot", "--snapshot", "never"}, 2, "--recreate-slot"},
 		{"stall timeout too short", worker("--stall-timeout", "100ms"), 2, "too short"},
 		{"repeated gpu", worker("--gpus", "0,0"), 2, "repeated GPU"},
 		{"not a number", worker("--concurrency", "many"), 2, "invalid value"},
@@ -170,5 +176,38 @@ func TestDev(t *testing.T) {
 		if len(pngs) != 40 {
 			t.Fatalf("run %d: %d PNGs, want 40", run, len(pngs))
 		}
+	}
+}
+
+// TestCancelAndPruneCommands: jobstream cancel reports each job's state and
+// sets it cancelled (a second cancel says so); jobstream prune counts with
+// --dry-run, then deletes finished runs older than the age and keeps the rest.
+func TestCancelAndPruneCommands(t *testing.T) {
+	t.Parallel()
+	e := harness.New(t)
+	db := "--database-url=" + e.DatabaseURL
+	e.Exec(t, `INSERT INTO jobs (job_id, current_step, status) VALUES ('c1', 'img_gen', 'done'), ('c2', 'planner', 'running')`)
+	code, out, stderr := runMain(t, "cancel", db, "c1", "c2")
+	if code != 0 || !strings.Contains(out, "c1: cancelled at (img_gen, done)") || !strings.Contains(out, "c2: cancelled at (planner, running)") {
+		t.Fatalf("cancel: exit %d: %s %s", code, out, stderr)
+	}
+	if n := e.Count(t, `SELECT count(*) FROM jobs WHERE status = 'cancelled'`); n != 2 {
+		t.Fatalf("%d jobs cancelled, want 2", n)
+	}
+	if code, out, _ := runMain(t, "cancel", db, "c1"); code != 0 || !strings.Contains(out, "already cancelled") {
+		t.Fatalf("second cancel: exit %d: %s", code, out)
+	}
+
+	e.Exec(t, `INSERT INTO jobstream_runs (job_id, step, attempt, worker, lease_expires_at, started_at, finished_at, outcome)
+		SELECT 'p' || i, 'planner', 1, 'w', now(), now() - interval '5 days', now() - interval '5 days', 'done' FROM generate_series(1, 5) i
+		UNION ALL SELECT 'fresh', 'planner', 1, 'w', now(), now(), now(), 'done'`)
+	if code, out, _ := runMain(t, "prune", db, "--older-than", "72h", "--dry-run"); code != 0 || !strings.Contains(out, "would prune 5 run(s)") {
+		t.Fatalf("prune --dry-run: exit %d: %s", code, out)
+	}
+	if code, out, _ := runMain(t, "prune", db, "--older-than", "72h"); code != 0 || !strings.Contains(out, "pruned 5 run(s)") {
+		t.Fatalf("prune: exit %d: %s", code, out)
+	}
+	if n := e.Count(t, `SELECT count(*) FROM jobstream_runs`); n != 1 {
+		t.Fatalf("%d runs left, want the fresh one", n)
 	}
 }
