@@ -50,14 +50,22 @@ func startProc(t testing.TB, e *harness.Env, args ...string) *proc {
 	return &proc{Process: p, cmd: p.Cmd()}
 }
 
-// waitSlotActive waits until the slot is streamed from by some process and
-// returns that walsender's pid.
+// waitSlotActive waits until the slot is consistent and streamed from by
+// some process, and returns that walsender's pid.
 func waitSlotActive(t testing.TB, e *harness.Env) int {
 	t.Helper()
 	var pid int
 	harness.Eventually(t, 60*time.Second, func() (bool, string) {
 		pid = e.Count(t, `SELECT coalesce((SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1 AND active), 0)`, e.Slot)
-		return pid != 0, "slot " + e.Slot + " not active"
+		if pid == 0 {
+			return false, "slot " + e.Slot + " not active"
+		}
+		// A slot is active from its creation, before it is consistent:
+		// rows committed before that are in the snapshot (or, with
+		// --snapshot never, nowhere). The reader records the slot once
+		// it is consistent.
+		return e.Count(t, `SELECT count(*) FROM jobstream_slots WHERE slot_name = $1 AND completed_at IS NOT NULL`, e.Slot) == 1,
+			"slot " + e.Slot + " not consistent yet (no completed row in jobstream_slots)"
 	})
 	return pid
 }
