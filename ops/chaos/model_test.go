@@ -424,7 +424,7 @@ func (h *history) judge() []string {
 					bad(id, "%s ran %d attempt chains after %s, where one reaching (%s, done) starts one: an event acted on twice, or a rewind by the sweeper started a new chain (%s)",
 						s, len(cs), e.what, prevStep(h, s), strings.Join(firsts, "; "))
 				}
-				res := h.chainResult(id, e, cut, cs[0], bad)
+				res := h.chainResult(id, e, j.epochs[ei+1:], cs[0], bad)
 				if res == "failed" {
 					letterMust[s]++
 					letterMay[s]++
@@ -438,7 +438,7 @@ func (h *history) judge() []string {
 					}
 				}
 				for _, c := range cs[1:] {
-					h.chainResult(id, e, cut, c, bad)
+					h.chainResult(id, e, j.epochs[ei+1:], c, bad)
 				}
 				if res != "done" {
 					if res == "failed" {
@@ -555,11 +555,15 @@ func (h *history) openAt(e *epoch, r mrun) bool {
 	return r.started.Before(e.after) && (r.finished == nil || r.finished.After(e.before))
 }
 
-// chainResult checks one attempt chain of epoch e (ended by the action cut,
-// if any) and returns how it ended: done, failed (the job failed and owes a
+// chainResult checks one attempt chain of epoch e (ended by the first of
+// the later actions, if any) and returns how it ended: done, failed (the job failed and owes a
 // letter), raced-failed (failed as the user's action committed: a letter may
 // be owed), cut (stopped by the user's action) or stuck (a problem).
-func (h *history) chainResult(id string, e, cut *epoch, c *chainRuns, bad func(job, format string, a ...any)) string {
+func (h *history) chainResult(id string, e *epoch, later []*epoch, c *chainRuns, bad func(job, format string, a ...any)) string {
+	var cut *epoch
+	if len(later) > 0 {
+		cut = later[0]
+	}
 	s := c.step
 	perm := e.pay.Perm[s]
 	fails := e.pay.Fail[s]
@@ -589,16 +593,23 @@ func (h *history) chainResult(id string, e, cut *epoch, c *chainRuns, bad func(j
 			// The action found this run open: the step's end must not
 			// count (no done, no failure, no retry, no letter).
 			ok := map[string]bool{}
-			switch cut.kind {
-			case "cancel":
-				ok["cancelled"] = true
-				if x := h.execOf(r); x != nil && !x.end.IsZero() && !x.end.After(cut.after) {
-					ok["discarded"] = true // the step had ended; its result found the job cancelled
+			// The actions that found the run open: the cut, and any later
+			// one before the run closed (a cancel, then a delete).
+			for _, a := range later {
+				if a != cut && (r.finished == nil || !a.before.Before(*r.finished)) {
+					continue
 				}
-			case "delete", "requeue":
-				ok["cancelled"], ok["discarded"] = true, true
-			case "replay":
-				ok["replayed"] = true
+				switch a.kind {
+				case "cancel":
+					ok["cancelled"] = true
+					if x := h.execOf(r); x != nil && !x.end.IsZero() && !x.end.After(a.after) {
+						ok["discarded"] = true // the step had ended; its result found the job cancelled
+					}
+				case "delete", "requeue":
+					ok["cancelled"], ok["discarded"] = true, true
+				case "replay":
+					ok["replayed"] = true
+				}
 			}
 			raced := !cut.openKnown && r.finished != nil && !r.finished.After(cut.after)
 			switch {
