@@ -251,42 +251,54 @@ func (e *Env) Topic(step string) string { return schema.Topic(e.Prefix, step) }
 // ReadTopic returns every message now in topic, in partition then offset order.
 func (e *Env) ReadTopic(t testing.TB, topic string) []kafka.Message {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	conn, err := kafka.DialContext(ctx, "tcp", e.Brokers[0])
+	out, err := ReadTopicAt(e.Brokers[0], topic)
 	if err != nil {
 		t.Fatal(err)
+	}
+	return out
+}
+
+// ReadTopicAt returns every message now in topic on the broker at addr, in
+// partition then offset order. A topic that does not exist is an error
+// wrapping kafka.UnknownTopicOrPartition.
+func ReadTopicAt(addr, topic string) ([]kafka.Message, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	conn, err := kafka.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
 	}
 	parts, err := conn.ReadPartitions(topic)
 	conn.Close()
 	if err != nil {
-		t.Fatalf("read partitions of %s: %v", topic, err)
+		return nil, fmt.Errorf("read partitions of %s: %w", topic, err)
 	}
 	var out []kafka.Message
 	for _, p := range parts {
-		pc, err := kafka.DialLeader(ctx, "tcp", e.Brokers[0], topic, p.ID)
+		pc, err := kafka.DialLeader(ctx, "tcp", addr, topic, p.ID)
 		if err != nil {
-			t.Fatal(err)
+			return nil, err
 		}
 		first, last, err := pc.ReadOffsets()
-		if err != nil {
-			t.Fatal(err)
+		if err == nil {
+			_, err = pc.Seek(first, kafka.SeekAbsolute)
 		}
-		if _, err := pc.Seek(first, kafka.SeekAbsolute); err != nil {
-			t.Fatal(err)
-		}
-		for off := first; off < last; {
+		for off := first; err == nil && off < last; {
 			pc.SetReadDeadline(time.Now().Add(10 * time.Second))
-			m, err := pc.ReadMessage(10 << 20)
-			if err != nil {
-				t.Fatalf("read %s/%d at %d: %v", topic, p.ID, off, err)
+			var m kafka.Message
+			if m, err = pc.ReadMessage(10 << 20); err != nil {
+				err = fmt.Errorf("read %s/%d at %d: %w", topic, p.ID, off, err)
+				break
 			}
 			out = append(out, m)
 			off = m.Offset + 1
 		}
 		pc.Close()
+		if err != nil {
+			return nil, err
+		}
 	}
-	return out
+	return out, nil
 }
 
 // Eventually waits up to timeout for cond to hold, polling; on timeout it
