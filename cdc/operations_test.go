@@ -15,7 +15,6 @@ import (
 	"github.com/jobstream/jobstream/cdc"
 	"github.com/jobstream/jobstream/ops/harness"
 	"github.com/jobstream/jobstream/ops/localpg"
-	"github.com/jobstream/jobstream/schema"
 )
 
 // server is a Postgres of the test's own.
@@ -46,18 +45,6 @@ func privatePostgres(t *testing.T, e *harness.Env, dir string, opts localpg.Opti
 	return p, srv
 }
 
-func migrate(t *testing.T, url string) {
-	t.Helper()
-	conn, err := pgx.Connect(context.Background(), url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(context.Background())
-	if _, err := schema.Migrate(context.Background(), conn, schema.MigrateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-}
-
 // execOn runs sql on a connection of its own (a pool may hold connections a
 // Postgres restart broke).
 func execOn(t *testing.T, url, sql string) {
@@ -79,7 +66,7 @@ func TestReconnectsWhenPostgresRestarts(t *testing.T) {
 	t.Parallel()
 	e := harness.New(t)
 	p, pg := privatePostgres(t, e, "pg", localpg.Options{})
-	migrate(t, p.DatabaseURL)
+	harness.Migrate(t, p.DatabaseURL)
 	r := startReader(t, p, nil)
 	execOn(t, p.DatabaseURL, `INSERT INTO jobs (job_id, current_step, status) SELECT 'a' || i, 'img_gen', 'done' FROM generate_series(1, 50) i`)
 	waitMessages(t, p, p.Topic("img_gen"), 50)
@@ -163,7 +150,7 @@ func TestWalLevelAndInvalidatedSlot(t *testing.T) {
 	pg.stop()
 	privatePostgres(t, e, "pg", localpg.Options{Port: pg.Port,
 		Settings: map[string]string{"max_slot_wal_keep_size": "1MB", "max_wal_size": "32MB", "min_wal_size": "32MB"}})
-	migrate(t, p.DatabaseURL)
+	harness.Migrate(t, p.DatabaseURL)
 	execOn(t, p.DatabaseURL, `INSERT INTO jobs (job_id, current_step, status) VALUES ('before', 'img_gen', 'done')`)
 	if err := runOnce(t, readerConfig(p)); err != nil { // creates the slot
 		t.Fatal(err)
@@ -244,7 +231,7 @@ func TestEventsWaitUntilCommitsAreVisible(t *testing.T) {
 	e := harness.New(t)
 	p, _ := privatePostgres(t, e, "pg", localpg.Options{Settings: map[string]string{"synchronous_standby_names": "nobody"}})
 	local := p.DatabaseURL + "&synchronous_commit=local" // commits that do not wait for the standby
-	migrate(t, local)
+	harness.Migrate(t, local)
 	p.DatabaseURL = local
 	r := startReader(t, p, nil)
 

@@ -480,7 +480,7 @@ func TestKeepaliveAnsweredAtOnce(t *testing.T) {
 	t.Parallel()
 	e := harness.New(t)
 	p, _ := privatePostgres(t, e, "pg", localpg.Options{})
-	migrate(t, p.DatabaseURL)
+	harness.Migrate(t, p.DatabaseURL)
 	p.DatabaseURL += "&wal_sender_timeout=2s"
 	r := startReader(t, p, func(c *cdc.Config) { c.StatusInterval = time.Minute })
 	pid := waitSlotActive(t, p)

@@ -13,26 +13,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/jobstream/jobstream/consumers"
 	"github.com/jobstream/jobstream/ops/harness"
 	"github.com/jobstream/jobstream/ops/localpg"
-	"github.com/jobstream/jobstream/schema"
 )
-
-// migrate applies schema.Migrate to the database at url.
-func migrate(t *testing.T, url string) {
-	t.Helper()
-	conn, err := pgx.Connect(context.Background(), url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(context.Background())
-	if _, err := schema.Migrate(context.Background(), conn, schema.MigrateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-}
 
 // failFirstOfChain fails attempt 1 of every attempt chain and succeeds on
 // attempt 2, recording every call.
@@ -291,7 +275,7 @@ func TestPostgresOutageKillsNoStep(t *testing.T) {
 	})
 	e := base.Copy(t)
 	e.DB, e.DatabaseURL, e.Postgres = "postgres", pg.URL("postgres"), pg
-	migrate(t, e.DatabaseURL)
+	harness.Migrate(t, e.DatabaseURL)
 	startReader(t, e)
 
 	const lease = 2 * time.Second
@@ -406,7 +390,7 @@ func TestNonTextJobIDs(t *testing.T) {
 			e.Exec(t, `DROP TABLE jobs`)
 			e.Exec(t, `CREATE TABLE jobs (job_id `+tc.typ+` PRIMARY KEY, current_step text, status text NOT NULL DEFAULT 'pending',
 				payload jsonb NOT NULL DEFAULT '{}', results jsonb NOT NULL DEFAULT '{}', error text, updated_at timestamptz NOT NULL DEFAULT now())`)
-			migrate(t, e.DatabaseURL)
+			harness.Migrate(t, e.DatabaseURL)
 			startReader(t, e)
 			rec := &recorder{}
 			startWorker(t, e, consumers.Config{MaxAttempts: 3, Lease: time.Second, RetryBackoff: 10 * time.Millisecond,

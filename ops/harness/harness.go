@@ -248,6 +248,20 @@ func DumpRows(pool *pgxpool.Pool, sql string, args ...any) string {
 // Topic returns the name of step's topic under the test's prefix.
 func (e *Env) Topic(step string) string { return schema.Topic(e.Prefix, step) }
 
+// Migrate applies schema.Migrate to the database at url (a Postgres of
+// the test's own, or a jobs table the test re-created).
+func Migrate(t testing.TB, url string) {
+	t.Helper()
+	conn, err := pgx.Connect(context.Background(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	if _, err := schema.Migrate(context.Background(), conn, schema.MigrateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // ReadTopic returns every message now in topic, in partition then offset order.
 func (e *Env) ReadTopic(t testing.TB, topic string) []kafka.Message {
 	t.Helper()
