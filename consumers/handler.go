@@ -166,9 +166,20 @@ func runExec(ctx context.Context, path string, argv []string, job Job) (json.Raw
 		return json.RawMessage("null"), nil
 	}
 	if !json.Valid(out) {
-		return nil, fmt.Errorf("%s printed no JSON on stdout (starts %.80q)", argv[0], out)
+		return nil, noJSON(argv[0], out)
 	}
 	return json.RawMessage(out), nil
+}
+
+// noJSON explains a step's stdout that is not JSON, quoting its first bytes:
+// the usual cause is a log line printed on stdout, where only the result
+// belongs.
+func noJSON(name string, out []byte) error {
+	const fix = "stdout is for the JSON result alone; write logs to stderr"
+	if i := bytes.LastIndexByte(out, '\n'); i >= 0 && json.Valid(out[i+1:]) {
+		return fmt.Errorf("%s printed text before its JSON result on stdout (starts %.80q); %s", name, out, fix)
+	}
+	return fmt.Errorf("%s printed no JSON on stdout (starts %.80q); %s", name, out, fix)
 }
 
 // capped keeps at most max bytes; when more come it calls over, once.

@@ -510,3 +510,43 @@ func TestStopWhileStarting(t *testing.T) {
 		}
 	}
 }
+
+// TestExecStdoutIsTheResult: a step's stdout is its JSON result alone; a
+// log line printed there fails the attempt with an error that quotes what
+// was printed and says logs belong on stderr, where they do no harm.
+func TestExecStdoutIsTheResult(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	steps := map[string]string{
+		"log-then-json": script(t, dir, "log-then-json.sh", "cat >/dev/null; echo 'loading model...'; echo '{\"boxes\": []}'\n"),
+		"log-only":      script(t, dir, "log-only.sh", "cat >/dev/null; echo 'loading model...'\n"),
+		"log-on-stderr": script(t, dir, "log-on-stderr.sh", "cat >/dev/null; echo 'loading model...' >&2; echo '{\"boxes\": []}'\n"),
+	}
+	for _, tc := range []struct {
+		name   string
+		result string   // on success
+		says   []string // in the error otherwise
+	}{
+		{"log-then-json", "", []string{"log-then-json.sh printed text before its JSON result on stdout", `(starts "loading model...\n{\"boxes\": []}")`, "write logs to stderr"}},
+		{"log-only", "", []string{"log-only.sh printed no JSON on stdout", `(starts "loading model...")`, "write logs to stderr"}},
+		{"log-on-stderr", `{"boxes": []}`, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			out, err := consumers.Exec(steps[tc.name])(context.Background(), consumers.Job{JobID: "j1", Step: "s", Attempt: 1})
+			if tc.says == nil {
+				if err != nil || string(out) != tc.result {
+					t.Errorf("got %s, %v; want %s", out, err, tc.result)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatalf("got %s, want an error", out)
+			}
+			for _, s := range tc.says {
+				if !strings.Contains(err.Error(), s) {
+					t.Errorf("error %q does not say %q", err, s)
+				}
+			}
+		})
+	}
+}
