@@ -195,7 +195,7 @@ func watchProgress(ctx context.Context, pool *pgxpool.Pool, a *admin, rs *cdc.St
 	start := time.Now()
 	deadline := start.Add(timeout)
 	var lastPrint time.Time
-	var prev *statusReport
+	var recent []*statusReport // the samples of the last liveRateWindow, for RATE
 	drawn := 0
 	for {
 		rep, err := collectStatus(ctx, pool, a, p, schema.DefaultTopicPrefix, "jobstream")
@@ -215,9 +215,13 @@ func watchProgress(ctx context.Context, pool *pgxpool.Pool, a *admin, rs *cdc.St
 			}
 		}
 		over := finished+failed >= total
+		recent = append(recent, rep)
+		for len(recent) > 2 && rep.At.Sub(recent[1].At) >= liveRateWindow {
+			recent = recent[1:]
+		}
 		if tty {
 			var b strings.Builder
-			renderLive(&b, rep, prev, rs, finished, failed, total, time.Since(start))
+			renderLive(&b, rep, recent[0], rs, finished, failed, total, over, time.Since(start))
 			if drawn > 0 {
 				fmt.Fprintf(out, "\033[%dA\033[J", drawn)
 			}
@@ -231,7 +235,6 @@ func watchProgress(ctx context.Context, pool *pgxpool.Pool, a *admin, rs *cdc.St
 			fmt.Fprintf(out, "  %d/%d done │ %s │ %.0f jobs/s\n", finished, total, strings.Join(parts, " │ "), float64(finished)/time.Since(start).Seconds())
 			lastPrint = time.Now()
 		}
-		prev = rep
 		switch {
 		case failed > 0 && over:
 			return fmt.Errorf("%d of %d jobs failed; see the error column of jobs and jobstream.log", failed, total)
@@ -248,9 +251,15 @@ func watchProgress(ctx context.Context, pool *pgxpool.Pool, a *admin, rs *cdc.St
 	}
 }
 
+// liveRateWindow is how far back the live view's RATE looks: a step that
+// stops completing runs shows 0 within it.
+const liveRateWindow = 2 * time.Second
+
 // renderLive draws the dev view: one row per step with its group, lag,
-// completions, rate and latency, then the reader's numbers.
-func renderLive(w io.Writer, rep, prev *statusReport, rs *cdc.Stats, finished, failed, total int, elapsed time.Duration) {
+// completions, rate and latency, then the reader's numbers. RATE is the
+// runs done since base (the oldest sample within liveRateWindow); once the
+// batch is over nothing moves and it is 0.
+func renderLive(w io.Writer, rep, base *statusReport, rs *cdc.Stats, finished, failed, total int, over bool, elapsed time.Duration) {
 	fmt.Fprintf(w, "  %d/%d jobs done", finished, total)
 	if failed > 0 {
 		fmt.Fprintf(w, ", %d failed", failed)
@@ -259,10 +268,14 @@ func renderLive(w io.Writer, rep, prev *statusReport, rs *cdc.Stats, finished, f
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "  STEP\tMEMBERS\tLAG\tRUNNING\tDONE\tRATE\tCOMMIT→CLAIM p50 / p99")
 	for i, st := range rep.Steps {
-		rate, lat := rateAndLatency(rep, prev, i)
+		rate, lat := rateAndLatency(rep, base, i)
+		if over {
+			rate = "0/s"
+		}
 		fmt.Fprintf(tw, "  %s\t%d\t%d\t%d\t%d\t%s\t%s\n", st.Step, len(st.Members), st.Lag, st.Running, st.Done, rate, lat)
 	}
 	tw.Flush()
+	fmt.Fprintf(w, "\n  LAG: change events in the step's trigger topic not yet committed by its group (events, not jobs:\n  a job makes several). DONE: runs done. RATE: runs done per second over the last %s.\n", liveRateWindow)
 	fmt.Fprintf(w, "\n  reader: %d events, %d dead letters, slot retains %s of WAL\n", rs.Events.Load(), rs.DeadLetters.Load(), bytesIEC(rep.Slot.RetainedBytes))
 }
 
