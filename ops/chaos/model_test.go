@@ -532,6 +532,48 @@ func (h *history) judge() []string {
 	return probs
 }
 
+// dump renders what the model and the system say about job id, for a
+// problem's report: its epochs (the action, the run sequence at it, the
+// bounds of its commit, the runs it found open) and its runs and
+// executions, in order.
+func (h *history) dump(id string) string {
+	var b strings.Builder
+	ts := func(t time.Time) string { return t.Format("15:04:05.000") }
+	if j := h.jobs[id]; j != nil {
+		for i, e := range j.epochs {
+			open := "unknown (CLI)"
+			if e.openKnown {
+				var ids []string
+				for r := range e.open {
+					ids = append(ids, strconv.FormatInt(r, 10))
+				}
+				sort.Strings(ids)
+				open = "[" + strings.Join(ids, " ") + "]"
+			}
+			fmt.Fprintf(&b, "\n  epoch %d: %s (%s from %s, cancel step %s) seq %d [%s..%s] open %s payload %s",
+				i, e.what, e.kind, e.from, e.cancelStep, e.seq, ts(e.before), ts(e.after), open, e.pay.json())
+		}
+	}
+	for _, r := range h.runs {
+		if r.job == id {
+			fmt.Fprintf(&b, "\n  %s %q", r, r.err)
+		}
+	}
+	for _, x := range h.execs {
+		if x.job == id {
+			end := "killed"
+			if !x.end.IsZero() {
+				end = ts(x.end) + " " + x.how
+			}
+			fmt.Fprintf(&b, "\n  exec %s chain %d attempt %d [%s..%s]", x.step, x.chain, x.attempt, ts(x.start), end)
+		}
+	}
+	if row, ok := h.rows[id]; ok {
+		fmt.Fprintf(&b, "\n  row (%s, %s) payload %s", row.step, row.status, row.payload)
+	}
+	return b.String()
+}
+
 func prevStep(h *history, s string) string {
 	if i := h.index(s); i > 0 {
 		return h.steps[i-1]
@@ -553,6 +595,19 @@ func (h *history) openAt(e *epoch, r mrun) bool {
 		return e.open[r.id]
 	}
 	return r.started.Before(e.after) && (r.finished == nil || r.finished.After(e.before))
+}
+
+// doneBefore reports whether run r, which ended done while action e (taken
+// through the CLI, so its commit is known only to lie in [before, after])
+// was under way, completed before e committed. It did: a completion needs
+// the run open and the job at (step, running), and every action closes the
+// run or moves the job (a cancel, requeue or delete by the row lock, a replay
+// by closing the run); after it the run ends cancelled, discarded, replayed
+// or fenced, never done. Such a run is judged as one the action did not find
+// open: it counts as the chain's completion, and the walk goes on to the
+// next step, which may have claimed the job before the action too.
+func (h *history) doneBefore(e *epoch, r mrun) bool {
+	return !e.openKnown && r.outcome == "done" && r.finished != nil && !r.finished.After(e.after)
 }
 
 // chainResult checks one attempt chain of epoch e (ended by the first of
@@ -589,7 +644,7 @@ func (h *history) chainResult(id string, e *epoch, later []*epoch, c *chainRuns,
 			bad(id, "%s started after %s: a job the user changed or removed gets no further attempt", r, cut.what)
 			continue
 		}
-		if cut != nil && h.openAt(cut, r) {
+		if cut != nil && h.openAt(cut, r) && !h.doneBefore(cut, r) {
 			// The action found this run open: the step's end must not
 			// count (no done, no failure, no retry, no letter).
 			ok := map[string]bool{}
@@ -620,9 +675,9 @@ func (h *history) chainResult(id string, e *epoch, later []*epoch, c *chainRuns,
 					bad(id, "%s: the lease expired though its worker was alive and never stopped (an attempt spent by a live worker, e.g. across a Postgres outage)", r)
 				}
 				result = "cut"
-			case raced && (r.outcome == "done" || r.outcome == "failed"):
+			case raced && r.outcome == "failed":
 				// The step ended as the CLI's action committed: either order is right.
-				if r.outcome == "failed" && (perm || r.attempt >= h.maxAttempts) {
+				if perm || r.attempt >= h.maxAttempts {
 					result = "raced-failed"
 				} else {
 					result = "cut"
@@ -1403,6 +1458,29 @@ func (m *modelRun) quiet() (bool, string) {
 	return notTerminal == 0 && open == 0 && owed == 0, fmt.Sprintf("%d jobs not at rest, %d runs open, %d letters owed", notTerminal, open, owed)
 }
 
+// restless describes, for a report, the jobs not at rest (at most 10):
+// their row and their last run.
+func (m *modelRun) restless() string {
+	rows, err := m.pool.Query(context.Background(), `SELECT j.job_id, j.current_step, j.status, to_char(j.updated_at, 'HH24:MI:SS.MS'),
+			coalesce((SELECT r.step || ' chain ' || r.chain || ' attempt ' || r.attempt || ' ' || coalesce(r.outcome, 'open') || ' at ' ||
+				to_char(coalesce(r.finished_at, r.started_at), 'HH24:MI:SS.MS')
+				FROM jobstream_runs r WHERE r.job_id = j.job_id::text ORDER BY r.run_id DESC LIMIT 1), 'none')
+		FROM jobs j WHERE NOT ((j.current_step = $1 AND j.status = 'done') OR j.status IN ('failed', 'cancelled'))
+		ORDER BY j.job_id LIMIT 10`, m.steps[len(m.steps)-1])
+	if err != nil {
+		return "jobs not at rest unknown: " + err.Error()
+	}
+	var out []string
+	for rows.Next() {
+		var id, step, status, at, last string
+		if rows.Scan(&id, &step, &status, &at, &last) == nil {
+			out = append(out, fmt.Sprintf("%s at (%s, %s) since %s, last run %s", id, step, status, at, last))
+		}
+	}
+	rows.Close()
+	return "jobs not at rest: " + strings.Join(out, "; ")
+}
+
 // caughtUp waits until the reader has confirmed every change made so far:
 // then every event of them is in the topics (the slot's flush position
 // passes only acknowledged events).
@@ -1610,7 +1688,7 @@ func TestModel(t *testing.T) {
 
 	settle := func(what string) bool {
 		if err := harness.Poll(sc.settle, m.quiet); err != nil {
-			m.problem("the system did not come to rest %s: %v", what, err)
+			m.problem("the system did not come to rest %s: %v; %s", what, err, m.restless())
 			return false
 		}
 		return true
@@ -1665,6 +1743,13 @@ func TestModel(t *testing.T) {
 		c := checkOf(p)
 		if shown[c]++; shown[c] <= 8 {
 			t.Error(p)
+		}
+	}
+	dumped := map[string]bool{}
+	for _, p := range probs {
+		if id, _, ok := strings.Cut(p, ": "); ok && h.jobs[id] != nil && !dumped[id] && len(dumped) < 8 {
+			dumped[id] = true
+			t.Logf("what the model and the system say about %s (model t=0 at %s):%s", id, m.start.Format("15:04:05.000"), h.dump(id))
 		}
 	}
 	if len(probs) > 0 {
@@ -1905,6 +1990,27 @@ func TestModelJudge(t *testing.T) {
 			h.execs = append(h.execs, mexec{job: "a", step: "overlay", attempt: 1, start: at(8), end: at(9), how: "done"})
 			delete(h.rows, "a")
 		}, "ran a new attempt chain"},
+		{"a step completes while `jobstream cancel` runs, and the next step claims the job before it commits (no problem)", func(h *history) {
+			// The CLI's cancel ran from 1.5s to 3.5s: vlm_analyze completed at
+			// 2s, before its commit (else it would have ended cancelled), and
+			// yolo_detect's attempt 1, claimed at 2s, was stopped by it.
+			h.jobs["a"].epochs = append(h.jobs["a"].epochs, &epoch{kind: "cancel", cancelStep: "yolo_detect", pay: fail1, seq: 2, before: at(1.5), after: at(3.5), what: "jobstream cancel"})
+			r := run(h, "yolo_detect", 1)
+			r.outcome, r.finished = "cancelled", ptr(3.2)
+			h.execs[1].end, h.execs[1].how = time.Time{}, ""
+			h.runs, h.execs = h.runs[:2], h.execs[:2]
+			h.rows["a"] = mrow{step: "yolo_detect", status: "cancelled", payload: fail1.json()}
+		}, ""},
+		{"a step runs though the step before it was stopped by `jobstream cancel`", func(h *history) {
+			h.jobs["a"].epochs = append(h.jobs["a"].epochs, &epoch{kind: "cancel", cancelStep: "vlm_analyze", pay: fail1, seq: 2, before: at(1.5), after: at(3.5), what: "jobstream cancel"})
+			run(h, "vlm_analyze", 1).outcome = "cancelled"
+			h.execs[0].end, h.execs[0].how = time.Time{}, ""
+			r := run(h, "yolo_detect", 1)
+			r.outcome, r.finished = "cancelled", ptr(3.2)
+			h.execs[1].end, h.execs[1].how = time.Time{}, ""
+			h.runs, h.execs = h.runs[:2], h.execs[:2]
+			h.rows["a"] = mrow{step: "vlm_analyze", status: "cancelled", payload: fail1.json()}
+		}, "though the job never reached it"},
 		{"an unexpected dead letter", func(h *history) {
 			h.letters = append(h.letters, mletter{job: "a", step: "planner", reason: "claim refused by Postgres"})
 		}, "only a failed job owes a letter"},
