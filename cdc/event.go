@@ -206,7 +206,7 @@ func (r *Reader) broadcast(ctx context.Context, op string, key, v []byte, src *s
 		topics, err = r.stepTopics(ctx)
 		return err
 	}, func(err error, next time.Duration) {
-		r.log.Warn("cannot list the step topics; retrying", "err", err, "retry_in", next)
+		r.prod.warnRetry("cannot list the step topics; retrying", err, next)
 	})
 	if err != nil {
 		return err
@@ -232,7 +232,7 @@ func (r *Reader) broadcast(ctx context.Context, op string, key, v []byte, src *s
 			n, err = r.prod.partitions(ctx, t)
 			return err
 		}, func(err error, next time.Duration) {
-			r.log.Warn("cannot look up a topic's partitions; retrying", "topic", t, "err", err, "retry_in", next)
+			r.prod.warnRetry("cannot look up a topic's partitions; retrying", err, next, "topic", t)
 		})
 		if err != nil {
 			return err
@@ -296,7 +296,7 @@ func (r *Reader) ensureTopic(ctx context.Context, t string) error {
 		return nil
 	}
 	err := retry(ctx, func() error { return r.broker.EnsureTopics(ctx, r.cfg.Partitions, t) }, func(err error, next time.Duration) {
-		r.log.Warn("cannot create a topic; retrying", "topic", t, "err", err, "retry_in", next)
+		r.prod.warnRetry("cannot create a topic; retrying", err, next, "topic", t)
 	})
 	if err != nil {
 		return err

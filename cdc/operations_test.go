@@ -3,6 +3,7 @@ package cdc_test
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -13,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/jobstream/jobstream/cdc"
+	"github.com/jobstream/jobstream/ops/broker"
 	"github.com/jobstream/jobstream/ops/harness"
 	"github.com/jobstream/jobstream/ops/localpg"
 )
@@ -264,5 +266,49 @@ func TestEventsWaitUntilCommitsAreVisible(t *testing.T) {
 	msgs := waitMessages(t, p, p.Topic("img_gen"), 2)
 	if len(msgs) != 2 {
 		t.Fatalf("%d events, want 2", len(msgs))
+	}
+}
+
+// TestBrokerDownIsSaidSo: while the broker is down the reader says it cannot
+// reach the broker, naming its address, once and then at most every
+// brokerDownEvery (not "topic not found" at every retry); when the broker
+// is back, it says so and the change held meanwhile arrives.
+func TestBrokerDownIsSaidSo(t *testing.T) {
+	t.Parallel()
+	e := harness.New(t)
+	dataDir := filepath.Join(e.Dir, "broker")
+	b, err := broker.Start(broker.Config{Listen: "127.0.0.1:0", DataDir: dataDir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := b.Addr()
+	e.Brokers = []string{addr}
+	var logs harness.Buffer
+	startReader(t, e, func(c *cdc.Config) { c.Logger = slog.New(slog.NewTextHandler(&logs, nil)) })
+	e.Exec(t, `INSERT INTO jobs (job_id, current_step, status) VALUES ('before', 'img_gen', 'done')`)
+	waitMessages(t, e, e.Topic("img_gen"), 1)
+
+	b.Close()
+	down := time.Now()
+	e.Exec(t, `INSERT INTO jobs (job_id, current_step, status) VALUES ('while-down', 'img_gen', 'done')`)
+	want := "cannot reach the Kafka broker at " + addr + "; retrying"
+	harness.Eventually(t, 30*time.Second, func() (bool, string) {
+		return strings.Contains(logs.String(), want), "no " + want + " in the log:\n" + logs.String()
+	})
+	// Keep it down long enough for several retries (their backoff is at
+	// most 2s), then bring it back on the same address.
+	time.Sleep(time.Until(down.Add(6 * time.Second)))
+	b, err = broker.Start(broker.Config{Listen: addr, DataDir: dataDir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(b.Close)
+	waitMessages(t, e, e.Topic("img_gen"), 2)
+	harness.Eventually(t, 30*time.Second, func() (bool, string) {
+		return strings.Contains(logs.String(), "the Kafka broker is reachable again"), "no recovery line in the log:\n" + logs.String()
+	})
+	log := logs.String()
+	if strings.Contains(log, "topic not found") || strings.Count(log, want) != 1 {
+		t.Fatalf("want one %q and no \"topic not found\" while the broker was down:\n%s", want, log)
 	}
 }

@@ -6,15 +6,19 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
 	"github.com/jackc/pglogrepl"
 	"github.com/segmentio/kafka-go"
+	"github.com/segmentio/kafka-go/protocol"
 	metadataAPI "github.com/segmentio/kafka-go/protocol/metadata"
 
 	"github.com/jobstream/jobstream/schema"
@@ -71,7 +75,17 @@ type producer struct {
 
 	mu    sync.Mutex
 	parts map[string]int // topic → partition count
+
+	// addrs names the brokers in "cannot reach" logs.
+	addrs string
+	// downSince is when the broker was first found unreachable (Unix
+	// nanoseconds; 0 while it answers), downLogged when that was last said.
+	downSince, downLogged atomic.Int64
 }
+
+// brokerDownEvery is how often, at most, the reader repeats that it cannot
+// reach the broker while it stays down.
+const brokerDownEvery = 30 * time.Second
 
 func newProducer(b schema.Broker, log *slog.Logger) *producer {
 	return &producer{
@@ -89,6 +103,59 @@ func newProducer(b schema.Broker, log *slog.Logger) *producer {
 		},
 		log:   log,
 		parts: map[string]int{},
+		addrs: strings.Join(b.Addrs, ","),
+	}
+}
+
+// unreachable reports whether err says the broker could not be reached: a
+// failed dial, or a connection that broke.
+func unreachable(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) ||
+		errors.Is(err, net.ErrClosed)
+}
+
+// brokerError returns err, or the dial error behind it: kafka-go's transport
+// answers "topic not found" (or no partition, no leader) when it holds no
+// metadata at all, which is what a broker it cannot reach looks like; its
+// metadata cache then returns the failure that left it empty.
+func (p *producer) brokerError(ctx context.Context, err error) error {
+	if errors.Is(err, protocol.ErrNoTopic) || errors.Is(err, protocol.ErrNoPartition) || errors.Is(err, protocol.ErrNoLeader) {
+		if _, merr := p.client.Metadata(ctx, &kafka.MetadataRequest{}); merr != nil && unreachable(merr) {
+			return merr
+		}
+	}
+	return err
+}
+
+// warnRetry logs a failed attempt that will be retried: msg with attrs, or,
+// when the broker cannot be reached, that, once and then at most every
+// brokerDownEvery however many attempts fail meanwhile.
+func (p *producer) warnRetry(msg string, err error, next time.Duration, attrs ...any) {
+	if !unreachable(err) {
+		p.log.Warn(msg, append(attrs, "err", err, "retry_in", next)...)
+		return
+	}
+	now := time.Now().UnixNano()
+	p.downSince.CompareAndSwap(0, now)
+	last := p.downLogged.Load()
+	if last != 0 && now-last < int64(brokerDownEvery) || !p.downLogged.CompareAndSwap(last, now) {
+		return
+	}
+	p.log.Warn("cannot reach the Kafka broker at "+p.addrs+"; retrying",
+		"down_for", time.Duration(now-p.downSince.Load()).Round(time.Second), "err", err)
+}
+
+// reached notes that the broker answered; after an outage it says so.
+func (p *producer) reached() {
+	if p.downSince.Load() == 0 {
+		return
+	}
+	if since := p.downSince.Swap(0); since != 0 {
+		p.downLogged.Store(0)
+		p.log.Info("the Kafka broker is reachable again", "broker", p.addrs,
+			"down_for", time.Since(time.Unix(0, since)).Round(time.Second))
 	}
 }
 
@@ -239,7 +306,7 @@ func (p *producer) partitionsRetrying(ctx context.Context, topic string) (int, e
 		n, err = p.partitions(ctx, topic)
 		return err
 	}, func(err error, next time.Duration) {
-		p.log.Warn("cannot look up a topic's partitions; retrying", "topic", topic, "err", err, "retry_in", next)
+		p.warnRetry("cannot look up a topic's partitions; retrying", err, next, "topic", topic)
 	})
 	return n, err
 }
@@ -274,23 +341,28 @@ func (p *producer) sendChunkOr(ctx context.Context, tp topicPartition, evs []eve
 	var refused error
 	err := retry(ctx, func() error {
 		err := p.write(ctx, tp, evs, idx)
-		if err != nil && refusesRecord(err) && !insist {
+		if err == nil {
+			p.reached()
+			return nil
+		}
+		err = p.brokerError(ctx, err)
+		if refusesRecord(err) && !insist {
 			refused = err
 			return backoff.Permanent(err)
 		}
-		if err != nil && errors.Is(err, kafka.UnknownTopicOrPartition) {
+		if errors.Is(err, kafka.UnknownTopicOrPartition) {
 			p.forget(tp.topic)
 		}
 		var kerr kafka.Error
-		if err != nil && !errors.As(err, &kerr) {
+		if !errors.As(err, &kerr) {
 			// A network failure: the pooled connections may be dead (a
 			// restarted broker); the next attempt dials afresh.
 			p.close()
 		}
 		return err
 	}, func(err error, next time.Duration) {
-		p.log.Warn("broker did not acknowledge events; retrying", "topic", tp.topic, "partition", tp.partition,
-			"events", len(idx), "err", err, "retry_in", next)
+		p.warnRetry("broker did not acknowledge events; retrying", err, next, "topic", tp.topic, "partition", tp.partition,
+			"events", len(idx))
 	})
 	if refused == nil {
 		return err

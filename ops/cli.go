@@ -11,12 +11,14 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 
@@ -100,21 +102,51 @@ func printUsage(w io.Writer) {
 // flags is a flag set whose flags default to their environment twins.
 type flags struct {
 	*flag.FlagSet
-	usage  func()
-	envErr error // the first environment twin that could not be parsed
+	usage    func()
+	envErr   error          // the first environment twin that could not be parsed
+	operands bool           // the command takes positional arguments
+	checks   []func() error // run after parsing, for flags registered together
 }
+
+// takesOperands names the commands that take positional arguments; every
+// other command refuses them.
+var takesOperands = map[string]bool{"worker": true, "audit": true, "cancel": true}
 
 func newFlags(name, usage string) *flags {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	fs.Usage = func() {} // errors are one sentence; only --help prints the flags
-	return &flags{FlagSet: fs, usage: func() {
+	return &flags{FlagSet: fs, operands: takesOperands[name], usage: func() {
 		w := os.Stdout
 		fmt.Fprintf(w, "Usage: jobstream %s\n\n", usage)
 		fs.SetOutput(w)
 		fs.PrintDefaults()
 		fs.SetOutput(io.Discard)
 	}}
+}
+
+// form is what a value of v's type must look like and how to write one,
+// for error sentences; what is empty for strings, which take anything.
+func form(v any) (what, how string) {
+	switch v.(type) {
+	case time.Duration:
+		return "a duration", "use a number with a unit, such as 30s or 2m"
+	case int, int64, uint, uint64:
+		return "a whole number", "use digits only, such as 4"
+	case bool:
+		return "true or false", "write --name=true or --name=false"
+	case float64:
+		return "a number", "use digits, such as 1.5"
+	}
+	return "", ""
+}
+
+// flagForm is form for value v of flag name, with the name in place.
+func flagForm(name string, v flag.Value) (what, how string) {
+	if g, ok := v.(flag.Getter); ok {
+		what, how = form(g.Get())
+	}
+	return what, strings.ReplaceAll(how, "--name", "--"+name)
 }
 
 func (f *flags) str(p *string, name, env, def, usage string) {
@@ -127,7 +159,7 @@ func (f *flags) str(p *string, name, env, def, usage string) {
 func (f *flags) num(p *int, name, env string, def int, usage string) {
 	if s := os.Getenv(env); s != "" {
 		v, err := strconv.Atoi(s)
-		f.envParsed(env, s, "a whole number", err)
+		f.envParsed(env, s, 0, err)
 		if err == nil {
 			def = v
 		}
@@ -138,7 +170,7 @@ func (f *flags) num(p *int, name, env string, def int, usage string) {
 func (f *flags) dur(p *time.Duration, name, env string, def time.Duration, usage string) {
 	if s := os.Getenv(env); s != "" {
 		v, err := time.ParseDuration(s)
-		f.envParsed(env, s, "a duration such as 30s or 5m", err)
+		f.envParsed(env, s, time.Duration(0), err)
 		if err == nil {
 			def = v
 		}
@@ -149,7 +181,7 @@ func (f *flags) dur(p *time.Duration, name, env string, def time.Duration, usage
 func (f *flags) boolean(p *bool, name, env string, def bool, usage string) {
 	if s := os.Getenv(env); s != "" {
 		v, err := strconv.ParseBool(s)
-		f.envParsed(env, s, "true or false", err)
+		f.envParsed(env, s, false, err)
 		if err == nil {
 			def = v
 		}
@@ -157,23 +189,157 @@ func (f *flags) boolean(p *bool, name, env string, def bool, usage string) {
 	f.BoolVar(p, name, def, usage+" [$"+env+"]")
 }
 
-func (f *flags) envParsed(env, value, want string, err error) {
+// envParsed records the first environment twin whose value, meant to be
+// of like's type, could not be parsed.
+func (f *flags) envParsed(env, value string, like any, err error) {
 	if err != nil && f.envErr == nil {
-		f.envErr = usagef("%s=%q is not %s", env, value, want)
+		what, how := form(like)
+		f.envErr = usagef("%s=%q is not %s; %s", env, value, what, strings.ReplaceAll(how, "--name=", env+"="))
 	}
 }
 
-// parse parses args; a flag error, or an environment twin that cannot be
-// parsed, is bad usage; --help prints the flags and stops.
-func (f *flags) parse(args []string) error {
-	if err := f.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			f.usage()
-			return flag.ErrHelp
+// checked wraps a flag's value while parsing, so a value that does not
+// parse becomes one sentence with the expected form instead of the flag
+// package's "invalid value ... parse error".
+type checked struct {
+	flag.Value
+	name string
+	err  *error // the first bad value, shared by the set's flags
+}
+
+func (c checked) Set(s string) error {
+	err := c.Value.Set(s)
+	if err != nil && *c.err == nil {
+		what, how := flagForm(c.name, c.Value)
+		switch {
+		case strings.Contains(err.Error(), "out of range"): // the flag package's errRange
+			*c.err = usagef("--%s %q is too large; use a smaller number", c.name, s)
+		case what == "":
+			*c.err = usagef("--%s %q: %v", c.name, s, err)
+		default:
+			*c.err = usagef("--%s %q is not %s; %s", c.name, s, what, how)
 		}
-		return usageError{err.Error()}
 	}
-	return f.envErr
+	return err
+}
+
+// IsBoolFlag keeps --name (without a value) working for boolean flags.
+func (c checked) IsBoolFlag() bool {
+	b, ok := c.Value.(interface{ IsBoolFlag() bool })
+	return ok && b.IsBoolFlag()
+}
+
+// parse parses args; a flag error, or an environment twin that cannot be
+// parsed, is bad usage; --help prints the flags and stops. A command that
+// takes no positional arguments refuses them.
+func (f *flags) parse(args []string) error {
+	var valueErr error
+	var wrapped []*flag.Flag
+	f.VisitAll(func(fl *flag.Flag) {
+		wrapped = append(wrapped, fl)
+		fl.Value = checked{Value: fl.Value, name: fl.Name, err: &valueErr}
+	})
+	err := f.Parse(args)
+	for _, fl := range wrapped {
+		fl.Value = fl.Value.(checked).Value
+	}
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		f.usage()
+		return flag.ErrHelp
+	case valueErr != nil:
+		return valueErr
+	case err != nil:
+		return f.flagError(err)
+	case f.envErr != nil:
+		return f.envErr
+	case !f.operands && f.NArg() > 0:
+		return usagef("%s takes no arguments, got %q; pass settings as --flags", f.Name(), f.Arg(0))
+	}
+	for _, check := range f.checks {
+		if err := check(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// flagError turns the flag package's other errors into one sentence with
+// the fix: an unknown flag names the nearest flags of the command.
+func (f *flags) flagError(err error) error {
+	msg := err.Error()
+	if name, ok := strings.CutPrefix(msg, "flag provided but not defined: -"); ok {
+		near := f.nearest(name)
+		if len(near) == 0 {
+			var all []string
+			f.VisitAll(func(fl *flag.Flag) { all = append(all, "--"+fl.Name) })
+			return usagef("%s has no flag --%s; its flags are %s", f.Name(), name, strings.Join(all, ", "))
+		}
+		return usagef("%s has no flag --%s; did you mean %s?", f.Name(), name, orList(near))
+	}
+	if name, ok := strings.CutPrefix(msg, "flag needs an argument: -"); ok {
+		if fl := f.Lookup(name); fl != nil {
+			if what, how := flagForm(name, fl.Value); what != "" {
+				return usagef("--%s needs %s after it; %s", name, what, how)
+			}
+		}
+		return usagef("--%s needs a value after it; write --%s VALUE or --%s=VALUE", name, name, name)
+	}
+	if arg, ok := strings.CutPrefix(msg, "bad flag syntax: "); ok {
+		return usagef("%q is not a flag; write --name value or --name=value", arg)
+	}
+	return usageError{msg}
+}
+
+// nearest returns the command's flags closest to name by edit distance
+// (or that name starts), if any is close enough to be a typo.
+func (f *flags) nearest(name string) []string {
+	name = strings.ToLower(name)
+	best, limit := -1, max(2, len(name)/3)
+	var near []string
+	f.VisitAll(func(fl *flag.Flag) {
+		d := editDistance(name, fl.Name)
+		if len(name) >= 3 && strings.HasPrefix(fl.Name, name) {
+			d = min(d, 1)
+		}
+		switch {
+		case d > limit:
+		case best < 0 || d < best:
+			best, near = d, []string{"--" + fl.Name}
+		case d == best:
+			near = append(near, "--"+fl.Name)
+		}
+	})
+	return near
+}
+
+// orList joins names as "a", "a or b", "a, b or c".
+func orList(names []string) string {
+	if len(names) == 1 {
+		return names[0]
+	}
+	return strings.Join(names[:len(names)-1], ", ") + " or " + names[len(names)-1]
+}
+
+// editDistance is the Levenshtein distance between a and b.
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
 }
 
 // common holds the flags most commands share.
@@ -192,6 +358,7 @@ func (c *common) register(f *flags, db, kafka bool) {
 	if db {
 		f.str(&c.databaseURL, "database-url", "DATABASE_URL", "", "Postgres URL, postgres://user:pass@host:port/db")
 		f.str(&c.publication, "publication", "JOBSTREAM_PUBLICATION", schema.DefaultPublication, "publication of the jobs table")
+		f.checks = append(f.checks, func() error { return checkDatabaseURL(c.databaseURL) })
 	}
 	if kafka {
 		f.str(&c.brokers, "brokers", "KAFKA_BROKERS", "", "Kafka bootstrap brokers, host:port[,host:port]")
@@ -204,6 +371,31 @@ func (c *common) register(f *flags, db, kafka bool) {
 		f.str(&c.auth.CAFile, "kafka-ca", "KAFKA_TLS_CA", "", "PEM bundle of the CA that signs the brokers' certificates (turns TLS on)")
 	}
 	f.str(&c.logLevel, "log-level", "JOBSTREAM_LOG_LEVEL", "info", "debug, info, warn or error")
+}
+
+// checkDatabaseURL refuses a DATABASE_URL that is neither a postgres:// URL
+// nor a key=value DSN, or that pgx cannot parse, naming the expected form
+// and never the password. An empty one is needDB's to refuse.
+func checkDatabaseURL(url string) error {
+	if url == "" {
+		return nil
+	}
+	_, err := pgconn.ParseConfig(url)
+	if err == nil {
+		return nil
+	}
+	const want = "use postgres://USER:PASSWORD@HOST:5432/DBNAME or key=value pairs such as 'host=HOST user=USER dbname=DBNAME'"
+	// pgx's error shows the string with its password hidden, in backquotes.
+	shown, reason := "", err.Error()
+	if _, rest, ok := strings.Cut(reason, "`"); ok {
+		if q, r, ok := strings.Cut(rest, "`"); ok {
+			shown, reason = fmt.Sprintf(" %q", redact(q)), strings.TrimPrefix(r, ": ")
+		}
+	}
+	if !strings.HasPrefix(url, "postgres://") && !strings.HasPrefix(url, "postgresql://") && !strings.Contains(url, "=") {
+		return usagef("DATABASE_URL (or --database-url)%s is not a postgres:// URL or a key=value DSN; %s", shown, want)
+	}
+	return usagef("DATABASE_URL (or --database-url)%s cannot be parsed (%s); %s", shown, redact(reason), want)
 }
 
 func (c *common) logger() (*slog.Logger, error) {
@@ -437,6 +629,14 @@ func runWorker(ctx context.Context, args []string, _ io.Writer) error {
 	case cfg.StallTimeout >= 0 && cfg.StallTimeout < time.Second:
 		return usagef("--stall-timeout %s is too short; use 1s or more, or a negative value to turn the watchdog off", cfg.StallTimeout)
 	}
+	for _, g := range strings.Split(gpus, ",") {
+		if g = strings.TrimSpace(g); g != "" {
+			if !gpuID.MatchString(g) {
+				return usagef("--gpus: %q is not a GPU id; give what CUDA_VISIBLE_DEVICES takes, indexes such as 0,1,2 or UUIDs such as GPU-8f6c… or MIG-… (nvidia-smi -L lists them)", g)
+			}
+			cfg.GPUs = append(cfg.GPUs, g)
+		}
+	}
 	argv := f.Args()
 	switch {
 	case len(argv) == 0 && stepURL == "":
@@ -461,11 +661,6 @@ func runWorker(ctx context.Context, args []string, _ io.Writer) error {
 	b, err := c.broker()
 	if err != nil {
 		return err
-	}
-	for _, g := range strings.Split(gpus, ",") {
-		if g = strings.TrimSpace(g); g != "" {
-			cfg.GPUs = append(cfg.GPUs, g)
-		}
 	}
 	cfg.DatabaseURL, cfg.Brokers, cfg.SASL, cfg.TLS = c.databaseURL, b.Addrs, b.SASL, b.TLS
 	cfg.TopicPrefix, cfg.Pipeline, cfg.Logger = c.prefix, p, log
@@ -530,6 +725,10 @@ func runBroker(ctx context.Context, args []string, out io.Writer) error {
 	fmt.Fprintln(out, "broker stopped")
 	return nil
 }
+
+// gpuID is a GPU as CUDA_VISIBLE_DEVICES names one: a non-negative index,
+// or a GPU-… or MIG-… UUID (nvidia-smi -L), MIG's older form with /GI/CI.
+var gpuID = regexp.MustCompile(`^([0-9]+|(GPU|MIG)-[0-9A-Za-z/-]+)$`)
 
 func cmpOr(a, b string) string {
 	if a != "" {

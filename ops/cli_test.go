@@ -42,6 +42,11 @@ func TestBadUsage(t *testing.T) {
 	worker := func(extra ...string) []string {
 		return append(append([]string{"worker", db, kafka, "--step", "planner"}, extra...), "--", "true")
 	}
+	// The README's URL form (no sslmode): pgx tries TLS, which the test
+	// server refuses, then plaintext, where the server names the cause.
+	plainURL := strings.TrimSuffix(e.DatabaseURL, "?sslmode=disable")
+	nobody := "--database-url=" + strings.Replace(plainURL, "postgres://postgres@", "postgres://nobody:secret@", 1)
+	noDB := "--database-url=" + plainURL[:strings.LastIndex(plainURL, "/")] + "/no_such_db"
 	cases := []struct {
 		name string
 		args []string
@@ -49,7 +54,26 @@ func TestBadUsage(t *testing.T) {
 		want string
 	}{
 		{"unknown command", []string{"frobnicate"}, 2, `unknown command "frobnicate"`},
-		{"unknown flag", []string{"reader", "--nope"}, 2, "flag provided but not defined"},
+		{"unknown flag", []string{"reader", "--nope"}, 2, "reader has no flag --nope; its flags are --brokers, --database-url"},
+		{"misspelt flag", worker("--stepp", "planner"), 2, "worker has no flag --stepp; did you mean --step?"},
+		{"flag cut short", worker("--conc", "2"), 2, "did you mean --concurrency?"},
+		{"duration without unit", worker("--lease", "1"), 2, `--lease "1" is not a duration; use a number with a unit, such as 30s or 2m`},
+		{"flag without its value", []string{"worker", "--lease"}, 2, "--lease needs a duration after it"},
+		{"not a boolean", []string{"reader", db, kafka, "--tombstones=maybe"}, 2, `--tombstones "maybe" is not true or false`},
+		{"number too large", worker("--concurrency", "99999999999999999999"), 2, "too large"},
+		{"gpu that is no id", worker("--gpus", "0,x"), 2, `"x" is not a GPU id`},
+		{"gpu uuid", worker("--gpus", "GPU-8f6c0f2a-1b2c-3d4e-5f60-123456789abc,GPU-8f6c0f2a-1b2c-3d4e-5f60-123456789abc"), 2, "repeated GPU"},
+		{"migrate with an argument", []string{"migrate", db, "extra"}, 2, `migrate takes no arguments, got "extra"`},
+		{"reader with an argument", []string{"reader", db, kafka, "--", "slot2"}, 2, `reader takes no arguments, got "slot2"`},
+		{"status with an argument", []string{"status", db, kafka, "now"}, 2, `status takes no arguments, got "now"`},
+		{"broker with an argument", []string{"broker", "9092"}, 2, `broker takes no arguments, got "9092"`},
+		{"database url without scheme", []string{"migrate", "--database-url=localhost:33077"}, 2, `"localhost:33077" is not a postgres:// URL or a key=value DSN; use postgres://`},
+		{"database url with a password and no scheme", []string{"migrate", "--database-url=u:secret@localhost/db"}, 2, "is not a postgres:// URL"},
+		{"database url with a bad port", []string{"status", "--database-url=postgres://u:secret@127.0.0.1:abc/x", kafka}, 2, "cannot be parsed (invalid port)"},
+		{"unknown role, no sslmode", []string{"migrate", nobody}, 1, `role "nobody" does not exist`},
+		{"unknown database, no sslmode", []string{"migrate", noDB}, 1, `database "no_such_db" does not exist`},
+		{"replay without a range", []string{"replay", db, kafka, "--step", "planner", "--dry-run"}, 2, "no range given"},
+		{"replay of all with a range", []string{"replay", db, kafka, "--step", "planner", "--all", "--job", "j1"}, 2, "--all replays the whole topic"},
 		{"unknown step", []string{"worker", db, kafka, "--step", "paint", "--", "true"}, 2, `unknown step "paint"`},
 		{"first step", []string{"worker", db, kafka, "--step", "img_gen", "--", "true"}, 2, "first step"},
 		{"no command", []string{"worker", db, kafka, "--step", "planner"}, 2, "pass it after --"},
@@ -74,7 +98,7 @@ func TestBadUsage(t *testing.T) {
 		{"recreate-slot with snapshot never", []string{"reader", db, kafka, "--recreate-slot", "--snapshot", "never"}, 2, "--recreate-slot"},
 		{"stall timeout too short", worker("--stall-timeout", "100ms"), 2, "too short"},
 		{"repeated gpu", worker("--gpus", "0,0"), 2, "repeated GPU"},
-		{"not a number", worker("--concurrency", "many"), 2, "invalid value"},
+		{"not a number", worker("--concurrency", "many"), 2, `--concurrency "many" is not a whole number`},
 		{"partitions out of range", []string{"reader", db, kafka, "--partitions", "0"}, 2, "out of range"},
 		{"broker partitions out of range", []string{"broker", "--partitions", "20000"}, 2, "out of range"},
 		{"status interval too short", []string{"reader", db, kafka, "--status-interval", "1ms"}, 2, "too short"},
@@ -94,13 +118,29 @@ func TestBadUsage(t *testing.T) {
 			}
 		})
 	}
-	t.Run("environment twin that is not a duration", func(t *testing.T) {
-		t.Setenv("JOBSTREAM_LEASE", "abc")
-		code, _, stderr := runMain(t, worker()...)
-		if code != 2 || !strings.Contains(stderr, `JOBSTREAM_LEASE="abc" is not a duration`) {
-			t.Fatalf("exit %d, stderr %q", code, stderr)
-		}
-	})
+	// Environment twins: one variable, one meaning; a bulk rewind never
+	// takes its scope from the environment.
+	envCases := []struct {
+		name, env, value string
+		args             []string
+		code             int
+		want             string
+	}{
+		{"twin that is not a duration", "JOBSTREAM_LEASE", "abc", worker(), 2, `JOBSTREAM_LEASE="abc" is not a duration; use a number with a unit`},
+		{"url from the environment", "DATABASE_URL", "localhost:33077", []string{"migrate"}, 2, "is not a postgres:// URL"},
+		{"status refresh has its own twin", "JOBSTREAM_STATUS_REFRESH", "abc", []string{"status"}, 2, `JOBSTREAM_STATUS_REFRESH="abc" is not a duration`},
+		{"dev members have their own twin", "JOBSTREAM_DEV_MEMBERS", "abc", []string{"dev", "--jobs", "0"}, 2, `JOBSTREAM_DEV_MEMBERS="abc" is not a whole number`},
+		{"replay step not from the environment", "JOBSTREAM_STEP", "planner", []string{"replay", db, kafka, "--dry-run"}, 2, "no step given"},
+	}
+	for _, c := range envCases {
+		t.Run(c.name, func(t *testing.T) {
+			t.Setenv(c.env, c.value)
+			code, _, stderr := runMain(t, c.args...)
+			if code != c.code || !strings.Contains(stderr, c.want) {
+				t.Fatalf("exit %d, stderr %q; want exit %d naming %q", code, stderr, c.code, c.want)
+			}
+		})
+	}
 	if code, _, _ := runMain(t, "worker", "--help"); code != 0 {
 		t.Fatalf("--help exit %d", code)
 	}

@@ -37,7 +37,7 @@ func runDev(ctx context.Context, args []string, out io.Writer) error {
 	f := newFlags("dev", "dev [flags]\n\nRuns the whole pipeline locally: a throwaway Postgres (from this machine's binaries), the embedded\nbroker, the reader and one worker per step with demo handlers; inserts a batch of jobs at (img_gen, done),\nshows them move, prints a summary and exits 0 once every job is done. Each run starts clean.")
 	f.str(&cfg.dir, "dir", "JOBSTREAM_DEV_DIR", ".jobstream", "folder for Postgres data, broker data, logs and PNGs (wiped at start)")
 	f.num(&cfg.jobs, "jobs", "JOBSTREAM_DEV_JOBS", 200, "demo jobs to insert")
-	f.num(&cfg.concurrency, "concurrency", "JOBSTREAM_CONCURRENCY", 2, "group members per step")
+	f.num(&cfg.concurrency, "concurrency", "JOBSTREAM_DEV_MEMBERS", 2, "group members per step")
 	f.dur(&cfg.timeout, "timeout", "JOBSTREAM_DEV_TIMEOUT", 5*time.Minute, "give up if the batch is not done by then")
 	f.str(&cfg.pipeline, "pipeline", "JOBSTREAM_PIPELINE", "", "pipeline config file (default img_gen,vlm_analyze,yolo_detect,planner,overlay)")
 	if err := f.parse(args); err != nil {

@@ -56,6 +56,7 @@ type replayConfig struct {
 	step     string
 	from, to string
 	jobs     repeated
+	all      bool
 	dryRun   bool
 	force    bool
 	reset    bool
@@ -64,17 +65,22 @@ type replayConfig struct {
 
 func runReplay(ctx context.Context, args []string, out io.Writer) error {
 	var c replayConfig
-	f := newFlags("replay", "replay --step S [--from X] [--to Y] [--job ID]... [--dry-run] [--force]\n"+
+	f := newFlags("replay", "replay --step S {--from X [--to Y] | --to Y | --job ID... | --all} [--dry-run] [--force]\n"+
 		"       replay --step S --reset-offsets --to TIME|earliest|latest\n\n"+
 		"Reads the trigger topic of step S over a range and rewinds each job found to (T, done) through Postgres,\n"+
-		"so S and every later step run again through the normal path. The replay is recorded in <prefix>.replays,\n"+
-		"where 'jobstream audit' shows it. --from/--to take RFC 3339 times or PARTITION:OFFSET (inclusive, exclusive).\n"+
+		"so S and every later step run again through the normal path. The scope is always on the command line:\n"+
+		"a range, one or more jobs, or --all for every job in the topic (no environment variable sets it).\n"+
+		"The replay is recorded in <prefix>.replays, where 'jobstream audit' shows it.\n"+
+		"--from/--to take RFC 3339 times or PARTITION:OFFSET (inclusive, exclusive).\n"+
 		"--reset-offsets instead moves the group of S to a time, earliest or latest (only while the group has no members).")
 	c.register(f, true, true)
-	f.str(&c.step, "step", "JOBSTREAM_STEP", "", "the step to run again (required)")
+	// No environment twin: a JOBSTREAM_STEP left set for a worker must not
+	// choose what a bulk rewind touches.
+	f.StringVar(&c.step, "step", "", "the step to run again (required)")
 	f.StringVar(&c.from, "from", "", "start of the range: RFC 3339 time or PARTITION:OFFSET (default: the beginning)")
 	f.StringVar(&c.to, "to", "", "end of the range: RFC 3339 time or PARTITION:OFFSET; with --reset-offsets: TIME, earliest or latest")
 	f.Var(&c.jobs, "job", "replay only this job (repeatable)")
+	f.BoolVar(&c.all, "all", false, "replay every job found in the whole topic (instead of --from/--to or --job)")
 	f.BoolVar(&c.dryRun, "dry-run", false, "list what would be replayed, change nothing")
 	f.BoolVar(&c.force, "force", false, "replay jobs that are running too (their attempt is fenced)")
 	f.BoolVar(&c.reset, "reset-offsets", false, "reset the consumer group of --step instead of replaying jobs")
@@ -82,7 +88,17 @@ func runReplay(ctx context.Context, args []string, out io.Writer) error {
 		return err
 	}
 	if c.step == "" {
-		return usagef("no step given: pass --step S")
+		return usagef("no step given: pass --step S on the command line")
+	}
+	ranged := c.from != "" || c.to != "" || len(c.jobs) > 0
+	switch {
+	case c.reset && c.all:
+		return usagef("--reset-offsets takes only --to TIME|earliest|latest, not --all")
+	case c.reset:
+	case c.all && ranged:
+		return usagef("--all replays the whole topic; drop it, or drop --from, --to and --job")
+	case !c.all && !ranged:
+		return usagef("no range given: pass --from/--to (times or PARTITION:OFFSET), --job ID, or --all to replay every job in the topic of the step before %s", c.step)
 	}
 	if err := c.needBrokers(); err != nil {
 		return err

@@ -89,7 +89,7 @@ func runStatus(ctx context.Context, args []string, out io.Writer) error {
 	f.str(&c.slot, "slot", "JOBSTREAM_SLOT", "jobstream", "logical replication slot")
 	f.BoolVar(&c.json, "json", false, "print JSON")
 	f.BoolVar(&c.watch, "watch", false, "redraw in place every --interval until Ctrl-C")
-	f.dur(&c.interval, "interval", "JOBSTREAM_STATUS_INTERVAL", time.Second, "refresh interval of --watch")
+	f.dur(&c.interval, "interval", "JOBSTREAM_STATUS_REFRESH", time.Second, "refresh interval of --watch")
 	if err := f.parse(args); err != nil {
 		return err
 	}
