@@ -31,9 +31,10 @@ type auditEntry struct {
 	Duration  string    `json:"duration,omitempty"`
 	Outcome   string    `json:"outcome,omitempty"`
 	Error     string    `json:"error,omitempty"`
-	// Kind is "change" for a change event, "tombstone" for the null value
-	// after a delete, "replay" for a replay mark, "dead-letter" for a dead
-	// letter.
+	// Kind is "change" for a change event, "rewind" for the change event of
+	// a replay's rewind (Detail holds the replay's mark), "tombstone" for the
+	// null value after a delete, "replay" for a replay mark not matched to
+	// its rewind, "dead-letter" for a dead letter.
 	Kind   string          `json:"kind"`
 	Detail json.RawMessage `json:"detail,omitempty"`
 }
@@ -105,6 +106,8 @@ func runAudit(ctx context.Context, args []string, out io.Writer) error {
 		}
 		note := e.Error
 		switch e.Kind {
+		case "rewind":
+			note = rewindNote(e.Detail)
 		case "replay", "dead-letter":
 			note = e.Kind + ": " + string(e.Detail)
 		}
@@ -181,7 +184,98 @@ func auditTopics(ctx context.Context, a *admin, p schema.Pipeline, prefix, jobID
 		}
 		return a.Time.Before(b.Time)
 	})
-	return dedupe(entries), nil
+	return markRewinds(dedupe(entries)), nil
+}
+
+// replayMark is the part of a replay mark that finds its rewind.
+type replayMark struct {
+	Step      string    `json:"step"`
+	RewoundTo []string  `json:"rewound_to"`
+	FromState []string  `json:"from_state"`
+	By        string    `json:"by"`
+	At        time.Time `json:"at"`
+	Forced    bool      `json:"forced"`
+}
+
+// markRewinds shows each replay as the rewind it made: the change event that
+// moved the job from the mark's from_state to its rewound_to becomes a
+// "rewind" entry carrying the mark, in LSN order, instead of looking like a
+// run of the trigger step followed (later, by broker time) by the mark. A
+// mark whose rewind is not in the topics stays a "replay" entry.
+func markRewinds(entries []auditEntry) []auditEntry {
+	var marks []int
+	for i, e := range entries {
+		if e.Kind == "replay" {
+			marks = append(marks, i)
+		}
+	}
+	sort.SliceStable(marks, func(a, b int) bool { return markTime(entries[marks[a]]).Before(markTime(entries[marks[b]])) })
+	drop := map[int]bool{}
+	for _, mi := range marks {
+		var m replayMark
+		if json.Unmarshal(entries[mi].Detail, &m) != nil || len(m.RewoundTo) != 2 || len(m.FromState) != 2 {
+			continue
+		}
+		at := markTime(entries[mi])
+		best, after := -1, -1
+		prev := -1 // the change before entries[i], in LSN order
+		for i, e := range entries {
+			if e.Kind != "change" && e.Kind != "rewind" {
+				continue
+			}
+			if e.Kind == "change" && prev >= 0 && e.Step == m.RewoundTo[0] && e.Status == m.RewoundTo[1] &&
+				entries[prev].Step == m.FromState[0] && entries[prev].Status == m.FromState[1] {
+				// The latest such change committed before the mark was
+				// made; failing that (clocks apart), the first one after.
+				if !e.Time.After(at) {
+					best = i
+				} else if after < 0 {
+					after = i
+				}
+			}
+			prev = i
+		}
+		if best < 0 {
+			best = after
+		}
+		if best < 0 {
+			continue
+		}
+		entries[best].Kind, entries[best].Detail = "rewind", entries[mi].Detail
+		drop[mi] = true
+	}
+	out := entries[:0]
+	for i, e := range entries {
+		if !drop[i] {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// markTime is when a replay mark was made: its "at", else its broker time.
+func markTime(e auditEntry) time.Time {
+	var m replayMark
+	if json.Unmarshal(e.Detail, &m) == nil && !m.At.IsZero() {
+		return m.At
+	}
+	return e.Time
+}
+
+// rewindNote is the audit table's note for a rewind.
+func rewindNote(detail json.RawMessage) string {
+	var m replayMark
+	if json.Unmarshal(detail, &m) != nil || len(m.FromState) != 2 {
+		return "rewound by replay: " + string(detail)
+	}
+	note := fmt.Sprintf("rewound by replay of %s from (%s, %s)", m.Step, m.FromState[0], m.FromState[1])
+	if m.By != "" {
+		note += " by " + m.By
+	}
+	if m.Forced {
+		note += ", forced"
+	}
+	return note
 }
 
 // dedupe drops events delivered twice (same LSN and op), keeping the first.

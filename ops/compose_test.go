@@ -1,19 +1,26 @@
 package ops_test
 
 import (
+	"cmp"
 	"os"
 	"slices"
+	"strconv"
+	"strings"
 	"testing"
+	"time"
 
 	"go.yaml.in/yaml/v3"
 
 	"github.com/jobstream/jobstream/schema"
 )
 
-// TestComposeFile checks compose.yaml without a Docker engine: every
-// jobstream service runs a real subcommand with real flags, every step has a
-// worker service, the GPU steps reserve GPUs, and the servers have
-// healthchecks.
+// TestComposeFile checks compose.yaml (and the Dockerfile) without a Docker
+// engine: every jobstream service runs a real subcommand with real flags,
+// every step has a worker service, the GPU steps reserve named GPUs with one
+// member each (never `count`, which gives every replica GPU 0), Compose
+// waits longer than the workers' grace before killing them, the servers
+// have healthchecks, Kafka keeps its topics in its volume, Postgres and
+// Kafka are reachable from the host, and the image trusts public CAs.
 func TestComposeFile(t *testing.T) {
 	t.Parallel()
 	b, err := os.ReadFile("../compose.yaml")
@@ -24,6 +31,9 @@ func TestComposeFile(t *testing.T) {
 		Services map[string]struct {
 			Image       string         `yaml:"image"`
 			Command     []string       `yaml:"command"`
+			Ports       []string       `yaml:"ports"`
+			Volumes     []string       `yaml:"volumes"`
+			StopGrace   string         `yaml:"stop_grace_period"`
 			Healthcheck map[string]any `yaml:"healthcheck"`
 			Environment map[string]any `yaml:"environment"`
 			Deploy      struct {
@@ -31,6 +41,8 @@ func TestComposeFile(t *testing.T) {
 					Reservations struct {
 						Devices []struct {
 							Capabilities []string `yaml:"capabilities"`
+							Count        any      `yaml:"count"`
+							DeviceIDs    []string `yaml:"device_ids"`
 						} `yaml:"devices"`
 					} `yaml:"reservations"`
 				} `yaml:"resources"`
@@ -76,14 +88,84 @@ func TestComposeFile(t *testing.T) {
 				t.Errorf("worker service %s: %v", name, err)
 			}
 			workers[step] = true
-			gpu := false
+			gpu, ids := false, 0
 			for _, d := range s.Deploy.Resources.Reservations.Devices {
-				gpu = gpu || slices.Contains(d.Capabilities, "gpu")
+				if slices.Contains(d.Capabilities, "gpu") {
+					gpu, ids = true, ids+len(d.DeviceIDs)
+					if d.Count != nil || len(d.DeviceIDs) == 0 {
+						t.Errorf("worker service %s reserves GPUs by count, not device_ids: every replica would get GPU 0", name)
+					}
+				}
 			}
 			if wantGPU := step != "planner"; gpu != wantGPU {
 				t.Errorf("worker service %s: GPU reservation %v, want %v", name, gpu, wantGPU)
 			}
+			// One member per reserved GPU, numbered as the container sees them.
+			var gpus []string
+			if k := slices.Index(args[:i], "--gpus"); k >= 0 && k+1 < i {
+				gpus = strings.Split(args[k+1], ",")
+			}
+			if gpu {
+				want := make([]string, ids)
+				for n := range want {
+					want[n] = strconv.Itoa(n)
+				}
+				if !slices.Equal(gpus, want) {
+					t.Errorf("worker service %s reserves %d GPU(s) but runs --gpus %v, want --gpus %s", name, ids, gpus, strings.Join(want, ","))
+				}
+			}
+			// Compose's stop_grace_period (10s by default) must outlast --grace.
+			grace := 30 * time.Second
+			if k := slices.Index(args[:i], "--grace"); k >= 0 && k+1 < i {
+				grace, _ = time.ParseDuration(args[k+1])
+			}
+			stop, err := time.ParseDuration(cmp.Or(s.StopGrace, "10s"))
+			if err != nil || stop < grace+5*time.Second {
+				t.Errorf("worker service %s: stop_grace_period %q does not outlast --grace %s", name, s.StopGrace, grace)
+			}
 		}
+	}
+	if strings.Contains(string(b), "--scale yolo_detect") || strings.Contains(string(b), "--scale vlm_analyze") {
+		t.Error("compose.yaml suggests --scale for a GPU step: every replica would share one GPU")
+	}
+
+	// Kafka: the topics in the volume, a listener the host can reach.
+	kafka := c.Services["kafka"]
+	logDirs, _ := kafka.Environment["KAFKA_LOG_DIRS"].(string)
+	inVolume := false
+	for _, v := range kafka.Volumes {
+		if parts := strings.Split(v, ":"); len(parts) >= 2 && logDirs != "" && strings.HasPrefix(logDirs, parts[1]) && !strings.HasPrefix(parts[0], "/") {
+			inVolume = true
+		}
+	}
+	if !inVolume {
+		t.Errorf("Kafka's KAFKA_LOG_DIRS %q is not in a named volume %v: the topics die with the container", logDirs, kafka.Volumes)
+	}
+	advertised, _ := kafka.Environment["KAFKA_ADVERTISED_LISTENERS"].(string)
+	hostPort := ""
+	for _, l := range strings.Split(advertised, ",") {
+		if strings.Contains(l, "://127.0.0.1:") || strings.Contains(l, "://localhost:") {
+			hostPort = l[strings.LastIndex(l, ":")+1:]
+		}
+	}
+	if hostPort == "" || !publishes(kafka.Ports, hostPort) {
+		t.Errorf("Kafka advertises %q and publishes %v: no listener the host can reach", advertised, kafka.Ports)
+	}
+	if listeners, _ := kafka.Environment["KAFKA_LISTENERS"].(string); !strings.Contains(listeners, ":"+hostPort) {
+		t.Errorf("Kafka listens on %q, not on the advertised host port %s", listeners, hostPort)
+	}
+	if !publishes(c.Services["postgres"].Ports, "5432") {
+		t.Errorf("Postgres publishes %v: psql on the host cannot reach it", c.Services["postgres"].Ports)
+	}
+
+	// The runtime image trusts public CAs.
+	df, err := os.ReadFile("../Dockerfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	stages := strings.Split(string(df), "\nFROM ")
+	if runtime := stages[len(stages)-1]; !strings.Contains(runtime, "ca-certificates") {
+		t.Error("the Dockerfile's runtime stage does not install ca-certificates: TLS to public CAs fails")
 	}
 	for _, step := range schema.DefaultSteps[1:] {
 		if !workers[step] {
@@ -95,4 +177,16 @@ func TestComposeFile(t *testing.T) {
 			t.Errorf("compose.yaml has no %s service", need)
 		}
 	}
+}
+
+// publishes reports whether ports (Compose's short syntax) publish the
+// container port on the host under the same number.
+func publishes(ports []string, port string) bool {
+	for _, p := range ports {
+		parts := strings.Split(p, ":")
+		if len(parts) >= 2 && parts[len(parts)-1] == port && parts[len(parts)-2] == port {
+			return true
+		}
+	}
+	return false
 }

@@ -7,6 +7,7 @@ import (
 	"image"
 	"image/color"
 	"image/png"
+	"math"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -20,7 +21,12 @@ import (
 // yolo_detect rasterises the image and finds each shape's bounding box,
 // planner orders the detections, overlay writes a PNG with the boxes drawn.
 
-const demoSize = 96
+// demoSize is the side of the demo image the steps work on; overlay draws
+// its PNG demoScale times larger, so the boxes and labels can be read.
+const (
+	demoSize  = 128
+	demoScale = 4
+)
 
 type shape struct {
 	Kind  string `json:"kind"` // "rect" or "disc"
@@ -37,9 +43,13 @@ type imgGen struct {
 	Shapes []shape `json:"shapes"`
 }
 
+// box is one detection: its bounds (inclusive), its area in pixels, and its
+// class ("rect" or "disc") with a confidence in 0..1.
 type box struct {
 	X0, Y0, X1, Y1 int
 	Pixels         int
+	Class          string  `json:"class"`
+	Conf           float64 `json:"confidence"`
 }
 
 // demoImage lays out 1-4 non-overlapping shapes from seed (img_gen's work).
@@ -50,7 +60,7 @@ func demoImage(seed uint64) imgGen {
 	for i := 0; i < n; i++ {
 		// One quadrant per shape keeps them apart.
 		qx, qy := (i%2)*demoSize/2, (i/2)*demoSize/2
-		w, h := 10+r.IntN(26), 10+r.IntN(26)
+		w, h := 14+r.IntN(34), 14+r.IntN(34)
 		kind := "rect"
 		if r.IntN(2) == 0 {
 			kind, h = "disc", w
@@ -61,24 +71,75 @@ func demoImage(seed uint64) imgGen {
 	return g
 }
 
-func (g imgGen) render() *image.RGBA {
-	im := image.NewRGBA(image.Rect(0, 0, g.Width, g.Height))
+func (g imgGen) render() *image.RGBA { return g.renderScaled(1) }
+
+// renderScaled draws the image k times larger, discs round at that size.
+func (g imgGen) renderScaled(k int) *image.RGBA {
+	im := image.NewRGBA(image.Rect(0, 0, g.Width*k, g.Height*k))
 	for i := range im.Pix {
 		im.Pix[i] = 255
 	}
 	for _, s := range g.Shapes {
 		c := color.RGBA{s.Color[0], s.Color[1], s.Color[2], 255}
-		for y := s.Y; y < s.Y+s.H; y++ {
-			for x := s.X; x < s.X+s.W; x++ {
+		x0, y0, w, h := s.X*k, s.Y*k, s.W*k, s.H*k
+		for y := y0; y < y0+h; y++ {
+			for x := x0; x < x0+w; x++ {
 				if s.Kind == "disc" {
-					dx, dy := 2*(x-s.X)-s.W+1, 2*(y-s.Y)-s.H+1
-					if dx*dx+dy*dy > s.W*s.W {
+					dx, dy := 2*(x-x0)-w+1, 2*(y-y0)-h+1
+					if dx*dx+dy*dy > w*w {
 						continue
 					}
 				}
 				im.SetRGBA(x, y, c)
 			}
 		}
+	}
+	return im
+}
+
+// classify names a region by how much of its bounding box it fills: a
+// rectangle fills all of it, a disc π/4 of it. The confidence grows with
+// the distance from the other class's fill.
+func classify(b *box) {
+	const rect, disc = 1.0, math.Pi / 4
+	fill := float64(b.Pixels) / float64((b.X1-b.X0+1)*(b.Y1-b.Y0+1))
+	other := disc
+	b.Class = "rect"
+	if math.Abs(fill-disc) < math.Abs(fill-rect) {
+		b.Class, other = "disc", rect
+	}
+	b.Conf = math.Round((0.5+0.49*min(1, math.Abs(fill-other)/(rect-disc)))*100) / 100
+}
+
+// overlayImage draws the image demoScale times larger with each box
+// outlined and labelled with its class and confidence.
+func overlayImage(g imgGen, boxes []box) *image.RGBA {
+	const k, thick = demoScale, 3
+	im := g.renderScaled(k)
+	red := color.RGBA{210, 0, 0, 255}
+	fill := func(x0, y0, x1, y1 int, c color.RGBA) {
+		r := image.Rect(x0, y0, x1, y1).Intersect(im.Bounds())
+		for y := r.Min.Y; y < r.Max.Y; y++ {
+			for x := r.Min.X; x < r.Max.X; x++ {
+				im.SetRGBA(x, y, c)
+			}
+		}
+	}
+	for _, b := range boxes {
+		x0, y0, x1, y1 := b.X0*k-thick, b.Y0*k-thick, (b.X1+1)*k+thick, (b.Y1+1)*k+thick
+		fill(x0, y0, x1, y0+thick, red)
+		fill(x0, y1-thick, x1, y1, red)
+		fill(x0, y0, x0+thick, y1, red)
+		fill(x1-thick, y0, x1, y1, red)
+		label := fmt.Sprintf("%s %.2f", b.Class, b.Conf)
+		lw, lh := textWidth(label)+6, glyphH*fontScale+6
+		ly := y0 - lh // above the box, or inside it at the top edge
+		if ly < 0 {
+			ly = y0 + thick
+		}
+		lx := min(x0, im.Bounds().Dx()-lw)
+		fill(lx, ly, lx+lw, ly+lh, red)
+		drawText(im, lx+3, ly+3, label, color.RGBA{255, 255, 255, 255})
 	}
 	return im
 }
@@ -110,6 +171,7 @@ func detect(im *image.RGBA) []box {
 					stack = append(stack, q)
 				}
 			}
+			classify(&bx)
 			boxes = append(boxes, bx)
 		}
 	}
@@ -167,24 +229,14 @@ func demoHandlers(outDir string) func(step string) consumers.Handler {
 				if err := need(res.ImgGen != nil && res.YoloDetect != nil, "img_gen and yolo_detect"); err != nil {
 					return nil, err
 				}
-				im := res.ImgGen.render()
-				red := color.RGBA{220, 0, 0, 255}
-				for _, b := range res.YoloDetect.Boxes {
-					for x := b.X0; x <= b.X1; x++ {
-						im.SetRGBA(x, b.Y0, red)
-						im.SetRGBA(x, b.Y1, red)
-					}
-					for y := b.Y0; y <= b.Y1; y++ {
-						im.SetRGBA(b.X0, y, red)
-						im.SetRGBA(b.X1, y, red)
-					}
-				}
+				im := overlayImage(*res.ImgGen, res.YoloDetect.Boxes)
 				path := filepath.Join(outDir, job.JobID+".png")
 				f, err := os.Create(path)
 				if err != nil {
 					return nil, err
 				}
-				if err := png.Encode(f, im); err != nil {
+				enc := png.Encoder{CompressionLevel: png.BestSpeed}
+				if err := enc.Encode(f, im); err != nil {
 					f.Close()
 					return nil, err
 				}

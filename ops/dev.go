@@ -1,6 +1,7 @@
 package ops
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -30,16 +31,21 @@ type devConfig struct {
 	concurrency int
 	timeout     time.Duration
 	pipeline    string
+	keep        bool
 }
 
 func runDev(ctx context.Context, args []string, out io.Writer) error {
 	var cfg devConfig
-	f := newFlags("dev", "dev [flags]\n\nRuns the whole pipeline locally: a throwaway Postgres (from this machine's binaries), the embedded\nbroker, the reader and one worker per step with demo handlers; inserts a batch of jobs at (img_gen, done),\nshows them move, prints a summary and exits 0 once every job is done. Each run starts clean.")
+	f := newFlags("dev", "dev [flags]\n\nRuns the whole pipeline locally: a throwaway Postgres (from this machine's binaries), the embedded\nbroker, the reader and one worker per step with demo handlers; inserts a batch of jobs at (img_gen, done),\nshows them move, prints a summary and exits 0 once every job is done. Each run starts clean.\n\n"+
+		"With --keep, Postgres, the broker and the reader stay up after the demo (the demo workers stop) and the\n"+
+		"exports to reach them are printed, so you can run your own step against a ready stack.\n"+
+		"Ctrl-C stops every part in order and exits 0, at any moment.")
 	f.str(&cfg.dir, "dir", "JOBSTREAM_DEV_DIR", ".jobstream", "folder for Postgres data, broker data, logs and PNGs (wiped at start)")
 	f.num(&cfg.jobs, "jobs", "JOBSTREAM_DEV_JOBS", 200, "demo jobs to insert")
 	f.num(&cfg.concurrency, "concurrency", "JOBSTREAM_DEV_MEMBERS", 2, "group members per step")
 	f.dur(&cfg.timeout, "timeout", "JOBSTREAM_DEV_TIMEOUT", 5*time.Minute, "give up if the batch is not done by then")
 	f.str(&cfg.pipeline, "pipeline", "JOBSTREAM_PIPELINE", "", "pipeline config file (default img_gen,vlm_analyze,yolo_detect,planner,overlay)")
+	f.boolean(&cfg.keep, "keep", "JOBSTREAM_DEV_KEEP", false, "after the demo, keep Postgres, the broker and the reader running and print their exports, until Ctrl-C")
 	if err := f.parse(args); err != nil {
 		return err
 	}
@@ -53,7 +59,18 @@ func runDev(ctx context.Context, args []string, out io.Writer) error {
 	if err != nil {
 		return usageError{err.Error()}
 	}
-	return dev(ctx, cfg, p, out)
+	err = dev(ctx, cfg, p, out)
+	if ctx.Err() != nil {
+		// An interrupt is a clean stop whenever it comes (exit 0): every
+		// part started so far has been stopped by dev's defers.
+		fmt.Fprintln(out, "\nstopped; every part shut down cleanly. Run again to start over.")
+		return nil
+	}
+	var unreachable *localpg.UnreachableError
+	if errors.As(err, &unreachable) {
+		return fmt.Errorf("%w; for example jobstream dev --dir /var/tmp/jobstream", err)
+	}
+	return err
 }
 
 func dev(ctx context.Context, cfg devConfig, p schema.Pipeline, out io.Writer) error {
@@ -61,8 +78,13 @@ func dev(ctx context.Context, cfg devConfig, p schema.Pipeline, out io.Writer) e
 	if err != nil {
 		return err
 	}
-	// Start clean: a server left by a killed run is stopped, its files removed.
+	// Start clean: a server left by a killed run is stopped, its files
+	// removed (with the private folder it lived in if the postgres OS user
+	// could not enter dir).
 	localpg.StopStale(filepath.Join(dir, "pg"))
+	if err := localpg.Remove(filepath.Join(dir, "pg")); err != nil {
+		return fmt.Errorf("clean %s: %w", dir, err)
+	}
 	if err := os.RemoveAll(dir); err != nil {
 		return fmt.Errorf("clean %s: %w", dir, err)
 	}
@@ -100,6 +122,8 @@ func dev(ctx context.Context, cfg devConfig, p schema.Pipeline, out io.Writer) e
 	}
 	fmt.Fprintf(out, "  migrate   %s\n", strings.Join(changes, "; "))
 
+	// The reader runs under g, the demo workers under wg inside it, so that
+	// --keep can stop the workers and leave the reader running.
 	runCtx, stop := context.WithCancel(ctx)
 	defer stop()
 	g, gctx := errgroup.WithContext(runCtx)
@@ -112,8 +136,11 @@ func dev(ctx context.Context, cfg devConfig, p schema.Pipeline, out io.Writer) e
 	case <-reader.Ready():
 	case <-gctx.Done():
 		stop()
-		return g.Wait()
+		return cmp.Or(g.Wait(), ctx.Err())
 	}
+	workCtx, stopWorkers := context.WithCancel(gctx)
+	defer stopWorkers()
+	wg, wctx := errgroup.WithContext(workCtx)
 	handlers := demoHandlers(outDir)
 	var workers []*consumers.Worker
 	for _, step := range p.Steps[1:] {
@@ -126,7 +153,7 @@ func dev(ctx context.Context, cfg devConfig, p schema.Pipeline, out io.Writer) e
 			return err
 		}
 		workers = append(workers, w)
-		g.Go(func() error { return w.Run(gctx) })
+		wg.Go(func() error { return w.Run(wctx) })
 	}
 
 	pool, err := pgxpool.New(ctx, url)
@@ -142,29 +169,47 @@ func dev(ctx context.Context, cfg devConfig, p schema.Pipeline, out io.Writer) e
 
 	progErr := make(chan error, 1)
 	go func() {
-		progErr <- watchProgress(gctx, pool, newAdmin(schema.Broker{Addrs: []string{b.Addr()}}), reader.Stats(), p, cfg.jobs, cfg.timeout, out)
+		progErr <- watchProgress(wctx, pool, newAdmin(schema.Broker{Addrs: []string{b.Addr()}}), reader.Stats(), p, cfg.jobs, cfg.timeout, out)
 	}()
 	select {
 	case err = <-progErr:
-	case <-gctx.Done():
-		err = g.Wait()
+	case <-wctx.Done():
+		err = wg.Wait()
 		if err == nil {
-			err = ctx.Err()
+			err = cmp.Or(gctx.Err(), ctx.Err())
 		}
 	}
 	elapsed := time.Since(start)
-	stop()
-	if werr := g.Wait(); werr != nil && err == nil {
+	stopWorkers()
+	if werr := wg.Wait(); werr != nil && err == nil {
 		err = werr
 	}
-	if errors.Is(err, context.Canceled) && ctx.Err() != nil {
-		fmt.Fprintln(out, "\nstopped; every part shut down cleanly. Run again to start over.")
-		return nil
+	if err == nil {
+		err = printSummary(ctx, pool, p, cfg.jobs, elapsed, reader.Stats(), outDir, out)
 	}
-	if err != nil {
-		return err
+	if err == nil && cfg.keep {
+		printKeep(out, url, b.Addr(), cfg.pipeline, p)
+		<-gctx.Done() // Ctrl-C, or the reader failed
 	}
-	return printSummary(ctx, pool, p, cfg.jobs, elapsed, reader.Stats(), outDir, out)
+	stop()
+	if rerr := g.Wait(); rerr != nil && err == nil {
+		err = rerr
+	}
+	return err
+}
+
+// printKeep tells how to reach the stack that --keep leaves running.
+func printKeep(out io.Writer, url, brokers, pipelineFile string, p schema.Pipeline) {
+	fmt.Fprintf(out, "\n--keep: Postgres, the broker and the reader keep running; the demo workers have stopped.\n")
+	fmt.Fprintf(out, "In another terminal, from the repository root:\n\n")
+	fmt.Fprintf(out, "  export DATABASE_URL='%s'\n  export KAFKA_BROKERS='%s'\n", url, brokers)
+	if pipelineFile != "" {
+		abs, _ := filepath.Abs(pipelineFile)
+		fmt.Fprintf(out, "  export JOBSTREAM_PIPELINE='%s'\n", abs)
+	}
+	fmt.Fprintf(out, "  bin/jobstream worker --step %s -- ops/steps/echo.sh\n", p.Steps[1])
+	fmt.Fprintf(out, "  psql \"$DATABASE_URL\" -c \"INSERT INTO jobs (job_id, current_step, status) VALUES ('mine-1', '%s', 'done')\"\n", p.Steps[0])
+	fmt.Fprintf(out, "  bin/jobstream status\n\nCtrl-C here stops everything.\n")
 }
 
 // insertDemoJobs inserts n jobs whose first step (img_gen) is done: the

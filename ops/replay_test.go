@@ -153,20 +153,51 @@ func TestReplayAndAudit(t *testing.T) {
 	if pl.count("yolo_detect", "j2") != 1 {
 		t.Fatal("the running job j2 was replayed")
 	}
-	var marks int
+	// The replay shows as a rewind, in LSN order where it happened (after
+	// the first overlay:done, before yolo_detect runs again), carrying its
+	// mark and no run of vlm_analyze: the step did not run again.
+	var rewinds int
 	harness.Eventually(t, 30*time.Second, func() (bool, string) {
 		a = audit(t, e, "j1")
 		return len(a.History) >= 16, fmt.Sprintf("%d entries after the replay", len(a.History))
 	})
+	seq = nil
+	last = 0
 	for _, h := range a.History {
-		var mark struct{ Step, By string }
+		if h.Kind == "replay" {
+			t.Errorf("replay mark not shown as its rewind: %+v", h)
+		}
+		if h.Kind != "change" && h.Kind != "rewind" {
+			continue
+		}
+		if h.LSN <= last {
+			t.Fatalf("audit not in LSN order after the replay: %+v", a.History)
+		}
+		last = h.LSN
+		seq = append(seq, h.Kind+":"+h.Step+":"+h.Status)
+		if h.Kind != "rewind" {
+			continue
+		}
+		rewinds++
+		var mark struct {
+			Step      string   `json:"step"`
+			By        string   `json:"by"`
+			FromState []string `json:"from_state"`
+		}
 		json.Unmarshal(h.Detail, &mark)
-		if h.Kind == "replay" && mark.Step == "yolo_detect" && mark.By != "" {
-			marks++
+		if mark.Step != "yolo_detect" || mark.By == "" || strings.Join(mark.FromState, ",") != "overlay,done" || h.Attempt != 0 || h.Worker != "" {
+			t.Errorf("rewind entry: %+v (mark %+v)", h, mark)
 		}
 	}
-	if marks != 1 {
-		t.Fatalf("audit shows %d replay marks for j1, want 1: %+v", marks, audit(t, e, "j1"))
+	want = "change:img_gen:done change:vlm_analyze:running change:vlm_analyze:done change:yolo_detect:running change:yolo_detect:done " +
+		"change:planner:running change:planner:done change:overlay:running change:overlay:done rewind:vlm_analyze:done " +
+		"change:yolo_detect:running change:yolo_detect:done change:planner:running change:planner:done change:overlay:running change:overlay:done"
+	if rewinds != 1 || strings.Join(seq, " ") != want {
+		t.Fatalf("audit of j1 after the replay:\n got %s\nwant %s", strings.Join(seq, " "), want)
+	}
+	code, out, _ = runMain(t, append([]string{"audit", "j1"}, flags...)...)
+	if code != 0 || !strings.Contains(out, "rewound by replay of yolo_detect from (overlay, done) by ") {
+		t.Fatalf("audit table after the replay: exit %d:\n%s", code, out)
 	}
 
 	// A deleted job: its delete goes to every step topic (REPLICA IDENTITY

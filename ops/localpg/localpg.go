@@ -3,11 +3,16 @@
 // backs `jobstream dev` and the test harness.
 //
 // When the process runs as root (initdb refuses to), the server runs as the
-// "postgres" OS user in a data folder that user owns.
+// "postgres" OS user in a data folder that user owns. If that user cannot
+// enter the folder asked for (a clone under /root, any parent of mode 0700),
+// the cluster lives in a private folder under the temp folder instead, and
+// the folder asked for is a symbolic link to it.
 package localpg
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -16,8 +21,10 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -30,6 +37,7 @@ type Postgres struct {
 	Dir string
 	// Port is the loopback TCP port.
 	Port int
+	log  string // the server log's path, if Start opened it
 	cmd  *exec.Cmd
 	done chan struct{} // closed when the server process has exited
 	err  error         // its exit status, once done is closed
@@ -95,7 +103,8 @@ func credential() (*syscall.Credential, error) {
 }
 
 // Start initialises dir if it holds no cluster yet and starts the server with
-// wal_level=logical. It returns once the server accepts connections.
+// wal_level=logical. It returns once the server accepts connections. If ctx
+// ends first, it stops what it started and returns an error wrapping ctx.Err().
 func Start(ctx context.Context, dir string, opts Options) (*Postgres, error) {
 	bin := opts.BinDir
 	if bin == "" {
@@ -108,21 +117,22 @@ func Start(ctx context.Context, dir string, opts Options) (*Postgres, error) {
 	if err != nil {
 		return nil, err
 	}
-	dir, err = filepath.Abs(dir)
+	asked, err := filepath.Abs(dir)
 	if err != nil {
 		return nil, err
 	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, err
-	}
-	if cred != nil {
-		if err := os.Chown(dir, int(cred.Uid), int(cred.Gid)); err != nil {
+	dir = asked
+	if cred == nil {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return nil, err
 		}
+	} else if dir, err = place(dir, bin, cred); err != nil {
+		return nil, err
 	}
-	logw := opts.Log
+	logw, logPath := opts.Log, ""
 	if logw == nil {
-		f, err := os.OpenFile(filepath.Join(filepath.Dir(dir), filepath.Base(dir)+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+		logPath = asked + ".log"
+		f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 		if err != nil {
 			return nil, err
 		}
@@ -131,8 +141,16 @@ func Start(ctx context.Context, dir string, opts Options) (*Postgres, error) {
 	if _, err := os.Stat(filepath.Join(dir, "PG_VERSION")); err != nil {
 		initdb := exec.CommandContext(ctx, filepath.Join(bin, "initdb"), "-D", dir, "-U", "postgres",
 			"--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync")
-		initdb.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
+		// Its own process group: a terminal's Ctrl-C reaches us, and we
+		// stop it through ctx. Run from the data folder: initdb returns to
+		// its working folder, which the postgres user may not enter.
+		initdb.SysProcAttr = &syscall.SysProcAttr{Credential: cred, Setpgid: true}
+		initdb.Dir = dir
+		initdb.Cancel = func() error { return syscall.Kill(-initdb.Process.Pid, syscall.SIGKILL) }
 		if out, err := initdb.CombinedOutput(); err != nil {
+			if ctx.Err() != nil {
+				return nil, fmt.Errorf("initdb %s: %w", dir, ctx.Err())
+			}
 			return nil, fmt.Errorf("initdb %s: %w: %s", dir, err, lastLines(out))
 		}
 	}
@@ -160,17 +178,135 @@ func Start(ctx context.Context, dir string, opts Options) (*Postgres, error) {
 	// Its own process group, so a terminal's Ctrl-C reaches us first and we
 	// stop the server in order.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred, Setpgid: true}
+	cmd.Dir = dir
 	cmd.Stdout, cmd.Stderr = logw, logw
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start postgres: %w", err)
 	}
-	p := &Postgres{Dir: dir, Port: port, cmd: cmd, done: make(chan struct{})}
+	p := &Postgres{Dir: dir, Port: port, log: logPath, cmd: cmd, done: make(chan struct{})}
 	go func() { p.err = cmd.Wait(); close(p.done) }()
 	if err := p.waitReady(ctx, 60*time.Second); err != nil {
 		p.Stop()
 		return nil, err
 	}
 	return p, nil
+}
+
+// UnreachableError reports that, running as root, no data folder could be
+// found that the postgres OS user may enter.
+type UnreachableError struct {
+	// Dir is the data folder asked for.
+	Dir string
+}
+
+func (e *UnreachableError) Error() string {
+	return fmt.Sprintf("the postgres OS user (PostgreSQL will not run as root) cannot enter %s nor a private folder under %s: put the data folder where that user can reach it (such as under /var/tmp), or run as a non-root user",
+		e.Dir, strings.Join(sharedDirs(), " or "))
+}
+
+// sharedDirs are the folders tried, in order, for a cluster the postgres
+// user cannot keep where it was asked for.
+var sharedDirs = func() []string {
+	var dirs []string
+	for _, d := range []string{os.TempDir(), "/var/tmp", "/tmp"} {
+		if !slices.Contains(dirs, d) {
+			dirs = append(dirs, d)
+		}
+	}
+	return dirs
+}
+
+// place returns the data folder to use for dir when the server runs with
+// cred: dir itself if that user can enter it, else a private folder under a
+// shared temp folder, linked from dir. A link left by an earlier Start is
+// followed, so a restarted server finds its cluster.
+func place(dir, bin string, cred *syscall.Credential) (string, error) {
+	if fi, err := os.Lstat(dir); err == nil && fi.Mode()&os.ModeSymlink != 0 {
+		target, err := os.Readlink(dir)
+		if err != nil {
+			return "", err
+		}
+		if owned(target, cred) && canEnter(target, bin, cred) {
+			return target, nil
+		}
+		if err := os.Remove(dir); err != nil {
+			return "", err
+		}
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", err
+	}
+	if err := os.Chown(dir, int(cred.Uid), int(cred.Gid)); err != nil {
+		return "", err
+	}
+	if canEnter(dir, bin, cred) {
+		return dir, nil
+	}
+	if os.Remove(dir) != nil { // not empty: a cluster nobody can start here
+		return "", &UnreachableError{Dir: dir}
+	}
+	sum := sha256.Sum256([]byte(dir))
+	name := "jobstream-pg-" + hex.EncodeToString(sum[:6])
+	for _, base := range sharedDirs() {
+		if !canEnter(base, bin, cred) {
+			continue
+		}
+		target := filepath.Join(base, name)
+		// A folder of that name without our link is stale (its link was
+		// removed with its parent): start clean. One owned by someone else
+		// is not ours to remove; try the next base.
+		if fi, err := os.Lstat(target); err == nil {
+			if !fi.IsDir() || !owned(target, cred) {
+				continue
+			}
+			if err := os.RemoveAll(target); err != nil {
+				continue
+			}
+		}
+		if err := os.Mkdir(target, 0o700); err != nil {
+			continue
+		}
+		if err := os.Chown(target, int(cred.Uid), int(cred.Gid)); err != nil {
+			os.Remove(target)
+			continue
+		}
+		if err := os.Symlink(target, dir); err != nil {
+			os.Remove(target)
+			return "", err
+		}
+		return target, nil
+	}
+	return "", &UnreachableError{Dir: dir}
+}
+
+// owned reports whether path is a folder (not a link) owned by cred's user.
+func owned(path string, cred *syscall.Credential) bool {
+	fi, err := os.Lstat(path)
+	if err != nil || !fi.IsDir() {
+		return false
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	return ok && st.Uid == cred.Uid
+}
+
+// canEnter reports whether cred's user can enter dir: the same check the
+// server makes, by starting `postgres --version` there as that user.
+func canEnter(dir, bin string, cred *syscall.Credential) bool {
+	probe := exec.Command(filepath.Join(bin, "postgres"), "--version")
+	probe.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
+	probe.Dir = dir
+	return probe.Run() == nil
+}
+
+// Remove deletes the data folder dir of a stopped server, and the private
+// folder it links to if Start placed the cluster elsewhere.
+func Remove(dir string) error {
+	if target, err := os.Readlink(dir); err == nil {
+		if err := os.RemoveAll(target); err != nil {
+			return err
+		}
+	}
+	return os.RemoveAll(dir)
 }
 
 // URL returns a connection URL for database db as the superuser.
@@ -183,7 +319,10 @@ func (p *Postgres) waitReady(ctx context.Context, timeout time.Duration) error {
 	for {
 		select {
 		case <-p.done:
-			return fmt.Errorf("postgres exited at start (%v); see %s.log", p.err, p.Dir)
+			if p.log != "" {
+				return fmt.Errorf("postgres exited at start (%v); see %s", p.err, p.log)
+			}
+			return fmt.Errorf("postgres exited at start (%v); see its log", p.err)
 		default:
 		}
 		cctx, cancel := context.WithTimeout(ctx, time.Second)
@@ -193,10 +332,16 @@ func (p *Postgres) waitReady(ctx context.Context, timeout time.Duration) error {
 			conn.Close(ctx)
 			return nil
 		}
-		if time.Now().After(deadline) || ctx.Err() != nil {
+		if ctx.Err() != nil {
+			return fmt.Errorf("start postgres: %w", ctx.Err())
+		}
+		if time.Now().After(deadline) {
 			return fmt.Errorf("postgres did not accept connections within %s: %w", timeout, err)
 		}
-		time.Sleep(50 * time.Millisecond)
+		select {
+		case <-ctx.Done():
+		case <-time.After(50 * time.Millisecond):
+		}
 	}
 }
 
