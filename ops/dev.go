@@ -20,7 +20,7 @@ import (
 
 	"github.com/jobstream/jobstream/cdc"
 	"github.com/jobstream/jobstream/consumers"
-	"github.com/jobstream/jobstream/ops/broker"
+	"github.com/jobstream/jobstream/ops/devstack"
 	"github.com/jobstream/jobstream/ops/localpg"
 	"github.com/jobstream/jobstream/schema"
 )
@@ -78,21 +78,17 @@ func dev(ctx context.Context, cfg devConfig, p schema.Pipeline, out io.Writer) e
 	if err != nil {
 		return err
 	}
-	// Start clean: a server left by a killed run is stopped, its files
-	// removed (with the private folder it lived in if the postgres OS user
-	// could not enter dir).
-	localpg.StopStale(filepath.Join(dir, "pg"))
-	if err := localpg.Remove(filepath.Join(dir, "pg")); err != nil {
-		return fmt.Errorf("clean %s: %w", dir, err)
-	}
-	if err := os.RemoveAll(dir); err != nil {
-		return fmt.Errorf("clean %s: %w", dir, err)
-	}
-	outDir := filepath.Join(dir, "out")
-	if err := os.MkdirAll(outDir, 0o755); err != nil {
+	fmt.Fprintf(out, "jobstream dev: %s\n", p)
+	fmt.Fprintf(out, "  starting Postgres (wal_level=logical) in %s ...\n", filepath.Join(cfg.dir, "pg"))
+	// Each run starts clean: Start wipes dir (stopping a server a killed
+	// run left in it) before it starts Postgres and the broker there.
+	st, err := devstack.Start(ctx, devstack.Config{Dir: dir, Migrate: true})
+	if err != nil {
 		return err
 	}
-	if err := os.Chmod(dir, 0o755); err != nil {
+	defer st.Stop()
+	d := &demo{cfg: cfg, p: p, st: st, outDir: filepath.Join(dir, "out"), out: out}
+	if err := os.MkdirAll(d.outDir, 0o755); err != nil {
 		return err
 	}
 	logf, err := os.Create(filepath.Join(dir, "jobstream.log"))
@@ -100,34 +96,30 @@ func dev(ctx context.Context, cfg devConfig, p schema.Pipeline, out io.Writer) e
 		return err
 	}
 	defer logf.Close()
-	log := slog.New(slog.NewTextHandler(logf, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	d.log = slog.New(slog.NewTextHandler(logf, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	fmt.Fprintf(out, "  Postgres  %s\n  broker    %s\n  logs      %s\n", st.DatabaseURL, st.Brokers[0], filepath.Join(cfg.dir, "jobstream.log"))
+	fmt.Fprintf(out, "  migrate   %s\n", strings.Join(st.Migrated, "; "))
+	return d.run(ctx)
+}
 
-	fmt.Fprintf(out, "jobstream dev: %s\n", p)
-	fmt.Fprintf(out, "  starting Postgres (wal_level=logical) in %s ...\n", filepath.Join(cfg.dir, "pg"))
-	pg, err := localpg.Start(ctx, filepath.Join(dir, "pg"), localpg.Options{})
-	if err != nil {
-		return err
-	}
-	defer pg.Stop()
-	b, err := broker.Start(broker.Config{Listen: "127.0.0.1:0", DataDir: filepath.Join(dir, "broker")})
-	if err != nil {
-		return err
-	}
-	defer b.Close()
-	url := pg.URL("postgres")
-	fmt.Fprintf(out, "  Postgres  %s\n  broker    %s\n  logs      %s\n", url, b.Addr(), filepath.Join(cfg.dir, "jobstream.log"))
-	changes, err := Migrate(ctx, url, "")
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(out, "  migrate   %s\n", strings.Join(changes, "; "))
+// demo is one run of the dev demo on a started stack.
+type demo struct {
+	cfg    devConfig
+	p      schema.Pipeline
+	st     *devstack.Stack
+	log    *slog.Logger
+	outDir string // the overlay PNGs
+	out    io.Writer
+}
 
-	// The reader runs under g, the demo workers under wg inside it, so that
-	// --keep can stop the workers and leave the reader running.
+// run runs the reader until the demo is over (with --keep, until Ctrl-C).
+// The reader runs under g, the demo workers under a group of their own
+// inside it, so that --keep can stop the workers and leave the reader running.
+func (d *demo) run(ctx context.Context) error {
 	runCtx, stop := context.WithCancel(ctx)
 	defer stop()
 	g, gctx := errgroup.WithContext(runCtx)
-	reader, err := cdc.New(cdc.Config{DatabaseURL: url, Brokers: []string{b.Addr()}, Pipeline: p, Logger: log.With("part", "reader")})
+	reader, err := cdc.New(cdc.Config{DatabaseURL: d.st.DatabaseURL, Brokers: d.st.Brokers, Pipeline: d.p, Logger: d.log.With("part", "reader")})
 	if err != nil {
 		return err
 	}
@@ -138,38 +130,42 @@ func dev(ctx context.Context, cfg devConfig, p schema.Pipeline, out io.Writer) e
 		stop()
 		return cmp.Or(g.Wait(), ctx.Err())
 	}
-	workCtx, stopWorkers := context.WithCancel(gctx)
-	defer stopWorkers()
-	wg, wctx := errgroup.WithContext(workCtx)
-	handlers := demoHandlers(outDir)
-	var workers []*consumers.Worker
-	for _, step := range p.Steps[1:] {
-		w, err := consumers.New(consumers.Config{
-			DatabaseURL: url, Brokers: []string{b.Addr()}, Step: step, Pipeline: p,
-			Concurrency: cfg.concurrency, Handler: handlers(step), Lease: 10 * time.Second, Grace: 5 * time.Second,
-			Logger: log.With("part", "worker"),
-		})
-		if err != nil {
-			return err
-		}
-		workers = append(workers, w)
-		wg.Go(func() error { return w.Run(wctx) })
+	err = d.work(ctx, gctx, reader.Stats())
+	if err == nil && d.cfg.keep {
+		printKeep(d.out, d.st.DatabaseURL, d.st.Brokers[0], d.cfg.pipeline, d.p)
+		<-gctx.Done() // Ctrl-C, or the reader failed
 	}
+	stop()
+	if rerr := g.Wait(); rerr != nil && err == nil {
+		err = rerr
+	}
+	return err
+}
 
-	pool, err := pgxpool.New(ctx, url)
+// work runs one worker per step, inserts the demo jobs, shows them move
+// until every one is done (or failed, or the timeout), stops the workers
+// and prints the summary. The workers stop when gctx ends.
+func (d *demo) work(ctx, gctx context.Context, rs *cdc.Stats) (err error) {
+	workCtx, stopWorkers := context.WithCancel(gctx)
+	wg, wctx := errgroup.WithContext(workCtx)
+	defer func() { stopWorkers(); wg.Wait() }() // on an early return: stop what started
+	if err := d.startWorkers(wctx, wg); err != nil {
+		return err
+	}
+	pool, err := pgxpool.New(ctx, d.st.DatabaseURL)
 	if err != nil {
 		return err
 	}
 	defer pool.Close()
 	start := time.Now()
-	if err := insertDemoJobs(ctx, pool, p.Steps[0], cfg.jobs); err != nil {
+	if err := insertDemoJobs(ctx, pool, d.p.Steps[0], d.cfg.jobs); err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "  inserted  %d jobs at (%s, done)\n\n", cfg.jobs, p.Steps[0])
+	fmt.Fprintf(d.out, "  inserted  %d jobs at (%s, done)\n\n", d.cfg.jobs, d.p.Steps[0])
 
 	progErr := make(chan error, 1)
 	go func() {
-		progErr <- watchProgress(wctx, pool, newAdmin(schema.Broker{Addrs: []string{b.Addr()}}), reader.Stats(), p, cfg.jobs, cfg.timeout, out)
+		progErr <- watchProgress(wctx, pool, newAdmin(schema.Broker{Addrs: d.st.Brokers}), rs, d.p, d.cfg.jobs, d.cfg.timeout, d.out)
 	}()
 	select {
 	case err = <-progErr:
@@ -185,17 +181,27 @@ func dev(ctx context.Context, cfg devConfig, p schema.Pipeline, out io.Writer) e
 		err = werr
 	}
 	if err == nil {
-		err = printSummary(ctx, pool, p, cfg.jobs, elapsed, reader.Stats(), outDir, out)
-	}
-	if err == nil && cfg.keep {
-		printKeep(out, url, b.Addr(), cfg.pipeline, p)
-		<-gctx.Done() // Ctrl-C, or the reader failed
-	}
-	stop()
-	if rerr := g.Wait(); rerr != nil && err == nil {
-		err = rerr
+		err = printSummary(ctx, pool, d.p, d.cfg.jobs, elapsed, rs, d.outDir, d.out)
 	}
 	return err
+}
+
+// startWorkers starts one group of cfg.concurrency members per step after
+// the first, with the demo handlers, under wg.
+func (d *demo) startWorkers(wctx context.Context, wg *errgroup.Group) error {
+	handlers := demoHandlers(d.outDir)
+	for _, step := range d.p.Steps[1:] {
+		w, err := consumers.New(consumers.Config{
+			DatabaseURL: d.st.DatabaseURL, Brokers: d.st.Brokers, Step: step, Pipeline: d.p,
+			Concurrency: d.cfg.concurrency, Handler: handlers(step), Lease: 10 * time.Second, Grace: 5 * time.Second,
+			Logger: d.log.With("part", "worker"),
+		})
+		if err != nil {
+			return err
+		}
+		wg.Go(func() error { return w.Run(wctx) })
+	}
+	return nil
 }
 
 // printKeep tells how to reach the stack that --keep leaves running.

@@ -20,16 +20,18 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/jobstream/jobstream/ops/devstack"
 	"github.com/jobstream/jobstream/ops/localpg"
 	"github.com/jobstream/jobstream/schema"
 )
 
 // env is what every scenario shares: the work folder, one Postgres, the
-// jobstream binary, this program (for worker processes) and a log.
+// jobstream binary, this program (for worker processes) and a log. Each
+// scenario starts brokers of its own (startBroker).
 type env struct {
 	cfg      config
 	dir      string
-	tmp      bool
+	stack    *devstack.Stack
 	pg       *localpg.Postgres
 	bin      string // jobstream
 	self     string // this program
@@ -43,37 +45,25 @@ type env struct {
 }
 
 func newEnv(ctx context.Context, cfg config, progress io.Writer) (_ *env, err error) {
-	e := &env{cfg: cfg, progress: progress, start: time.Now(), procs: map[*proc]bool{}}
+	e := &env{cfg: cfg, progress: progress, start: time.Now(), procs: map[*proc]bool{},
+		log: slog.New(slog.DiscardHandler)} // until the work folder holds bench.log
 	defer func() {
 		if err != nil {
 			e.close()
 		}
 	}()
-	if cfg.Dir == "" {
-		if e.dir, err = os.MkdirTemp("", "jobstream-bench-"); err != nil {
-			return nil, err
-		}
-		e.tmp = true
-	} else {
-		if e.dir, err = filepath.Abs(cfg.Dir); err != nil {
-			return nil, err
-		}
-		localpg.StopStale(filepath.Join(e.dir, "pg"))
-		if err := os.RemoveAll(e.dir); err != nil {
-			return nil, err
-		}
-		if err := os.MkdirAll(e.dir, 0o755); err != nil {
-			return nil, err
-		}
-	}
-	// The postgres OS user must reach its data folder.
-	if err := os.Chmod(e.dir, 0o755); err != nil {
+	// The work folder: cfg.Dir wiped, or a temporary one (removed by
+	// close unless cfg.Keep); the server's log is pg.log in it.
+	e.logf("starting Postgres")
+	if e.stack, err = devstack.Start(ctx, devstack.Config{Dir: cfg.Dir, NoBroker: true}); err != nil {
 		return nil, err
 	}
+	e.dir, e.pg = e.stack.Dir, e.stack.Postgres
 	if e.logFile, err = os.Create(filepath.Join(e.dir, "bench.log")); err != nil {
 		return nil, err
 	}
 	e.log = slog.New(slog.NewTextHandler(e.logFile, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	e.logf("Postgres in %s", filepath.Join(e.dir, "pg"))
 	if cfg.Profile != "" {
 		if err := os.MkdirAll(cfg.Profile, 0o755); err != nil {
 			return nil, err
@@ -89,11 +79,7 @@ func newEnv(ctx context.Context, cfg config, progress io.Writer) (_ *env, err er
 			return nil, err
 		}
 	}
-	e.logf("starting Postgres in %s", filepath.Join(e.dir, "pg"))
-	if e.pg, err = localpg.Start(ctx, filepath.Join(e.dir, "pg"), localpg.Options{Log: e.logFile}); err != nil {
-		return nil, err
-	}
-	if e.machine, err = describeMachine(ctx, e.pg.URL("postgres")); err != nil {
+	if e.machine, err = describeMachine(ctx, e.stack.DatabaseURL); err != nil {
 		return nil, err
 	}
 	e.logf("%s", e.machine)
@@ -153,15 +139,16 @@ func (e *env) close() {
 	for _, p := range procs {
 		p.stop()
 	}
-	if e.pg != nil {
-		e.pg.Stop()
+	if e.stack == nil {
+		return
 	}
+	e.stack.Stop()
 	if e.logFile != nil {
 		e.logFile.Close()
 	}
-	if e.tmp && !e.cfg.Keep && e.dir != "" {
-		os.RemoveAll(e.dir)
-	} else if e.dir != "" {
+	if e.cfg.Dir == "" && !e.cfg.Keep {
+		e.stack.Close() // removes the temporary work folder
+	} else {
 		fmt.Fprintf(e.progress, "work folder kept: %s\n", e.dir)
 	}
 }
@@ -184,27 +171,11 @@ type database struct {
 
 // newDB creates a fresh, migrated database called name.
 func (e *env) newDB(ctx context.Context, name string) (*database, error) {
-	admin, err := pgx.Connect(ctx, e.pg.URL("postgres"))
+	url, err := e.stack.CreateDatabase(ctx, name)
 	if err != nil {
 		return nil, err
 	}
-	defer admin.Close(context.Background())
-	if _, err := admin.Exec(ctx, "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)"); err != nil {
-		return nil, err
-	}
-	if _, err := admin.Exec(ctx, "CREATE DATABASE "+name); err != nil {
-		return nil, fmt.Errorf("create database %s: %w", name, err)
-	}
-	d := &database{e: e, name: name, url: e.pg.URL(name)}
-	conn, err := pgx.Connect(ctx, d.url)
-	if err != nil {
-		return nil, err
-	}
-	defer conn.Close(context.Background())
-	if _, err := schema.Migrate(ctx, conn, schema.MigrateOptions{}); err != nil {
-		return nil, fmt.Errorf("migrate %s: %w", name, err)
-	}
-	return d, nil
+	return &database{e: e, name: name, url: url}, nil
 }
 
 // drop removes the database and its replication slots, so that no slot
@@ -212,20 +183,7 @@ func (e *env) newDB(ctx context.Context, name string) (*database, error) {
 func (d *database) drop() {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	admin, err := pgx.Connect(ctx, d.e.pg.URL("postgres"))
-	if err != nil {
-		return
-	}
-	defer admin.Close(ctx)
-	for i := 0; i < 100; i++ {
-		// A client may still be letting go of its slot.
-		_, err := admin.Exec(ctx, `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = $1`, d.name)
-		if err == nil {
-			break
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	if _, err := admin.Exec(ctx, "DROP DATABASE IF EXISTS "+d.name+" WITH (FORCE)"); err != nil {
+	if err := d.e.stack.DropDatabase(ctx, d.name); err != nil {
 		d.e.log.Warn("drop database", "db", d.name, "err", err)
 	}
 }

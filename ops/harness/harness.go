@@ -1,10 +1,11 @@
 // Package harness is the test environment every jobstream test shares: one
-// throwaway Postgres (wal_level=logical, run as the postgres OS user when the
-// tests run as root) and one embedded broker per test binary, and for each
-// test its own database, slot, publication and topic prefix, so tests run in
-// parallel and clean up after themselves. It also runs what a test drives
-// (an in-process reader, StartReader; any blocking function, Go; a jobstream
-// process, Env.StartProcess) and stops it when the test ends.
+// dev stack per test binary (ops/devstack: a throwaway Postgres with
+// wal_level=logical, run as the postgres OS user when the tests run as root,
+// and the embedded broker, in a temporary folder removed at the end), and
+// for each test its own database, slot, publication and topic prefix, so
+// tests run in parallel and clean up after themselves. It also runs what a
+// test drives (an in-process reader, StartReader; any blocking function, Go;
+// a jobstream process, Env.StartProcess) and stops it when the test ends.
 package harness
 
 import (
@@ -15,6 +16,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -26,20 +28,15 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"github.com/jobstream/jobstream/ops/broker"
+	"github.com/jobstream/jobstream/ops/devstack"
 	"github.com/jobstream/jobstream/ops/localpg"
 	"github.com/jobstream/jobstream/schema"
 )
 
 var (
-	shared  *env
+	shared  *devstack.Stack
 	counter atomic.Int64
 )
-
-type env struct {
-	dir    string
-	pg     *localpg.Postgres
-	broker *broker.Broker
-}
 
 // Main starts the shared Postgres and broker, runs the tests, and stops them.
 // Call it from TestMain.
@@ -53,30 +50,13 @@ func run(m *testing.M) int {
 		// Fuzzing runs pure functions in many worker processes: no servers.
 		return m.Run()
 	}
-	dir, err := os.MkdirTemp("", "jobstream-test-")
+	st, err := devstack.Start(context.Background(), devstack.Config{})
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "harness:", err)
+		fmt.Fprintln(os.Stderr, "harness: start postgres and broker:", err)
 		return 1
 	}
-	defer os.RemoveAll(dir)
-	// The postgres OS user must be able to reach its data folder.
-	if err := os.Chmod(dir, 0o755); err != nil {
-		fmt.Fprintln(os.Stderr, "harness:", err)
-		return 1
-	}
-	pg, err := localpg.Start(context.Background(), filepath.Join(dir, "pg"), localpg.Options{})
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "harness: start postgres:", err)
-		return 1
-	}
-	defer pg.Stop()
-	b, err := broker.Start(broker.Config{Listen: "127.0.0.1:0", DataDir: filepath.Join(dir, "broker")})
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "harness: start broker:", err)
-		return 1
-	}
-	defer b.Close()
-	shared = &env{dir: dir, pg: pg, broker: b}
+	defer st.Close()
+	shared = st
 	return m.Run()
 }
 
@@ -117,58 +97,33 @@ func New(t testing.TB) *Env {
 		name = name[:40]
 	}
 	id := fmt.Sprintf("t%d_%s_%d", os.Getpid()%100000, name, n)
+	ctx := context.Background()
+	url, err := shared.CreateDatabase(ctx, id)
+	if err != nil {
+		t.Fatalf("harness: %v", err)
+	}
 	e := &Env{
 		DB:          id,
-		DatabaseURL: shared.pg.URL(id),
-		Brokers:     []string{shared.broker.Addr()},
+		DatabaseURL: url,
+		Brokers:     slices.Clone(shared.Brokers),
 		Slot:        id,
 		Publication: schema.DefaultPublication,
 		Prefix:      strings.ReplaceAll(id, "_", "-"),
-		Postgres:    shared.pg,
-		Broker:      shared.broker,
+		Postgres:    shared.Postgres,
+		Broker:      shared.Broker,
 	}
-	dir, err := os.MkdirTemp(shared.dir, "t-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	os.Chmod(dir, 0o755)
-	e.Dir = dir
-	ctx := context.Background()
-	admin, err := pgx.Connect(ctx, shared.pg.URL("postgres"))
-	if err != nil {
-		t.Fatalf("harness: connect: %v", err)
-	}
-	if _, err := admin.Exec(ctx, "CREATE DATABASE "+id); err != nil {
-		t.Fatalf("harness: create database: %v", err)
-	}
-	admin.Close(ctx)
 	t.Cleanup(func() {
 		e.closePool()
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		admin, err := pgx.Connect(ctx, shared.pg.URL("postgres"))
-		if err != nil {
-			return // the test may have stopped Postgres for good
-		}
-		defer admin.Close(ctx)
-		// A reader may still be letting go of the slot.
-		for i := 0; i < 50; i++ {
-			_, err := admin.Exec(ctx, `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1`, id)
-			if err == nil {
-				break
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
-		admin.Exec(ctx, "DROP DATABASE IF EXISTS "+id+" WITH (FORCE)")
+		shared.DropDatabase(ctx, id) // fails only if the test stopped Postgres for good
 	})
-	conn, err := pgx.Connect(ctx, e.DatabaseURL)
+	dir, err := os.MkdirTemp(shared.Dir, "t-")
 	if err != nil {
-		t.Fatalf("harness: connect: %v", err)
+		t.Fatal(err)
 	}
-	defer conn.Close(ctx)
-	if _, err := schema.Migrate(ctx, conn, schema.MigrateOptions{Publication: e.Publication}); err != nil {
-		t.Fatalf("harness: migrate: %v", err)
-	}
+	os.Chmod(dir, 0o755) // readable by the postgres OS user
+	e.Dir = dir
 	return e
 }
 
@@ -357,7 +312,7 @@ func Binary(t testing.TB) string {
 			return
 		}
 		root := filepath.Dir(strings.TrimSpace(string(out)))
-		binPath = filepath.Join(shared.dir, "jobstream")
+		binPath = filepath.Join(shared.Dir, "jobstream")
 		cmd := exec.Command("go", "build", "-o", binPath, "./ops/jobstream")
 		cmd.Dir = root
 		if out, err := cmd.CombinedOutput(); err != nil {

@@ -1,6 +1,7 @@
 // Package localpg starts a throwaway PostgreSQL server from the machine's own
 // binaries, configured for logical replication, on a free loopback port. It
-// backs `jobstream dev` and the test harness.
+// backs ops/devstack, the stack of `jobstream dev`, the test harness and the
+// bench.
 //
 // When the process runs as root (initdb refuses to), the server runs as the
 // "postgres" OS user in a data folder that user owns. If that user cannot
@@ -138,21 +139,8 @@ func Start(ctx context.Context, dir string, opts Options) (*Postgres, error) {
 		}
 		logw = f
 	}
-	if _, err := os.Stat(filepath.Join(dir, "PG_VERSION")); err != nil {
-		initdb := exec.CommandContext(ctx, filepath.Join(bin, "initdb"), "-D", dir, "-U", "postgres",
-			"--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync")
-		// Its own process group: a terminal's Ctrl-C reaches us, and we
-		// stop it through ctx. Run from the data folder: initdb returns to
-		// its working folder, which the postgres user may not enter.
-		initdb.SysProcAttr = &syscall.SysProcAttr{Credential: cred, Setpgid: true}
-		initdb.Dir = dir
-		initdb.Cancel = func() error { return syscall.Kill(-initdb.Process.Pid, syscall.SIGKILL) }
-		if out, err := initdb.CombinedOutput(); err != nil {
-			if ctx.Err() != nil {
-				return nil, fmt.Errorf("initdb %s: %w", dir, ctx.Err())
-			}
-			return nil, fmt.Errorf("initdb %s: %w: %s", dir, err, lastLines(out))
-		}
+	if err := initdb(ctx, bin, dir, cred); err != nil {
+		return nil, err
 	}
 	port := opts.Port
 	if port == 0 {
@@ -160,21 +148,7 @@ func Start(ctx context.Context, dir string, opts Options) (*Postgres, error) {
 			return nil, err
 		}
 	}
-	args := []string{"-D", dir, "-p", strconv.Itoa(port),
-		"-c", "listen_addresses=127.0.0.1",
-		"-c", "unix_socket_directories=" + dir,
-		"-c", "wal_level=logical",
-		"-c", "max_replication_slots=100",
-		"-c", "max_wal_senders=100",
-		"-c", "max_connections=300",
-		"-c", "fsync=off", // a throwaway server: process crashes keep data, power cuts need not
-		"-c", "full_page_writes=off",
-		"-c", "wal_sender_timeout=60s",
-	}
-	for k, v := range opts.Settings {
-		args = append(args, "-c", k+"="+v)
-	}
-	cmd := exec.Command(filepath.Join(bin, "postgres"), args...)
+	cmd := exec.Command(filepath.Join(bin, "postgres"), serverArgs(dir, port, opts.Settings)...)
 	// Its own process group, so a terminal's Ctrl-C reaches us first and we
 	// stop the server in order.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred, Setpgid: true}
@@ -190,6 +164,48 @@ func Start(ctx context.Context, dir string, opts Options) (*Postgres, error) {
 		return nil, err
 	}
 	return p, nil
+}
+
+// initdb makes a cluster in dir, unless it holds one already.
+func initdb(ctx context.Context, bin, dir string, cred *syscall.Credential) error {
+	if _, err := os.Stat(filepath.Join(dir, "PG_VERSION")); err == nil {
+		return nil
+	}
+	cmd := exec.CommandContext(ctx, filepath.Join(bin, "initdb"), "-D", dir, "-U", "postgres",
+		"--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync")
+	// Its own process group: a terminal's Ctrl-C reaches us, and we
+	// stop it through ctx. Run from the data folder: initdb returns to
+	// its working folder, which the postgres user may not enter.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred, Setpgid: true}
+	cmd.Dir = dir
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	if out, err := cmd.CombinedOutput(); err != nil {
+		if ctx.Err() != nil {
+			return fmt.Errorf("initdb %s: %w", dir, ctx.Err())
+		}
+		return fmt.Errorf("initdb %s: %w: %s", dir, err, lastLines(out))
+	}
+	return nil
+}
+
+// serverArgs are the postgres arguments: wal_level=logical and the rest a
+// throwaway server wants, then settings (later ones win).
+func serverArgs(dir string, port int, settings map[string]string) []string {
+	args := []string{"-D", dir, "-p", strconv.Itoa(port),
+		"-c", "listen_addresses=127.0.0.1",
+		"-c", "unix_socket_directories=" + dir,
+		"-c", "wal_level=logical",
+		"-c", "max_replication_slots=100",
+		"-c", "max_wal_senders=100",
+		"-c", "max_connections=300",
+		"-c", "fsync=off", // a throwaway server: process crashes keep data, power cuts need not
+		"-c", "full_page_writes=off",
+		"-c", "wal_sender_timeout=60s",
+	}
+	for k, v := range settings {
+		args = append(args, "-c", k+"="+v)
+	}
+	return args
 }
 
 // UnreachableError reports that, running as root, no data folder could be
