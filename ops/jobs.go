@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/jobstream/jobstream/consumers"
+	adm "github.com/jobstream/jobstream/ops/admin"
 	"github.com/jobstream/jobstream/schema"
 )
 
@@ -34,21 +35,21 @@ func runCancel(ctx context.Context, args []string, out io.Writer) error {
 		return err
 	}
 	defer pool.Close()
+	results, err := adm.Cancel(ctx, pool, ids)
 	missing := 0
-	for _, id := range ids {
-		res, err := consumers.Cancel(ctx, pool, id)
-		if err != nil {
-			return err
-		}
+	for _, res := range results {
 		switch {
 		case !res.Found:
 			missing++
-			fmt.Fprintf(out, "%s: no such job\n", id)
+			fmt.Fprintf(out, "%s: no such job\n", res.JobID)
 		case !res.Cancelled:
-			fmt.Fprintf(out, "%s: already cancelled at %s\n", id, res.Step)
+			fmt.Fprintf(out, "%s: already cancelled at %s\n", res.JobID, res.Step)
 		default:
-			fmt.Fprintf(out, "%s: cancelled at (%s, %s)\n", id, res.Step, res.Status)
+			fmt.Fprintf(out, "%s: cancelled at (%s, %s)\n", res.JobID, res.Step, res.Status)
 		}
+	}
+	if err != nil {
+		return err
 	}
 	if missing > 0 {
 		return fmt.Errorf("%d of %d job(s) not found", missing, len(ids))
@@ -58,22 +59,21 @@ func runCancel(ctx context.Context, args []string, out io.Writer) error {
 
 func runPrune(ctx context.Context, args []string, out io.Writer) error {
 	var c common
-	var olderThan time.Duration
-	var dryRun bool
+	var o adm.PruneOptions
 	f := newFlags("prune", "prune [flags]\n\n"+
 		"Deletes the runs in jobstream_runs that finished more than --older-than ago, "+fmt.Sprint(consumers.PruneBatch)+" at a time,\n"+
 		"keeping the runs that still owe a dead letter. Workers do the same every minute with --runs-retention.")
 	c.register(f, true, false)
-	f.dur(&olderThan, "older-than", "JOBSTREAM_RUNS_RETENTION", consumers.RunsRetentionDefault, "prune runs that finished more than this long ago")
-	f.BoolVar(&dryRun, "dry-run", false, "count what would be pruned, delete nothing")
+	f.dur(&o.OlderThan, "older-than", "JOBSTREAM_RUNS_RETENTION", consumers.RunsRetentionDefault, "prune runs that finished more than this long ago")
+	f.BoolVar(&o.DryRun, "dry-run", false, "count what would be pruned, delete nothing")
 	if err := f.parse(args); err != nil {
 		return err
 	}
 	if len(f.Args()) > 0 {
 		return usagef("prune takes no arguments, got %q; use --older-than AGE", f.Args()[0])
 	}
-	if olderThan <= 0 {
-		return usagef("--older-than %s must be a positive age such as 168h", olderThan)
+	if o.OlderThan <= 0 {
+		return usagef("--older-than %s must be a positive age such as 168h", o.OlderThan)
 	}
 	if err := c.needDB(); err != nil {
 		return err
@@ -83,25 +83,22 @@ func runPrune(ctx context.Context, args []string, out io.Writer) error {
 		return err
 	}
 	defer pool.Close()
-	if dryRun {
-		n, err := consumers.CountPrunable(ctx, pool, olderThan)
-		if err != nil {
-			return err
-		}
-		fmt.Fprintf(out, "would prune %d run(s) that finished more than %s ago\n", n, olderThan)
-		return nil
-	}
 	last := time.Now()
-	n, err := consumers.PruneRuns(ctx, pool, olderThan, func(total int64) {
+	o.Progress = func(total int64) {
 		if time.Since(last) > time.Second {
 			last = time.Now()
 			fmt.Fprintf(out, "pruned %d run(s) so far...\n", total)
 		}
-	})
+	}
+	res, err := adm.Prune(ctx, pool, o)
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "pruned %d run(s) that finished more than %s ago\n", n, olderThan)
+	verb := "pruned"
+	if res.DryRun {
+		verb = "would prune"
+	}
+	fmt.Fprintf(out, "%s %d run(s) that finished more than %s ago\n", verb, res.Runs, o.OlderThan)
 	return nil
 }
 

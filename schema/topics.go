@@ -33,6 +33,9 @@ func Topic(prefix, step string) string { return prefix + "." + step }
 // DLQTopic returns the dead-letter topic.
 func DLQTopic(prefix string) string { return prefix + ".dlq" }
 
+// ReplayTopic returns the topic where replays are recorded, keyed by job_id.
+func ReplayTopic(prefix string) string { return prefix + ".replays" }
+
 // GroupID returns the consumer group of the workers of step.
 func GroupID(prefix, step string) string { return prefix + "." + step + ".workers" }
 

@@ -1,4 +1,4 @@
-package ops
+package admin
 
 import (
 	"context"
@@ -12,21 +12,33 @@ import (
 	"github.com/jobstream/jobstream/schema"
 )
 
-// admin answers the questions operators ask the broker: partitions, offsets,
-// group members and committed positions. kafka-go's own Reader.Lag is -1
-// for groups, so lag is computed from OffsetFetch and ListOffsets here.
-type admin struct {
+// Kafka answers the questions operators ask the broker: partitions, offsets,
+// group members and committed positions, and reads a partition's messages.
+// kafka-go's own Reader.Lag is -1 for groups, so lag is computed from
+// OffsetFetch and ListOffsets here. It is safe for concurrent use.
+type Kafka struct {
 	b schema.Broker
 	c *kafka.Client
 }
 
-func newAdmin(b schema.Broker) *admin {
-	return &admin{b: b, c: b.Client(10 * time.Second)}
+// NewKafka returns the admin client of the brokers b describes; each
+// request times out after 10s. It keeps the brokers' metadata for a second
+// (kafka-go's default is 6s), so a long-lived client, such as a view that
+// redraws, sees a topic created elsewhere within about a second.
+func NewKafka(b schema.Broker) *Kafka {
+	c := b.Client(10 * time.Second)
+	if t, ok := c.Transport.(*kafka.Transport); ok {
+		t.MetadataTTL = time.Second
+	}
+	return &Kafka{b: b, c: c}
 }
 
-// partitions returns the partition ids of topic, sorted; none if it does not exist.
-func (a *admin) partitions(ctx context.Context, topic string) ([]int, error) {
-	md, err := a.c.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{topic}})
+// Broker returns how k reaches the brokers.
+func (k *Kafka) Broker() schema.Broker { return k.b }
+
+// Partitions returns the partition ids of topic, sorted; none if it does not exist.
+func (k *Kafka) Partitions(ctx context.Context, topic string) ([]int, error) {
+	md, err := k.c.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{topic}})
 	if err != nil {
 		return nil, fmt.Errorf("metadata of %s: %w", topic, err)
 	}
@@ -43,16 +55,16 @@ func (a *admin) partitions(ctx context.Context, topic string) ([]int, error) {
 	return ids, nil
 }
 
-// partitionOffsets is the first and next (end) offset of one partition.
-type partitionOffsets struct {
+// PartitionOffsets is the first and next (end) offset of one partition.
+type PartitionOffsets struct {
 	Partition int   `json:"partition"`
 	First     int64 `json:"first"`
 	End       int64 `json:"end"`
 }
 
-// offsets returns the first and end offsets of every partition of topic.
-func (a *admin) offsets(ctx context.Context, topic string) ([]partitionOffsets, error) {
-	parts, err := a.partitions(ctx, topic)
+// Offsets returns the first and end offsets of every partition of topic.
+func (k *Kafka) Offsets(ctx context.Context, topic string) ([]PartitionOffsets, error) {
+	parts, err := k.Partitions(ctx, topic)
 	if err != nil || len(parts) == 0 {
 		return nil, err
 	}
@@ -60,25 +72,25 @@ func (a *admin) offsets(ctx context.Context, topic string) ([]partitionOffsets, 
 	for _, p := range parts {
 		req = append(req, kafka.FirstOffsetOf(p), kafka.LastOffsetOf(p))
 	}
-	resp, err := a.c.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{topic: req}})
+	resp, err := k.c.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{topic: req}})
 	if err != nil {
 		return nil, fmt.Errorf("list offsets of %s: %w", topic, err)
 	}
-	var out []partitionOffsets
+	var out []PartitionOffsets
 	for _, po := range resp.Topics[topic] {
 		if po.Error != nil {
 			return nil, fmt.Errorf("list offsets of %s/%d: %w", topic, po.Partition, po.Error)
 		}
-		out = append(out, partitionOffsets{Partition: po.Partition, First: po.FirstOffset, End: po.LastOffset})
+		out = append(out, PartitionOffsets{Partition: po.Partition, First: po.FirstOffset, End: po.LastOffset})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Partition < out[j].Partition })
 	return out, nil
 }
 
-// committed returns the group's committed offset per partition of topic
+// Committed returns the group's committed offset per partition of topic
 // (-1 where it never committed).
-func (a *admin) committed(ctx context.Context, group, topic string, parts []int) (map[int]int64, error) {
-	resp, err := a.c.OffsetFetch(ctx, &kafka.OffsetFetchRequest{GroupID: group, Topics: map[string][]int{topic: parts}})
+func (k *Kafka) Committed(ctx context.Context, group, topic string, parts []int) (map[int]int64, error) {
+	resp, err := k.c.OffsetFetch(ctx, &kafka.OffsetFetchRequest{GroupID: group, Topics: map[string][]int{topic: parts}})
 	if err != nil {
 		return nil, fmt.Errorf("fetch offsets of group %s: %w", group, err)
 	}
@@ -95,17 +107,17 @@ func (a *admin) committed(ctx context.Context, group, topic string, parts []int)
 	return out, nil
 }
 
-// groupMember is one live member of a consumer group.
-type groupMember struct {
+// GroupMember is one live member of a consumer group.
+type GroupMember struct {
 	ID         string `json:"id"`
 	Client     string `json:"client"`
 	Host       string `json:"host"`
 	Partitions []int  `json:"partitions"`
 }
 
-// members returns the group's state and live members.
-func (a *admin) members(ctx context.Context, group string) (state string, members []groupMember, err error) {
-	resp, err := a.c.DescribeGroups(ctx, &kafka.DescribeGroupsRequest{GroupIDs: []string{group}})
+// Members returns the group's state and live members.
+func (k *Kafka) Members(ctx context.Context, group string) (state string, members []GroupMember, err error) {
+	resp, err := k.c.DescribeGroups(ctx, &kafka.DescribeGroupsRequest{GroupIDs: []string{group}})
 	if err != nil {
 		return "", nil, fmt.Errorf("describe group %s: %w", group, err)
 	}
@@ -117,7 +129,7 @@ func (a *admin) members(ctx context.Context, group string) (state string, member
 			return "", nil, fmt.Errorf("describe group %s: %w", group, g.Error)
 		}
 		for _, m := range g.Members {
-			gm := groupMember{ID: m.MemberID, Client: m.ClientID, Host: m.ClientHost}
+			gm := GroupMember{ID: m.MemberID, Client: m.ClientID, Host: m.ClientHost}
 			for _, t := range m.MemberAssignments.Topics {
 				gm.Partitions = append(gm.Partitions, t.Partitions...)
 			}
@@ -129,10 +141,10 @@ func (a *admin) members(ctx context.Context, group string) (state string, member
 	return "Dead", nil, nil
 }
 
-// offsetsAt returns, per partition of topic, the first offset whose
+// OffsetsAt returns, per partition of topic, the first offset whose
 // timestamp is at or after t (the end offset when there is none).
-func (a *admin) offsetsAt(ctx context.Context, topic string, t time.Time) (map[int]int64, error) {
-	parts, err := a.partitions(ctx, topic)
+func (k *Kafka) OffsetsAt(ctx context.Context, topic string, t time.Time) (map[int]int64, error) {
+	parts, err := k.Partitions(ctx, topic)
 	if err != nil {
 		return nil, err
 	}
@@ -140,11 +152,11 @@ func (a *admin) offsetsAt(ctx context.Context, topic string, t time.Time) (map[i
 	for _, p := range parts {
 		req = append(req, kafka.TimeOffsetOf(p, t))
 	}
-	resp, err := a.c.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{topic: req}})
+	resp, err := k.c.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{topic: req}})
 	if err != nil {
 		return nil, fmt.Errorf("list offsets of %s at %s: %w", topic, t.Format(time.RFC3339), err)
 	}
-	ends, err := a.offsets(ctx, topic)
+	ends, err := k.Offsets(ctx, topic)
 	if err != nil {
 		return nil, err
 	}
@@ -165,15 +177,15 @@ func (a *admin) offsetsAt(ctx context.Context, topic string, t time.Time) (map[i
 	return out, nil
 }
 
-// read calls fn for every message of topic/partition in [from, to).
-func (a *admin) read(ctx context.Context, topic string, partition int, from, to int64, fn func(kafka.Message) error) error {
+// Read calls fn for every message of topic/partition in [from, to).
+func (k *Kafka) Read(ctx context.Context, topic string, partition int, from, to int64, fn func(kafka.Message) error) error {
 	if from >= to {
 		return nil
 	}
 	var conn *kafka.Conn
 	var err error
-	for _, b := range a.b.Addrs {
-		if conn, err = a.b.Dialer().DialLeader(ctx, "tcp", b, topic, partition); err == nil {
+	for _, b := range k.b.Addrs {
+		if conn, err = k.b.Dialer().DialLeader(ctx, "tcp", b, topic, partition); err == nil {
 			break
 		}
 	}
@@ -201,9 +213,9 @@ func (a *admin) read(ctx context.Context, topic string, partition int, from, to 
 	return nil
 }
 
-// partitionOf returns the partition murmur2 (the Java client's partitioner)
+// PartitionOf returns the partition murmur2 (the Java client's partitioner)
 // gives key among n partitions.
-func partitionOf(key []byte, n int) int {
+func PartitionOf(key []byte, n int) int {
 	parts := make([]int, n)
 	for i := range parts {
 		parts[i] = i
