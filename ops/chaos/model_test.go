@@ -1654,7 +1654,7 @@ func TestModel(t *testing.T) {
 				if npg, err = localpg.Start(ctx, filepath.Join(m.dir, "pg"), localpg.Options{Port: m.pg.Port}); err == nil {
 					break
 				}
-				if try == 5 {
+				if try == 20 {
 					t.Fatalf("restart Postgres: %v; its log: %s", err, tailOf(filepath.Join(m.dir, "pg.log"), 1500))
 				}
 				t.Logf("%s restart Postgres: %v; trying again", m.since(), err)

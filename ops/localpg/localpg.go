@@ -378,9 +378,20 @@ func (p *Postgres) stop(sig syscall.Signal) error {
 	case <-p.done:
 		return nil
 	case <-time.After(15 * time.Second):
+	}
+	// A fast shutdown waits for walsenders to hand their last WAL to the
+	// replication clients, which may be slow to answer. An immediate
+	// shutdown stops every backend first; killing the postmaster alone
+	// would leave them (each in a session of its own) holding the shared
+	// memory, and the next start would fail until they noticed.
+	_ = p.cmd.Process.Signal(syscall.SIGQUIT)
+	select {
+	case <-p.done:
+		return fmt.Errorf("postgres did not stop within 15s; stopped it in immediate mode")
+	case <-time.After(15 * time.Second):
 		_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
 		<-p.done
-		return errors.New("postgres did not stop within 15s; killed")
+		return errors.New("postgres did not stop within 30s; killed")
 	}
 }
 
