@@ -60,7 +60,6 @@ func Migrate(ctx context.Context, conn *pgx.Conn, opts MigrateOptions) ([]string
 	if !ValidIdent(pub) {
 		return nil, fmt.Errorf("publication name %q is not a plain identifier (letters, digits, _)", pub)
 	}
-	var changes []string
 	tx, err := conn.Begin(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("begin: %w", err)
@@ -71,10 +70,45 @@ func Migrate(ctx context.Context, conn *pgx.Conn, opts MigrateOptions) ([]string
 	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(7428091)`); err != nil {
 		return nil, fmt.Errorf("lock: %w", err)
 	}
+	m := &migration{tx: tx}
+	if err := m.jobs(ctx); err != nil {
+		return nil, err
+	}
+	for _, t := range []struct{ name, sql string }{{"jobstream_runs", runsSQL}, {"jobstream_slots", SlotsSQL}} {
+		if err := m.table(ctx, t.name, t.sql); err != nil {
+			return nil, err
+		}
+	}
+	if err := m.publication(ctx, pub); err != nil {
+		return nil, err
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return nil, fmt.Errorf("commit: %w", err)
+	}
+	return m.changes, nil
+}
 
+// migration is one run of Migrate: its transaction and the changes made.
+type migration struct {
+	tx      pgx.Tx
+	changes []string
+}
+
+// exec runs sql and records change, or fails saying what it was doing.
+func (m *migration) exec(ctx context.Context, change, doing, sql string) error {
+	if _, err := m.tx.Exec(ctx, sql); err != nil {
+		return fmt.Errorf("%s: %w", doing, err)
+	}
+	m.changes = append(m.changes, change)
+	return nil
+}
+
+// jobs creates the jobs table, or adds the columns it lacks and checks its
+// job_id and primary key.
+func (m *migration) jobs(ctx context.Context) error {
 	var exists bool
-	if err := tx.QueryRow(ctx, `SELECT to_regclass('jobs') IS NOT NULL`).Scan(&exists); err != nil {
-		return nil, fmt.Errorf("look up jobs: %w", err)
+	if err := m.tx.QueryRow(ctx, `SELECT to_regclass('jobs') IS NOT NULL`).Scan(&exists); err != nil {
+		return fmt.Errorf("look up jobs: %w", err)
 	}
 	if !exists {
 		defs := make([]string, 0, len(JobsColumns)+1)
@@ -82,100 +116,85 @@ func Migrate(ctx context.Context, conn *pgx.Conn, opts MigrateOptions) ([]string
 			defs = append(defs, c.Name+" "+c.Type)
 		}
 		defs = append(defs, "PRIMARY KEY (job_id)")
-		if _, err := tx.Exec(ctx, "CREATE TABLE jobs (\n  "+strings.Join(defs, ",\n  ")+"\n)"); err != nil {
-			return nil, fmt.Errorf("create jobs: %w", err)
+		return m.exec(ctx, "created table jobs", "create jobs", "CREATE TABLE jobs (\n  "+strings.Join(defs, ",\n  ")+"\n)")
+	}
+	rows, err := m.tx.Query(ctx, `SELECT attname FROM pg_attribute
+		WHERE attrelid = 'jobs'::regclass AND attnum > 0 AND NOT attisdropped`)
+	if err != nil {
+		return fmt.Errorf("read jobs columns: %w", err)
+	}
+	names, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return fmt.Errorf("read jobs columns: %w", err)
+	}
+	have := map[string]bool{}
+	for _, n := range names {
+		have[n] = true
+	}
+	if !have["job_id"] {
+		return fmt.Errorf("table jobs exists but has no job_id column; jobstream keys every event by job_id, so add it (text primary key) or point DATABASE_URL at another database")
+	}
+	for _, c := range JobsColumns[1:] {
+		if have[c.Name] {
+			continue
 		}
-		changes = append(changes, "created table jobs")
-	} else {
-		have := map[string]bool{}
-		rows, err := tx.Query(ctx, `SELECT attname FROM pg_attribute
-			WHERE attrelid = 'jobs'::regclass AND attnum > 0 AND NOT attisdropped`)
-		if err != nil {
-			return nil, fmt.Errorf("read jobs columns: %w", err)
-		}
-		for rows.Next() {
-			var n string
-			if err := rows.Scan(&n); err != nil {
-				return nil, err
-			}
-			have[n] = true
-		}
-		if err := rows.Err(); err != nil {
-			return nil, fmt.Errorf("read jobs columns: %w", err)
-		}
-		if !have["job_id"] {
-			return nil, fmt.Errorf("table jobs exists but has no job_id column; jobstream keys every event by job_id, so add it (text primary key) or point DATABASE_URL at another database")
-		}
-		for _, c := range JobsColumns[1:] {
-			if have[c.Name] {
-				continue
-			}
-			if _, err := tx.Exec(ctx, "ALTER TABLE jobs ADD COLUMN "+c.Name+" "+c.Type); err != nil {
-				return nil, fmt.Errorf("add column jobs.%s: %w", c.Name, err)
-			}
-			changes = append(changes, fmt.Sprintf("added column jobs.%s %s", c.Name, c.Type))
-		}
-		var hasPK bool
-		if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_index WHERE indrelid = 'jobs'::regclass AND indisprimary)`).Scan(&hasPK); err != nil {
-			return nil, fmt.Errorf("look up jobs primary key: %w", err)
-		}
-		if !hasPK {
-			return nil, fmt.Errorf("table jobs has no primary key; logical replication needs one to identify rows: ALTER TABLE jobs ADD PRIMARY KEY (job_id)")
+		if err := m.exec(ctx, fmt.Sprintf("added column jobs.%s %s", c.Name, c.Type), "add column jobs."+c.Name,
+			"ALTER TABLE jobs ADD COLUMN "+c.Name+" "+c.Type); err != nil {
+			return err
 		}
 	}
+	var hasPK bool
+	if err := m.tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_index WHERE indrelid = 'jobs'::regclass AND indisprimary)`).Scan(&hasPK); err != nil {
+		return fmt.Errorf("look up jobs primary key: %w", err)
+	}
+	if !hasPK {
+		return fmt.Errorf("table jobs has no primary key; logical replication needs one to identify rows: ALTER TABLE jobs ADD PRIMARY KEY (job_id)")
+	}
+	return nil
+}
 
-	if err := tx.QueryRow(ctx, `SELECT to_regclass('jobstream_runs') IS NOT NULL`).Scan(&exists); err != nil {
-		return nil, fmt.Errorf("look up jobstream_runs: %w", err)
+// table runs the idempotent migration sql of table name, saying so when it
+// created the table.
+func (m *migration) table(ctx context.Context, name, sql string) error {
+	var exists bool
+	if err := m.tx.QueryRow(ctx, `SELECT to_regclass($1) IS NOT NULL`, name).Scan(&exists); err != nil {
+		return fmt.Errorf("look up %s: %w", name, err)
 	}
-	if _, err := tx.Exec(ctx, runsSQL); err != nil {
-		return nil, fmt.Errorf("create jobstream_runs: %w", err)
+	if _, err := m.tx.Exec(ctx, sql); err != nil {
+		return fmt.Errorf("create %s: %w", name, err)
 	}
 	if !exists {
-		changes = append(changes, "created table jobstream_runs")
+		m.changes = append(m.changes, "created table "+name)
 	}
+	return nil
+}
 
-	if err := tx.QueryRow(ctx, `SELECT to_regclass('jobstream_slots') IS NOT NULL`).Scan(&exists); err != nil {
-		return nil, fmt.Errorf("look up jobstream_slots: %w", err)
-	}
-	if _, err := tx.Exec(ctx, SlotsSQL); err != nil {
-		return nil, fmt.Errorf("create jobstream_slots: %w", err)
-	}
-	if !exists {
-		changes = append(changes, "created table jobstream_slots")
-	}
-
+// publication creates the publication of the jobs table, adds the table to
+// it, or makes it publish every operation again.
+func (m *migration) publication(ctx context.Context, pub string) error {
 	var pubExists, pubHasJobs, pubAllOps bool
-	if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1),
+	if err := m.tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1),
 		EXISTS (SELECT 1 FROM pg_publication_tables WHERE pubname = $1 AND schemaname = current_schema() AND tablename = 'jobs'),
 		coalesce((SELECT pubinsert AND pubupdate AND pubdelete AND pubtruncate FROM pg_publication WHERE pubname = $1), true)`, pub).
 		Scan(&pubExists, &pubHasJobs, &pubAllOps); err != nil {
-		return nil, fmt.Errorf("look up publication: %w", err)
+		return fmt.Errorf("look up publication: %w", err)
 	}
 	// The reader needs every change of the table: a publication that lacks
 	// an operation (ALTER PUBLICATION ... SET (publish = 'insert')) has
 	// Postgres drop those changes for good.
 	if pubExists && !pubAllOps {
-		if _, err := tx.Exec(ctx, "ALTER PUBLICATION "+pub+" SET (publish = 'insert, update, delete, truncate')"); err != nil {
-			return nil, fmt.Errorf("set the operations of publication %s: %w", pub, err)
+		if err := m.exec(ctx, "publication "+pub+" publishes insert, update, delete and truncate again",
+			"set the operations of publication "+pub, "ALTER PUBLICATION "+pub+" SET (publish = 'insert, update, delete, truncate')"); err != nil {
+			return err
 		}
-		changes = append(changes, "publication "+pub+" publishes insert, update, delete and truncate again")
 	}
 	switch {
 	case !pubExists:
-		if _, err := tx.Exec(ctx, "CREATE PUBLICATION "+pub+" FOR TABLE jobs"); err != nil {
-			return nil, fmt.Errorf("create publication: %w", err)
-		}
-		changes = append(changes, "created publication "+pub+" for table jobs")
+		return m.exec(ctx, "created publication "+pub+" for table jobs", "create publication", "CREATE PUBLICATION "+pub+" FOR TABLE jobs")
 	case !pubHasJobs:
-		if _, err := tx.Exec(ctx, "ALTER PUBLICATION "+pub+" ADD TABLE jobs"); err != nil {
-			return nil, fmt.Errorf("add jobs to publication: %w", err)
-		}
-		changes = append(changes, "added table jobs to publication "+pub)
+		return m.exec(ctx, "added table jobs to publication "+pub, "add jobs to publication", "ALTER PUBLICATION "+pub+" ADD TABLE jobs")
 	}
-	if err := tx.Commit(ctx); err != nil {
-		return nil, fmt.Errorf("commit: %w", err)
-	}
-	return changes, nil
+	return nil
 }
 
 // ValidIdent reports whether s can be used unquoted as a Postgres name
