@@ -79,7 +79,7 @@ func vmHWM(b *testing.B, pid int) float64 {
 // changes/s for 10s; for each, the time from its commit in Postgres (the
 // commit timestamp in the WAL) to the broker's acknowledgement of its event.
 // The reader runs in this process to observe the acknowledgement
-// (Config.OnCommitAcked); the broker is the embedded one, over TCP.
+// (a HookCommitAcked); the broker is the embedded one, over TCP.
 func BenchmarkCommitToAck(b *testing.B) {
 	e := harness.New(b)
 	e.Exec(b, `INSERT INTO jobs (job_id, current_step, status) SELECT 'j' || i, 'img_gen', 'pending' FROM generate_series(1, 200) i`)
@@ -87,11 +87,11 @@ func BenchmarkCommitToAck(b *testing.B) {
 	var lat []time.Duration
 	startReader(b, e, func(c *cdc.Config) {
 		c.Snapshot = cdc.SnapshotNever
-		c.OnCommitAcked = func(d time.Duration) {
+		c.Hooks = []cdc.Hook{commitAcked(func(d time.Duration) {
 			mu.Lock()
 			lat = append(lat, d)
 			mu.Unlock()
-		}
+		})}
 	})
 	const rate, seconds = 200, 10
 	var p50, p99, max float64
@@ -161,7 +161,7 @@ func BenchmarkBurst(b *testing.B) {
 		start := time.Now()
 		r2 := startReader(b, e, func(c *cdc.Config) {
 			c.Snapshot = cdc.SnapshotNever
-			c.OnProduce = func(int, time.Duration) { lastAck.Store(time.Now().UnixNano()) }
+			c.Hooks = []cdc.Hook{produced(func(int, time.Duration) { lastAck.Store(time.Now().UnixNano()) })}
 		})
 		harness.Eventually(b, 5*time.Minute, func() (bool, string) {
 			n := r2.Stats().Events.Load()

@@ -3,8 +3,6 @@ package cdc
 import (
 	"cmp"
 	"crypto/tls"
-	"errors"
-	"fmt"
 	"log/slog"
 	"slices"
 	"strings"
@@ -26,6 +24,30 @@ const (
 	SnapshotNever = "never"
 )
 
+// Defaults of the Config fields a zero value leaves to the reader. The
+// shared ones are schema.DefaultPublication, schema.DefaultTopicPrefix and
+// schema.DefaultPartitions.
+const (
+	// SlotDefault is the replication slot's default name.
+	SlotDefault = "jobstream"
+	// StatusIntervalDefault is the default longest time between two standby
+	// status updates.
+	StatusIntervalDefault = 10 * time.Second
+	// StandbyPollDefault is how often a standby reader checks its slot by
+	// default.
+	StandbyPollDefault = time.Second
+	// MaxBatchDefault is the default most events in one produce round trip.
+	MaxBatchDefault = 4096
+	// MaxBatchBytesDefault is the default bound on the bytes of one batch: 8 MiB.
+	MaxBatchBytesDefault = 8 << 20
+)
+
+// Bounds Validate checks.
+const (
+	maxPartitions     = 10000
+	minStatusInterval = 100 * time.Millisecond
+)
+
 // Config configures a Reader. Zero fields take the defaults documented on them.
 type Config struct {
 	// DatabaseURL is the Postgres connection URL (postgres://...). Required.
@@ -36,13 +58,15 @@ type Config struct {
 	SASL sasl.Mechanism
 	// TLS encrypts the connections to the brokers (default: plaintext).
 	TLS *tls.Config
-	// Slot is the logical replication slot (default "jobstream").
+	// Slot is the logical replication slot (default SlotDefault).
 	Slot string
-	// Publication is the publication of the jobs table (default "jobstream").
+	// Publication is the publication of the jobs table (default
+	// schema.DefaultPublication).
 	Publication string
-	// TopicPrefix prefixes every topic name (default "jobs").
+	// TopicPrefix prefixes every topic name (default schema.DefaultTopicPrefix).
 	TopicPrefix string
-	// Partitions is the partition count of topics the reader creates (default 12).
+	// Partitions is the partition count of topics the reader creates (default
+	// schema.DefaultPartitions), 1 to 10000.
 	Partitions int
 	// Snapshot says what happens when the slot does not exist yet:
 	// SnapshotInitial (the default) emits the table's rows as read events
@@ -62,15 +86,16 @@ type Config struct {
 	// reason, never to a topic of its own.
 	Pipeline schema.Pipeline
 	// StatusInterval is the longest time between two standby status updates
-	// sent to Postgres (default 10s).
+	// sent to Postgres (default StatusIntervalDefault), 100ms or more.
 	StatusInterval time.Duration
 	// StandbyPoll is how often a standby reader checks whether the active
-	// reader of its slot is gone (default 1s).
+	// reader of its slot is gone (default StandbyPollDefault).
 	StandbyPoll time.Duration
 	// MaxBatch is the most events produced in one round trip to the broker
-	// (default 4096).
+	// (default MaxBatchDefault).
 	MaxBatch int
-	// MaxBatchBytes bounds the bytes of one batch (default 8 MiB). With
+	// MaxBatchBytes bounds the bytes of one batch (default
+	// MaxBatchBytesDefault). With
 	// MaxBatch it bounds the reader's memory: at most two batches are held,
 	// one being produced and one filling.
 	MaxBatchBytes int
@@ -86,19 +111,14 @@ type Config struct {
 	NoTombstones bool
 	// Logger receives the reader's logs (default slog.Default()).
 	Logger *slog.Logger
-	// OnProduce, when set, is called after every batch the broker
-	// acknowledged, with its number of events and how long producing it took
-	// (a produce latency histogram). It must not block.
-	OnProduce func(events int, d time.Duration)
-	// OnCommitAcked, when set, is called once per transaction when its last
-	// event is acknowledged, with the time from its commit in Postgres to that
-	// acknowledgement. It must not block.
-	OnCommitAcked func(latency time.Duration)
+	// Hooks observe the reader, for metrics: each implements any of the
+	// Hook interfaces (HookProduced, HookCommitAcked). Default: none.
+	Hooks []Hook
 }
 
 // WithDefaults returns a copy of c with every zero field set to its default.
 func (c Config) WithDefaults() Config {
-	c.Slot = cmp.Or(c.Slot, "jobstream")
+	c.Slot = cmp.Or(c.Slot, SlotDefault)
 	c.Publication = cmp.Or(c.Publication, schema.DefaultPublication)
 	c.TopicPrefix = cmp.Or(c.TopicPrefix, schema.DefaultTopicPrefix)
 	c.Partitions = cmp.Or(c.Partitions, schema.DefaultPartitions)
@@ -106,46 +126,59 @@ func (c Config) WithDefaults() Config {
 	if len(c.Pipeline.Steps) == 0 {
 		c.Pipeline = schema.DefaultPipeline()
 	}
-	c.StatusInterval = cmp.Or(c.StatusInterval, 10*time.Second)
-	c.StandbyPoll = cmp.Or(c.StandbyPoll, time.Second)
-	c.MaxBatch = cmp.Or(c.MaxBatch, 4096)
-	c.MaxBatchBytes = cmp.Or(c.MaxBatchBytes, 8<<20)
+	c.StatusInterval = cmp.Or(c.StatusInterval, StatusIntervalDefault)
+	c.StandbyPoll = cmp.Or(c.StandbyPoll, StandbyPollDefault)
+	c.MaxBatch = cmp.Or(c.MaxBatch, MaxBatchDefault)
+	c.MaxBatchBytes = cmp.Or(c.MaxBatchBytes, MaxBatchBytesDefault)
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
 	return c
 }
 
-func (c Config) validate() error {
+// Validate returns the first setting of c that New refuses, as one sentence
+// naming the Config field (a *schema.ConfigError). It checks c as it is, zero
+// fields included: New checks c.WithDefaults(). A command line whose flags
+// carry the defaults checks what it parsed, so that an explicit 0 is
+// refused rather than read as the default.
+func (c Config) Validate() error {
 	switch {
 	case c.DatabaseURL == "":
-		return schema.ErrNoDatabase
+		return schema.FieldError("DatabaseURL", "is empty; give a postgres:// URL")
 	case len(c.Brokers) == 0:
-		return schema.ErrNoBrokers
+		return schema.FieldError("Brokers", "is empty; give at least one host:port")
 	case !schema.ValidIdent(c.Slot):
-		return fmt.Errorf("slot name %q is not valid: use lower-case letters, digits and _", c.Slot)
+		return schema.FieldError("Slot", "%q is not a valid name: use lower-case letters, digits and _", c.Slot)
 	case !schema.ValidIdent(c.Publication):
-		return fmt.Errorf("publication name %q is not valid: use lower-case letters, digits and _", c.Publication)
+		return schema.FieldError("Publication", "%q is not a valid name: use lower-case letters, digits and _", c.Publication)
 	case c.Snapshot != SnapshotInitial && c.Snapshot != SnapshotNever:
-		return fmt.Errorf("snapshot mode %q is not one of initial, never", c.Snapshot)
+		return schema.FieldError("Snapshot", "%q is not one of initial, never", c.Snapshot)
 	case c.RecreateSlot && c.Snapshot != SnapshotInitial:
-		return errors.New("RecreateSlot takes a fresh snapshot, so Snapshot must be initial")
-	case c.Partitions < 1 || c.Partitions > 10000:
-		return fmt.Errorf("partitions %d is out of range 1..10000", c.Partitions)
-	case c.MaxBatch < 1 || c.MaxBatchBytes < 1 || c.MaxMessageBytes < 0:
-		return errors.New("batch and message limits must be positive")
-	case c.StatusInterval < 100*time.Millisecond:
-		return fmt.Errorf("status interval %s is too short; use 100ms or more", c.StatusInterval)
+		return &schema.ConfigError{Fields: []string{"RecreateSlot", "Snapshot"},
+			Msg: "RecreateSlot takes a fresh snapshot; it cannot be combined with Snapshot " + c.Snapshot}
+	case c.Partitions < 1 || c.Partitions > maxPartitions:
+		return schema.FieldError("Partitions", "%d is out of range 1..%d", c.Partitions, maxPartitions)
+	case c.MaxBatch < 1:
+		return schema.FieldError("MaxBatch", "%d is out of range; use 1 or more", c.MaxBatch)
+	case c.MaxBatchBytes < 1:
+		return schema.FieldError("MaxBatchBytes", "%d is out of range; use 1 or more", c.MaxBatchBytes)
+	case c.MaxMessageBytes < 0:
+		return schema.FieldError("MaxMessageBytes", "%d is negative", c.MaxMessageBytes)
+	case c.StatusInterval < minStatusInterval:
+		return schema.FieldError("StatusInterval", "%s is too short; use %s or more", c.StatusInterval, minStatusInterval)
 	}
 	if err := c.Pipeline.Validate(); err != nil {
 		return err
 	}
 	for _, s := range c.Pipeline.Steps {
 		if reservedStep(s) {
-			return fmt.Errorf("pipeline step %q is a reserved topic name (%s); rename the step", s, strings.Join(reservedSteps, ", "))
+			return schema.FieldError("Pipeline", "step %q is a reserved topic name (%s); rename the step", s, strings.Join(reservedSteps, ", "))
 		}
 	}
-	return schema.ValidTopic(schema.DLQTopic(c.TopicPrefix))
+	if err := schema.ValidTopic(schema.DLQTopic(c.TopicPrefix)); err != nil {
+		return schema.FieldError("TopicPrefix", "%q makes no valid topic name: %v", c.TopicPrefix, err)
+	}
+	return nil
 }
 
 // reservedSteps are the names after the topic prefix that jobstream keeps

@@ -363,3 +363,13 @@ func sqlASCIIDatabase(t testing.TB, e *harness.Env) *harness.Env {
 	}
 	return a
 }
+
+// produced adapts a func to a HookProduced.
+type produced func(events int, took time.Duration)
+
+func (f produced) OnProduced(events int, took time.Duration) { f(events, took) }
+
+// commitAcked adapts a func to a HookCommitAcked.
+type commitAcked func(latency time.Duration)
+
+func (f commitAcked) OnCommitAcked(latency time.Duration) { f(latency) }

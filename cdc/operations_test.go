@@ -172,7 +172,7 @@ func TestWalLevelAndInvalidatedSlot(t *testing.T) {
 	})
 	err = runOnce(t, readerConfig(p))
 	if err == nil || !strings.Contains(err.Error(), "was invalidated by Postgres (wal_status=lost") ||
-		!strings.Contains(err.Error(), fmt.Sprintf("SELECT pg_drop_replication_slot('%s')", p.Slot)) || !strings.Contains(err.Error(), "--snapshot initial") {
+		!strings.Contains(err.Error(), fmt.Sprintf("SELECT pg_drop_replication_slot('%s')", p.Slot)) || !strings.Contains(err.Error(), "Snapshot initial") {
 		t.Fatalf("with a lost slot: %v", err)
 	}
 	execOn(t, p.DatabaseURL, fmt.Sprintf(`SELECT pg_drop_replication_slot('%s')`, p.Slot))
@@ -197,11 +197,11 @@ func TestLargeTransactionAckedWhole(t *testing.T) {
 	r := startReader(t, e, func(c *cdc.Config) {
 		c.Snapshot = cdc.SnapshotNever
 		c.MaxBatch = 1000
-		c.OnProduce = func(events int, _ time.Duration) {
+		c.Hooks = []cdc.Hook{produced(func(events int, _ time.Duration) {
 			batches.Add(1)
 			for b := biggest.Load(); int64(events) > b && !biggest.CompareAndSwap(b, int64(events)); b = biggest.Load() {
 			}
-		}
+		})}
 	})
 	e.Exec(t, `UPDATE jobs SET status = 'done'`)
 	end := currentLSN(t, e) // at or past the transaction's commit

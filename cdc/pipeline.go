@@ -252,8 +252,10 @@ func (r *Reader) acknowledge(b *batch, took time.Duration) {
 		r.stats.Truncates.Add(t)
 		r.stats.DeadLetters.Add(dead)
 		r.stats.Unroutable.Add(unroutable)
-		if r.cfg.OnProduce != nil {
-			r.cfg.OnProduce(len(b.evs), took)
+		for _, h := range r.cfg.Hooks {
+			if h, ok := h.(HookProduced); ok {
+				h.OnProduced(len(b.evs), took)
+			}
 		}
 	}
 	if b.commit > 0 {
@@ -261,9 +263,11 @@ func (r *Reader) acknowledge(b *batch, took time.Duration) {
 		if n := len(b.commitTimes); n > 0 {
 			r.stats.CommitToAckMicros.Store(now.Sub(b.commitTimes[n-1]).Microseconds())
 		}
-		if r.cfg.OnCommitAcked != nil {
-			for _, at := range b.commitTimes {
-				r.cfg.OnCommitAcked(now.Sub(at))
+		for _, h := range r.cfg.Hooks {
+			if h, ok := h.(HookCommitAcked); ok {
+				for _, at := range b.commitTimes {
+					h.OnCommitAcked(now.Sub(at))
+				}
 			}
 		}
 	}

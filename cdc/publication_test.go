@@ -165,7 +165,7 @@ func TestDroppedPublicationStopsAndRecreateSlotRecovers(t *testing.T) {
 	e.Exec(t, `INSERT INTO jobs (job_id, current_step, status) VALUES ('c', 'img_gen', 'done')`)
 	start := time.Now()
 	err = runReader(t, readerConfig(e)).stopped(t, 60*time.Second)
-	if err == nil || !strings.Contains(err.Error(), "can no longer decode") || !strings.Contains(err.Error(), "--recreate-slot") ||
+	if err == nil || !strings.Contains(err.Error(), "can no longer decode") || !strings.Contains(err.Error(), "RecreateSlot") ||
 		!strings.Contains(err.Error(), "re-read from the table as snapshot events") {
 		t.Fatalf("publication dropped and created again: %v", err)
 	}

@@ -59,7 +59,7 @@ type Reader struct {
 // New checks cfg and returns a Reader; it connects nothing.
 func New(cfg Config) (*Reader, error) {
 	cfg = cfg.WithDefaults()
-	if err := cfg.validate(); err != nil {
+	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	return &Reader{
@@ -407,8 +407,8 @@ func isPublicationMissing(err error) bool {
 // change it decodes, so once the publication was dropped (and perhaps
 // created again), the changes in between can never be decoded.
 func cannotDecode(slot, pub string, at pglogrepl.LSN, err error) error {
-	return fmt.Errorf("replication slot %s can no longer decode its WAL after %s (%v): publication %q was dropped after that point, and Postgres decodes each change with the publication as it was then; restart the reader once with --recreate-slot to drop the slot and take a fresh snapshot (changes since %s are then re-read from the table as snapshot events, op r)",
-		slot, at, err, pub, at)
+	return &schema.ConfigError{Fields: []string{"RecreateSlot"}, Msg: fmt.Sprintf("replication slot %s can no longer decode its WAL after %s (%v): publication %q was dropped after that point, and Postgres decodes each change with the publication as it was then; restart the reader once with RecreateSlot to drop the slot and take a fresh snapshot (changes since %s are then re-read from the table as snapshot events, op r)",
+		slot, at, err, pub, at)}
 }
 
 // slotInfo is a row of pg_replication_slots.
@@ -443,16 +443,16 @@ func (s *slotInfo) usable(name, db string) error {
 	case s.walStatus == "lost":
 		return slotLost(name)
 	case s.plugin != "pgoutput":
-		return fmt.Errorf("replication slot %s is not a pgoutput logical slot (plugin %q); drop it or choose another --slot", name, s.plugin)
+		return &schema.ConfigError{Fields: []string{"Slot"}, Msg: fmt.Sprintf("replication slot %s is not a pgoutput logical slot (plugin %q); drop it or choose another Slot", name, s.plugin)}
 	case s.database != db:
-		return fmt.Errorf("replication slot %s belongs to database %s, not %s; choose another --slot", name, s.database, db)
+		return &schema.ConfigError{Fields: []string{"Slot"}, Msg: fmt.Sprintf("replication slot %s belongs to database %s, not %s; choose another Slot", name, s.database, db)}
 	}
 	return nil
 }
 
 // slotLost is the error for a slot Postgres invalidated.
 func slotLost(name string) error {
-	return fmt.Errorf("replication slot %s was invalidated by Postgres (wal_status=lost: it fell further behind than max_slot_wal_keep_size allows), so changes it had not streamed are gone; to re-snapshot, drop it with SELECT pg_drop_replication_slot('%s') and start the reader with --snapshot initial", name, name)
+	return &schema.ConfigError{Fields: []string{"Snapshot"}, Msg: fmt.Sprintf("replication slot %s was invalidated by Postgres (wal_status=lost: it fell further behind than max_slot_wal_keep_size allows), so changes it had not streamed are gone; to re-snapshot, drop it with SELECT pg_drop_replication_slot('%s') and start the reader with Snapshot initial", name, name)}
 }
 
 // isSlotLost reports whether err is Postgres refusing to stream from an invalidated slot.

@@ -501,10 +501,10 @@ func TestConfigErrorsAreOneSentence(t *testing.T) {
 		cfg  cdc.Config
 		want string
 	}{
-		{cdc.Config{Brokers: []string{"x:1"}}, "DATABASE_URL"},
-		{cdc.Config{DatabaseURL: "postgres://x"}, "KAFKA_BROKERS"},
-		{cdc.Config{DatabaseURL: "postgres://x", Brokers: []string{"x:1"}, Slot: "Bad-Slot"}, "slot name"},
-		{cdc.Config{DatabaseURL: "postgres://x", Brokers: []string{"x:1"}, Snapshot: "always"}, "snapshot mode"},
+		{cdc.Config{Brokers: []string{"x:1"}}, "DatabaseURL is empty"},
+		{cdc.Config{DatabaseURL: "postgres://x"}, "Brokers is empty"},
+		{cdc.Config{DatabaseURL: "postgres://x", Brokers: []string{"x:1"}, Slot: "Bad-Slot"}, `Slot "Bad-Slot" is not a valid name`},
+		{cdc.Config{DatabaseURL: "postgres://x", Brokers: []string{"x:1"}, Snapshot: "always"}, `Snapshot "always" is not one of`},
 	} {
 		_, err := cdc.New(c.cfg)
 		if err == nil || !strings.Contains(err.Error(), c.want) {

@@ -18,19 +18,17 @@ import (
 	"github.com/jobstream/jobstream/schema"
 )
 
-// latencies is an Observer that keeps every commit→claim latency.
+// latencies is a HookClaimed that keeps every commit→claim latency.
 type latencies struct {
 	mu sync.Mutex
 	d  []time.Duration
 }
 
-func (l *latencies) Claimed(_ string, d time.Duration) {
+func (l *latencies) OnClaimed(_ string, d time.Duration) {
 	l.mu.Lock()
 	l.d = append(l.d, d)
 	l.mu.Unlock()
 }
-
-func (l *latencies) Attempted(string, string, time.Duration) {}
 
 func (l *latencies) reset() {
 	l.mu.Lock()
@@ -89,7 +87,7 @@ func BenchmarkPipeline(b *testing.B) {
 	p := schema.DefaultPipeline()
 	for _, s := range p.Steps[1:] {
 		w, err := consumers.New(consumers.Config{DatabaseURL: e.DatabaseURL, Brokers: e.Brokers, TopicPrefix: e.Prefix,
-			Step: s, Concurrency: conc, Handler: noop, Observer: obs, Logger: testLogger(b, "worker "+s), Grace: time.Second})
+			Step: s, Concurrency: conc, Handler: noop, Hooks: []consumers.Hook{obs}, Logger: testLogger(b, "worker "+s), Grace: time.Second})
 		if err != nil {
 			b.Fatal(err)
 		}

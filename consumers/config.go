@@ -17,6 +17,38 @@ import (
 	"github.com/jobstream/jobstream/schema"
 )
 
+// Defaults of the Config fields a zero value leaves to the worker (the
+// topic prefix and partitions are schema's DefaultTopicPrefix and
+// DefaultPartitions).
+const (
+	// ConcurrencyDefault is how many steps a process runs at once by default.
+	ConcurrencyDefault = 1
+	// LeaseDefault is how long a run is held without a heartbeat by default.
+	LeaseDefault = 30 * time.Second
+	// MaxAttemptsDefault is how many attempts a job gets by default.
+	MaxAttemptsDefault = 3
+	// RetryBackoffDefault is the default delay before the first retry.
+	RetryBackoffDefault = 500 * time.Millisecond
+	// MaxRetryBackoffDefault is the default longest delay before a retry.
+	MaxRetryBackoffDefault = 30 * time.Second
+	// GraceDefault is how long running steps may finish after a stop by default.
+	GraceDefault = 30 * time.Second
+	// StallTimeoutDefault is how long a partition no member owns may hold
+	// an unclaimed job by default before the members rejoin.
+	StallTimeoutDefault = 30 * time.Second
+	// RunsRetentionDefault is how long finished runs are kept by default: a week.
+	RunsRetentionDefault = 7 * 24 * time.Hour
+)
+
+// Bounds Validate checks.
+const (
+	maxConcurrency = 1024
+	maxGPUs        = 1024
+	maxAttempts    = 1000
+	minLease       = time.Second
+	minStall       = time.Second
+)
+
 // Config configures a Worker. Zero fields take the defaults documented on them.
 type Config struct {
 	// DatabaseURL is the Postgres connection URL. Required.
@@ -31,33 +63,39 @@ type Config struct {
 	Step string
 	// Pipeline gives the step order (default schema.DefaultPipeline()).
 	Pipeline schema.Pipeline
-	// TopicPrefix prefixes every topic name (default "jobs").
+	// TopicPrefix prefixes every topic name (default schema.DefaultTopicPrefix).
 	TopicPrefix string
-	// Partitions is the partition count if the trigger topic must be created (default 12).
+	// Partitions is the partition count if the trigger topic must be created
+	// (default schema.DefaultPartitions).
 	Partitions int
-	// Concurrency is how many steps this process runs at once (default 1):
+	// Concurrency is how many steps this process runs at once (default
+	// ConcurrencyDefault, at most 1024):
 	// its one group member works on up to Concurrency of its partitions
 	// at a time, one event at a time per partition. Ignored when GPUs is set.
 	Concurrency int
 	// GPUs, when set, runs one group member per GPU, each running one step
-	// at a time with its GPU in Job.GPU (CUDA_VISIBLE_DEVICES for Exec).
+	// at a time with its GPU in Job.GPU (CUDA_VISIBLE_DEVICES for Exec);
+	// at most 1024, each once.
 	GPUs []string
-	// Lease is how long a run is held without a heartbeat (default 30s); it
+	// Lease is how long a run is held without a heartbeat (default
+	// LeaseDefault, at least 1s); it
 	// is renewed every Lease/3 from the claim until the job leaves this
 	// worker, through retries and their backoff. A dead worker's run is
 	// taken over within about Lease plus a few seconds.
 	Lease time.Duration
-	// MaxAttempts is how many attempts a job gets before it fails (default 3).
+	// MaxAttempts is how many attempts a job gets before it fails (default
+	// MaxAttemptsDefault, at most 1000).
 	MaxAttempts int
-	// RetryBackoff is the delay before the first retry (default 500ms); each
-	// further retry waits about 1.5 times longer, with ±50% jitter, up to
-	// MaxRetryBackoff (default 30s).
+	// RetryBackoff is the delay before the first retry (default
+	// RetryBackoffDefault); each further retry waits about 1.5 times longer,
+	// with ±50% jitter, up to MaxRetryBackoff (default MaxRetryBackoffDefault).
 	RetryBackoff    time.Duration
 	MaxRetryBackoff time.Duration
 	// Timeout bounds one attempt (default 0: no bound); an attempt that runs
 	// over is stopped (an exec step's process group killed) and retried.
 	Timeout time.Duration
-	// Grace is how long running steps may finish after a stop (default 30s);
+	// Grace is how long running steps may finish after a stop (default
+	// GraceDefault);
 	// past it their runs are released so that another member takes them
 	// at once.
 	Grace time.Duration
@@ -67,8 +105,9 @@ type Config struct {
 	Handler Handler
 	// Logger receives the worker's logs (default slog.Default()).
 	Logger *slog.Logger
-	// Observer receives measurements, for metrics (default: none).
-	Observer Observer
+	// Hooks observe the worker, for metrics: each implements any of the
+	// Hook interfaces (HookClaimed, HookAttempted). Default: none.
+	Hooks []Hook
 	// RunsRetention is how long finished runs stay in jobstream_runs before
 	// the sweeper prunes them, in small batches (default RunsRetentionDefault;
 	// negative: never). Runs that still owe a dead letter are kept.
@@ -76,29 +115,9 @@ type Config struct {
 	// StallTimeout is how long a partition of the trigger topic that no
 	// member of this worker owns may hold an unclaimed job at its head
 	// without moving before this worker's members rejoin the group to
-	// recover it (default 30s; negative: never).
+	// recover it (default StallTimeoutDefault, at least 1s; negative: never).
 	StallTimeout time.Duration
 }
-
-// RunsRetentionDefault is how long finished runs are kept by default: a week.
-const RunsRetentionDefault = 7 * 24 * time.Hour
-
-// Observer receives a worker's measurements; ops turns them into metrics.
-// Its methods are called from the members' goroutines and must be safe for
-// concurrent use.
-type Observer interface {
-	// Claimed is called when a run is claimed, with the time from the
-	// trigger's commit in Postgres to the claim.
-	Claimed(step string, commitToClaim time.Duration)
-	// Attempted is called when an attempt ends, with its outcome (done,
-	// retried, failed, fenced, released, cancelled, discarded) and how long the handler ran.
-	Attempted(step, outcome string, d time.Duration)
-}
-
-type nopObserver struct{}
-
-func (nopObserver) Claimed(string, time.Duration)           {}
-func (nopObserver) Attempted(string, string, time.Duration) {}
 
 // WithDefaults returns a copy of c with every zero field set to its default.
 func (c Config) WithDefaults() Config {
@@ -107,13 +126,13 @@ func (c Config) WithDefaults() Config {
 	}
 	c.TopicPrefix = cmp.Or(c.TopicPrefix, schema.DefaultTopicPrefix)
 	c.Partitions = cmp.Or(c.Partitions, schema.DefaultPartitions)
-	c.Concurrency = cmp.Or(c.Concurrency, 1)
-	c.Lease = cmp.Or(c.Lease, 30*time.Second)
-	c.MaxAttempts = cmp.Or(c.MaxAttempts, 3)
-	c.RetryBackoff = cmp.Or(c.RetryBackoff, 500*time.Millisecond)
-	c.MaxRetryBackoff = cmp.Or(c.MaxRetryBackoff, 30*time.Second)
-	c.Grace = cmp.Or(c.Grace, 30*time.Second)
-	c.StallTimeout = cmp.Or(c.StallTimeout, 30*time.Second)
+	c.Concurrency = cmp.Or(c.Concurrency, ConcurrencyDefault)
+	c.Lease = cmp.Or(c.Lease, LeaseDefault)
+	c.MaxAttempts = cmp.Or(c.MaxAttempts, MaxAttemptsDefault)
+	c.RetryBackoff = cmp.Or(c.RetryBackoff, RetryBackoffDefault)
+	c.MaxRetryBackoff = cmp.Or(c.MaxRetryBackoff, MaxRetryBackoffDefault)
+	c.Grace = cmp.Or(c.Grace, GraceDefault)
+	c.StallTimeout = cmp.Or(c.StallTimeout, StallTimeoutDefault)
 	c.RunsRetention = cmp.Or(c.RunsRetention, RunsRetentionDefault)
 	if c.WorkerID == "" {
 		host, _ := os.Hostname()
@@ -122,44 +141,53 @@ func (c Config) WithDefaults() Config {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
-	if c.Observer == nil {
-		c.Observer = nopObserver{}
-	}
 	return c
 }
 
-func (c Config) validate() error {
+// Validate returns the first setting of c that New refuses, as one sentence
+// naming the Config field (a *schema.ConfigError when a field is at fault). It
+// checks c as it is, zero fields included: New checks c.WithDefaults(). A
+// command line whose flags carry the defaults checks what it parsed, so
+// that an explicit 0 is refused rather than read as the default.
+func (c Config) Validate() error {
 	switch {
 	case c.DatabaseURL == "":
-		return schema.ErrNoDatabase
+		return schema.FieldError("DatabaseURL", "is empty; give a postgres:// URL")
 	case len(c.Brokers) == 0:
-		return schema.ErrNoBrokers
+		return schema.FieldError("Brokers", "is empty; give at least one host:port")
 	case c.Step == "":
-		return errors.New("no step given: pass --step S")
+		return schema.FieldError("Step", "is empty; name the step this worker runs")
 	case c.Handler == nil:
-		return errors.New("no handler given: pass the step's command after --, or --http URL")
+		return schema.FieldError("Handler", "is nil: no handler given; use Exec, HTTP or a func of your own")
 	case isInvalid(c.Handler):
 		_, err := c.Handler(context.Background(), Job{})
 		return errors.Unwrap(err)
-	case c.Concurrency < 1 || c.Concurrency > 1024:
-		return fmt.Errorf("--concurrency %d is out of range 1..1024", c.Concurrency)
-	case len(c.GPUs) > 1024:
-		return fmt.Errorf("--gpus lists %d GPUs; at most 1024 fit", len(c.GPUs))
-	case c.MaxAttempts < 1 || c.MaxAttempts > 1000:
-		return fmt.Errorf("--max-attempts %d is out of range 1..1000", c.MaxAttempts)
-	case c.Lease < time.Second:
-		return fmt.Errorf("--lease %s is too short; use 1s or more", c.Lease)
+	case c.Concurrency < 1 || c.Concurrency > maxConcurrency:
+		return schema.FieldError("Concurrency", "%d is out of range 1..%d", c.Concurrency, maxConcurrency)
+	case len(c.GPUs) > maxGPUs:
+		return schema.FieldError("GPUs", "lists %d GPUs; at most %d fit", len(c.GPUs), maxGPUs)
+	case c.MaxAttempts < 1 || c.MaxAttempts > maxAttempts:
+		return schema.FieldError("MaxAttempts", "%d is out of range 1..%d", c.MaxAttempts, maxAttempts)
+	case c.Lease < minLease:
+		return schema.FieldError("Lease", "%s is too short; use %s or more", c.Lease, minLease)
 	case c.Timeout < 0:
-		return fmt.Errorf("--timeout %s is negative", c.Timeout)
+		return schema.FieldError("Timeout", "%s is negative", c.Timeout)
 	case c.Grace < 0:
-		return fmt.Errorf("--grace %s is negative", c.Grace)
-	case c.RetryBackoff < 0 || c.MaxRetryBackoff < c.RetryBackoff:
-		return fmt.Errorf("retry backoff %s..%s is not a range of positive durations", c.RetryBackoff, c.MaxRetryBackoff)
+		return schema.FieldError("Grace", "%s is negative", c.Grace)
+	case c.RetryBackoff < 0:
+		return schema.FieldError("RetryBackoff", "%s is negative", c.RetryBackoff)
+	case c.MaxRetryBackoff < c.RetryBackoff:
+		return &schema.ConfigError{Fields: []string{"RetryBackoff", "MaxRetryBackoff"},
+			Msg: fmt.Sprintf("RetryBackoff %s is longer than MaxRetryBackoff (%s); use %[2]s or less", c.RetryBackoff, c.MaxRetryBackoff)}
+	case c.StallTimeout >= 0 && c.StallTimeout < minStall:
+		return schema.FieldError("StallTimeout", "%s is too short; use %s or more, or a negative value to turn the watchdog off", c.StallTimeout, minStall)
+	case c.RunsRetention == 0:
+		return schema.FieldError("RunsRetention", "0 would prune runs as they finish; give an age such as 168h, or a negative value to keep them forever")
 	}
 	seen := map[string]bool{}
 	for _, g := range c.GPUs {
 		if g == "" || seen[g] {
-			return fmt.Errorf("--gpus %q lists an empty or repeated GPU; give each GPU once, e.g. 0,1", g)
+			return schema.FieldError("GPUs", "%q is an empty or repeated GPU; give each GPU once, e.g. 0,1", g)
 		}
 		seen[g] = true
 	}
@@ -169,7 +197,10 @@ func (c Config) validate() error {
 	if _, err := c.Pipeline.Trigger(c.Step); err != nil {
 		return err
 	}
-	return schema.ValidTopic(schema.DLQTopic(c.TopicPrefix))
+	if err := schema.ValidTopic(schema.DLQTopic(c.TopicPrefix)); err != nil {
+		return schema.FieldError("TopicPrefix", "%q makes no valid topic name: %v", c.TopicPrefix, err)
+	}
+	return nil
 }
 
 // Stats are a worker's counters, safe to read while it runs.

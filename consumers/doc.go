@@ -108,5 +108,6 @@
 // unclaimed (see Config.StallTimeout).
 //
 // Metrics are not this package's business: Stats are counters to read, and
-// an Observer receives timings; ops turns both into Prometheus metrics.
+// hooks (Config.Hooks) receive timings; ops turns both into Prometheus
+// metrics.
 package consumers

@@ -80,7 +80,7 @@ func (w *Worker) handle(ctx context.Context, m kafka.Message, d decoded, workerI
 	}
 	w.stats.Claims.Add(1)
 	if env.Source.TsMs > 0 {
-		w.cfg.Observer.Claimed(w.cfg.Step, time.Since(time.UnixMilli(env.Source.TsMs)))
+		w.claimed(time.Since(time.UnixMilli(env.Source.TsMs)))
 	}
 	r.job.GPU = gpu
 	return w.execute(ctx, r, m, workerID)
@@ -232,7 +232,7 @@ func (w *Worker) execute(ctx context.Context, r run, m kafka.Message, workerID s
 				return nil
 			}
 			w.stats.Completions.Add(1)
-			w.cfg.Observer.Attempted(w.cfg.Step, "done", ran)
+			w.attempted("done", ran)
 			return nil
 		case IsPermanent(runErr) || r.attempt >= w.cfg.MaxAttempts:
 			return w.fail(ctx, r, m, ran, runErr)
@@ -259,7 +259,7 @@ func (w *Worker) execute(ctx context.Context, r run, m kafka.Message, workerID s
 		}
 		r = next
 		w.stats.Retries.Add(1)
-		w.cfg.Observer.Attempted(w.cfg.Step, "retried", ran)
+		w.attempted("retried", ran)
 
 		// Wait out the backoff, still holding (and renewing) the run. A
 		// stop gives back a job that is not running at once.
@@ -417,7 +417,7 @@ func (w *Worker) attempt(ctx, kctx context.Context, r run) (json.RawMessage, err
 // fenced records an attempt whose run was closed under it: its result is discarded.
 func (w *Worker) fenced(r run, ran time.Duration) {
 	w.stats.Fenced.Add(1)
-	w.cfg.Observer.Attempted(w.cfg.Step, "fenced", ran)
+	w.attempted("fenced", ran)
 	w.log.Warn("attempt lost its run; result discarded", "job_id", r.job.JobID, "attempt", r.attempt)
 }
 
@@ -434,7 +434,7 @@ func (w *Worker) release(ctx context.Context, r run, ran time.Duration) error {
 		w.stats.Released.Add(1)
 		w.log.Info("released the run of a step that did not finish within the grace period", "job_id", r.job.JobID, "attempt", r.attempt)
 	}
-	w.cfg.Observer.Attempted(w.cfg.Step, "released", ran)
+	w.attempted("released", ran)
 	return errReleased
 }
 
@@ -457,7 +457,7 @@ func (w *Worker) fail(ctx context.Context, r run, m kafka.Message, ran time.Dura
 	}
 	w.log.Warn("step failed", "job_id", r.job.JobID, "chain", r.chain, "attempt", r.attempt, "err", cause)
 	w.stats.Failures.Add(1)
-	w.cfg.Observer.Attempted(w.cfg.Step, "failed", ran)
+	w.attempted("failed", ran)
 	// The run owes this letter until deadLettered records it; if this
 	// worker dies first, the step's sweeper writes it (payOwedLetters).
 	if w.deadLetter(ctx, letter{key: m.Key, event: m.Value, reason: reasonStepFailed, attempts: r.attempt, errText: errorText(cause)}) {
@@ -484,11 +484,11 @@ func (w *Worker) closed(r run, outcome string, ran time.Duration) {
 	switch outcome {
 	case outcomeCancelled:
 		w.stats.Cancelled.Add(1)
-		w.cfg.Observer.Attempted(w.cfg.Step, outcome, ran)
+		w.attempted(outcome, ran)
 		w.log.Info("job cancelled; step stopped, no retry", "job_id", r.job.JobID, "chain", r.chain, "attempt", r.attempt)
 	case outcomeDiscarded:
 		w.stats.Discarded.Add(1)
-		w.cfg.Observer.Attempted(w.cfg.Step, outcome, ran)
+		w.attempted(outcome, ran)
 		w.log.Info("job moved or deleted while its step ran; result discarded, no retry", "job_id", r.job.JobID, "chain", r.chain, "attempt", r.attempt)
 	default:
 		w.fenced(r, ran)

@@ -158,7 +158,7 @@ func TestConstructorsValidate(t *testing.T) {
 		{"HTTP(no scheme)", consumers.HTTP("localhost:8080/step"), "not an absolute http"},
 		{"HTTP(ftp)", consumers.HTTP("ftp://x/y"), "not an absolute http"},
 		{"HTTP(no host)", consumers.HTTP("http:///step"), "not an absolute http"},
-		{"nil", nil, "no handler given"},
+		{"nil", nil, "Handler is nil"},
 	} {
 		if err := newWorker(tc.h); err == nil || !strings.Contains(err.Error(), tc.says) {
 			t.Errorf("New with %s: %v, want an error saying %q", tc.name, err, tc.says)

@@ -48,7 +48,7 @@ type Worker struct {
 // New checks cfg and returns a Worker; it connects nothing.
 func New(cfg Config) (*Worker, error) {
 	cfg = cfg.WithDefaults()
-	if err := cfg.validate(); err != nil {
+	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	trigger, _ := cfg.Pipeline.Trigger(cfg.Step)

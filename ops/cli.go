@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"regexp"
@@ -25,6 +26,7 @@ import (
 	"github.com/jobstream/jobstream/cdc"
 	"github.com/jobstream/jobstream/consumers"
 	"github.com/jobstream/jobstream/ops/broker"
+	"github.com/jobstream/jobstream/ops/metrics"
 	"github.com/jobstream/jobstream/schema"
 )
 
@@ -444,12 +446,36 @@ func (c *common) reachBroker(ctx context.Context) (schema.Broker, error) {
 	return b, b.Ping(ctx, 10*time.Second)
 }
 
-// checkPartitions refuses a --partitions that no topic could have.
-func checkPartitions(n int) error {
-	if n < 1 || n > 10000 {
-		return usagef("--partitions %d is out of range 1..10000", n)
+// configFlags names the flag that sets each field of cdc.Config and
+// consumers.Config, so that their errors, which name Go fields, reach the
+// command line naming flags.
+var configFlags = map[string]string{
+	"DatabaseURL": "database-url", "Brokers": "brokers", "TopicPrefix": "topic-prefix",
+	"Pipeline": "pipeline", "Publication": "publication", "Partitions": "partitions",
+	// cdc.Config
+	"Slot": "slot", "Snapshot": "snapshot", "RecreateSlot": "recreate-slot",
+	"StatusInterval": "status-interval", "MaxBatch": "max-batch", "MaxMessageBytes": "max-message-bytes",
+	// consumers.Config
+	"Step": "step", "Concurrency": "concurrency", "GPUs": "gpus", "Lease": "lease",
+	"MaxAttempts": "max-attempts", "RetryBackoff": "retry-backoff", "Timeout": "timeout",
+	"Grace": "grace", "StallTimeout": "stall-timeout", "RunsRetention": "runs-retention",
+}
+
+// withFlags returns err's message with the Config fields it names written
+// as the flags that set them: "Lease 10ms is too short" becomes
+// "--lease 10ms is too short".
+func withFlags(err error) string {
+	msg := err.Error()
+	var ce *schema.ConfigError
+	if !errors.As(err, &ce) {
+		return msg
 	}
-	return nil
+	for _, field := range ce.Fields {
+		if name, ok := configFlags[field]; ok {
+			msg = regexp.MustCompile(`\b`+field+`\b`).ReplaceAllLiteralString(msg, "--"+name)
+		}
+	}
+	return msg
 }
 
 // loadPipeline reads --pipeline (or the default steps); a file that cannot
@@ -516,28 +542,19 @@ func runReader(ctx context.Context, args []string, _ io.Writer) error {
 	var cfg cdc.Config
 	f := newFlags("reader", "reader [flags]\n\nStreams the jobs table's changes (pgoutput) into <prefix>.<current_step> topics, keyed by job_id.")
 	c.register(f, true, true)
-	f.str(&cfg.Slot, "slot", "JOBSTREAM_SLOT", "jobstream", "logical replication slot (created if missing)")
+	f.str(&cfg.Slot, "slot", "JOBSTREAM_SLOT", cdc.SlotDefault, "logical replication slot (created if missing)")
 	f.num(&cfg.Partitions, "partitions", "JOBSTREAM_PARTITIONS", schema.DefaultPartitions, "partitions of topics the reader creates")
 	f.str(&cfg.Snapshot, "snapshot", "JOBSTREAM_SNAPSHOT", cdc.SnapshotInitial, "when the slot is created: initial emits the existing rows first (op r), never streams only later changes")
 	// No environment twin: a variable left set would re-snapshot at every restart.
 	f.BoolVar(&cfg.RecreateSlot, "recreate-slot", false, "drop the slot at start and create it again with a fresh snapshot: the way out for a slot that can no longer decode (changes since its position are re-read from the table as op r events)")
-	f.dur(&cfg.StatusInterval, "status-interval", "JOBSTREAM_STATUS_INTERVAL", 10*time.Second, "longest time between two status updates to Postgres")
-	f.num(&cfg.MaxBatch, "max-batch", "JOBSTREAM_MAX_BATCH", 4096, "most events in one produce round trip")
+	f.dur(&cfg.StatusInterval, "status-interval", "JOBSTREAM_STATUS_INTERVAL", cdc.StatusIntervalDefault, "longest time between two status updates to Postgres")
+	f.num(&cfg.MaxBatch, "max-batch", "JOBSTREAM_MAX_BATCH", cdc.MaxBatchDefault, "most events in one produce round trip")
 	f.num(&cfg.MaxMessageBytes, "max-message-bytes", "JOBSTREAM_MAX_MESSAGE_BYTES", 0, "largest event; larger ones go to the dead-letter topic (0: the broker's message.max.bytes)")
 	tombstones := true
 	f.boolean(&tombstones, "tombstones", "JOBSTREAM_TOMBSTONES", true, "follow each delete event with a tombstone (the job_id key, a null value), as Debezium does; --tombstones=false turns them off")
 	var httpAddr string
 	f.str(&httpAddr, "http-addr", "JOBSTREAM_HTTP_ADDR", "", "serve /metrics, /healthz and /readyz on this address, e.g. :9100")
 	if err := f.parse(args); err != nil {
-		return err
-	}
-	if cfg.Snapshot != cdc.SnapshotInitial && cfg.Snapshot != cdc.SnapshotNever {
-		return usagef("--snapshot %q is not one of initial, never", cfg.Snapshot)
-	}
-	if cfg.RecreateSlot && cfg.Snapshot != cdc.SnapshotInitial {
-		return usagef("--recreate-slot takes a fresh snapshot; it cannot be combined with --snapshot %s", cfg.Snapshot)
-	}
-	if err := checkPartitions(cfg.Partitions); err != nil {
 		return err
 	}
 	if err := c.needDB(); err != nil {
@@ -562,22 +579,37 @@ func runReader(ctx context.Context, args []string, _ io.Writer) error {
 	cfg.DatabaseURL, cfg.Brokers, cfg.TopicPrefix, cfg.Publication, cfg.Logger = c.databaseURL, b.Addrs, c.prefix, c.publication, log
 	cfg.SASL, cfg.TLS = b.SASL, b.TLS
 	cfg.NoTombstones = !tombstones
-	reg := newRegistry()
-	rm := newReaderMetrics(reg)
-	cfg.OnProduce, cfg.OnCommitAcked = rm.produced, rm.commitAcked
+	cfg.MaxBatchBytes = cdc.MaxBatchBytesDefault
+	if err := cfg.Validate(); err != nil {
+		return usageError{withFlags(err)}
+	}
+	reg := metrics.NewRegistry()
+	cfg.Hooks = append(cfg.Hooks, metrics.NewReaderHooks(reg))
 	r, err := cdc.New(cfg)
 	if err != nil {
-		return usageError{err.Error()}
+		return usageError{withFlags(err)}
 	}
-	registerReader(reg, r)
-	return serveWhile(ctx, httpAddr, reg, readyWhen(r.Ready(), "reader"), log, r.Run)
+	metrics.RegisterReader(reg, r)
+	return serveWhile(ctx, httpAddr, reg, metrics.ReadyWhen(r.Ready(), "reader"), log, func(ctx context.Context) error {
+		if err := r.Run(ctx); err != nil {
+			return errors.New(withFlags(err))
+		}
+		return nil
+	})
 }
 
-// serveWhile runs run and, beside it, the HTTP endpoints; the first to fail
-// stops both. A deliberate stop returns nil.
+// serveWhile runs run and, beside it, the HTTP endpoints on httpAddr (none
+// if it is empty); the first to fail stops both. A deliberate stop returns
+// nil.
 func serveWhile(ctx context.Context, httpAddr string, reg *prometheus.Registry, ready func() error, log *slog.Logger, run func(context.Context) error) error {
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return serveHTTP(gctx, httpAddr, reg, ready, log) })
+	if httpAddr != "" {
+		l, err := net.Listen("tcp", httpAddr)
+		if err != nil {
+			return fmt.Errorf("--http-addr %s: %w", httpAddr, err)
+		}
+		g.Go(func() error { return metrics.Serve(gctx, l, reg, ready, log) })
+	}
 	g.Go(func() error {
 		if err := run(gctx); err != nil {
 			return err
@@ -602,32 +634,18 @@ func runWorker(ctx context.Context, args []string, _ io.Writer) error {
 	c.register(f, true, true)
 	f.str(&cfg.Step, "step", "JOBSTREAM_STEP", "", "the step this worker runs (required)")
 	f.str(&stepURL, "http", "JOBSTREAM_HTTP_URL", "", "run the step by POSTing the job JSON to this URL instead of a command (2xx done, 4xx permanent failure, 5xx retried)")
-	f.num(&cfg.Concurrency, "concurrency", "JOBSTREAM_CONCURRENCY", 1, "steps run at once (steps that need no GPU)")
+	f.num(&cfg.Concurrency, "concurrency", "JOBSTREAM_CONCURRENCY", consumers.ConcurrencyDefault, "steps run at once (steps that need no GPU)")
 	f.str(&gpus, "gpus", "JOBSTREAM_GPUS", "", "GPU ids, e.g. 0,1,2,3: one member per GPU running one step at a time, CUDA_VISIBLE_DEVICES set for each")
-	f.dur(&cfg.Lease, "lease", "JOBSTREAM_LEASE", 30*time.Second, "how long a run is held without a heartbeat; a dead worker's jobs move on after about this long")
-	f.num(&cfg.MaxAttempts, "max-attempts", "JOBSTREAM_MAX_ATTEMPTS", 3, "attempts before a job fails")
-	f.dur(&cfg.RetryBackoff, "retry-backoff", "JOBSTREAM_RETRY_BACKOFF", 500*time.Millisecond, "delay before the first retry; it grows 1.5x per retry, with jitter")
+	f.dur(&cfg.Lease, "lease", "JOBSTREAM_LEASE", consumers.LeaseDefault, "how long a run is held without a heartbeat; a dead worker's jobs move on after about this long")
+	f.num(&cfg.MaxAttempts, "max-attempts", "JOBSTREAM_MAX_ATTEMPTS", consumers.MaxAttemptsDefault, "attempts before a job fails")
+	f.dur(&cfg.RetryBackoff, "retry-backoff", "JOBSTREAM_RETRY_BACKOFF", consumers.RetryBackoffDefault, "delay before the first retry; it grows 1.5x per retry, with jitter")
 	f.dur(&cfg.Timeout, "timeout", "JOBSTREAM_TIMEOUT", 0, "bound on one attempt; past it the step's process group is killed and the attempt retried (0: none)")
-	f.dur(&cfg.Grace, "grace", "JOBSTREAM_GRACE", 30*time.Second, "time running steps get to finish on SIGTERM; past it their runs are released to other workers")
-	f.dur(&cfg.StallTimeout, "stall-timeout", "JOBSTREAM_STALL_TIMEOUT", 30*time.Second, "how long a partition no member consumes may hold an unclaimed job before the members rejoin the group to recover it (negative: never)")
+	f.dur(&cfg.Grace, "grace", "JOBSTREAM_GRACE", consumers.GraceDefault, "time running steps get to finish on SIGTERM; past it their runs are released to other workers")
+	f.dur(&cfg.StallTimeout, "stall-timeout", "JOBSTREAM_STALL_TIMEOUT", consumers.StallTimeoutDefault, "how long a partition no member consumes may hold an unclaimed job before the members rejoin the group to recover it (negative: never)")
 	f.dur(&cfg.RunsRetention, "runs-retention", "JOBSTREAM_RUNS_RETENTION", consumers.RunsRetentionDefault, "how long finished runs stay in jobstream_runs before the sweeper prunes them (negative: never)")
 	f.str(&httpAddr, "http-addr", "JOBSTREAM_HTTP_ADDR", "", "serve /metrics, /healthz and /readyz on this address, e.g. :9101")
 	if err := f.parse(args); err != nil {
 		return err
-	}
-	switch {
-	case cfg.RunsRetention == 0:
-		return usagef("--runs-retention 0 would prune runs as they finish; give an age such as 168h, or a negative value to keep them forever")
-	case cfg.Concurrency < 1 || cfg.Concurrency > 1024:
-		return usagef("--concurrency %d is out of range 1..1024", cfg.Concurrency)
-	case cfg.MaxAttempts < 1 || cfg.MaxAttempts > 1000:
-		return usagef("--max-attempts %d is out of range 1..1000", cfg.MaxAttempts)
-	case cfg.Lease < time.Second:
-		return usagef("--lease %s is too short; use 1s or more", cfg.Lease)
-	case cfg.Grace < 0 || cfg.Timeout < 0 || cfg.RetryBackoff < 0:
-		return usagef("--grace, --timeout and --retry-backoff must not be negative")
-	case cfg.StallTimeout >= 0 && cfg.StallTimeout < time.Second:
-		return usagef("--stall-timeout %s is too short; use 1s or more, or a negative value to turn the watchdog off", cfg.StallTimeout)
 	}
 	for _, g := range strings.Split(gpus, ",") {
 		if g = strings.TrimSpace(g); g != "" {
@@ -639,6 +657,8 @@ func runWorker(ctx context.Context, args []string, _ io.Writer) error {
 	}
 	argv := f.Args()
 	switch {
+	case cfg.Step == "":
+		return usagef("no step given: pass --step S")
 	case len(argv) == 0 && stepURL == "":
 		return usagef("no step command given: pass it after --, e.g. jobstream worker --step %s -- ./step.sh, or pass --http URL", cmpOr(cfg.Step, "S"))
 	case len(argv) > 0 && stepURL != "":
@@ -664,22 +684,26 @@ func runWorker(ctx context.Context, args []string, _ io.Writer) error {
 	}
 	cfg.DatabaseURL, cfg.Brokers, cfg.SASL, cfg.TLS = c.databaseURL, b.Addrs, b.SASL, b.TLS
 	cfg.TopicPrefix, cfg.Pipeline, cfg.Logger = c.prefix, p, log
+	cfg.MaxRetryBackoff = consumers.MaxRetryBackoffDefault
 	if stepURL != "" {
 		cfg.Handler = consumers.HTTP(stepURL)
-		if cfg.Timeout == 0 {
-			log.Warn("--http without --timeout: a step service that never answers holds its job until this worker stops; set --timeout to the longest a step may take")
-		}
 	} else {
 		cfg.Handler = consumers.Exec(argv...)
 	}
-	reg := newRegistry()
-	cfg.Observer = newWorkerMetrics(reg)
+	if err := cfg.Validate(); err != nil {
+		return usageError{withFlags(err)}
+	}
+	if stepURL != "" && cfg.Timeout == 0 {
+		log.Warn("--http without --timeout: a step service that never answers holds its job until this worker stops; set --timeout to the longest a step may take")
+	}
+	reg := metrics.NewRegistry()
+	cfg.Hooks = append(cfg.Hooks, metrics.NewWorkerHooks(reg))
 	w, err := consumers.New(cfg)
 	if err != nil {
-		return usageError{err.Error()}
+		return usageError{withFlags(err)}
 	}
-	registerWorker(reg, w, cfg.Step)
-	return serveWhile(ctx, httpAddr, reg, readyWhen(w.Ready(), "worker"), log, w.Run)
+	metrics.RegisterWorker(reg, w, cfg.Step)
+	return serveWhile(ctx, httpAddr, reg, metrics.ReadyWhen(w.Ready(), "worker"), log, w.Run)
 }
 
 func runBroker(ctx context.Context, args []string, out io.Writer) error {
@@ -693,8 +717,8 @@ func runBroker(ctx context.Context, args []string, out io.Writer) error {
 	if err := f.parse(args); err != nil {
 		return err
 	}
-	if err := checkPartitions(cfg.Partitions); err != nil {
-		return err
+	if cfg.Partitions < 1 || cfg.Partitions > 10000 {
+		return usagef("--partitions %d is out of range 1..10000", cfg.Partitions)
 	}
 	if faultFor < 0 {
 		return usagef("--fault-on-usr1 %s is negative", faultFor)

@@ -71,6 +71,14 @@ func (a *jobstreamActor) ackedSince() []float64 {
 	return out
 }
 
+// OnCommitAcked keeps each transaction's commit → acked latency (a
+// cdc.HookCommitAcked).
+func (a *jobstreamActor) OnCommitAcked(d time.Duration) {
+	a.mu.Lock()
+	a.acked = append(a.acked, ms(d))
+	a.mu.Unlock()
+}
+
 func (a *jobstreamActor) prepare(ctx context.Context) error {
 	t := a.t
 	b, err := t.e.startBroker(ctx, fmt.Sprintf("broker-%s-%d", t.scen, t.run))
@@ -79,12 +87,7 @@ func (a *jobstreamActor) prepare(ctx context.Context) error {
 	}
 	a.b = b
 	r, err := cdc.New(cdc.Config{DatabaseURL: t.db.url, Brokers: []string{b.addr}, Slot: "bench", TopicPrefix: t.prefix,
-		Snapshot: cdc.SnapshotNever, Logger: t.e.log.With("part", "reader", "db", t.db.name),
-		OnCommitAcked: func(d time.Duration) {
-			a.mu.Lock()
-			a.acked = append(a.acked, ms(d))
-			a.mu.Unlock()
-		}})
+		Snapshot: cdc.SnapshotNever, Logger: t.e.log.With("part", "reader", "db", t.db.name), Hooks: []cdc.Hook{a}})
 	if err != nil {
 		return err
 	}

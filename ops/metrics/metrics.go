@@ -1,4 +1,7 @@
-package ops
+// Package metrics turns the counters (Stats) and hooks of cdc and consumers
+// into Prometheus metrics, named jobstream_*, and serves them with
+// /healthz and /readyz; cdc and consumers do not import Prometheus.
+package metrics
 
 import (
 	"context"
@@ -18,11 +21,17 @@ import (
 	"github.com/jobstream/jobstream/consumers"
 )
 
-// Metric names are prefixed jobstream_. cdc and consumers expose counters
-// (Stats) and hooks (Observer); this file turns them into Prometheus metrics,
-// so neither package imports Prometheus.
+// The hooks this package implements.
+var (
+	_ cdc.HookProduced        = (*ReaderHooks)(nil)
+	_ cdc.HookCommitAcked     = (*ReaderHooks)(nil)
+	_ consumers.HookClaimed   = (*WorkerHooks)(nil)
+	_ consumers.HookAttempted = (*WorkerHooks)(nil)
+)
 
-func newRegistry() *prometheus.Registry {
+// NewRegistry returns a registry with the Go runtime's and the process's
+// collectors.
+func NewRegistry() *prometheus.Registry {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return reg
@@ -36,8 +45,8 @@ func gaugeFunc(reg *prometheus.Registry, name, help string, f func() float64) {
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f))
 }
 
-// registerReader exports a reader's counters.
-func registerReader(reg *prometheus.Registry, r *cdc.Reader) {
+// RegisterReader exports a reader's counters.
+func RegisterReader(reg *prometheus.Registry, r *cdc.Reader) {
 	s := r.Stats()
 	events := func(op string, v *atomic.Int64) prometheus.Collector {
 		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "jobstream_reader_events_total",
@@ -64,15 +73,18 @@ func registerReader(reg *prometheus.Registry, r *cdc.Reader) {
 	})
 }
 
-// readerMetrics records the reader's hooks into histograms.
-type readerMetrics struct {
+// ReaderHooks records a reader's hooks (cdc.HookProduced,
+// cdc.HookCommitAcked) into histograms.
+type ReaderHooks struct {
 	produce     prometheus.Histogram
 	batch       prometheus.Histogram
 	commitToAck prometheus.Histogram
 }
 
-func newReaderMetrics(reg *prometheus.Registry) *readerMetrics {
-	m := &readerMetrics{
+// NewReaderHooks registers the reader's histograms in reg; pass the result
+// in cdc.Config.Hooks.
+func NewReaderHooks(reg *prometheus.Registry) *ReaderHooks {
+	m := &ReaderHooks{
 		produce: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "jobstream_produce_seconds",
 			Help: "How long the broker took to acknowledge one batch.", Buckets: latencyBuckets}),
 		batch: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "jobstream_produce_batch_events",
@@ -84,15 +96,18 @@ func newReaderMetrics(reg *prometheus.Registry) *readerMetrics {
 	return m
 }
 
-func (m *readerMetrics) produced(events int, d time.Duration) {
+// OnProduced records a batch's produce latency and size.
+func (m *ReaderHooks) OnProduced(events int, d time.Duration) {
 	m.produce.Observe(d.Seconds())
 	m.batch.Observe(float64(events))
 }
 
-func (m *readerMetrics) commitAcked(d time.Duration) { m.commitToAck.Observe(d.Seconds()) }
+// OnCommitAcked records a transaction's commit-to-acknowledgement latency.
+func (m *ReaderHooks) OnCommitAcked(d time.Duration) { m.commitToAck.Observe(d.Seconds()) }
 
-// workerMetrics is a consumers.Observer that records into Prometheus.
-type workerMetrics struct {
+// WorkerHooks records a worker's hooks (consumers.HookClaimed,
+// consumers.HookAttempted) into Prometheus.
+type WorkerHooks struct {
 	commitToClaim *prometheus.HistogramVec
 	stepDuration  *prometheus.HistogramVec
 	attempts      *prometheus.CounterVec
@@ -100,8 +115,10 @@ type workerMetrics struct {
 
 var latencyBuckets = []float64{.0005, .001, .002, .003, .005, .0075, .01, .015, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}
 
-func newWorkerMetrics(reg *prometheus.Registry) *workerMetrics {
-	m := &workerMetrics{
+// NewWorkerHooks registers the worker's histograms and attempt counter in
+// reg; pass the result in consumers.Config.Hooks.
+func NewWorkerHooks(reg *prometheus.Registry) *WorkerHooks {
+	m := &WorkerHooks{
 		commitToClaim: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "jobstream_commit_to_claim_seconds",
 			Help: "Time from the trigger's commit in Postgres to the claim of the next step.", Buckets: latencyBuckets}, []string{"step"}),
 		stepDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "jobstream_step_duration_seconds",
@@ -113,8 +130,8 @@ func newWorkerMetrics(reg *prometheus.Registry) *workerMetrics {
 	return m
 }
 
-// registerWorker exports a worker's counters.
-func registerWorker(reg *prometheus.Registry, w *consumers.Worker, step string) {
+// RegisterWorker exports the counters of a worker of step.
+func RegisterWorker(reg *prometheus.Registry, w *consumers.Worker, step string) {
 	s := w.Stats()
 	lbl := prometheus.Labels{"step": step}
 	for _, c := range []struct {
@@ -141,21 +158,20 @@ func registerWorker(reg *prometheus.Registry, w *consumers.Worker, step string) 
 		func() float64 { return float64(s.InFlight.Load()) }))
 }
 
-func (m *workerMetrics) Claimed(step string, d time.Duration) {
+// OnClaimed records a claim's commit-to-claim latency.
+func (m *WorkerHooks) OnClaimed(step string, d time.Duration) {
 	m.commitToClaim.WithLabelValues(step).Observe(d.Seconds())
 }
 
-func (m *workerMetrics) Attempted(step, outcome string, d time.Duration) {
+// OnAttempted records an attempt's duration and outcome.
+func (m *WorkerHooks) OnAttempted(step, outcome string, d time.Duration) {
 	m.stepDuration.WithLabelValues(step, outcome).Observe(d.Seconds())
 	m.attempts.WithLabelValues(step, outcome).Inc()
 }
 
-// serveHTTP serves /metrics, /healthz (the process answers) and /readyz
-// (ready() is nil) on addr until ctx ends. An empty addr serves nothing.
-func serveHTTP(ctx context.Context, addr string, reg *prometheus.Registry, ready func() error, log *slog.Logger) error {
-	if addr == "" {
-		return nil
-	}
+// Serve serves /metrics, /healthz (the process answers) and /readyz
+// (ready() is nil) on l until ctx ends.
+func Serve(ctx context.Context, l net.Listener, reg *prometheus.Registry, ready func() error, log *slog.Logger) error {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
@@ -166,10 +182,6 @@ func serveHTTP(ctx context.Context, addr string, reg *prometheus.Registry, ready
 		}
 		fmt.Fprintln(w, "ready")
 	})
-	l, err := net.Listen("tcp", addr)
-	if err != nil {
-		return fmt.Errorf("--http-addr %s: %w", addr, err)
-	}
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() {
 		<-ctx.Done()
@@ -184,8 +196,8 @@ func serveHTTP(ctx context.Context, addr string, reg *prometheus.Registry, ready
 	return nil
 }
 
-// readyWhen returns a readiness check that passes once ch is closed.
-func readyWhen(ch <-chan struct{}, what string) func() error {
+// ReadyWhen returns a readiness check that passes once ch is closed.
+func ReadyWhen(ch <-chan struct{}, what string) func() error {
 	return func() error {
 		select {
 		case <-ch:

@@ -1,0 +1,20 @@
+package schema
+
+import "fmt"
+
+// A ConfigError is a cdc or consumers Config that New refuses, or a failure
+// whose fix is a change to the Config. Its message names the fields by
+// their Go names, so that a command line can name its flags instead.
+type ConfigError struct {
+	Fields []string // the fields the message names, the one to change first
+	Msg    string   // one sentence
+}
+
+func (e *ConfigError) Error() string { return e.Msg }
+
+// FieldError returns a ConfigError about field, whose message is the
+// field's name followed by the formatted rest: FieldError("Lease", "%s is
+// too short", d).
+func FieldError(field, format string, a ...any) error {
+	return &ConfigError{Fields: []string{field}, Msg: field + " " + fmt.Sprintf(format, a...)}
+}
