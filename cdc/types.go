@@ -117,43 +117,11 @@ func appendArray(b []byte, elem uint32, typmod int32, v []byte) (out []byte, ok 
 			i++
 			break
 		}
-		var val []byte
-		null := false
-		switch c := v[i]; {
-		case c == '"':
-			i++
-			s, escaped := i, false
-			for i < len(v) && v[i] != '"' {
-				if v[i] == '\\' {
-					escaped = true
-					i++
-				}
-				i++
-			}
-			if i >= len(v) {
-				return b[:start], false
-			}
-			val = v[s:i]
-			i++
-			if escaped {
-				val = unescapeArrayElem(scratch[:0], val)
-			}
-		case c == '{':
-			return b[:start], false // a sub-array
-		default:
-			s := i
-			for i < len(v) && !isArraySpace(v[i]) && v[i] != ',' && v[i] != '}' {
-				if c := v[i]; c == '"' || c == '\\' || c == '{' {
-					return b[:start], false
-				}
-				i++
-			}
-			if i == s {
-				return b[:start], false
-			}
-			val = v[s:i]
-			null = string(val) == "NULL"
+		val, null, next, ok := readArrayElem(v, i, scratch[:0])
+		if !ok {
+			return b[:start], false
 		}
+		i = next
 		if n > 0 {
 			b = append(b, ',')
 		}
@@ -180,6 +148,46 @@ func appendArray(b []byte, elem uint32, typmod int32, v []byte) (out []byte, ok 
 		return b[:start], false
 	}
 	return append(b, ']'), true
+}
+
+// readArrayElem reads the element of array text v at i: quoted (unescaped into
+// scratch when it has escapes) or bare (null when NULL). It returns where
+// the element ends; ok is false for a sub-array or text Postgres never
+// writes.
+func readArrayElem(v []byte, i int, scratch []byte) (val []byte, null bool, next int, ok bool) {
+	if v[i] == '{' {
+		return nil, false, i, false // a sub-array
+	}
+	if v[i] != '"' {
+		s := i
+		for i < len(v) && !isArraySpace(v[i]) && v[i] != ',' && v[i] != '}' {
+			if c := v[i]; c == '"' || c == '\\' || c == '{' {
+				return nil, false, i, false
+			}
+			i++
+		}
+		if i == s {
+			return nil, false, i, false
+		}
+		return v[s:i], string(v[s:i]) == "NULL", i, true
+	}
+	i++
+	s, escaped := i, false
+	for i < len(v) && v[i] != '"' {
+		if v[i] == '\\' {
+			escaped = true
+			i++
+		}
+		i++
+	}
+	if i >= len(v) {
+		return nil, false, i, false
+	}
+	val = v[s:i]
+	if escaped {
+		val = unescapeArrayElem(scratch, val)
+	}
+	return val, false, i + 1, true
 }
 
 // unescapeArrayElem appends s with its backslash escapes resolved to dst.
@@ -489,31 +497,7 @@ func parseInterval(v []byte) (iv pgInterval, ok bool) {
 			continue
 		}
 		odd = true
-		if value == nil {
-			return iv, false
-		}
-		var n int32
-		if !bytes.HasPrefix(tok, []byte("sec")) {
-			if n, ok = parseInt32(value); !ok {
-				return iv, false
-			}
-		}
-		switch {
-		case bytes.HasPrefix(tok, []byte("year")):
-			iv.years = n
-		case bytes.HasPrefix(tok, []byte("mon")):
-			iv.months = n
-		case bytes.HasPrefix(tok, []byte("day")):
-			iv.days = n
-		case bytes.HasPrefix(tok, []byte("hour")):
-			iv.hours = n
-		case bytes.HasPrefix(tok, []byte("min")):
-			iv.minutes = n
-		case bytes.HasPrefix(tok, []byte("sec")):
-			if seconds, ok = parseSeconds(value); !ok {
-				return iv, false
-			}
-		default:
+		if value == nil || !iv.setUnit(tok, value, &seconds) {
 			return iv, false
 		}
 		value = nil
@@ -522,11 +506,46 @@ func parseInterval(v []byte) (iv pgInterval, ok bool) {
 	if !seen || value != nil {
 		return iv, false
 	}
+	return iv.withSeconds(seconds, ago)
+}
+
+// setUnit stores value, the number before unit tok, in its field (seconds
+// into *seconds), as PGInterval does; false for a unit it does not know.
+func (iv *pgInterval) setUnit(tok, value []byte, seconds *float64) (ok bool) {
+	var n int32
+	if !bytes.HasPrefix(tok, []byte("sec")) {
+		if n, ok = parseInt32(value); !ok {
+			return false
+		}
+	}
+	switch {
+	case bytes.HasPrefix(tok, []byte("year")):
+		iv.years = n
+	case bytes.HasPrefix(tok, []byte("mon")):
+		iv.months = n
+	case bytes.HasPrefix(tok, []byte("day")):
+		iv.days = n
+	case bytes.HasPrefix(tok, []byte("hour")):
+		iv.hours = n
+	case bytes.HasPrefix(tok, []byte("min")):
+		iv.minutes = n
+	case bytes.HasPrefix(tok, []byte("sec")):
+		if *seconds, ok = parseSeconds(value); !ok {
+			return false
+		}
+	default:
+		return false
+	}
+	return true
+}
+
+// withSeconds negates iv for a trailing "ago" and stores seconds as
+// PGInterval.setSeconds does.
+func (iv pgInterval) withSeconds(seconds float64, ago bool) (pgInterval, bool) {
 	if ago {
 		iv.years, iv.months, iv.days, iv.hours, iv.minutes = -iv.years, -iv.months, -iv.days, -iv.hours, -iv.minutes
 		seconds = -seconds
 	}
-	// PGInterval.setSeconds.
 	if math.Abs(seconds) >= 1<<31 {
 		return iv, false
 	}
