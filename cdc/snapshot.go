@@ -26,26 +26,11 @@ func (s *stream) snapshot(ctx context.Context, name string, at pglogrepl.LSN) (i
 		return 0, fmt.Errorf("connect: %w", err)
 	}
 	defer conn.Close(context.Background())
-	tx, err := conn.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
+	tx, xmin, tables, err := importSnapshot(ctx, conn, name, r.cfg.Publication)
 	if err != nil {
-		return 0, fmt.Errorf("begin: %w", err)
+		return 0, err
 	}
 	defer tx.Rollback(context.Background()) //nolint:errcheck // read-only
-	if _, err := tx.Exec(ctx, "SET TRANSACTION SNAPSHOT "+quoteLiteral(name)); err != nil {
-		return 0, fmt.Errorf("import snapshot %s: %w", name, err)
-	}
-	var xmin int64
-	if err := tx.QueryRow(ctx, `SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint`).Scan(&xmin); err != nil {
-		return 0, fmt.Errorf("read snapshot: %w", err)
-	}
-	rows, err := tx.Query(ctx, `SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = $1 ORDER BY 1, 2`, r.cfg.Publication)
-	if err != nil {
-		return 0, fmt.Errorf("list published tables: %w", err)
-	}
-	tables, err := pgx.CollectRows(rows, pgx.RowToStructByPos[struct{ Schema, Table string }])
-	if err != nil {
-		return 0, fmt.Errorf("list published tables: %w", err)
-	}
 	r.log.Info("initial snapshot started", "slot", r.cfg.Slot, "tables", len(tables), "consistent_point", at)
 
 	// One row is held back until the next is read, to know which is last.
@@ -69,15 +54,7 @@ func (s *stream) snapshot(ctx context.Context, name string, at pglogrepl.LSN) (i
 			rel.Columns = append(rel.Columns, &pglogrepl.RelationMessageColumn{Name: fd.Name, DataType: fd.DataTypeOID, TypeModifier: fd.TypeModifier})
 		}
 		for rows.Next() {
-			raw := rows.RawValues()
-			tuple := &pglogrepl.TupleData{Columns: make([]*pglogrepl.TupleDataColumn, len(raw))}
-			for i, v := range raw {
-				col := &pglogrepl.TupleDataColumn{DataType: 'n'}
-				if v != nil {
-					col.DataType, col.Data = 't', append([]byte(nil), v...)
-				}
-				tuple.Columns[i] = col
-			}
+			tuple := tupleOf(rows.RawValues())
 			if held != nil {
 				marker := "true"
 				if n == 1 {
@@ -105,6 +82,51 @@ func (s *stream) snapshot(ctx context.Context, name string, at pglogrepl.LSN) (i
 		return 0, err
 	}
 	return n, nil
+}
+
+// importSnapshot opens a read-only REPEATABLE READ transaction on conn that
+// imports the exported snapshot name, and returns it with the snapshot's
+// xmin and the tables of publication pub.
+func importSnapshot(ctx context.Context, conn *pgx.Conn, name, pub string) (tx pgx.Tx, xmin int64, tables []publishedTable, err error) {
+	tx, err = conn.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
+	if err != nil {
+		return nil, 0, nil, fmt.Errorf("begin: %w", err)
+	}
+	fail := func(err error) (pgx.Tx, int64, []publishedTable, error) {
+		tx.Rollback(context.Background()) //nolint:errcheck // read-only
+		return nil, 0, nil, err
+	}
+	if _, err := tx.Exec(ctx, "SET TRANSACTION SNAPSHOT "+quoteLiteral(name)); err != nil {
+		return fail(fmt.Errorf("import snapshot %s: %w", name, err))
+	}
+	if err := tx.QueryRow(ctx, `SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint`).Scan(&xmin); err != nil {
+		return fail(fmt.Errorf("read snapshot: %w", err))
+	}
+	rows, err := tx.Query(ctx, `SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = $1 ORDER BY 1, 2`, pub)
+	if err != nil {
+		return fail(fmt.Errorf("list published tables: %w", err))
+	}
+	if tables, err = pgx.CollectRows(rows, pgx.RowToStructByPos[publishedTable]); err != nil {
+		return fail(fmt.Errorf("list published tables: %w", err))
+	}
+	return tx, xmin, tables, nil
+}
+
+// publishedTable is a table a publication covers.
+type publishedTable struct{ Schema, Table string }
+
+// tupleOf turns a row's raw text values into the tuple a pgoutput message
+// would carry (nil: SQL NULL), copying them out of the row's buffer.
+func tupleOf(raw [][]byte) *pglogrepl.TupleData {
+	tuple := &pglogrepl.TupleData{Columns: make([]*pglogrepl.TupleDataColumn, len(raw))}
+	for i, v := range raw {
+		col := &pglogrepl.TupleDataColumn{DataType: 'n'}
+		if v != nil {
+			col.DataType, col.Data = 't', append([]byte(nil), v...)
+		}
+		tuple.Columns[i] = col
+	}
+	return tuple
 }
 
 // skipTable reports whether changes of table are jobstream's own
