@@ -11,7 +11,9 @@ package harness
 import (
 	"context"
 	"flag"
+	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -201,7 +203,10 @@ func DumpRows(pool *pgxpool.Pool, sql string, args ...any) string {
 }
 
 // Topic returns the name of step's topic under the test's prefix.
-func (e *Env) Topic(step string) string { return schema.Topic(e.Prefix, step) }
+func (e *Env) Topic(step string) string { return e.Topics().Step(step) }
+
+// Topics returns the names of the test's topics and consumer groups.
+func (e *Env) Topics() schema.Topics { return schema.Topics{Prefix: e.Prefix} }
 
 // Migrate applies schema.Migrate to the database at url (a Postgres of
 // the test's own, or a jobs table the test re-created).
@@ -220,11 +225,22 @@ func Migrate(t testing.TB, url string) {
 // ReadTopic returns every message now in topic, in partition then offset order.
 func (e *Env) ReadTopic(t testing.TB, topic string) []kafka.Message {
 	t.Helper()
-	out, err := ReadTopicAt(e.Brokers[0], topic)
-	if err != nil {
-		t.Fatal(err)
+	// A machine loaded by parallel tests can starve the broker for a
+	// moment: a dial that times out is tried again.
+	var err error
+	for try := 0; try < 3; try++ {
+		var out []kafka.Message
+		if out, err = ReadTopicAt(e.Brokers[0], topic); err == nil {
+			return out
+		}
+		var ne net.Error
+		if !errors.As(err, &ne) || !ne.Timeout() {
+			break
+		}
+		time.Sleep(time.Second)
 	}
-	return out
+	t.Fatal(err)
+	return nil
 }
 
 // ReadTopicAt returns every message now in topic on the broker at addr, in
