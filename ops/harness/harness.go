@@ -10,8 +10,8 @@ package harness
 
 import (
 	"context"
-	"flag"
 	"errors"
+	"flag"
 	"fmt"
 	"net"
 	"os"
