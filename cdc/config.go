@@ -175,16 +175,16 @@ func (c Config) Validate() error {
 			return schema.FieldError("Pipeline", "step %q is a reserved topic name (%s); rename the step", s, strings.Join(reservedSteps, ", "))
 		}
 	}
-	if err := schema.ValidTopic(schema.DLQTopic(c.TopicPrefix)); err != nil {
+	if err := schema.ValidTopic(schema.Topics{Prefix: c.TopicPrefix}.DLQ()); err != nil {
 		return schema.FieldError("TopicPrefix", "%q makes no valid topic name: %v", c.TopicPrefix, err)
 	}
 	return nil
 }
 
 // reservedSteps are the names after the topic prefix that jobstream keeps
-// for topics of its own: <prefix>.dlq (dead letters) and <prefix>.replays
-// (replays, see ops.ReplayTopic). No change event ever goes to them.
-var reservedSteps = []string{"dlq", "replays"}
+// for topics of its own (schema.Topics.DLQ and Replays). No change event
+// ever goes to them.
+var reservedSteps = schema.ReservedSteps
 
 func reservedStep(s string) bool { return slices.Contains(reservedSteps, s) }
 

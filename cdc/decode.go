@@ -14,6 +14,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/jackc/pglogrepl"
+
+	"github.com/jobstream/jobstream/schema"
 )
 
 // Postgres type OIDs rendered specially (see also types.go); every other
@@ -58,7 +60,7 @@ func appendRow(b []byte, rel *pglogrepl.RelationMessage, tuple, old *pglogrepl.T
 		if i > 0 {
 			b = append(b, ',')
 		}
-		b = appendQuoted(b, rc.Name)
+		b = schema.AppendQuoted(b, rc.Name)
 		b = append(b, ':')
 		kind, data := col.DataType, col.Data
 		if kind == 'u' && old != nil && i < len(old.Columns) && old.Columns[i].DataType != 'u' {
@@ -69,7 +71,7 @@ func appendRow(b []byte, rel *pglogrepl.RelationMessage, tuple, old *pglogrepl.T
 			b = append(b, "null"...)
 			continue
 		case 'u':
-			b = appendQuoted(b, unavailable)
+			b = schema.AppendQuoted(b, unavailable)
 			continue
 		}
 		switch rc.Name {
@@ -103,7 +105,7 @@ func appendValue(b []byte, oid uint32, typmod int32, v []byte) []byte {
 		if f, err := strconv.ParseFloat(string(v), 64); err == nil && !math.IsNaN(f) && !math.IsInf(f, 0) && isJSONNumber(v) {
 			return append(b, v...)
 		}
-		return appendJSONString(b, v) // NaN, Infinity, -Infinity
+		return schema.AppendJSONString(b, v) // NaN, Infinity, -Infinity
 	case oidNumeric:
 		if out, ok := appendNumeric(b, typmod, v); ok {
 			return out
@@ -166,7 +168,7 @@ func appendValue(b []byte, oid uint32, typmod int32, v []byte) []byte {
 			}
 		}
 	}
-	return appendJSONString(b, v)
+	return schema.AppendJSONString(b, v)
 }
 
 // appendNumeric renders a numeric as Debezium's default precise decimal
@@ -253,15 +255,6 @@ func parseTimestamp(v []byte, tz bool) (time.Time, bool) {
 	return t, err == nil
 }
 
-// jsonPlain marks the bytes appendJSONString copies as they are: printable
-// ASCII but the quote and the backslash.
-var jsonPlain = func() (t [256]bool) {
-	for c := 0x20; c < 0x7f; c++ {
-		t[c] = c != '"' && c != '\\'
-	}
-	return t
-}()
-
 // parseTimestampISO parses, without allocating, what Postgres writes for a
 // timestamp with its ISO DateStyle: "2006-01-02 15:04:05", then 1 to 9
 // fractional digits after a '.', then with tz an offset "+07" or "-07:30".
@@ -333,50 +326,6 @@ func daysIn(m time.Month, year int) int {
 		return 28
 	}
 	return 31 - int((m-1)%7%2)
-}
-
-// appendJSONString appends s as a JSON string literal; bytes that are not
-// valid UTF-8 become U+FFFD.
-func appendJSONString(b []byte, s []byte) []byte {
-	const hexDigits = "0123456789abcdef"
-	b = append(b, '"')
-	start := 0
-	for i := 0; i < len(s); {
-		if jsonPlain[s[i]] {
-			i++
-			continue
-		}
-		c := s[i]
-		if c >= 0x80 {
-			r, size := utf8.DecodeRune(s[i:])
-			if r == utf8.RuneError && size == 1 {
-				b = append(b, s[start:i]...)
-				b = append(b, `\ufffd`...)
-				i++
-				start = i
-				continue
-			}
-			i += size
-			continue
-		}
-		b = append(b, s[start:i]...)
-		switch c {
-		case '"', '\\':
-			b = append(b, '\\', c)
-		case '\n':
-			b = append(b, '\\', 'n')
-		case '\r':
-			b = append(b, '\\', 'r')
-		case '\t':
-			b = append(b, '\\', 't')
-		default:
-			b = append(b, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
-		}
-		i++
-		start = i
-	}
-	b = append(b, s[start:]...)
-	return append(b, '"')
 }
 
 // parsePgoutput is pglogrepl.Parse made safe for any input: pglogrepl panics
@@ -557,17 +506,4 @@ func (d *rowDecoder) tuple(src []byte, at int) (int, bool) {
 		d.cols = append(d.cols, c)
 	}
 	return at, true
-}
-
-// appendQuoted appends s as a JSON string literal (invalid UTF-8 as
-// U+FFFD), at once when s is printable ASCII without quote or backslash.
-func appendQuoted(b []byte, s string) []byte {
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' {
-			return appendJSONString(b, []byte(s))
-		}
-	}
-	b = append(b, '"')
-	b = append(b, s...)
-	return append(b, '"')
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
@@ -53,45 +52,11 @@ type change struct {
 
 // appendSource appends the envelope's source block.
 func (r *Reader) appendSource(v []byte, s *source) []byte {
-	if r.srcDB != r.db || r.srcHead == nil {
-		// The parts that never change, rendered once.
-		r.srcHead = append([]byte(`"source":{"version":"`+schema.Version+`","connector":"postgresql","name":`), appendQuoted(nil, r.cfg.TopicPrefix)...)
-		r.srcHead = append(r.srcHead, `,"ts_ms":`...)
-		r.srcDBPart = append(append([]byte(`","db":`), appendQuoted(nil, r.db)...), `,"sequence":"[`...)
-		r.srcDB = r.db
+	if r.srcHead == nil || r.srcHead.DB() != r.db {
+		r.srcHead = schema.NewSourceHead(r.cfg.TopicPrefix, r.db)
 	}
-	v = append(v, r.srcHead...)
-	v = strconv.AppendInt(v, s.tsMs, 10)
-	v = append(v, `,"snapshot":"`...)
-	v = append(v, s.snapshot...)
-	v = append(v, r.srcDBPart...)
-	if s.lastCommit == 0 {
-		v = append(v, "null"...)
-	} else {
-		v = append(v, `\"`...)
-		v = strconv.AppendUint(v, uint64(s.lastCommit), 10)
-		v = append(v, `\"`...)
-	}
-	v = append(v, `,\"`...)
-	v = strconv.AppendUint(v, uint64(s.lsn), 10)
-	v = append(v, `\"]","schema":`...)
-	v = appendQuoted(v, s.schema)
-	v = append(v, `,"table":`...)
-	v = appendQuoted(v, s.table)
-	v = append(v, `,"txId":`...)
-	v = strconv.AppendUint(v, s.txID, 10)
-	v = append(v, `,"lsn":`...)
-	v = strconv.AppendUint(v, uint64(s.lsn), 10)
-	return append(v, `,"xmin":null}`...)
-}
-
-// appendTail appends op, ts_ms and transaction, closing the envelope.
-func appendTail(v []byte, op string) []byte {
-	v = append(v, `,"op":"`...)
-	v = append(v, op...)
-	v = append(v, `","ts_ms":`...)
-	v = strconv.AppendInt(v, time.Now().UnixMilli(), 10)
-	return append(v, `,"transaction":null}`...)
+	return r.srcHead.AppendSource(v, &schema.EventSource{TsMs: s.tsMs, Snapshot: s.snapshot, LastCommit: uint64(s.lastCommit),
+		LSN: uint64(s.lsn), Schema: s.schema, Table: s.table, TxID: s.txID})
 }
 
 // routeChange renders c as a Debezium envelope and hands the events it makes
@@ -111,7 +76,7 @@ func (r *Reader) routeChange(ctx context.Context, c *change, emit func(event) er
 	v, aID, aStep, aBad := appendRow(v, c.rel, c.after, fill)
 	v = append(v, ',')
 	v = r.appendSource(v, &c.src)
-	v = appendTail(v, c.op)
+	v = schema.AppendTail(v, c.op)
 	r.render = v
 
 	key, step, bad := aID, aStep, aBad
@@ -145,7 +110,7 @@ func (r *Reader) routeChange(ctx context.Context, c *change, emit func(event) er
 	default:
 		var ok bool
 		if topic, ok = r.topics[string(step)]; !ok {
-			topic = schema.Topic(r.cfg.TopicPrefix, string(step))
+			topic = schema.Topics{Prefix: r.cfg.TopicPrefix}.Step(string(step))
 			if err := schema.ValidTopic(topic); err != nil {
 				reason, unroutable = err.Error(), true
 			} else if reason, unroutable = r.stepProblem(string(step)), true; reason == "" {
@@ -251,7 +216,7 @@ func (r *Reader) routeTruncate(ctx context.Context, rel *pglogrepl.RelationMessa
 	v := make([]byte, 0, 512)
 	v = append(v, `{"before":null,"after":null,`...)
 	v = r.appendSource(v, src)
-	v = appendTail(v, schema.OpTruncate)
+	v = schema.AppendTail(v, schema.OpTruncate)
 	return r.broadcast(ctx, schema.OpTruncate, nil, v, src, emit)
 }
 
@@ -260,10 +225,10 @@ func (r *Reader) routeTruncate(ctx context.Context, rel *pglogrepl.RelationMessa
 func (r *Reader) deadLetter(ev *event, reason string) event {
 	r.log.Warn("dead letter", "job_id", string(ev.key), "lsn", ev.lsn, "topic", ev.topic, "reason", reason)
 	return event{
-		topic:     schema.DLQTopic(r.cfg.TopicPrefix),
+		topic:     schema.Topics{Prefix: r.cfg.TopicPrefix}.DLQ(),
 		key:       ev.key,
-		value:     deadLetterValue(nil, reason, ev.topic, ev.lsn, ev.value, r.maxMessage/2),
-		headers:   []kafka.Header{{Key: "jobstream.reason", Value: []byte(reason)}},
+		value:     deadLetterValue(reason, ev.topic, ev.lsn, ev.value, r.maxMessage/2),
+		headers:   []kafka.Header{{Key: schema.HeaderReason, Value: []byte(reason)}},
 		partition: -1,
 		reason:    reason,
 		lsn:       ev.lsn,
@@ -271,23 +236,15 @@ func (r *Reader) deadLetter(ev *event, reason string) event {
 	}
 }
 
-// deadLetterValue renders a dead letter: the reason, the topic the event
-// was meant for, its LSN, and the event itself when it is valid JSON under
+// deadLetterValue renders the reader's dead letter: the reason, the topic
+// the event was meant for, its LSN, and the event itself when it is under
 // limit bytes.
-func deadLetterValue(v []byte, reason, topic string, lsn pglogrepl.LSN, event []byte, limit int) []byte {
-	v = append(v, `{"reason":`...)
-	v = appendQuoted(v, reason)
-	v = append(v, `,"topic":`...)
-	v = appendQuoted(v, topic)
-	v = append(v, `,"lsn":`...)
-	v = strconv.AppendUint(v, uint64(lsn), 10)
-	v = append(v, `,"event":`...)
+func deadLetterValue(reason, topic string, lsn pglogrepl.LSN, event []byte, limit int) []byte {
+	l := schema.DeadLetter{Reason: reason, Topic: topic, LSN: uint64(lsn)}
 	if len(event) > 0 && len(event) < limit {
-		v = append(v, event...)
-	} else {
-		v = append(v, "null"...)
+		l.Event = event
 	}
-	return append(v, '}')
+	return l.Encode()
 }
 
 // ensureTopic creates topic if this reader has not produced to it yet.

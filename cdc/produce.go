@@ -22,6 +22,7 @@ import (
 	metadataAPI "github.com/segmentio/kafka-go/protocol/metadata"
 
 	"github.com/jobstream/jobstream/schema"
+	"github.com/jobstream/jobstream/schema/kafkaconn"
 )
 
 // Record batch framing the broker counts against its message size limit:
@@ -87,7 +88,7 @@ type producer struct {
 // reach the broker while it stays down.
 const brokerDownEvery = 30 * time.Second
 
-func newProducer(b schema.Broker, log *slog.Logger) *producer {
+func newProducer(b kafkaconn.Broker, log *slog.Logger) *producer {
 	return &producer{
 		client: &kafka.Client{
 			Addr:    kafka.TCP(b.Addrs...),
@@ -380,7 +381,7 @@ func (p *producer) sendChunkOr(ctx context.Context, tp topicPartition, evs []eve
 		// is refused, the dead-letter topic is misconfigured, and the reader
 		// keeps trying, loudly, rather than lose the row.
 		p.log.Error("the dead-letter topic refused a dead letter; sending its reason alone", "topic", ev.topic, "err", refused)
-		ev.value = deadLetterValue(nil, ev.reason+"; the broker refused the full dead letter: "+refused.Error(), ev.topic, ev.lsn, nil, 0)
+		ev.value = deadLetterValue(ev.reason+"; the broker refused the full dead letter: "+refused.Error(), ev.topic, ev.lsn, nil, 0)
 		return p.sendChunkOr(ctx, tp, evs, idx, true)
 	}
 	dl := p.deadLetter(ev, fmt.Sprintf("the broker refused the event: %v", refused))
@@ -524,7 +525,7 @@ func (r *Reader) stepTopics(ctx context.Context) ([]string, error) {
 	}
 	steps := make(map[string]bool, len(r.cfg.Pipeline.Steps))
 	for _, s := range r.cfg.Pipeline.Steps {
-		steps[schema.Topic(r.cfg.TopicPrefix, s)] = true
+		steps[schema.Topics{Prefix: r.cfg.TopicPrefix}.Step(s)] = true
 	}
 	slices.Sort(ts)
 	ts = slices.Compact(ts)

@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/jobstream/jobstream/schema"
+	"github.com/jobstream/jobstream/schema/kafkaconn"
 )
 
 // lockClass is the first key of the advisory lock a reader holds on its
@@ -25,7 +26,7 @@ const lockClass = 7428092
 type Reader struct {
 	cfg    Config
 	log    *slog.Logger
-	broker schema.Broker
+	broker kafkaconn.Broker
 	prod   *producer
 	stats  Stats
 
@@ -35,12 +36,11 @@ type Reader struct {
 	rels       map[uint32]*pglogrepl.RelationMessage
 
 	// Rendering, reused from event to event: the buffer an envelope is
-	// rendered in, the constant parts of the source block (for database
-	// srcDB), and the topic of each step seen (valid names only).
-	render             []byte
-	srcHead, srcDBPart []byte
-	srcDB              string
-	topics             map[string]string
+	// rendered in, the constant parts of the source block, and the topic
+	// of each step seen (valid names only).
+	render  []byte
+	srcHead *schema.SourceHead
+	topics  map[string]string
 
 	// Positions. received: the last WAL position seen. acked: the end of the
 	// last transaction whose every event the broker acknowledged; the only
@@ -65,7 +65,7 @@ func New(cfg Config) (*Reader, error) {
 	return &Reader{
 		cfg:    cfg,
 		log:    cfg.Logger,
-		broker: schema.Broker{Addrs: cfg.Brokers, SASL: cfg.SASL, TLS: cfg.TLS},
+		broker: kafkaconn.Broker{Addrs: cfg.Brokers, SASL: cfg.SASL, TLS: cfg.TLS},
 		known:  map[string]bool{},
 		rels:   map[uint32]*pglogrepl.RelationMessage{},
 		topics: map[string]string{},
@@ -311,7 +311,7 @@ func (r *Reader) preflight(ctx context.Context) error {
 		r.maxMessage = 1_000_000
 	}
 	r.prod.maxMessage = r.maxMessage
-	return r.ensureTopic(ctx, schema.DLQTopic(r.cfg.TopicPrefix))
+	return r.ensureTopic(ctx, schema.Topics{Prefix: r.cfg.TopicPrefix}.DLQ())
 }
 
 // checkPublication says, in one sentence naming the fix (a fatalError), why the

@@ -17,7 +17,6 @@ import (
 	"github.com/jobstream/jobstream/ops/broker"
 	"github.com/jobstream/jobstream/ops/harness"
 	"github.com/jobstream/jobstream/ops/localpg"
-	"github.com/jobstream/jobstream/schema"
 )
 
 func TestEnvelopesForInsertUpdateDelete(t *testing.T) {
@@ -186,7 +185,7 @@ func TestBadRowsGoToDeadLetterTopic(t *testing.T) {
 	if len(ok) != 1 || string(ok[0].Key) != "fine" {
 		t.Fatalf("img_gen topic: %d messages, first key %q", len(ok), ok[0].Key)
 	}
-	dlq := waitMessages(t, e, schema.DLQTopic(e.Prefix), 4)
+	dlq := waitMessages(t, e, e.Topics().DLQ(), 4)
 	reasons := map[string]string{}
 	for _, m := range dlq {
 		var v struct {
@@ -252,7 +251,7 @@ func TestBrokerLimitsAreLearnedAndRefusalsDeadLettered(t *testing.T) {
 	if len(ok) != 1 || string(ok[0].Key) != "small" {
 		t.Fatalf("vlm_analyze topic: %d messages, first key %q", len(ok), ok[0].Key)
 	}
-	dlq := waitMessages(t, e, schema.DLQTopic(e.Prefix), 2)
+	dlq := waitMessages(t, e, e.Topics().DLQ(), 2)
 	got := map[string]string{}
 	for _, m := range dlq {
 		got[string(m.Key)] = string(m.Headers[0].Value)
@@ -283,7 +282,7 @@ func TestUndecodableValueGoesToDeadLetter(t *testing.T) {
 	if string(ok[0].Key) != "ascii" {
 		t.Fatalf("img_gen topic: first key %q", ok[0].Key)
 	}
-	dl := waitMessages(t, ascii, schema.DLQTopic(ascii.Prefix), 1)[0]
+	dl := waitMessages(t, ascii, ascii.Topics().DLQ(), 1)[0]
 	var v struct {
 		Reason string          `json:"reason"`
 		Event  json.RawMessage `json:"event"`

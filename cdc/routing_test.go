@@ -26,7 +26,7 @@ import (
 func TestStepsOutsideThePipelineAreDeadLettered(t *testing.T) {
 	t.Parallel()
 	e := harness.New(t)
-	replays := schema.Topic(e.Prefix, "replays")
+	replays := e.Topics().Step("replays")
 	if _, err := client(t, e).CreateTopics(context.Background(), &kafka.CreateTopicsRequest{Topics: []kafka.TopicConfig{{
 		Topic: replays, NumPartitions: 1, ReplicationFactor: 1}}}); err != nil {
 		t.Fatal(err)
@@ -48,7 +48,7 @@ func TestStepsOutsideThePipelineAreDeadLettered(t *testing.T) {
 		"empty":      "current_step is empty",
 		"null":       "current_step is null",
 	}
-	dlq := waitMessages(t, e, schema.DLQTopic(e.Prefix), len(want))
+	dlq := waitMessages(t, e, e.Topics().DLQ(), len(want))
 	got := map[string]string{}
 	for _, m := range dlq {
 		var v struct {

@@ -197,7 +197,7 @@ func (c Config) Validate() error {
 	if _, err := c.Pipeline.Trigger(c.Step); err != nil {
 		return err
 	}
-	if err := schema.ValidTopic(schema.DLQTopic(c.TopicPrefix)); err != nil {
+	if err := schema.ValidTopic(schema.Topics{Prefix: c.TopicPrefix}.DLQ()); err != nil {
 		return schema.FieldError("TopicPrefix", "%q makes no valid topic name: %v", c.TopicPrefix, err)
 	}
 	return nil

@@ -129,7 +129,7 @@ func groupMembers(t testing.TB, e *harness.Env, step string) int {
 	defer cancel()
 	c, done := kafkaClient(e)
 	defer done()
-	resp, err := c.DescribeGroups(ctx, &kafka.DescribeGroupsRequest{GroupIDs: []string{schema.GroupID(e.Prefix, step)}})
+	resp, err := c.DescribeGroups(ctx, &kafka.DescribeGroupsRequest{GroupIDs: []string{e.Topics().Group(step)}})
 	if err != nil {
 		t.Fatalf("describe group: %v", err)
 	}
@@ -181,7 +181,7 @@ func offsets(t testing.TB, e *harness.Env, step, trigger string) (committed, end
 	// The coordinator may answer with an error for a moment (a group that
 	// is rebalancing or was just left): ask again.
 	harness.Eventually(t, 10*time.Second, func() (bool, string) {
-		of, err := c.OffsetFetch(ctx, &kafka.OffsetFetchRequest{GroupID: schema.GroupID(e.Prefix, step), Topics: map[string][]int{topic: parts}})
+		of, err := c.OffsetFetch(ctx, &kafka.OffsetFetchRequest{GroupID: e.Topics().Group(step), Topics: map[string][]int{topic: parts}})
 		if err == nil {
 			err = of.Error
 		}
@@ -276,7 +276,7 @@ func settledTransitions(t *testing.T, e *harness.Env, ids []string) map[string][
 func deadLetters(t *testing.T, e *harness.Env) map[string]map[string]any {
 	t.Helper()
 	out := map[string]map[string]any{}
-	for _, m := range e.ReadTopic(t, schema.DLQTopic(e.Prefix)) {
+	for _, m := range e.ReadTopic(t, e.Topics().DLQ()) {
 		out[string(m.Key)] = decodeEvent(t, m.Value)
 	}
 	return out

@@ -17,6 +17,7 @@ import (
 	"github.com/jobstream/jobstream/consumers"
 	"github.com/jobstream/jobstream/ops/harness"
 	"github.com/jobstream/jobstream/schema"
+	"github.com/jobstream/jobstream/schema/kafkaconn"
 )
 
 // TestRebalanceChurnLosesNothing: while 2,000 jobs flow in, members join
@@ -193,10 +194,10 @@ func TestStallWatchdogRejoins(t *testing.T) {
 	startReader(t, e)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	if err := (schema.Broker{Addrs: e.Brokers}).EnsureTopics(ctx, schema.DefaultPartitions, e.Topic(trigger)); err != nil {
+	if err := (kafkaconn.Broker{Addrs: e.Brokers}).EnsureTopics(ctx, schema.DefaultPartitions, e.Topic(trigger)); err != nil {
 		t.Fatal(err)
 	}
-	ghost, err := kafka.NewConsumerGroup(kafka.ConsumerGroupConfig{ID: schema.GroupID(e.Prefix, step), Brokers: e.Brokers,
+	ghost, err := kafka.NewConsumerGroup(kafka.ConsumerGroupConfig{ID: e.Topics().Group(step), Brokers: e.Brokers,
 		Topics: []string{e.Topic(trigger)}, HeartbeatInterval: 500 * time.Millisecond, SessionTimeout: 10 * time.Second,
 		RebalanceTimeout: 10 * time.Second, JoinGroupBackoff: 500 * time.Millisecond})
 	if err != nil {

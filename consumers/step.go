@@ -21,7 +21,7 @@ import (
 // decoded is an event as the partition loop read it: its trigger, or why
 // it is not a change-event envelope.
 type decoded struct {
-	env *trigger
+	env *schema.Trigger
 	err error
 }
 
@@ -32,7 +32,7 @@ func (w *Worker) decode(m kafka.Message) (d decoded, act bool) {
 	if len(m.Value) == 0 {
 		return d, false // a tombstone
 	}
-	d.env, d.err = decodeTrigger(m.Value)
+	d.env, d.err = schema.DecodeTrigger(m.Value)
 	if d.err != nil {
 		return d, true
 	}
@@ -96,7 +96,7 @@ const maxVisibilityWait = 10 * time.Second
 // moment before the committing backend makes it visible to other sessions,
 // and a claim in that moment would not see the event's change. So the
 // worker waits for visibility, then claims once more.
-func (w *Worker) claim(ctx context.Context, env *trigger, jobID, workerID string) (r run, ok bool, err error) {
+func (w *Worker) claim(ctx context.Context, env *schema.Trigger, jobID, workerID string) (r run, ok bool, err error) {
 	try := func() (r run, ok bool, err error) {
 		err = retryDB(ctx, w.log, func() (err error) {
 			r, ok, err = w.store.claim(ctx, jobID, workerID, env.Source.LSN, env.Source.TsMs)
@@ -108,29 +108,18 @@ func (w *Worker) claim(ctx context.Context, env *trigger, jobID, workerID string
 	if err != nil || ok || env.Source.TxID == 0 || env.Source.Snapshot != "false" {
 		return r, ok, err
 	}
-	deadline := time.Now().Add(maxVisibilityWait)
-	for pause := 100 * time.Microsecond; ; pause = min(2*pause, 5*time.Millisecond) {
-		var visible bool
-		err = retryDB(ctx, w.log, func() (err error) { visible, err = w.store.visible(ctx, uint32(env.Source.TxID)); return err })
-		if err != nil {
-			return r, false, err
-		}
-		if visible {
-			return try()
-		}
-		if pause == 100*time.Microsecond {
-			w.log.Debug("the event's transaction is not visible yet; claiming again once it is", "job_id", jobID, "txid", env.Source.TxID)
-		}
-		if time.Now().After(deadline) {
-			w.log.Warn("the event's transaction is still not visible; taking the event as stale", "job_id", jobID, "txid", env.Source.TxID)
-			return r, false, nil
-		}
-		select {
-		case <-ctx.Done():
-			return r, false, context.Cause(ctx)
-		case <-time.After(pause):
-		}
+	pending, err := schema.WaitVisible(ctx, []uint32{uint32(env.Source.TxID)}, time.Now().Add(maxVisibilityWait), func(ctx context.Context) (snap string, err error) {
+		err = retryDB(ctx, w.log, func() (err error) { snap, err = w.store.snapshot(ctx); return err })
+		return snap, err
+	})
+	switch {
+	case err != nil:
+		return r, false, err
+	case len(pending) > 0:
+		w.log.Warn("the event's transaction is still not visible; taking the event as stale", "job_id", jobID, "txid", env.Source.TxID)
+		return r, false, nil
 	}
+	return try()
 }
 
 var errFenced = errors.New("lease lost: the run was closed by another worker, the sweeper or a replay")
@@ -526,34 +515,16 @@ type letter struct {
 	triggerLSN string
 }
 
-// maxLetterEvent bounds the event a dead letter carries verbatim, so that the
-// letter stays under the broker's default message size.
-const maxLetterEvent = 512 << 10
-
 // deadLetter writes l to the dead-letter topic, keyed by job_id. It retries
 // while the broker is unreachable, but never blocks on a letter the broker
 // refuses for good. settled is false only when ctx ended first: the letter
 // is still owed.
 func (w *Worker) deadLetter(ctx context.Context, l letter) (settled bool) {
-	msg := map[string]any{
-		"reason":   l.reason,
-		"step":     w.cfg.Step,
-		"job_id":   string(l.key),
-		"attempts": l.attempts,
-		"error":    l.errText,
-		"event":    json.RawMessage(orNull(l.event)),
-	}
-	if len(l.event) > maxLetterEvent {
-		msg["event"] = string(bytes.ToValidUTF8(l.event[:maxLetterEvent], nil))
-		msg["event_truncated"] = true
-	}
-	if l.triggerLSN != "" {
-		msg["trigger_lsn"] = l.triggerLSN
-	}
-	v, _ := json.Marshal(msg)
-	km := kafka.Message{Key: l.key, Value: v, Headers: []kafka.Header{
-		{Key: "jobstream.reason", Value: []byte(l.reason)},
-		{Key: "jobstream.step", Value: []byte(w.cfg.Step)},
+	dl := schema.DeadLetter{Reason: l.reason, Step: w.cfg.Step, JobID: string(l.key), Attempts: l.attempts, Error: l.errText, TriggerLSN: l.triggerLSN}
+	dl.SetEvent(l.event)
+	km := kafka.Message{Key: l.key, Value: dl.Encode(), Headers: []kafka.Header{
+		{Key: schema.HeaderReason, Value: []byte(l.reason)},
+		{Key: schema.HeaderStep, Value: []byte(w.cfg.Step)},
 	}}
 	err := retry(ctx, w.log, func() error {
 		err := w.dlq.WriteMessages(ctx, km)
@@ -576,14 +547,6 @@ func (w *Worker) deadLetter(ctx context.Context, l letter) (settled bool) {
 	}
 	w.stats.DeadLetters.Add(1)
 	return true
-}
-
-func orNull(b []byte) []byte {
-	if json.Valid(b) {
-		return b
-	}
-	q, _ := json.Marshal(string(b))
-	return q
 }
 
 // retryDB retries a store call with capped exponential backoff until it

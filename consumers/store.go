@@ -14,6 +14,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/jobstream/jobstream/schema"
 )
 
 // store is the one writer of jobs and jobstream_runs: claim, complete,
@@ -335,41 +337,13 @@ func prune(ctx context.Context, pool *pgxpool.Pool, olderThan time.Duration, bat
 	return tag.RowsAffected(), nil
 }
 
-// visible reports whether transaction xid (32 bits, as an event's
-// source.txId carries it) is visible to a new snapshot: committed and no
-// longer in progress. Postgres writes a commit to the WAL, where logical
-// decoding reads it, a moment before the committing backend makes it
-// visible to other sessions; a claim in that moment would not see the
-// event's change.
-func (s *store) visible(ctx context.Context, xid uint32) (bool, error) {
+// snapshot reads the current snapshot, for schema.WaitVisible.
+func (s *store) snapshot(ctx context.Context) (string, error) {
 	var snap string
-	if err := s.pool.QueryRow(ctx, `SELECT pg_current_snapshot()::text`).Scan(&snap); err != nil {
-		return false, fmt.Errorf("read snapshot: %w", err)
+	if err := s.pool.QueryRow(ctx, schema.SnapshotQuery).Scan(&snap); err != nil {
+		return "", fmt.Errorf("read snapshot: %w", err)
 	}
-	return visibleIn(xid, snap), nil
-}
-
-// visibleIn reports whether xid precedes the snapshot's xmax and is not in
-// its in-progress list. snap is "xmin:xmax:xip,..." with 64-bit ids; ids
-// compare modulo 2^32, as Postgres compares them.
-func visibleIn(xid uint32, snap string) bool {
-	parts := strings.SplitN(snap, ":", 3)
-	if len(parts) != 3 {
-		return true // unparsable: do not hold the event
-	}
-	xmax, err := strconv.ParseUint(parts[1], 10, 64)
-	if err != nil {
-		return true
-	}
-	if int32(xid-uint32(xmax)) >= 0 {
-		return false
-	}
-	for _, f := range strings.Split(parts[2], ",") {
-		if x, err := strconv.ParseUint(f, 10, 64); err == nil && uint32(x) == xid {
-			return false
-		}
-	}
-	return true
+	return snap, nil
 }
 
 // isDataError reports whether err is Postgres refusing the data itself

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/segmentio/kafka-go"
+
+	"github.com/jobstream/jobstream/schema"
 )
 
 // The stall watchdog guards "no transition is lost" against a consumer group
@@ -190,7 +192,7 @@ func (w *Worker) headInProgress(ctx context.Context, topic string, p int, offset
 	if err != nil {
 		return false, fmt.Errorf("read head of %s/%d: %w", topic, p, err)
 	}
-	env, err := decodeTrigger(m.Value)
+	env, err := schema.DecodeTrigger(m.Value)
 	if err != nil || env.After == nil || env.After.JobID == nil {
 		return false, nil
 	}

@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/jobstream/jobstream/schema"
+	"github.com/jobstream/jobstream/schema/kafkaconn"
 )
 
 // Worker is one process's share of a step's consumer group.
@@ -24,7 +25,7 @@ type Worker struct {
 	trigger  string
 	topic    string
 	group    string
-	broker   schema.Broker
+	broker   kafkaconn.Broker
 	store    *store
 	dlq      *kafka.Writer
 	stats    Stats
@@ -56,9 +57,9 @@ func New(cfg Config) (*Worker, error) {
 		cfg:     cfg,
 		log:     cfg.Logger.With("step", cfg.Step),
 		trigger: trigger,
-		topic:   schema.Topic(cfg.TopicPrefix, trigger),
-		group:   schema.GroupID(cfg.TopicPrefix, cfg.Step),
-		broker:  schema.Broker{Addrs: cfg.Brokers, SASL: cfg.SASL, TLS: cfg.TLS},
+		topic:   schema.Topics{Prefix: cfg.TopicPrefix}.Step(trigger),
+		group:   schema.Topics{Prefix: cfg.TopicPrefix}.Group(cfg.Step),
+		broker:  kafkaconn.Broker{Addrs: cfg.Brokers, SASL: cfg.SASL, TLS: cfg.TLS},
 		ready:   make(chan struct{}),
 	}, nil
 }
@@ -99,7 +100,7 @@ func (w *Worker) Run(ctx context.Context) (err error) {
 	}
 	// The trigger topic, the dead-letter topic, and the topic this step's
 	// own transitions land on (the next step's trigger).
-	topics := []string{w.topic, schema.DLQTopic(w.cfg.TopicPrefix), schema.Topic(w.cfg.TopicPrefix, w.cfg.Step)}
+	topics := []string{w.topic, schema.Topics{Prefix: w.cfg.TopicPrefix}.DLQ(), schema.Topics{Prefix: w.cfg.TopicPrefix}.Step(w.cfg.Step)}
 	if err := w.broker.EnsureTopics(ctx, w.cfg.Partitions, topics...); err != nil {
 		return starting(err)
 	}
@@ -133,7 +134,7 @@ func (w *Worker) Run(ctx context.Context) (err error) {
 	}
 	w.dlq = &kafka.Writer{
 		Addr:         kafka.TCP(w.cfg.Brokers...),
-		Topic:        schema.DLQTopic(w.cfg.TopicPrefix),
+		Topic:        schema.Topics{Prefix: w.cfg.TopicPrefix}.DLQ(),
 		Balancer:     &kafka.Murmur2Balancer{},
 		RequiredAcks: kafka.RequireAll,
 		BatchTimeout: time.Millisecond,

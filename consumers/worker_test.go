@@ -522,7 +522,7 @@ func TestDuplicateAndStaleEventsAreSkipped(t *testing.T) {
 	waitAllCommitted(t, e, step, trigger)
 	harness.Eventually(t, 10*time.Second, func() (bool, string) {
 		var keys []string
-		for _, m := range e.ReadTopic(t, schema.DLQTopic(e.Prefix)) {
+		for _, m := range e.ReadTopic(t, e.Topics().DLQ()) {
 			keys = append(keys, string(m.Key))
 			d := decodeEvent(t, m.Value)
 			if string(m.Key) == "poison" && strings.HasPrefix(fmt.Sprint(d["reason"]), "event is not a change-event envelope") &&
@@ -584,7 +584,7 @@ func TestRetriesThenFailsWithDeadLetter(t *testing.T) {
 	var headers []kafka.Header
 	harness.Eventually(t, 10*time.Second, func() (bool, string) {
 		var keys []string
-		for _, m := range e.ReadTopic(t, schema.DLQTopic(e.Prefix)) {
+		for _, m := range e.ReadTopic(t, e.Topics().DLQ()) {
 			keys = append(keys, string(m.Key))
 			if string(m.Key) == id {
 				dead, headers = decodeEvent(t, m.Value), m.Headers
@@ -602,7 +602,7 @@ func TestRetriesThenFailsWithDeadLetter(t *testing.T) {
 	} else if after, _ := ev["after"].(map[string]any); after["job_id"] != id || after["current_step"] != trigger {
 		t.Errorf("dead letter's event is not the trigger: %v", ev)
 	}
-	if !slices.ContainsFunc(headers, func(h kafka.Header) bool { return h.Key == "jobstream.reason" && string(h.Value) == "step failed" }) {
+	if !slices.ContainsFunc(headers, func(h kafka.Header) bool { return h.Key == schema.HeaderReason && string(h.Value) == "step failed" }) {
 		t.Errorf("dead letter headers %v lack jobstream.reason", headers)
 	}
 	s := w.Stats()
@@ -648,7 +648,7 @@ func TestPermanentFailureIsNotRetried(t *testing.T) {
 	}
 	harness.Eventually(t, 10*time.Second, func() (bool, string) {
 		got := map[string]string{}
-		for _, m := range e.ReadTopic(t, schema.DLQTopic(e.Prefix)) {
+		for _, m := range e.ReadTopic(t, e.Topics().DLQ()) {
 			d := decodeEvent(t, m.Value)
 			got[string(m.Key)] = fmt.Sprint(d["attempts"], " ", d["error"])
 		}

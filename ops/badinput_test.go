@@ -19,7 +19,6 @@ import (
 	"github.com/jobstream/jobstream/cdc"
 	"github.com/jobstream/jobstream/consumers"
 	"github.com/jobstream/jobstream/ops/harness"
-	"github.com/jobstream/jobstream/schema"
 )
 
 // badStep misbehaves according to the job id.
@@ -121,7 +120,7 @@ func TestBadInputCatalogue(t *testing.T) {
 	// Dead letters: the four failed jobs and the two unreadable messages, with reasons.
 	reasons := map[string]string{}
 	harness.Eventually(t, 30*time.Second, func() (bool, string) {
-		for _, m := range e.ReadTopic(t, schema.DLQTopic(e.Prefix)) {
+		for _, m := range e.ReadTopic(t, e.Topics().DLQ()) {
 			var v struct {
 				Reason string `json:"reason"`
 				Error  string `json:"error"`
@@ -202,7 +201,7 @@ func TestHTTPExecutorNeverAnswers(t *testing.T) {
 		t.Errorf("silent job: %d attempts, error %q; want 2 attempts that timed out after 1s", attempts, errText)
 	}
 	harness.Eventually(t, 30*time.Second, func() (bool, string) {
-		for _, m := range e.ReadTopic(t, schema.DLQTopic(e.Prefix)) {
+		for _, m := range e.ReadTopic(t, e.Topics().DLQ()) {
 			if string(m.Key) == "silent" && strings.Contains(string(m.Value), "timed out") {
 				return true, ""
 			}

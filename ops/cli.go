@@ -28,6 +28,7 @@ import (
 	"github.com/jobstream/jobstream/ops/broker"
 	"github.com/jobstream/jobstream/ops/metrics"
 	"github.com/jobstream/jobstream/schema"
+	"github.com/jobstream/jobstream/schema/kafkaconn"
 )
 
 // usageError is bad usage: exit code 2.
@@ -352,7 +353,7 @@ type common struct {
 	pipeline    string
 	publication string
 	logLevel    string
-	auth        schema.KafkaAuth
+	auth        kafkaconn.Auth
 	tls         string
 }
 
@@ -419,7 +420,7 @@ func (c *common) brokerList() []string {
 }
 
 // broker returns how to reach the brokers, with SASL and TLS.
-func (c *common) broker() (schema.Broker, error) {
+func (c *common) broker() (kafkaconn.Broker, error) {
 	switch c.tls {
 	case "", "off", "false":
 	case "on", "true":
@@ -427,9 +428,9 @@ func (c *common) broker() (schema.Broker, error) {
 	case "verify-none":
 		c.auth.TLS, c.auth.InsecureSkip = true, true
 	default:
-		return schema.Broker{}, usagef("--kafka-tls %q is not one of on, off, verify-none", c.tls)
+		return kafkaconn.Broker{}, usagef("--kafka-tls %q is not one of on, off, verify-none", c.tls)
 	}
-	b, err := c.auth.Apply(schema.Broker{Addrs: c.brokerList()})
+	b, err := c.auth.Apply(kafkaconn.Broker{Addrs: c.brokerList()})
 	if err != nil {
 		return b, usageError{err.Error()}
 	}
@@ -438,7 +439,7 @@ func (c *common) broker() (schema.Broker, error) {
 
 // reachBroker returns how to reach the brokers once one has answered, or
 // one sentence saying why none did.
-func (c *common) reachBroker(ctx context.Context) (schema.Broker, error) {
+func (c *common) reachBroker(ctx context.Context) (kafkaconn.Broker, error) {
 	b, err := c.broker()
 	if err != nil {
 		return b, err
@@ -497,7 +498,7 @@ func (c *common) needDB() error {
 
 func (c *common) needBrokers() error {
 	if len(c.brokerList()) == 0 {
-		return usageError{schema.ErrNoBrokers.Error()}
+		return usageError{kafkaconn.ErrNoBrokers.Error()}
 	}
 	return nil
 }

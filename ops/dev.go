@@ -23,6 +23,7 @@ import (
 	"github.com/jobstream/jobstream/ops/devstack"
 	"github.com/jobstream/jobstream/ops/localpg"
 	"github.com/jobstream/jobstream/schema"
+	"github.com/jobstream/jobstream/schema/kafkaconn"
 )
 
 type devConfig struct {
@@ -165,7 +166,7 @@ func (d *demo) work(ctx, gctx context.Context, rs *cdc.Stats) (err error) {
 
 	progErr := make(chan error, 1)
 	go func() {
-		progErr <- watchProgress(wctx, pool, newAdmin(schema.Broker{Addrs: d.st.Brokers}), rs, d.p, d.cfg.jobs, d.cfg.timeout, d.out)
+		progErr <- watchProgress(wctx, pool, newAdmin(kafkaconn.Broker{Addrs: d.st.Brokers}), rs, d.p, d.cfg.jobs, d.cfg.timeout, d.out)
 	}()
 	select {
 	case err = <-progErr:

@@ -14,7 +14,6 @@ import (
 	"github.com/jobstream/jobstream/cdc"
 	"github.com/jobstream/jobstream/ops/broker"
 	"github.com/jobstream/jobstream/ops/harness"
-	"github.com/jobstream/jobstream/schema"
 )
 
 // TestOwedDeadLetterSurvivesWorkerCrash: a worker fails a job in Postgres,
@@ -82,7 +81,7 @@ esac
 	var letters []string
 	harness.Eventually(t, 60*time.Second, func() (bool, string) {
 		letters = letters[:0]
-		for _, m := range e.ReadTopic(t, schema.DLQTopic(e.Prefix)) {
+		for _, m := range e.ReadTopic(t, e.Topics().DLQ()) {
 			if string(m.Key) == "doomed" {
 				letters = append(letters, string(m.Value))
 			}
@@ -109,7 +108,7 @@ esac
 	// Recorded, it is owed no more (the sweeper only writes letters still
 	// owed), and it was written once.
 	n := 0
-	for _, m := range e.ReadTopic(t, schema.DLQTopic(e.Prefix)) {
+	for _, m := range e.ReadTopic(t, e.Topics().DLQ()) {
 		if string(m.Key) == "doomed" {
 			n++
 		}

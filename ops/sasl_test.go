@@ -13,7 +13,7 @@ import (
 	"github.com/jobstream/jobstream/consumers"
 	"github.com/jobstream/jobstream/ops/broker"
 	"github.com/jobstream/jobstream/ops/harness"
-	"github.com/jobstream/jobstream/schema"
+	"github.com/jobstream/jobstream/schema/kafkaconn"
 )
 
 // TestKafkaSASL: against a broker that demands SASL, the reader, a worker
@@ -32,11 +32,11 @@ func TestKafkaSASL(t *testing.T) {
 	}
 	defer b.Close()
 
-	plain, err := schema.KafkaAuth{Mechanism: "PLAIN", User: "plainuser", Password: "plain-secret"}.Apply(schema.Broker{Addrs: []string{b.Addr()}})
+	plain, err := kafkaconn.Auth{Mechanism: "PLAIN", User: "plainuser", Password: "plain-secret"}.Apply(kafkaconn.Broker{Addrs: []string{b.Addr()}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	scram, err := schema.KafkaAuth{Mechanism: "SCRAM-SHA-256", User: "scramuser", Password: "scram-secret"}.Apply(schema.Broker{Addrs: []string{b.Addr()}})
+	scram, err := kafkaconn.Auth{Mechanism: "SCRAM-SHA-256", User: "scramuser", Password: "scram-secret"}.Apply(kafkaconn.Broker{Addrs: []string{b.Addr()}})
 	if err != nil {
 		t.Fatal(err)
 	}

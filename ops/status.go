@@ -13,6 +13,7 @@ import (
 
 	adm "github.com/jobstream/jobstream/ops/admin"
 	"github.com/jobstream/jobstream/schema"
+	"github.com/jobstream/jobstream/schema/kafkaconn"
 )
 
 // The names dev's live view (dev.go) uses; it may call the admin package
@@ -22,7 +23,7 @@ type (
 	statusReport = adm.StatusReport
 )
 
-func newAdmin(b schema.Broker) *admin { return adm.NewKafka(b) }
+func newAdmin(b kafkaconn.Broker) *admin { return adm.NewKafka(b) }
 
 func collectStatus(ctx context.Context, pool *pgxpool.Pool, a *admin, p schema.Pipeline, prefix, slot string) (*statusReport, error) {
 	return adm.Status(ctx, pool, a, adm.StatusOptions{Deployment: adm.Deployment{Pipeline: p, TopicPrefix: prefix}, Slot: slot})

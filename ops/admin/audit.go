@@ -60,10 +60,10 @@ func Audit(ctx context.Context, k *Kafka, pool *pgxpool.Pool, o AuditOptions) ([
 	if o.JobID == "" {
 		return nil, invalid{ErrNoJobID, ErrNoJobID.Error()}
 	}
-	p, prefix := o.resolve()
+	p, topics := o.resolve()
 	var entries []AuditEntry
 	for _, s := range p.Steps {
-		e, err := readHistory(ctx, k, schema.Topic(prefix, s), o.JobID, changeEntry)
+		e, err := readHistory(ctx, k, topics.Step(s), o.JobID, changeEntry)
 		if err != nil {
 			return nil, err
 		}
@@ -72,7 +72,7 @@ func Audit(ctx context.Context, k *Kafka, pool *pgxpool.Pool, o AuditOptions) ([
 	for _, t := range []struct {
 		topic string
 		kind  func(*AuditEntry, kafka.Message)
-	}{{schema.DLQTopic(prefix), letterEntry}, {schema.ReplayTopic(prefix), markEntry}} {
+	}{{topics.DLQ(), letterEntry}, {topics.Replays(), markEntry}} {
 		e, err := readHistory(ctx, k, t.topic, o.JobID, t.kind)
 		if err != nil {
 			return nil, err
@@ -243,14 +243,17 @@ func dedupe(entries []AuditEntry) []AuditEntry {
 	return out
 }
 
-// compactReason is a dead letter without the event it carries.
+// compactReason is a dead letter without the event it carries, or the
+// value quoted when it is no dead letter.
 func compactReason(v []byte) json.RawMessage {
-	var m map[string]any
-	if json.Unmarshal(v, &m) != nil {
+	l, err := schema.DecodeDeadLetter(v)
+	if err != nil {
 		return json.RawMessage(fmt.Sprintf("%q", string(v)))
 	}
-	delete(m, "event")
-	b, _ := json.Marshal(m)
+	b, _ := json.Marshal(struct {
+		*schema.DeadLetter
+		Event json.RawMessage `json:"event,omitempty"`
+	}{DeadLetter: l})
 	return b
 }
 

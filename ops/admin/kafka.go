@@ -9,7 +9,7 @@ import (
 
 	"github.com/segmentio/kafka-go"
 
-	"github.com/jobstream/jobstream/schema"
+	"github.com/jobstream/jobstream/schema/kafkaconn"
 )
 
 // Kafka answers the questions operators ask the broker: partitions, offsets,
@@ -17,7 +17,7 @@ import (
 // kafka-go's own Reader.Lag is -1 for groups, so lag is computed from
 // OffsetFetch and ListOffsets here. It is safe for concurrent use.
 type Kafka struct {
-	b schema.Broker
+	b kafkaconn.Broker
 	c *kafka.Client
 }
 
@@ -25,7 +25,7 @@ type Kafka struct {
 // request times out after 10s. It keeps the brokers' metadata for a second
 // (kafka-go's default is 6s), so a long-lived client, such as a view that
 // redraws, sees a topic created elsewhere within about a second.
-func NewKafka(b schema.Broker) *Kafka {
+func NewKafka(b kafkaconn.Broker) *Kafka {
 	c := b.Client(10 * time.Second)
 	if t, ok := c.Transport.(*kafka.Transport); ok {
 		t.MetadataTTL = time.Second
@@ -34,7 +34,7 @@ func NewKafka(b schema.Broker) *Kafka {
 }
 
 // Broker returns how k reaches the brokers.
-func (k *Kafka) Broker() schema.Broker { return k.b }
+func (k *Kafka) Broker() kafkaconn.Broker { return k.b }
 
 // Partitions returns the partition ids of topic, sorted; none if it does not exist.
 func (k *Kafka) Partitions(ctx context.Context, topic string) ([]int, error) {

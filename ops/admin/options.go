@@ -22,13 +22,13 @@ type Deployment struct {
 	TopicPrefix string
 }
 
-// resolve returns d's pipeline and topic prefix, defaults filled in.
-func (d Deployment) resolve() (schema.Pipeline, string) {
+// resolve returns d's pipeline and topic names, defaults filled in.
+func (d Deployment) resolve() (schema.Pipeline, schema.Topics) {
 	p := d.Pipeline
 	if len(p.Steps) == 0 {
 		p = schema.DefaultPipeline()
 	}
-	return p, cmp.Or(d.TopicPrefix, schema.DefaultTopicPrefix)
+	return p, schema.Topics{Prefix: cmp.Or(d.TopicPrefix, schema.DefaultTopicPrefix)}
 }
 
 // invalid is an error in the caller's options: its message says what is

@@ -123,7 +123,7 @@ type ReplayResult struct {
 }
 
 // ReplayMark is the record of one job's replay in the replay topic
-// (schema.ReplayTopic), keyed by job_id; Audit shows it as the rewind it
+// (schema.Topics.Replays), keyed by job_id; Audit shows it as the rewind it
 // made. Its fields are in the order of their JSON names.
 type ReplayMark struct {
 	At        time.Time `json:"at"`
@@ -150,12 +150,12 @@ func Replay(ctx context.Context, pool *pgxpool.Pool, k *Kafka, o ReplayOptions) 
 	if err := o.Validate(); err != nil {
 		return nil, err
 	}
-	p, prefix := o.resolve()
+	p, topics := o.resolve()
 	trigger, err := p.Trigger(o.Step)
 	if err != nil {
 		return nil, invalid{ErrUnknownStep, err.Error()}
 	}
-	res := &ReplayResult{Step: o.Step, Trigger: trigger, Topic: schema.Topic(prefix, trigger), Range: rangeString(o.From, o.To), DryRun: o.DryRun}
+	res := &ReplayResult{Step: o.Step, Trigger: trigger, Topic: topics.Step(trigger), Range: rangeString(o.From, o.To), DryRun: o.DryRun}
 	found, err := findJobs(ctx, k, res.Topic, trigger, o)
 	if err != nil || len(found) == 0 {
 		return res, err
@@ -164,7 +164,7 @@ func Replay(ctx context.Context, pool *pgxpool.Pool, k *Kafka, o ReplayOptions) 
 	if err != nil || len(marks) == 0 {
 		return res, err
 	}
-	replays := schema.ReplayTopic(prefix)
+	replays := topics.Replays()
 	b := k.Broker()
 	if err := b.EnsureTopics(ctx, schema.DefaultPartitions, replays); err != nil {
 		return res, err
@@ -389,12 +389,12 @@ func ResetOffsets(ctx context.Context, k *Kafka, o ResetOptions) (*ResetResult, 
 		}
 		at = t
 	}
-	p, prefix := o.resolve()
+	p, topics := o.resolve()
 	trigger, err := p.Trigger(o.Step)
 	if err != nil {
 		return nil, invalid{ErrUnknownStep, err.Error()}
 	}
-	res := &ResetResult{Group: schema.GroupID(prefix, o.Step), Topic: schema.Topic(prefix, trigger), To: o.To, DryRun: o.DryRun}
+	res := &ResetResult{Group: topics.Group(o.Step), Topic: topics.Step(trigger), To: o.To, DryRun: o.DryRun}
 	_, members, err := k.Members(ctx, res.Group)
 	if err != nil {
 		return nil, err

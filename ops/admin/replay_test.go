@@ -13,6 +13,7 @@ import (
 	"github.com/jobstream/jobstream/ops/admin"
 	"github.com/jobstream/jobstream/ops/harness"
 	"github.com/jobstream/jobstream/schema"
+	"github.com/jobstream/jobstream/schema/kafkaconn"
 )
 
 // events writes change events to topic as the reader would: each job done
@@ -20,7 +21,7 @@ import (
 func events(t *testing.T, e *harness.Env, topic, step string, lsn int64, jobs ...string) {
 	t.Helper()
 	ctx := context.Background()
-	b := schema.Broker{Addrs: e.Brokers}
+	b := kafkaconn.Broker{Addrs: e.Brokers}
 	if err := b.EnsureTopics(ctx, 3, topic); err != nil {
 		t.Fatal(err)
 	}
@@ -58,7 +59,7 @@ func TestReplay(t *testing.T) {
 	e.Exec(t, `INSERT INTO jobs (job_id, current_step, status) VALUES
 		('past', 'overlay', 'done'), ('busy', 'planner', 'running'), ('behind', 'img_gen', 'done')`)
 	events(t, e, e.Topic("vlm_analyze"), "vlm_analyze", 100, "past", "busy", "behind", "gone", "past")
-	k := admin.NewKafka(schema.Broker{Addrs: e.Brokers})
+	k := admin.NewKafka(kafkaconn.Broker{Addrs: e.Brokers})
 	o := admin.ReplayOptions{Step: "yolo_detect", Deployment: admin.Deployment{TopicPrefix: e.Prefix}, All: true, DryRun: true, By: "tester"}
 
 	plan, err := admin.Replay(ctx, e.Pool(t), k, o)
@@ -87,7 +88,7 @@ func TestReplay(t *testing.T) {
 			t.Errorf("%s is at %s after the replay, want vlm_analyze:done", id, got)
 		}
 	}
-	marks := e.ReadTopic(t, schema.ReplayTopic(e.Prefix))
+	marks := e.ReadTopic(t, e.Topics().Replays())
 	if len(marks) != 2 {
 		t.Fatalf("%d replay marks, want 2", len(marks))
 	}
@@ -124,7 +125,7 @@ func TestReplayErrors(t *testing.T) {
 	e := harness.New(t)
 	ctx := context.Background()
 	events(t, e, e.Topic("vlm_analyze"), "vlm_analyze", 1, "j1")
-	k := admin.NewKafka(schema.Broker{Addrs: e.Brokers})
+	k := admin.NewKafka(kafkaconn.Broker{Addrs: e.Brokers})
 	for _, c := range []struct {
 		o    admin.ReplayOptions
 		want error
@@ -152,10 +153,10 @@ func TestResetOffsets(t *testing.T) {
 	ctx := context.Background()
 	topic := e.Topic("vlm_analyze")
 	events(t, e, topic, "vlm_analyze", 1, "j1", "j2", "j3", "j4")
-	k := admin.NewKafka(schema.Broker{Addrs: e.Brokers})
+	k := admin.NewKafka(kafkaconn.Broker{Addrs: e.Brokers})
 	o := admin.ResetOptions{Step: "yolo_detect", Deployment: admin.Deployment{TopicPrefix: e.Prefix}, To: "latest", DryRun: true}
 	committed := func() int64 {
-		c, err := k.Committed(ctx, schema.GroupID(e.Prefix, "yolo_detect"), topic, []int{0, 1, 2})
+		c, err := k.Committed(ctx, e.Topics().Group("yolo_detect"), topic, []int{0, 1, 2})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -175,7 +176,7 @@ func TestResetOffsets(t *testing.T) {
 		for _, p := range res.Offsets {
 			sum += p.Offset
 		}
-		if len(res.Offsets) != 3 || sum != 4 || res.Group != schema.GroupID(e.Prefix, "yolo_detect") {
+		if len(res.Offsets) != 3 || sum != 4 || res.Group != e.Topics().Group("yolo_detect") {
 			t.Fatalf("reset (dry %v): %+v", dry, res)
 		}
 		if want := map[bool]int64{true: 0, false: 4}[dry]; committed() != want {
@@ -194,7 +195,7 @@ func TestStatus(t *testing.T) {
 	t.Parallel()
 	e := harness.New(t)
 	e.Exec(t, `INSERT INTO jobs (job_id, current_step, status) VALUES ('a', 'img_gen', 'done'), ('b', 'img_gen', 'done'), ('c', 'planner', 'failed')`)
-	rep, err := admin.Status(context.Background(), e.Pool(t), admin.NewKafka(schema.Broker{Addrs: e.Brokers}),
+	rep, err := admin.Status(context.Background(), e.Pool(t), admin.NewKafka(kafkaconn.Broker{Addrs: e.Brokers}),
 		admin.StatusOptions{Deployment: admin.Deployment{TopicPrefix: e.Prefix}, Slot: e.Slot})
 	if err != nil {
 		t.Fatal(err)
@@ -202,7 +203,7 @@ func TestStatus(t *testing.T) {
 	if rep.Slot.Exists || rep.Slot.Name != e.Slot || len(rep.Steps) != len(schema.DefaultSteps)-1 || rep.DeadLetters != 0 {
 		t.Fatalf("status: %+v", rep)
 	}
-	if s := rep.Steps[0]; s.Step != "vlm_analyze" || s.Topic != e.Topic("img_gen") || s.Lag != 0 || s.Group != schema.GroupID(e.Prefix, "vlm_analyze") {
+	if s := rep.Steps[0]; s.Step != "vlm_analyze" || s.Topic != e.Topic("img_gen") || s.Lag != 0 || s.Group != e.Topics().Group("vlm_analyze") {
 		t.Errorf("first step: %+v", s)
 	}
 	if len(rep.Jobs) != 2 || rep.Jobs[0] != (admin.JobCount{Step: "img_gen", Status: "done", Count: 2}) {

@@ -9,8 +9,6 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
-
-	"github.com/jobstream/jobstream/schema"
 )
 
 // StatusOptions says which deployment Status reports on.
@@ -89,7 +87,7 @@ type StatusReport struct {
 // Status reads the whole report from Postgres and the brokers. It only
 // reads: it changes nothing, and can be called as often as a view redraws.
 func Status(ctx context.Context, pool *pgxpool.Pool, k *Kafka, o StatusOptions) (*StatusReport, error) {
-	p, prefix := o.resolve()
+	p, topics := o.resolve()
 	rep := &StatusReport{At: time.Now().UTC(), Slot: SlotStatus{Name: cmp.Or(o.Slot, SlotDefault)}}
 	if err := readSlot(ctx, pool, &rep.Slot); err != nil {
 		return nil, err
@@ -109,13 +107,13 @@ func Status(ctx context.Context, pool *pgxpool.Pool, k *Kafka, o StatusOptions) 
 	for _, step := range p.Steps[1:] {
 		trigger, _ := p.Trigger(step)
 		s := runs[step]
-		s.Step, s.Topic, s.Group = step, schema.Topic(prefix, trigger), schema.GroupID(prefix, step)
+		s.Step, s.Topic, s.Group = step, topics.Step(trigger), topics.Group(step)
 		if err := groupLag(ctx, k, &s); err != nil {
 			return nil, err
 		}
 		rep.Steps = append(rep.Steps, s)
 	}
-	dlq, err := k.Offsets(ctx, schema.DLQTopic(prefix))
+	dlq, err := k.Offsets(ctx, topics.DLQ())
 	if err != nil {
 		return nil, err
 	}

@@ -23,6 +23,7 @@ import (
 	"github.com/jobstream/jobstream/ops/devstack"
 	"github.com/jobstream/jobstream/ops/localpg"
 	"github.com/jobstream/jobstream/schema"
+	"github.com/jobstream/jobstream/schema/kafkaconn"
 )
 
 // env is what every scenario shares: the work folder, one Postgres, the
@@ -299,7 +300,7 @@ func (e *env) startBroker(ctx context.Context, name string) (*broker, error) {
 		if err := p.exited(); err != nil {
 			return nil, err
 		}
-		if err := (schema.Broker{Addrs: []string{addr}}).Ping(ctx, time.Second); err == nil {
+		if err := (kafkaconn.Broker{Addrs: []string{addr}}).Ping(ctx, time.Second); err == nil {
 			return b, nil
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {

@@ -25,6 +25,7 @@ import (
 	"github.com/jobstream/jobstream/ops/harness"
 	"github.com/jobstream/jobstream/ops/localpg"
 	"github.com/jobstream/jobstream/schema"
+	"github.com/jobstream/jobstream/schema/kafkaconn"
 )
 
 var (
@@ -169,7 +170,7 @@ func TestChaos(t *testing.T) {
 	broker.start(t, bin)
 	defer broker.kill()
 	harness.Eventually(t, 30*time.Second, func() (bool, string) {
-		return (schema.Broker{Addrs: []string{addr}}).Ping(ctx, time.Second) == nil, "broker not up"
+		return (kafkaconn.Broker{Addrs: []string{addr}}).Ping(ctx, time.Second) == nil, "broker not up"
 	})
 
 	script := filepath.Join(dir, "step.sh")
@@ -358,7 +359,7 @@ func check(t *testing.T, pool *pgxpool.Pool, e *harness.Env, jobs int) report {
 	for _, step := range schema.DefaultSteps {
 		seen := map[int64]bool{}
 		lastLSN := map[string]int64{}
-		for _, m := range e.ReadTopic(t, schema.Topic(schema.DefaultTopicPrefix, step)) {
+		for _, m := range e.ReadTopic(t, schema.Topics{Prefix: schema.DefaultTopicPrefix}.Step(step)) {
 			env, err := schema.DecodeEnvelope(m.Value)
 			if err != nil {
 				t.Errorf("unreadable event in %s: %v", step, err)

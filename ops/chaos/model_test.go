@@ -47,6 +47,7 @@ import (
 	"github.com/jobstream/jobstream/ops/harness"
 	"github.com/jobstream/jobstream/ops/localpg"
 	"github.com/jobstream/jobstream/schema"
+	"github.com/jobstream/jobstream/schema/kafkaconn"
 )
 
 // ---------------------------------------------------------------------------
@@ -1564,7 +1565,7 @@ func TestModel(t *testing.T) {
 	m.broker.start(t, m.bin)
 	defer m.broker.kill()
 	harness.Eventually(t, 30*time.Second, func() (bool, string) {
-		return (schema.Broker{Addrs: []string{m.brokers}}).Ping(ctx, time.Second) == nil, "broker not up"
+		return (kafkaconn.Broker{Addrs: []string{m.brokers}}).Ping(ctx, time.Second) == nil, "broker not up"
 	})
 	env := []string{"DATABASE_URL=" + m.url, "KAFKA_BROKERS=" + m.brokers, "JOBSTREAM_LOG_LEVEL=info", "MODEL_STEP_LOG=" + stepLog}
 	m.reader = &proc{name: "reader", args: []string{"reader"}, env: env, log: logf("reader")}
@@ -1627,7 +1628,7 @@ func TestModel(t *testing.T) {
 			m.broker.start(t, m.bin)
 			// The commands the schedule runs next need it.
 			if err := harness.Poll(30*time.Second, func() (bool, string) {
-				return (schema.Broker{Addrs: []string{m.brokers}}).Ping(ctx, time.Second) == nil, "broker not up"
+				return (kafkaconn.Broker{Addrs: []string{m.brokers}}).Ping(ctx, time.Second) == nil, "broker not up"
 			}); err != nil {
 				m.problem("the broker did not come back: %v", err)
 			}
@@ -1793,7 +1794,7 @@ func (m *modelRun) collect(stepLog string) *history {
 		h.runs = append(h.runs, r)
 	}
 	rows.Close()
-	for _, msg := range readTopicIfAny(t, m.brokers, schema.DLQTopic(schema.DefaultTopicPrefix)) {
+	for _, msg := range readTopicIfAny(t, m.brokers, schema.Topics{Prefix: schema.DefaultTopicPrefix}.DLQ()) {
 		var l struct {
 			Reason   string `json:"reason"`
 			Step     string `json:"step"`

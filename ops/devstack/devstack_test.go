@@ -11,7 +11,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/jobstream/jobstream/ops/localpg"
-	"github.com/jobstream/jobstream/schema"
+	"github.com/jobstream/jobstream/schema/kafkaconn"
 )
 
 // TestStackTemporary: a stack with no Dir runs a logical-replication
@@ -32,7 +32,7 @@ func TestStackTemporary(t *testing.T) {
 	if len(st.Migrated) == 0 || len(st.Brokers) != 1 || st.Broker == nil {
 		t.Errorf("migrated %q, brokers %q", st.Migrated, st.Brokers)
 	}
-	if err := (schema.Broker{Addrs: st.Brokers}).Ping(ctx, 5*time.Second); err != nil {
+	if err := (kafkaconn.Broker{Addrs: st.Brokers}).Ping(ctx, 5*time.Second); err != nil {
 		t.Errorf("broker: %v", err)
 	}
 	url, err := st.CreateDatabase(ctx, "devstack_one")

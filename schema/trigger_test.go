@@ -1,4 +1,4 @@
-package consumers
+package schema
 
 import (
 	"encoding/json"
@@ -28,9 +28,9 @@ func FuzzDecodeTrigger(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
-		var want trigger
+		var want Trigger
 		werr := json.Unmarshal(b, &want)
-		got, err := decodeTrigger(b)
+		got, err := DecodeTrigger(b)
 		if (err != nil) != (werr != nil) {
 			t.Fatalf("%q: err %v, want %v", b, err, werr)
 		}
@@ -82,7 +82,7 @@ func TestDecodeTriggerJobIDKinds(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			b := env(c.json)
-			got, err := decodeTrigger(b)
+			got, err := DecodeTrigger(b)
 			if c.err {
 				if err == nil {
 					t.Fatalf("job_id %s: no error, got %+v", c.json, got.After)
@@ -95,9 +95,9 @@ func TestDecodeTriggerJobIDKinds(t *testing.T) {
 			if got.After == nil || !reflect.DeepEqual(got.After.JobID, c.want) || got.After.Status != "done" || got.After.CurrentStep != "img_gen" {
 				t.Fatalf("job_id %s: got %+v", c.json, got.After)
 			}
-			var want trigger
+			var want Trigger
 			if err := json.Unmarshal(b, &want); err != nil || !reflect.DeepEqual(*got, want) {
-				t.Fatalf("job_id %s: encoding/json gives %+v (%v), decodeTrigger %+v", c.json, want.After, err, got.After)
+				t.Fatalf("job_id %s: encoding/json gives %+v (%v), DecodeTrigger %+v", c.json, want.After, err, got.After)
 			}
 			if _, ok := fastTrigger(b); ok != c.fast {
 				t.Fatalf("job_id %s: fast path taken %v, want %v", c.json, ok, c.fast)
@@ -118,13 +118,13 @@ func BenchmarkDecodeTrigger(b *testing.B) {
 	b.Run("fast", func(b *testing.B) {
 		b.SetBytes(int64(len(realEnv)))
 		for b.Loop() {
-			decodeTrigger(realEnv)
+			DecodeTrigger(realEnv)
 		}
 	})
 	b.Run("json", func(b *testing.B) {
 		b.SetBytes(int64(len(realEnv)))
 		for b.Loop() {
-			var t trigger
+			var t Trigger
 			json.Unmarshal(realEnv, &t)
 		}
 	})

@@ -1,4 +1,4 @@
-package consumers
+package schema
 
 import (
 	"encoding/json"
@@ -6,17 +6,18 @@ import (
 	"unicode/utf8"
 )
 
-// trigger is the part of a change event a worker reads: the Debezium
-// envelope's op, the job's identity and state after the change, and where
-// and when the change was committed. Decoding only this skips building the
-// before and after maps with every column.
-type trigger struct {
+// Trigger is the part of an Envelope a worker reads: the op, the job's
+// identity and state after the change, and where and when the change was
+// committed. Decoding only this (DecodeTrigger) skips building the before
+// and after maps with every column.
+type Trigger struct {
 	Op     string        `json:"op"`
-	After  *triggerRow   `json:"after"`
-	Source triggerSource `json:"source"`
+	After  *TriggerRow   `json:"after"`
+	Source TriggerSource `json:"source"`
 }
 
-type triggerRow struct {
+// TriggerRow is the part of an envelope's after that a worker reads.
+type TriggerRow struct {
 	// JobID is the job's id as text: a JSON string (text, varchar, uuid
 	// keys) as it is, a JSON integer (integer and bigint keys) as its
 	// decimal digits; nil when null or absent.
@@ -30,7 +31,7 @@ type triggerRow struct {
 // decimal text (the reader renders integer and bigint columns as numbers).
 // A job_id of any other kind (a fraction, an exponent, a boolean, an
 // object) is an error.
-func (r *triggerRow) UnmarshalJSON(b []byte) error {
+func (r *TriggerRow) UnmarshalJSON(b []byte) error {
 	var raw struct {
 		JobID       json.RawMessage `json:"job_id"`
 		CurrentStep string          `json:"current_step"`
@@ -39,7 +40,7 @@ func (r *triggerRow) UnmarshalJSON(b []byte) error {
 	if err := json.Unmarshal(b, &raw); err != nil {
 		return err
 	}
-	*r = triggerRow{CurrentStep: raw.CurrentStep, Status: raw.Status}
+	*r = TriggerRow{CurrentStep: raw.CurrentStep, Status: raw.Status}
 	switch id := raw.JobID; {
 	case len(id) == 0 || string(id) == "null":
 	case id[0] == '"':
@@ -73,32 +74,35 @@ func isInteger(b []byte) bool {
 	return true
 }
 
-type triggerSource struct {
+// TriggerSource is the part of an envelope's source block that a worker
+// reads: the transaction (txId, 32 bits in Postgres, as VisibleIn takes it),
+// the LSN and commit time, and whether the event is a snapshot read.
+type TriggerSource struct {
 	TxID     int64  `json:"txId"`
 	LSN      int64  `json:"lsn"`
 	TsMs     int64  `json:"ts_ms"`
 	Snapshot string `json:"snapshot"`
 }
 
-// decodeTrigger parses an event value as json.Unmarshal into a trigger
+// DecodeTrigger parses an event value as json.Unmarshal into a Trigger
 // does, with its very result and error on every input. A value
-// schema.DecodeEnvelope accepts but whose current_step or status is not a
+// DecodeEnvelope accepts but whose current_step or status is not a
 // string, or whose job_id is neither a string nor an integer (a table this
 // worker cannot act on), is an error too.
 //
 // The envelopes the reader writes take a fast path: one pass that checks
-// the syntax of the whole value, skips what the trigger does not hold and
+// the syntax of the whole value, skips what the Trigger does not hold and
 // reads the rest. Whatever that pass is not certain to read exactly as
 // encoding/json would (an error of any kind, escaped or non-ASCII or
 // case-folded names, repeated names, numbers that are not plain integers
-// (a job_id too),
-// strings with escapes or invalid UTF-8, deep nesting) is left to
-// json.Unmarshal, so its errors and its quirks stay the reference.
-func decodeTrigger(b []byte) (*trigger, error) {
+// (a job_id too), strings with escapes or invalid UTF-8, deep nesting) is
+// left to json.Unmarshal, so its errors and its quirks stay the reference.
+// FuzzDecodeTrigger holds the two to the same result on any input.
+func DecodeTrigger(b []byte) (*Trigger, error) {
 	if t, ok := fastTrigger(b); ok {
 		return t, nil
 	}
-	var t trigger
+	var t Trigger
 	if err := json.Unmarshal(b, &t); err != nil {
 		return nil, err
 	}
@@ -109,14 +113,14 @@ func decodeTrigger(b []byte) (*trigger, error) {
 // encoding/json, which has its own limit.
 const maxFastDepth = 256
 
-// fastTrigger is decodeTrigger's fast path; ok is false when the value must
+// fastTrigger is DecodeTrigger's fast path; ok is false when the value must
 // go to encoding/json.
-func fastTrigger(b []byte) (t *trigger, ok bool) {
+func fastTrigger(b []byte) (t *Trigger, ok bool) {
 	i := skipSpace(b, 0)
 	if i >= len(b) || b[i] != '{' {
 		return nil, false
 	}
-	t = &trigger{}
+	t = &Trigger{}
 	var seenOp, seenAfter, seenSource bool
 	i, ok = object(b, i, func(key []byte, i int) (int, bool) {
 		switch string(key) {
@@ -134,7 +138,7 @@ func fastTrigger(b []byte) (t *trigger, ok bool) {
 			if hasLiteral(b, i, "null") {
 				return i + 4, true
 			}
-			t.After = &triggerRow{}
+			t.After = &TriggerRow{}
 			return t.After.decode(b, i)
 		case "source":
 			if seenSource {
@@ -157,7 +161,7 @@ func fastTrigger(b []byte) (t *trigger, ok bool) {
 	return t, true
 }
 
-func (r *triggerRow) decode(b []byte, i int) (int, bool) {
+func (r *TriggerRow) decode(b []byte, i int) (int, bool) {
 	if i >= len(b) || b[i] != '{' {
 		return i, false
 	}
@@ -206,7 +210,7 @@ func (r *triggerRow) decode(b []byte, i int) (int, bool) {
 	})
 }
 
-func (s *triggerSource) decode(b []byte, i int) (int, bool) {
+func (s *TriggerSource) decode(b []byte, i int) (int, bool) {
 	if i >= len(b) || b[i] != '{' {
 		return i, false
 	}
