@@ -3,7 +3,6 @@ package ops
 import (
 	"cmp"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -20,6 +19,7 @@ import (
 
 	"github.com/jobstream/jobstream/cdc"
 	"github.com/jobstream/jobstream/consumers"
+	"github.com/jobstream/jobstream/ops/demo"
 	"github.com/jobstream/jobstream/ops/devstack"
 	"github.com/jobstream/jobstream/ops/localpg"
 	"github.com/jobstream/jobstream/schema"
@@ -88,7 +88,7 @@ func dev(ctx context.Context, cfg devConfig, p schema.Pipeline, out io.Writer) e
 		return err
 	}
 	defer st.Stop()
-	d := &demo{cfg: cfg, p: p, st: st, outDir: filepath.Join(dir, "out"), out: out}
+	d := &devRun{cfg: cfg, p: p, st: st, outDir: filepath.Join(dir, "out"), out: out}
 	if err := os.MkdirAll(d.outDir, 0o755); err != nil {
 		return err
 	}
@@ -103,8 +103,8 @@ func dev(ctx context.Context, cfg devConfig, p schema.Pipeline, out io.Writer) e
 	return d.run(ctx)
 }
 
-// demo is one run of the dev demo on a started stack.
-type demo struct {
+// devRun is one run of the dev demo on a started stack.
+type devRun struct {
 	cfg    devConfig
 	p      schema.Pipeline
 	st     *devstack.Stack
@@ -116,7 +116,7 @@ type demo struct {
 // run runs the reader until the demo is over (with --keep, until Ctrl-C).
 // The reader runs under g, the demo workers under a group of their own
 // inside it, so that --keep can stop the workers and leave the reader running.
-func (d *demo) run(ctx context.Context) error {
+func (d *devRun) run(ctx context.Context) error {
 	runCtx, stop := context.WithCancel(ctx)
 	defer stop()
 	g, gctx := errgroup.WithContext(runCtx)
@@ -146,7 +146,7 @@ func (d *demo) run(ctx context.Context) error {
 // work runs one worker per step, inserts the demo jobs, shows them move
 // until every one is done (or failed, or the timeout), stops the workers
 // and prints the summary. The workers stop when gctx ends.
-func (d *demo) work(ctx, gctx context.Context, rs *cdc.Stats) (err error) {
+func (d *devRun) work(ctx, gctx context.Context, rs *cdc.Stats) (err error) {
 	workCtx, stopWorkers := context.WithCancel(gctx)
 	wg, wctx := errgroup.WithContext(workCtx)
 	defer func() { stopWorkers(); wg.Wait() }() // on an early return: stop what started
@@ -159,7 +159,7 @@ func (d *demo) work(ctx, gctx context.Context, rs *cdc.Stats) (err error) {
 	}
 	defer pool.Close()
 	start := time.Now()
-	if err := insertDemoJobs(ctx, pool, d.p.Steps[0], d.cfg.jobs); err != nil {
+	if err := demo.InsertJobs(ctx, pool, d.p.Steps[0], d.cfg.jobs); err != nil {
 		return err
 	}
 	fmt.Fprintf(d.out, "  inserted  %d jobs at (%s, done)\n\n", d.cfg.jobs, d.p.Steps[0])
@@ -189,8 +189,8 @@ func (d *demo) work(ctx, gctx context.Context, rs *cdc.Stats) (err error) {
 
 // startWorkers starts one group of cfg.concurrency members per step after
 // the first, with the demo handlers, under wg.
-func (d *demo) startWorkers(wctx context.Context, wg *errgroup.Group) error {
-	handlers := demoHandlers(d.outDir)
+func (d *devRun) startWorkers(wctx context.Context, wg *errgroup.Group) error {
+	handlers := demo.Handlers(d.outDir)
 	for _, step := range d.p.Steps[1:] {
 		w, err := consumers.New(consumers.Config{
 			DatabaseURL: d.st.DatabaseURL, Brokers: d.st.Brokers, Step: step, Pipeline: d.p,
@@ -217,24 +217,6 @@ func printKeep(out io.Writer, url, brokers, pipelineFile string, p schema.Pipeli
 	fmt.Fprintf(out, "  bin/jobstream worker --step %s -- ops/steps/echo.sh\n", p.Steps[1])
 	fmt.Fprintf(out, "  psql \"$DATABASE_URL\" -c \"INSERT INTO jobs (job_id, current_step, status) VALUES ('mine-1', '%s', 'done')\"\n", p.Steps[0])
 	fmt.Fprintf(out, "  bin/jobstream status\n\nCtrl-C here stops everything.\n")
-}
-
-// insertDemoJobs inserts n jobs whose first step (img_gen) is done: the
-// inserter lays out each image, as an image generator would.
-func insertDemoJobs(ctx context.Context, pool *pgxpool.Pool, first string, n int) error {
-	const chunk = 500
-	for i := 0; i < n; i += chunk {
-		rows := [][]any{}
-		for j := i; j < min(i+chunk, n); j++ {
-			payload, _ := json.Marshal(map[string]any{"prompt": fmt.Sprintf("demo image %d", j+1), "seed": j + 1})
-			results, _ := json.Marshal(map[string]any{first: demoImage(uint64(j + 1))})
-			rows = append(rows, []any{fmt.Sprintf("demo-%06d", j+1), first, "done", string(payload), string(results)})
-		}
-		if _, err := pool.CopyFrom(ctx, pgx.Identifier{"jobs"}, []string{"job_id", "current_step", "status", "payload", "results"}, pgx.CopyFromRows(rows)); err != nil {
-			return fmt.Errorf("insert demo jobs: %w", err)
-		}
-	}
-	return nil
 }
 
 // watchProgress shows the live view until every job is done at the last

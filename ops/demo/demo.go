@@ -1,4 +1,4 @@
-package ops
+package demo
 
 import (
 	"context"
@@ -12,6 +12,9 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/jobstream/jobstream/consumers"
 )
@@ -178,9 +181,9 @@ func detect(im *image.RGBA) []box {
 	return boxes
 }
 
-// demoHandlers returns the in-process handlers of the demo pipeline; a step
+// Handlers returns the in-process handlers of the demo pipeline; a step
 // without a demo of its own echoes what it was given. PNGs go to outDir.
-func demoHandlers(outDir string) func(step string) consumers.Handler {
+func Handlers(outDir string) func(step string) consumers.Handler {
 	return func(step string) consumers.Handler {
 		return func(_ context.Context, job consumers.Job) (json.RawMessage, error) {
 			var res struct {
@@ -248,4 +251,22 @@ func demoHandlers(outDir string) func(step string) consumers.Handler {
 			return json.Marshal(map[string]any{"step": step, "attempt": job.Attempt})
 		}
 	}
+}
+
+// InsertJobs inserts n jobs whose first step (img_gen) is done: the
+// inserter lays out each image, as an image generator would.
+func InsertJobs(ctx context.Context, pool *pgxpool.Pool, first string, n int) error {
+	const chunk = 500
+	for i := 0; i < n; i += chunk {
+		rows := [][]any{}
+		for j := i; j < min(i+chunk, n); j++ {
+			payload, _ := json.Marshal(map[string]any{"prompt": fmt.Sprintf("demo image %d", j+1), "seed": j + 1})
+			results, _ := json.Marshal(map[string]any{first: demoImage(uint64(j + 1))})
+			rows = append(rows, []any{fmt.Sprintf("demo-%06d", j+1), first, "done", string(payload), string(results)})
+		}
+		if _, err := pool.CopyFrom(ctx, pgx.Identifier{"jobs"}, []string{"job_id", "current_step", "status", "payload", "results"}, pgx.CopyFromRows(rows)); err != nil {
+			return fmt.Errorf("insert demo jobs: %w", err)
+		}
+	}
+	return nil
 }

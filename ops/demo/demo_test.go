@@ -1,4 +1,4 @@
-package ops
+package demo
 
 import (
 	"flag"
@@ -16,7 +16,7 @@ const demoPNGSeed = 2
 // TestDemoOverlayPNG: overlay's PNG is 512×512, every shape is detected,
 // classed right and labelled (white text on a red tag above its box), and
 // docs/demo-overlay.png, shown in the README, is what overlay draws today
-// (go test ./ops -run TestDemoOverlayPNG -update-demo-png rewrites it).
+// (go test ./ops/demo -run TestDemoOverlayPNG -update-demo-png rewrites it).
 func TestDemoOverlayPNG(t *testing.T) {
 	g := demoImage(demoPNGSeed)
 	boxes := detect(g.render())
@@ -54,7 +54,7 @@ func TestDemoOverlayPNG(t *testing.T) {
 			t.Errorf("box %+v has no readable label (%d text pixels)", b, white)
 		}
 	}
-	const path = "../docs/demo-overlay.png"
+	const path = "../../docs/demo-overlay.png"
 	if *updateDemoPNG {
 		if !classes["rect"] || !classes["disc"] {
 			t.Fatalf("seed %d does not show both classes", demoPNGSeed)
