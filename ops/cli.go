@@ -513,7 +513,7 @@ func runMigrate(ctx context.Context, args []string, out io.Writer) error {
 	if err := c.needDB(); err != nil {
 		return err
 	}
-	changes, err := Migrate(ctx, c.databaseURL, c.publication)
+	changes, err := migrate(ctx, c.databaseURL, c.publication)
 	if err != nil {
 		return err
 	}
@@ -526,8 +526,8 @@ func runMigrate(ctx context.Context, args []string, out io.Writer) error {
 	return nil
 }
 
-// Migrate connects to url and applies schema.Migrate.
-func Migrate(ctx context.Context, url, publication string) ([]string, error) {
+// migrate connects to url and applies schema.Migrate.
+func migrate(ctx context.Context, url, publication string) ([]string, error) {
 	cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
 	conn, err := pgx.Connect(cctx, url)
