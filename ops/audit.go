@@ -33,10 +33,7 @@ func runAudit(ctx context.Context, args []string, out io.Writer) error {
 	if jobID == "" || f.NArg() > 1 {
 		return usagef("give exactly one JOB_ID: jobstream audit j42")
 	}
-	if err := c.needBrokers(); err != nil {
-		return err
-	}
-	p, err := c.loadPipeline()
+	p, err := c.needs(false, true)
 	if err != nil {
 		return err
 	}

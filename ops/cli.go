@@ -20,6 +20,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 
@@ -503,6 +504,30 @@ func (c *common) needBrokers() error {
 	return nil
 }
 
+// needs checks that a database (db) and brokers (brokers) are given, as
+// the command requires, and loads the pipeline.
+func (c *common) needs(db, brokers bool) (schema.Pipeline, error) {
+	if db {
+		if err := c.needDB(); err != nil {
+			return schema.Pipeline{}, err
+		}
+	}
+	if brokers {
+		if err := c.needBrokers(); err != nil {
+			return schema.Pipeline{}, err
+		}
+	}
+	return c.loadPipeline()
+}
+
+// openPool checks that a database is given and connects to it.
+func (c *common) openPool(ctx context.Context) (*pgxpool.Pool, error) {
+	if err := c.needDB(); err != nil {
+		return nil, err
+	}
+	return connectPool(ctx, c.databaseURL)
+}
+
 func runMigrate(ctx context.Context, args []string, out io.Writer) error {
 	var c common
 	f := newFlags("migrate", "migrate [flags]\n\nCreates the jobs table (or adds the columns it lacks), jobstream_runs and the publication. Idempotent.")
@@ -558,15 +583,9 @@ func runReader(ctx context.Context, args []string, _ io.Writer) error {
 	if err := f.parse(args); err != nil {
 		return err
 	}
-	if err := c.needDB(); err != nil {
-		return err
-	}
-	if err := c.needBrokers(); err != nil {
-		return err
-	}
 	// Rows whose step is not in the pipeline go to the dead-letter topic.
 	var err error
-	if cfg.Pipeline, err = c.loadPipeline(); err != nil {
+	if cfg.Pipeline, err = c.needs(true, true); err != nil {
 		return err
 	}
 	log, err := c.logger()
@@ -665,17 +684,11 @@ func runWorker(ctx context.Context, args []string, _ io.Writer) error {
 	case len(argv) > 0 && stepURL != "":
 		return usagef("both a step command and --http given; pass one of them")
 	}
-	if err := c.needDB(); err != nil {
-		return err
-	}
-	if err := c.needBrokers(); err != nil {
-		return err
-	}
-	log, err := c.logger()
+	p, err := c.needs(true, true)
 	if err != nil {
 		return err
 	}
-	p, err := c.loadPipeline()
+	log, err := c.logger()
 	if err != nil {
 		return err
 	}

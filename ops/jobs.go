@@ -27,10 +27,7 @@ func runCancel(ctx context.Context, args []string, out io.Writer) error {
 	if len(ids) == 0 {
 		return usagef("no job given: pass one or more job ids, e.g. jobstream cancel job-42")
 	}
-	if err := c.needDB(); err != nil {
-		return err
-	}
-	pool, err := connectPool(ctx, c.databaseURL)
+	pool, err := c.openPool(ctx)
 	if err != nil {
 		return err
 	}
@@ -75,10 +72,7 @@ func runPrune(ctx context.Context, args []string, out io.Writer) error {
 	if o.OlderThan <= 0 {
 		return usagef("--older-than %s must be a positive age such as 168h", o.OlderThan)
 	}
-	if err := c.needDB(); err != nil {
-		return err
-	}
-	pool, err := connectPool(ctx, c.databaseURL)
+	pool, err := c.openPool(ctx)
 	if err != nil {
 		return err
 	}

@@ -35,10 +35,7 @@ func runReplay(ctx context.Context, args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if err := c.needBrokers(); err != nil {
-		return err
-	}
-	p, err := c.loadPipeline()
+	p, err := c.needs(false, true)
 	if err != nil {
 		return err
 	}

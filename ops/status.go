@@ -48,13 +48,7 @@ func runStatus(ctx context.Context, args []string, out io.Writer) error {
 	if err := f.parse(args); err != nil {
 		return err
 	}
-	if err := c.needDB(); err != nil {
-		return err
-	}
-	if err := c.needBrokers(); err != nil {
-		return err
-	}
-	p, err := c.loadPipeline()
+	p, err := c.needs(true, true)
 	if err != nil {
 		return err
 	}
