@@ -1,5 +1,3 @@
-// Package ops is what an operator runs: the jobstream command and its
-// subcommands, wiring schema, cdc and consumers together in one place.
 package ops
 
 import (
