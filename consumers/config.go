@@ -7,11 +7,15 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
+	"slices"
 	"strconv"
 	"sync/atomic"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/segmentio/kafka-go"
 	"github.com/segmentio/kafka-go/sasl"
 
 	"github.com/jobstream/jobstream/schema"
@@ -51,7 +55,13 @@ const (
 
 // Config configures a Worker. Zero fields take the defaults documented on them.
 type Config struct {
-	// DatabaseURL is the Postgres connection URL. Required.
+	// Pool is the caller's Postgres pool, on which the worker runs every
+	// query; the worker never closes it. Give it about two connections per
+	// slot (Concurrency, or one per GPU) and three per step. Default: a
+	// pool of the worker's own, opened from DatabaseURL when Run starts and
+	// closed when it returns.
+	Pool *pgxpool.Pool
+	// DatabaseURL is the Postgres connection URL. Required unless Pool is set.
 	DatabaseURL string
 	// Brokers are the Kafka bootstrap brokers (host:port). Required.
 	Brokers []string
@@ -59,8 +69,22 @@ type Config struct {
 	SASL sasl.Mechanism
 	// TLS encrypts the connections to the brokers (default: plaintext).
 	TLS *tls.Config
-	// Step is the step this worker runs. Required; not the pipeline's first.
+	// Dialer is the caller's Kafka dialer, used by every step's group
+	// members and partition readers: its SASL, TLS and DialFunc (for
+	// tracing) are the caller's. Default: one built from SASL and TLS.
+	Dialer *kafka.Dialer
+	// Transport is the caller's Kafka transport, used for dead letters and
+	// admin requests (default: one built from SASL and TLS). Every step of
+	// the worker shares the Dialer and the Transport.
+	Transport *kafka.Transport
+	// Step is the step this worker runs, with Handler: the one-step form of
+	// Steps. Not the pipeline's first.
 	Step string
+	// Steps maps each step this worker runs to its handler (set Steps, or
+	// Step and Handler). Each step is a member of its own consumer group
+	// (one per GPU with GPUs); the steps share Pool, the Kafka connection
+	// and the slots: Concurrency and GPUs bound the whole worker.
+	Steps map[string]Handler
 	// Pipeline gives the step order (default schema.DefaultPipeline()).
 	Pipeline schema.Pipeline
 	// TopicPrefix prefixes every topic name (default schema.DefaultTopicPrefix).
@@ -70,8 +94,9 @@ type Config struct {
 	Partitions int
 	// Concurrency is how many steps this process runs at once (default
 	// ConcurrencyDefault, at most 1024):
-	// its one group member works on up to Concurrency of its partitions
-	// at a time, one event at a time per partition. Ignored when GPUs is set.
+	// its one group member per step works on up to Concurrency of its
+	// partitions at a time, one event at a time per partition, all steps
+	// together running at most Concurrency. Ignored when GPUs is set.
 	Concurrency int
 	// GPUs, when set, runs one group member per GPU, each running one step
 	// at a time with its GPU in Job.GPU (CUDA_VISIBLE_DEVICES for Exec);
@@ -101,7 +126,7 @@ type Config struct {
 	Grace time.Duration
 	// WorkerID names this process in jobstream_runs (default host:pid).
 	WorkerID string
-	// Handler runs the step. Required.
+	// Handler runs Step. Required with Step.
 	Handler Handler
 	// Logger receives the worker's logs (default slog.Default()).
 	Logger *slog.Logger
@@ -151,17 +176,20 @@ func (c Config) WithDefaults() Config {
 // that an explicit 0 is refused rather than read as the default.
 func (c Config) Validate() error {
 	switch {
-	case c.DatabaseURL == "":
-		return schema.FieldError("DatabaseURL", "is empty; give a postgres:// URL")
+	case c.DatabaseURL == "" && c.Pool == nil:
+		return schema.FieldError("DatabaseURL", "is empty; give a postgres:// URL, or set Pool")
 	case len(c.Brokers) == 0:
 		return schema.FieldError("Brokers", "is empty; give at least one host:port")
-	case c.Step == "":
+	case len(c.Steps) > 0 && (c.Step != "" || c.Handler != nil):
+		return &schema.ConfigError{Fields: []string{"Steps", "Step", "Handler"},
+			Msg: "Steps and Step (or Handler) are both set; give Steps, or Step and Handler"}
+	case len(c.Steps) == 0 && c.Step == "":
 		return schema.FieldError("Step", "is empty; name the step this worker runs")
-	case c.Handler == nil:
-		return schema.FieldError("Handler", "is nil: no handler given; use Exec, HTTP or a func of your own")
-	case isInvalid(c.Handler):
-		_, err := c.Handler(context.Background(), Job{})
-		return errors.Unwrap(err)
+	}
+	if err := c.validateHandlers(); err != nil {
+		return err
+	}
+	switch {
 	case c.Concurrency < 1 || c.Concurrency > maxConcurrency:
 		return schema.FieldError("Concurrency", "%d is out of range 1..%d", c.Concurrency, maxConcurrency)
 	case len(c.GPUs) > maxGPUs:
@@ -194,8 +222,10 @@ func (c Config) Validate() error {
 	if err := c.Pipeline.Validate(); err != nil {
 		return err
 	}
-	if _, err := c.Pipeline.Trigger(c.Step); err != nil {
-		return err
+	for _, step := range slices.Sorted(maps.Keys(c.steps())) {
+		if _, err := c.Pipeline.Trigger(step); err != nil {
+			return err
+		}
 	}
 	if err := schema.ValidTopic(schema.Topics{Prefix: c.TopicPrefix}.DLQ()); err != nil {
 		return schema.FieldError("TopicPrefix", "%q makes no valid topic name: %v", c.TopicPrefix, err)
@@ -203,7 +233,35 @@ func (c Config) Validate() error {
 	return nil
 }
 
-// Stats are a worker's counters, safe to read while it runs.
+// steps returns the steps of c, from Steps or from Step and Handler.
+func (c Config) steps() map[string]Handler {
+	if len(c.Steps) > 0 {
+		return c.Steps
+	}
+	return map[string]Handler{c.Step: c.Handler}
+}
+
+// validateHandlers checks that every step has a handler that can run.
+func (c Config) validateHandlers() error {
+	steps := c.steps()
+	for _, step := range slices.Sorted(maps.Keys(steps)) {
+		h, field := steps[step], "Handler"
+		if len(c.Steps) > 0 {
+			field = fmt.Sprintf("Steps[%q]", step)
+		}
+		switch {
+		case h == nil:
+			return schema.FieldError(field, "is nil: no handler given; use Exec, HTTP or a func of your own")
+		case isInvalid(h):
+			_, err := h(context.Background(), Job{})
+			return errors.Unwrap(err)
+		}
+	}
+	return nil
+}
+
+// Stats are a worker's counters, safe to read while it runs. A worker of
+// several steps counts them all together; the hooks name the step.
 type Stats struct {
 	Claims      atomic.Int64 // runs claimed
 	Completions atomic.Int64 // runs completed (job moved to done)

@@ -107,6 +107,21 @@
 // when a partition nobody here holds stops moving while its next job waits
 // unclaimed (see Config.StallTimeout).
 //
+// Embedding: the caller owns the resources. consumers.New(consumers.Config{
+// Pool: pool, Brokers: ..., Steps: map[string]Handler{...}}) runs every
+// query on the caller's *pgxpool.Pool and never closes it (without Pool,
+// the worker opens one from DatabaseURL and closes it when Run returns),
+// and speaks Kafka through the caller's Dialer and Transport when given
+// (their SASL, TLS and DialFunc). One Worker serves every step of Steps
+// (Step and Handler are the one-step form): each step is a member of its
+// own consumer group (one per GPU with GPUs), with its own sweeper,
+// watcher and stall watchdog; the steps share the pool, one dialer and
+// transport, one dead-letter writer and the slots, so Concurrency (or one
+// step per GPU) bounds the whole worker. Stats count all the steps
+// together; the hooks name the step. The jobstream worker command runs
+// one step; ops' Example_embed runs a reader and a two-step worker on one
+// pool.
+//
 // Metrics are not this package's business: Stats are counters to read, and
 // hooks (Config.Hooks) receive timings; ops turns both into Prometheus
 // metrics.

@@ -25,7 +25,7 @@ type HookAttempted interface {
 }
 
 // claimed calls the HookClaimed hooks.
-func (w *Worker) claimed(commitToClaim time.Duration) {
+func (w *stepWorker) claimed(commitToClaim time.Duration) {
 	for _, h := range w.cfg.Hooks {
 		if h, ok := h.(HookClaimed); ok {
 			h.OnClaimed(w.cfg.Step, commitToClaim)
@@ -34,7 +34,7 @@ func (w *Worker) claimed(commitToClaim time.Duration) {
 }
 
 // attempted calls the HookAttempted hooks.
-func (w *Worker) attempted(outcome string, took time.Duration) {
+func (w *stepWorker) attempted(outcome string, took time.Duration) {
 	for _, h := range w.cfg.Hooks {
 		if h, ok := h.(HookAttempted); ok {
 			h.OnAttempted(w.cfg.Step, outcome, took)

@@ -28,7 +28,7 @@ type decoded struct {
 // decode decodes an event and reports whether it is one the step acts on:
 // a trigger of this step, or a malformed event to dead-letter. The others
 // (tombstones, changes of other states) are skipped without a slot.
-func (w *Worker) decode(m kafka.Message) (d decoded, act bool) {
+func (w *stepWorker) decode(m kafka.Message) (d decoded, act bool) {
 	if len(m.Value) == 0 {
 		return d, false // a tombstone
 	}
@@ -51,7 +51,7 @@ var errNoJobID = errors.New("the row has no job_id (null or empty), so no job ca
 // returns an error only when the event must be delivered again: the
 // database stayed unreachable until ctx ended, or the run was released at
 // a stop.
-func (w *Worker) handle(ctx context.Context, m kafka.Message, d decoded, workerID, gpu string) error {
+func (w *stepWorker) handle(ctx context.Context, m kafka.Message, d decoded, workerID, gpu string) error {
 	if d.err != nil {
 		if !w.deadLetter(ctx, letter{key: m.Key, event: m.Value, reason: "event is not a change-event envelope: " + d.err.Error()}) {
 			return context.Cause(ctx) // not committed: the letter is written on the next delivery
@@ -96,7 +96,7 @@ const maxVisibilityWait = 10 * time.Second
 // moment before the committing backend makes it visible to other sessions,
 // and a claim in that moment would not see the event's change. So the
 // worker waits for visibility, then claims once more.
-func (w *Worker) claim(ctx context.Context, env *schema.Trigger, jobID, workerID string) (r run, ok bool, err error) {
+func (w *stepWorker) claim(ctx context.Context, env *schema.Trigger, jobID, workerID string) (r run, ok bool, err error) {
 	try := func() (r run, ok bool, err error) {
 		err = retryDB(ctx, w.log, func() (err error) {
 			r, ok, err = w.store.claim(ctx, jobID, workerID, env.Source.LSN, env.Source.TsMs)
@@ -108,7 +108,11 @@ func (w *Worker) claim(ctx context.Context, env *schema.Trigger, jobID, workerID
 	if err != nil || ok || env.Source.TxID == 0 || env.Source.Snapshot != "false" {
 		return r, ok, err
 	}
+	looks := 0
 	pending, err := schema.WaitVisible(ctx, []uint32{uint32(env.Source.TxID)}, time.Now().Add(maxVisibilityWait), func(ctx context.Context) (snap string, err error) {
+		if looks++; looks == 2 {
+			w.log.Debug("the event's transaction is not visible yet; claiming again once it is", "job_id", jobID, "txid", env.Source.TxID)
+		}
 		err = retryDB(ctx, w.log, func() (err error) { snap, err = w.store.snapshot(ctx); return err })
 		return snap, err
 	})
@@ -138,7 +142,7 @@ type lease struct {
 
 // hold registers l as in hand: the sweeper never expires its run, and the
 // watcher stops it when its job leaves (S, running).
-func (w *Worker) hold(l *lease) func() {
+func (w *stepWorker) hold(l *lease) func() {
 	w.leasesMu.Lock()
 	if w.leases == nil {
 		w.leases = map[*lease]struct{}{}
@@ -153,7 +157,7 @@ func (w *Worker) hold(l *lease) func() {
 }
 
 // held returns the runs in hand and their leases.
-func (w *Worker) held() (ids []int64, byRun map[int64]*lease) {
+func (w *stepWorker) held() (ids []int64, byRun map[int64]*lease) {
 	w.leasesMu.Lock()
 	defer w.leasesMu.Unlock()
 	byRun = make(map[int64]*lease, len(w.leases))
@@ -168,28 +172,11 @@ func (w *Worker) held() (ids []int64, byRun map[int64]*lease) {
 // execute runs attempts of the claimed job until one succeeds, the job
 // fails, the attempt is fenced, the job is cancelled or moved under it, or
 // the worker stops past its grace period (then the run is released).
-func (w *Worker) execute(ctx context.Context, r run, m kafka.Message, workerID string) error {
+func (w *stepWorker) execute(ctx context.Context, r run, m kafka.Message, workerID string) error {
 	w.stats.InFlight.Add(1)
 	defer w.stats.InFlight.Add(-1)
-	kctx, lose := context.WithCancelCause(ctx)
-	l := &lease{lose: lose}
-	l.run.Store(r.id)
-	defer w.hold(l)()
-	kept := make(chan struct{})
-	jobID := r.job.JobID
-	// The first renewal is due Lease/3 after the claim: a step done by
-	// then never starts the renewing goroutine.
-	renewing := time.AfterFunc(w.cfg.Lease/3, func() {
-		defer close(kept)
-		w.keepLease(kctx, l, jobID)
-	})
-	defer func() {
-		lose(context.Canceled)
-		if !renewing.Stop() {
-			<-kept
-		}
-	}()
-
+	kctx, l, unhold := w.holdLease(ctx, r)
+	defer unhold()
 	bo := backoff.NewExponentialBackOff()
 	bo.InitialInterval = w.cfg.RetryBackoff
 	bo.MaxInterval = w.cfg.MaxRetryBackoff
@@ -199,76 +186,131 @@ func (w *Worker) execute(ctx context.Context, r run, m kafka.Message, workerID s
 		began := time.Now()
 		result, runErr := w.attempt(ctx, kctx, r)
 		ran := time.Since(began)
-		switch {
-		case errors.Is(context.Cause(kctx), errFenced):
-			w.fenced(r, ran)
-			return nil
-		case errors.Is(context.Cause(kctx), errJobLeft):
-			return w.abandon(ctx, r, ran)
-		case ctx.Err() != nil:
-			return w.release(ctx, r, ran)
-		case runErr == nil:
-			var outcome string
-			err := retryDB(ctx, w.log, func() (err error) { outcome, err = w.store.complete(ctx, r, result); return err })
-			if isDataError(err) {
-				return w.fail(ctx, r, m, ran, fmt.Errorf("postgres refused the result: %w", err))
-			}
-			if err != nil {
-				return w.halt(err)
-			}
-			if outcome != outcomeDone {
-				w.closed(r, outcome, ran)
-				return nil
-			}
-			w.stats.Completions.Add(1)
-			w.attempted("done", ran)
-			return nil
-		case IsPermanent(runErr) || r.attempt >= w.cfg.MaxAttempts:
-			return w.fail(ctx, r, m, ran, runErr)
+		if done, err := w.settle(ctx, kctx, r, m, result, runErr, ran); done {
+			return err
 		}
-
-		w.log.Info("step failed; retrying", "job_id", r.job.JobID, "chain", r.chain, "attempt", r.attempt, "err", runErr)
-		var next run
-		var outcome string
-		l.mu.Lock()
-		err := retryDB(ctx, w.log, func() (err error) { next, outcome, err = w.store.retry(ctx, r, workerID, runErr); return err })
-		if err == nil && outcome == outcomeRetried {
-			l.run.Store(next.id)
-		}
-		l.mu.Unlock()
-		if isDataError(err) {
-			return w.fail(ctx, r, m, ran, runErr)
-		}
-		if err != nil {
-			return w.halt(err)
-		}
-		if outcome != outcomeRetried {
-			w.closed(r, outcome, ran)
-			return nil
+		next, done, err := w.retryRun(ctx, l, r, m, workerID, runErr, ran)
+		if done {
+			return err
 		}
 		r = next
-		w.stats.Retries.Add(1)
-		w.attempted("retried", ran)
-
-		// Wait out the backoff, still holding (and renewing) the run. A
-		// stop gives back a job that is not running at once.
-		t := time.NewTimer(bo.NextBackOff())
-		select {
-		case <-t.C:
-		case <-kctx.Done():
-		case <-w.stopping:
-		}
-		t.Stop()
-		switch {
-		case errors.Is(context.Cause(kctx), errFenced):
-			w.fenced(r, 0)
-			return nil
-		case errors.Is(context.Cause(kctx), errJobLeft):
-			return w.abandon(ctx, r, 0)
-		case ctx.Err() != nil || isClosed(w.stopping):
-			return w.release(ctx, r, 0)
+		if done, err := w.backOff(ctx, kctx, r, bo.NextBackOff()); done {
+			return err
 		}
 	}
+}
+
+// holdLease registers r's run as in hand and renews its lease from Lease/3
+// after the claim (a step done by then never starts the renewing
+// goroutine) until unhold. kctx ends when the run is lost (errFenced) or
+// its job leaves (errJobLeft).
+func (w *stepWorker) holdLease(ctx context.Context, r run) (kctx context.Context, l *lease, unhold func()) {
+	kctx, lose := context.WithCancelCause(ctx)
+	l = &lease{lose: lose}
+	l.run.Store(r.id)
+	drop := w.hold(l)
+	kept := make(chan struct{})
+	jobID := r.job.JobID
+	renewing := time.AfterFunc(w.cfg.Lease/3, func() {
+		defer close(kept)
+		w.keepLease(kctx, l, jobID)
+	})
+	return kctx, l, func() {
+		lose(context.Canceled)
+		if !renewing.Stop() {
+			<-kept
+		}
+		drop()
+	}
+}
+
+// settle ends the job's time here after an attempt, unless the attempt
+// failed and may be retried (done false): it discards a fenced result,
+// closes the run of a job that left, releases the run at a stop, completes
+// a success, or fails the job.
+func (w *stepWorker) settle(ctx, kctx context.Context, r run, m kafka.Message, result json.RawMessage, runErr error, ran time.Duration) (done bool, err error) {
+	switch {
+	case errors.Is(context.Cause(kctx), errFenced):
+		w.fenced(r, ran)
+		return true, nil
+	case errors.Is(context.Cause(kctx), errJobLeft):
+		return true, w.abandon(ctx, r, ran)
+	case ctx.Err() != nil:
+		return true, w.release(ctx, r, ran)
+	case runErr == nil:
+		return true, w.complete(ctx, r, m, result, ran)
+	case IsPermanent(runErr) || r.attempt >= w.cfg.MaxAttempts:
+		return true, w.fail(ctx, r, m, ran, runErr)
+	}
+	return false, nil
+}
+
+// complete stores the result of a successful attempt.
+func (w *stepWorker) complete(ctx context.Context, r run, m kafka.Message, result json.RawMessage, ran time.Duration) error {
+	var outcome string
+	err := retryDB(ctx, w.log, func() (err error) { outcome, err = w.store.complete(ctx, r, result); return err })
+	if isDataError(err) {
+		return w.fail(ctx, r, m, ran, fmt.Errorf("postgres refused the result: %w", err))
+	}
+	if err != nil {
+		return w.halt(err)
+	}
+	if outcome != outcomeDone {
+		w.closed(r, outcome, ran)
+		return nil
+	}
+	w.stats.Completions.Add(1)
+	w.attempted("done", ran)
+	return nil
+}
+
+// retryRun closes the failed attempt's run and opens the next attempt's,
+// switching l to it; done is true when the job instead failed or left.
+func (w *stepWorker) retryRun(ctx context.Context, l *lease, r run, m kafka.Message, workerID string, runErr error, ran time.Duration) (next run, done bool, err error) {
+	w.log.Info("step failed; retrying", "job_id", r.job.JobID, "chain", r.chain, "attempt", r.attempt, "err", runErr)
+	var outcome string
+	l.mu.Lock()
+	err = retryDB(ctx, w.log, func() (err error) { next, outcome, err = w.store.retry(ctx, r, workerID, runErr); return err })
+	if err == nil && outcome == outcomeRetried {
+		l.run.Store(next.id)
+	}
+	l.mu.Unlock()
+	if isDataError(err) {
+		return next, true, w.fail(ctx, r, m, ran, runErr)
+	}
+	if err != nil {
+		return next, true, w.halt(err)
+	}
+	if outcome != outcomeRetried {
+		w.closed(r, outcome, ran)
+		return next, true, nil
+	}
+	w.stats.Retries.Add(1)
+	w.attempted("retried", ran)
+	return next, false, nil
+}
+
+// backOff waits d before the next attempt, still holding (and renewing)
+// the run r; done is true when the run was lost, its job left, or the
+// worker is stopping (a job that is not running is given back at once).
+func (w *stepWorker) backOff(ctx, kctx context.Context, r run, d time.Duration) (done bool, err error) {
+	t := time.NewTimer(d)
+	select {
+	case <-t.C:
+	case <-kctx.Done():
+	case <-w.stopping:
+	}
+	t.Stop()
+	switch {
+	case errors.Is(context.Cause(kctx), errFenced):
+		w.fenced(r, 0)
+		return true, nil
+	case errors.Is(context.Cause(kctx), errJobLeft):
+		return true, w.abandon(ctx, r, 0)
+	case ctx.Err() != nil || isClosed(w.stopping):
+		return true, w.release(ctx, r, 0)
+	}
+	return false, nil
 }
 
 func isClosed(ch <-chan struct{}) bool {
@@ -285,7 +327,7 @@ func isClosed(ch <-chan struct{}) bool {
 // else, it cancels the attempt with errFenced. A failed renewal (Postgres
 // unreachable) is tried again every second: the sweepers give live workers
 // a full lease after an outage to get theirs in.
-func (w *Worker) keepLease(ctx context.Context, l *lease, jobID string) {
+func (w *stepWorker) keepLease(ctx context.Context, l *lease, jobID string) {
 	every := w.cfg.Lease / 3
 	t := time.NewTimer(every)
 	defer t.Stop()
@@ -320,7 +362,7 @@ const watchInterval = 500 * time.Millisecond
 // watchLoop stops the steps whose job the user cancelled, moved or deleted,
 // and those whose run someone else closed, with one query for all the runs
 // in hand every watchInterval.
-func (w *Worker) watchLoop(ctx context.Context) error {
+func (w *stepWorker) watchLoop(ctx context.Context) error {
 	t := time.NewTicker(watchInterval)
 	defer t.Stop()
 	for {
@@ -360,7 +402,7 @@ func (w *Worker) watchLoop(ctx context.Context) error {
 // when the attempt times out or is fenced (so a member never runs two steps
 // at once), except at a stop past the grace period: then it returns at once
 // so that the run is released without delay.
-func (w *Worker) attempt(ctx, kctx context.Context, r run) (json.RawMessage, error) {
+func (w *stepWorker) attempt(ctx, kctx context.Context, r run) (json.RawMessage, error) {
 	actx, cancel := kctx, context.CancelFunc(func() {})
 	if w.cfg.Timeout > 0 {
 		actx, cancel = context.WithTimeoutCause(kctx, w.cfg.Timeout, fmt.Errorf("step timed out after %s", w.cfg.Timeout))
@@ -404,7 +446,7 @@ func (w *Worker) attempt(ctx, kctx context.Context, r run) (json.RawMessage, err
 }
 
 // fenced records an attempt whose run was closed under it: its result is discarded.
-func (w *Worker) fenced(r run, ran time.Duration) {
+func (w *stepWorker) fenced(r run, ran time.Duration) {
 	w.stats.Fenced.Add(1)
 	w.attempted("fenced", ran)
 	w.log.Warn("attempt lost its run; result discarded", "job_id", r.job.JobID, "attempt", r.attempt)
@@ -414,7 +456,7 @@ var errReleased = errors.New("run released: the worker is stopping")
 
 // release gives the run back at a stop (past the grace period, or in the
 // backoff before a retry), so that another member takes the job at once.
-func (w *Worker) release(ctx context.Context, r run, ran time.Duration) error {
+func (w *stepWorker) release(ctx context.Context, r run, ran time.Duration) error {
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
 	if err := w.store.release(rctx, r); err != nil {
@@ -430,7 +472,7 @@ func (w *Worker) release(ctx context.Context, r run, ran time.Duration) error {
 // fail moves the job to (S, failed) with cause and dead-letters its event.
 // A job the user cancelled, moved or deleted meanwhile is left as it is,
 // with no letter.
-func (w *Worker) fail(ctx context.Context, r run, m kafka.Message, ran time.Duration, cause error) error {
+func (w *stepWorker) fail(ctx context.Context, r run, m kafka.Message, ran time.Duration, cause error) error {
 	var outcome string
 	err := retryDB(ctx, w.log, func() (err error) { outcome, err = w.store.fail(ctx, r, cause); return err })
 	if isDataError(err) {
@@ -457,7 +499,7 @@ func (w *Worker) fail(ctx context.Context, r run, m kafka.Message, ran time.Dura
 
 // abandon closes the run of a step stopped because its job left (S,
 // running): no retry, no letter.
-func (w *Worker) abandon(ctx context.Context, r run, ran time.Duration) error {
+func (w *stepWorker) abandon(ctx context.Context, r run, ran time.Duration) error {
 	var outcome string
 	err := retryDB(ctx, w.log, func() (err error) { outcome, err = w.store.abandon(ctx, r); return err })
 	if err != nil {
@@ -469,7 +511,7 @@ func (w *Worker) abandon(ctx context.Context, r run, ran time.Duration) error {
 
 // closed records a run that ended other than done, failed or retried: fenced,
 // or cancelled or discarded because its job left (S, running).
-func (w *Worker) closed(r run, outcome string, ran time.Duration) {
+func (w *stepWorker) closed(r run, outcome string, ran time.Duration) {
 	switch outcome {
 	case outcomeCancelled:
 		w.stats.Cancelled.Add(1)
@@ -488,7 +530,7 @@ func (w *Worker) closed(r run, outcome string, ran time.Duration) {
 // column stops the whole worker with the sentence naming jobstream migrate;
 // anything else (ctx ended while Postgres was unreachable) is returned, and
 // the event is delivered again.
-func (w *Worker) halt(err error) error {
+func (w *stepWorker) halt(err error) error {
 	if isSchemaError(err) {
 		err = schemaFailure(err)
 		w.stop(err)
@@ -498,7 +540,7 @@ func (w *Worker) halt(err error) error {
 
 // recordLetter records that a run's dead letter was written. A failure only
 // means the sweeper writes the letter once more later.
-func (w *Worker) recordLetter(ctx context.Context, runID int64) {
+func (w *stepWorker) recordLetter(ctx context.Context, runID int64) {
 	if err := w.store.deadLettered(ctx, runID); err != nil && ctx.Err() == nil {
 		w.log.Warn("dead letter written but not recorded; it may be written again", "run_id", runID, "err", err)
 	}
@@ -519,7 +561,7 @@ type letter struct {
 // while the broker is unreachable, but never blocks on a letter the broker
 // refuses for good. settled is false only when ctx ended first: the letter
 // is still owed.
-func (w *Worker) deadLetter(ctx context.Context, l letter) (settled bool) {
+func (w *stepWorker) deadLetter(ctx context.Context, l letter) (settled bool) {
 	dl := schema.DeadLetter{Reason: l.reason, Step: w.cfg.Step, JobID: string(l.key), Attempts: l.attempts, Error: l.errText, TriggerLSN: l.triggerLSN}
 	dl.SetEvent(l.event)
 	km := kafka.Message{Key: l.key, Value: dl.Encode(), Headers: []kafka.Header{
@@ -593,7 +635,7 @@ func retry(ctx context.Context, log *slog.Logger, op func() error) error {
 }
 
 // sweepInterval is how often the sweeper looks for expired leases.
-func (w *Worker) sweepInterval() time.Duration {
+func (w *stepWorker) sweepInterval() time.Duration {
 	return min(max(w.cfg.Lease/4, 250*time.Millisecond), 2*time.Second)
 }
 
@@ -601,7 +643,7 @@ func (w *Worker) sweepInterval() time.Duration {
 // leases ago and whose worker died before writing them. Their triggering
 // event is gone with that worker; the letter carries the run's error and
 // trigger LSN.
-func (w *Worker) payOwedLetters(ctx context.Context) {
+func (w *stepWorker) payOwedLetters(ctx context.Context) {
 	// Bounded, so that a broker outage does not hold the sweeper: what is
 	// not written stays owed for the next round.
 	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
@@ -626,7 +668,7 @@ func (w *Worker) payOwedLetters(ctx context.Context) {
 // every live worker's lease ran out meanwhile, and each gets that long to
 // renew before a sweeper takes its run for a dead one's. A Postgres restart
 // gets the same pause in the sweep statement itself.
-func (w *Worker) sweepLoop(ctx context.Context) error {
+func (w *stepWorker) sweepLoop(ctx context.Context) error {
 	every := w.sweepInterval()
 	t := time.NewTicker(every)
 	defer t.Stop()
@@ -675,7 +717,7 @@ const pruneInterval = time.Minute
 
 // prune deletes finished runs older than RunsRetention, a batch at a time,
 // at most a few batches per round so the sweeper is never held long.
-func (w *Worker) prune(ctx context.Context) {
+func (w *stepWorker) prune(ctx context.Context) {
 	var total int64
 	for range 10 {
 		n, err := prune(ctx, w.store.pool, w.cfg.RunsRetention, PruneBatch)
@@ -698,7 +740,7 @@ func (w *Worker) prune(ctx context.Context) {
 
 // sweep closes the runs whose lease expired, rewinding or failing their
 // jobs. ok is false when Postgres could not be reached.
-func (w *Worker) sweep(ctx context.Context) (ok bool) {
+func (w *stepWorker) sweep(ctx context.Context) (ok bool) {
 	ids, _ := w.held()
 	runs, err := w.store.sweep(ctx, w.cfg.MaxAttempts, ids)
 	if err != nil {

@@ -32,7 +32,7 @@ type stallMark struct {
 }
 
 // rejoinSignal returns a channel closed at the next rejoin request.
-func (w *Worker) rejoinSignal() <-chan struct{} {
+func (w *stepWorker) rejoinSignal() <-chan struct{} {
 	w.rejoinMu.Lock()
 	defer w.rejoinMu.Unlock()
 	if w.rejoinCh == nil {
@@ -42,7 +42,7 @@ func (w *Worker) rejoinSignal() <-chan struct{} {
 }
 
 // requestRejoin makes every member of this worker rejoin the group.
-func (w *Worker) requestRejoin() {
+func (w *stepWorker) requestRejoin() {
 	w.rejoinMu.Lock()
 	defer w.rejoinMu.Unlock()
 	if w.rejoinCh != nil {
@@ -52,12 +52,12 @@ func (w *Worker) requestRejoin() {
 }
 
 // watchStalls checks the trigger topic every StallTimeout/3 until ctx ends.
-func (w *Worker) watchStalls(ctx context.Context) error {
+func (w *stepWorker) watchStalls(ctx context.Context) error {
 	if w.cfg.StallTimeout < 0 {
 		return nil
 	}
 	topic, group := w.topic, w.group
-	client := w.broker.Client(10 * time.Second)
+	client := &kafka.Client{Addr: kafka.TCP(w.brokers...), Timeout: 10 * time.Second, Transport: w.transport}
 	seen := map[int]stallMark{}
 	t := time.NewTicker(max(w.cfg.StallTimeout/3, 500*time.Millisecond))
 	defer t.Stop()
@@ -85,7 +85,7 @@ func (w *Worker) watchStalls(ctx context.Context) error {
 }
 
 // findStalled returns the partitions of topic that are stalled now.
-func (w *Worker) findStalled(ctx context.Context, client *kafka.Client, topic, group string, seen map[int]stallMark) ([]int, error) {
+func (w *stepWorker) findStalled(ctx context.Context, client *kafka.Client, topic, group string, seen map[int]stallMark) ([]int, error) {
 	md, err := client.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{topic}})
 	if err != nil {
 		return nil, err
@@ -158,7 +158,7 @@ func (w *Worker) findStalled(ctx context.Context, client *kafka.Client, topic, g
 
 // everyMemberBusy reports whether the step has at least as many runs in
 // progress (open, with a live lease) as its group has members.
-func (w *Worker) everyMemberBusy(ctx context.Context, client *kafka.Client, group string) (bool, error) {
+func (w *stepWorker) everyMemberBusy(ctx context.Context, client *kafka.Client, group string) (bool, error) {
 	resp, err := client.DescribeGroups(ctx, &kafka.DescribeGroupsRequest{GroupIDs: []string{group}})
 	if err != nil {
 		return false, err
@@ -178,8 +178,8 @@ func (w *Worker) everyMemberBusy(ctx context.Context, client *kafka.Client, grou
 // headInProgress reports whether the event at offset of partition p is a
 // trigger whose job has an open run with a live lease (a step running long,
 // or waiting to retry): then the partition is busy, not stalled.
-func (w *Worker) headInProgress(ctx context.Context, topic string, p int, offset int64) (bool, error) {
-	conn, err := w.broker.Dialer().DialLeader(ctx, "tcp", w.cfg.Brokers[0], topic, p)
+func (w *stepWorker) headInProgress(ctx context.Context, topic string, p int, offset int64) (bool, error) {
+	conn, err := w.dialer.DialLeader(ctx, "tcp", w.brokers[0], topic, p)
 	if err != nil {
 		return false, err
 	}

@@ -1,10 +1,13 @@
 package consumers
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -18,21 +21,37 @@ import (
 	"github.com/jobstream/jobstream/schema/kafkaconn"
 )
 
-// Worker is one process's share of a step's consumer group.
+// Worker is one process's share of the consumer groups of its steps: one
+// membership per step (one per GPU with GPUs), all sharing a Postgres pool,
+// one Kafka connection and the slots.
 type Worker struct {
-	cfg      Config
-	log      *slog.Logger
-	trigger  string
-	topic    string
-	group    string
-	broker   kafkaconn.Broker
-	store    *store
-	dlq      *kafka.Writer
-	stats    Stats
-	ready    chan struct{}
-	steps    sync.WaitGroup  // every step this worker has in hand
-	stopping <-chan struct{} // closed when Run's ctx ends
-	joining  sync.WaitGroup  // members that have not had a generation yet
+	cfg   Config
+	log   *slog.Logger
+	parts []*stepWorker // one per step, by step name
+	slots []chan struct{}
+	stats Stats
+	ready chan struct{}
+}
+
+// stepWorker is the worker of one step: its group membership, its store,
+// and the runs it holds. The Worker that runs it fills in the shared parts
+// (stats, stop, stopping, joining, dialer, transport, dlq) before it runs.
+type stepWorker struct {
+	cfg       Config // Step and Handler set to this step's
+	log       *slog.Logger
+	trigger   string
+	topic     string
+	group     string
+	brokers   []string
+	dialer    *kafka.Dialer
+	transport *kafka.Transport
+	store     *store
+	dlq       *kafka.Writer
+	stats     *Stats
+	slots     []chan struct{} // the Worker's: one per GPU, or one of Concurrency
+	steps     sync.WaitGroup  // every step this worker has in hand
+	stopping  <-chan struct{} // closed when Run's ctx ends
+	joining   *sync.WaitGroup // members that have not had a generation yet
 
 	rejoinMu sync.Mutex
 	rejoinCh chan struct{} // closed to make every member rejoin
@@ -52,42 +71,52 @@ func New(cfg Config) (*Worker, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	trigger, _ := cfg.Pipeline.Trigger(cfg.Step)
-	return &Worker{
-		cfg:     cfg,
-		log:     cfg.Logger.With("step", cfg.Step),
-		trigger: trigger,
-		topic:   schema.Topics{Prefix: cfg.TopicPrefix}.Step(trigger),
-		group:   schema.Topics{Prefix: cfg.TopicPrefix}.Group(cfg.Step),
-		broker:  kafkaconn.Broker{Addrs: cfg.Brokers, SASL: cfg.SASL, TLS: cfg.TLS},
-		ready:   make(chan struct{}),
-	}, nil
+	w := &Worker{cfg: cfg, log: cfg.Logger, ready: make(chan struct{})}
+	if len(cfg.GPUs) == 0 {
+		w.slots = []chan struct{}{make(chan struct{}, cfg.Concurrency)}
+	}
+	for range cfg.GPUs {
+		w.slots = append(w.slots, make(chan struct{}, 1))
+	}
+	steps := cfg.steps()
+	for _, step := range slices.Sorted(maps.Keys(steps)) {
+		scfg := cfg
+		scfg.Step, scfg.Handler, scfg.Steps = step, steps[step], nil
+		trigger, _ := cfg.Pipeline.Trigger(step)
+		topics := schema.Topics{Prefix: cfg.TopicPrefix}
+		w.parts = append(w.parts, &stepWorker{
+			cfg:     scfg,
+			log:     cfg.Logger.With("step", step),
+			trigger: trigger,
+			topic:   topics.Step(trigger),
+			group:   topics.Group(step),
+			brokers: cfg.Brokers,
+			stats:   &w.stats,
+			slots:   w.slots,
+		})
+	}
+	return w, nil
 }
 
 // Ready is closed once the worker has reached Postgres and the broker and
-// every one of its members has joined the group and been given its
-// partitions: from then on, a new trigger event is acted on at once.
+// every one of its members, of every step, has joined its group and been
+// given its partitions: from then on, a new trigger event is acted on at
+// once.
 func (w *Worker) Ready() <-chan struct{} { return w.ready }
 
-// Stats returns the worker's live counters.
+// Stats returns the worker's live counters, all its steps together.
 func (w *Worker) Stats() *Stats { return &w.stats }
 
-// Run joins the step's consumer group with one member per GPU, or one
-// member running Config.Concurrency steps at once, and handles events until
-// ctx is done. Then it takes no new event, gives running steps Config.Grace
-// to finish (past it their runs are released), commits the offsets of what
-// finished, and leaves the group. A deliberate stop returns nil.
+// Run joins the consumer group of each step with one member per GPU, or one
+// member running up to Config.Concurrency steps at once, and handles events
+// until ctx is done. Then it takes no new event, gives running steps
+// Config.Grace to finish (past it their runs are released), commits the
+// offsets of what finished, and leaves the groups. A deliberate stop
+// returns nil. It closes the pool only if it opened it (Config.Pool unset).
 func (w *Worker) Run(ctx context.Context) (err error) {
-	// A stop while starting is a stop, not a failure to start.
-	starting := func(err error) error {
-		if ctx.Err() != nil {
-			return nil
-		}
-		return err
-	}
 	parent := ctx
-	ctx, w.stop = context.WithCancelCause(ctx)
-	defer w.stop(nil)
+	ctx, stop := context.WithCancelCause(ctx)
+	defer stop(nil)
 	// A schema error found while running stops the worker like a stop
 	// does, and is what Run returns.
 	defer func() {
@@ -95,71 +124,15 @@ func (w *Worker) Run(ctx context.Context) (err error) {
 			err = cause
 		}
 	}()
-	if err := w.broker.Ping(ctx, 10*time.Second); err != nil {
-		return starting(err)
-	}
-	// The trigger topic, the dead-letter topic, and the topic this step's
-	// own transitions land on (the next step's trigger).
-	topics := []string{w.topic, schema.Topics{Prefix: w.cfg.TopicPrefix}.DLQ(), schema.Topics{Prefix: w.cfg.TopicPrefix}.Step(w.cfg.Step)}
-	if err := w.broker.EnsureTopics(ctx, w.cfg.Partitions, topics...); err != nil {
-		return starting(err)
-	}
-	members := w.members()
-	slots := 0
-	for _, m := range members {
-		slots += cap(m.slots)
-	}
-	pcfg, err := pgxpool.ParseConfig(w.cfg.DatabaseURL)
+	closeAll, err := w.start(ctx, stop)
 	if err != nil {
-		return fmt.Errorf("parse DATABASE_URL: %w", err)
+		if ctx.Err() != nil {
+			return nil // a stop while starting is a stop, not a failure to start
+		}
+		return err
 	}
-	// A claim or completion per slot, a renewal per run in hand, the sweeper.
-	pcfg.MaxConns = int32(min(2*slots+4, 64))
-	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
-	if err != nil {
-		return starting(fmt.Errorf("connect to Postgres: %w", err))
-	}
-	defer pool.Close()
-	pctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-	err = pool.Ping(pctx)
-	cancel()
-	if err != nil {
-		return starting(schema.PostgresUnreachable(err))
-	}
-	if err := checkSchema(ctx, pool); err != nil {
-		return starting(err)
-	}
-	if w.store, err = newStore(ctx, pool, w.cfg.Step, w.trigger, w.cfg.Lease); err != nil {
-		return starting(err)
-	}
-	w.dlq = &kafka.Writer{
-		Addr:         kafka.TCP(w.cfg.Brokers...),
-		Topic:        schema.Topics{Prefix: w.cfg.TopicPrefix}.DLQ(),
-		Balancer:     &kafka.Murmur2Balancer{},
-		RequiredAcks: kafka.RequireAll,
-		BatchTimeout: time.Millisecond,
-		Transport:    w.broker.Transport(),
-	}
-	defer w.dlq.Close()
-
-	w.stopping = ctx.Done()
-	w.joining.Add(len(members))
-	go func() {
-		w.joining.Wait()
-		close(w.ready)
-	}()
-	w.log.Info("worker started", "topic", w.topic, "group", w.group, "members", len(members), "slots", slots)
-	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return w.sweepLoop(gctx) })
-	g.Go(func() error { return w.watchStalls(gctx) })
-	g.Go(func() error { return w.watchLoop(gctx) })
-	for _, m := range members {
-		g.Go(func() error { return m.run(gctx) })
-	}
-	err = g.Wait()
-	// Steps a rebalance detached from their partition finish (or are
-	// released) within the grace period too.
-	w.steps.Wait()
+	defer closeAll()
+	err = w.serve(ctx)
 	if errors.Is(err, context.Canceled) && ctx.Err() != nil {
 		err = nil
 	}
@@ -170,16 +143,146 @@ func (w *Worker) Run(ctx context.Context) (err error) {
 	return err
 }
 
-// members returns one member per GPU, or one member with Concurrency slots.
-func (w *Worker) members() []*member {
+// start reaches the broker and Postgres, creates the topics, checks the
+// schema and hands every step its share of the connections. closeAll
+// closes what start opened.
+func (w *Worker) start(ctx context.Context, stop context.CancelCauseFunc) (closeAll func(), err error) {
+	b := kafkaconn.Broker{Addrs: w.cfg.Brokers, SASL: w.cfg.SASL, TLS: w.cfg.TLS}
+	if t := w.cfg.Transport; t != nil {
+		b.SASL, b.TLS = t.SASL, t.TLS // the start-up checks speak as the caller's transport
+	}
+	dialer, transport := cmp.Or(w.cfg.Dialer, b.Dialer()), cmp.Or(w.cfg.Transport, b.Transport())
+	if err := b.Ping(ctx, 10*time.Second); err != nil {
+		return nil, err
+	}
+	if err := b.EnsureTopics(ctx, w.cfg.Partitions, w.topics()...); err != nil {
+		return nil, err
+	}
+	pool, closePool, err := w.openPool(ctx)
+	if err != nil {
+		return nil, err
+	}
+	dlq := &kafka.Writer{
+		Addr:         kafka.TCP(w.cfg.Brokers...),
+		Topic:        schema.Topics{Prefix: w.cfg.TopicPrefix}.DLQ(),
+		Balancer:     &kafka.Murmur2Balancer{},
+		RequiredAcks: kafka.RequireAll,
+		BatchTimeout: time.Millisecond,
+		Transport:    transport,
+	}
+	closeAll = func() { dlq.Close(); closePool() }
+	joining := &sync.WaitGroup{}
+	for _, s := range w.parts {
+		if s.store, err = newStore(ctx, pool, s.cfg.Step, s.trigger, s.cfg.Lease); err != nil {
+			closeAll()
+			return nil, err
+		}
+		s.dialer, s.transport, s.dlq, s.stop, s.stopping, s.joining = dialer, transport, dlq, stop, ctx.Done(), joining
+	}
+	return closeAll, nil
+}
+
+// topics returns the topics the worker needs: each step's trigger topic,
+// the topic its own transitions land on (the next step's trigger), and the
+// dead-letter topic.
+func (w *Worker) topics() []string {
+	names := schema.Topics{Prefix: w.cfg.TopicPrefix}
+	topics := []string{names.DLQ()}
+	for _, s := range w.parts {
+		topics = append(topics, s.topic, names.Step(s.cfg.Step))
+	}
+	slices.Sort(topics)
+	return slices.Compact(topics)
+}
+
+// openPool returns Config.Pool, or a pool of the worker's own opened from
+// DatabaseURL, once it answers and has jobstream's tables; closePool
+// closes only a pool the worker opened.
+func (w *Worker) openPool(ctx context.Context) (pool *pgxpool.Pool, closePool func(), err error) {
+	pool, closePool = w.cfg.Pool, func() {}
+	if pool == nil {
+		pcfg, err := pgxpool.ParseConfig(w.cfg.DatabaseURL)
+		if err != nil {
+			return nil, nil, fmt.Errorf("parse DATABASE_URL: %w", err)
+		}
+		// A claim or completion per slot, a renewal per run in hand, and per
+		// step the sweeper, the watcher and the stall watchdog.
+		slots := 0
+		for _, s := range w.slots {
+			slots += cap(s)
+		}
+		pcfg.MaxConns = int32(min(2*slots+3*len(w.parts)+1, 64))
+		if pool, err = pgxpool.NewWithConfig(ctx, pcfg); err != nil {
+			return nil, nil, fmt.Errorf("connect to Postgres: %w", err)
+		}
+		closePool = pool.Close
+	}
+	pctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	err = pool.Ping(pctx)
+	cancel()
+	if err == nil {
+		err = checkSchema(ctx, pool)
+	} else {
+		err = schema.PostgresUnreachable(err)
+	}
+	if err != nil {
+		closePool()
+		return nil, nil, err
+	}
+	return pool, closePool, nil
+}
+
+// serve runs every step's members, sweeper, watcher and stall watchdog
+// until ctx ends or one of them fails, then waits for the steps in hand.
+func (w *Worker) serve(ctx context.Context) error {
+	g, gctx := errgroup.WithContext(ctx)
+	var all []*member
+	for _, s := range w.parts {
+		members := s.members()
+		all = append(all, members...)
+		s.log.Info("worker started", "topic", s.topic, "group", s.group, "members", len(members), "slots", s.slotCount())
+		g.Go(func() error { return s.sweepLoop(gctx) })
+		g.Go(func() error { return s.watchStalls(gctx) })
+		g.Go(func() error { return s.watchLoop(gctx) })
+	}
+	joining := w.parts[0].joining
+	joining.Add(len(all))
+	go func() {
+		joining.Wait()
+		close(w.ready)
+	}()
+	for _, m := range all {
+		g.Go(func() error { return m.run(gctx) })
+	}
+	err := g.Wait()
+	// Steps a rebalance detached from their partition finish (or are
+	// released) within the grace period too.
+	for _, s := range w.parts {
+		s.steps.Wait()
+	}
+	return err
+}
+
+// members returns one member per GPU, or one member with Concurrency
+// slots, each slot shared with the Worker's other steps.
+func (w *stepWorker) members() []*member {
 	if len(w.cfg.GPUs) == 0 {
-		return []*member{{w: w, id: w.cfg.WorkerID + "/0", slots: make(chan struct{}, w.cfg.Concurrency)}}
+		return []*member{{w: w, id: w.cfg.WorkerID + "/0", slots: w.slots[0]}}
 	}
 	var out []*member
 	for i, gpu := range w.cfg.GPUs {
-		out = append(out, &member{w: w, id: w.cfg.WorkerID + "/" + strconv.Itoa(i) + "/gpu" + gpu, gpu: gpu, slots: make(chan struct{}, 1)})
+		out = append(out, &member{w: w, id: w.cfg.WorkerID + "/" + strconv.Itoa(i) + "/gpu" + gpu, gpu: gpu, slots: w.slots[i]})
 	}
 	return out
+}
+
+// slotCount returns how many steps the worker runs at once.
+func (w *stepWorker) slotCount() int {
+	n := 0
+	for _, s := range w.slots {
+		n += cap(s)
+	}
+	return n
 }
 
 // member is one consumer-group member. In each generation it reads every
@@ -187,7 +290,7 @@ func (w *Worker) members() []*member {
 // partition in offset order, and runs up to cap(slots) steps at once; the
 // slots outlive generations, so a GPU member never runs two steps at once.
 type member struct {
-	w      *Worker
+	w      *stepWorker
 	id     string // the worker name written into jobstream_runs
 	gpu    string
 	slots  chan struct{}
@@ -197,7 +300,7 @@ type member struct {
 // groupTimeouts derives the group's session timeout from the lease: a dead
 // member's partitions move on before its runs' leases expire, so a rewound
 // job is claimed at once. 6s is Kafka's smallest allowed session timeout.
-func (w *Worker) groupTimeouts() (session, heartbeat time.Duration) {
+func (w *stepWorker) groupTimeouts() (session, heartbeat time.Duration) {
 	session = min(max(w.cfg.Lease, 6*time.Second), 10*time.Second)
 	return session, session / 10
 }
@@ -224,8 +327,8 @@ func (m *member) membership(ctx context.Context, rejoin <-chan struct{}) (stoppe
 	debug := func(msg string, args ...any) { w.log.Debug(fmt.Sprintf(msg, args...), "member", m.id) }
 	cg, err := kafka.NewConsumerGroup(kafka.ConsumerGroupConfig{
 		ID:                w.group,
-		Brokers:           w.cfg.Brokers,
-		Dialer:            w.broker.Dialer(),
+		Brokers:           w.brokers,
+		Dialer:            w.dialer,
 		Topics:            []string{w.topic},
 		HeartbeatInterval: heartbeat,
 		SessionTimeout:    session,
@@ -341,7 +444,7 @@ func (m *member) generation(ctx, rctx context.Context, gen *kafka.Generation) {
 }
 
 // own adds d to the holders of each of partitions.
-func (w *Worker) own(partitions []int, d int) {
+func (w *stepWorker) own(partitions []int, d int) {
 	w.ownedMu.Lock()
 	defer w.ownedMu.Unlock()
 	if w.owned == nil {
@@ -355,7 +458,7 @@ func (w *Worker) own(partitions []int, d int) {
 }
 
 // owns reports whether a member of this worker holds partition p now.
-func (w *Worker) owns(p int) bool {
+func (w *stepWorker) owns(p int) bool {
 	w.ownedMu.Lock()
 	defer w.ownedMu.Unlock()
 	return w.owned[p] > 0
@@ -363,28 +466,11 @@ func (w *Worker) owns(p int) bool {
 
 // partition handles the events of one partition in offset order until
 // fetchCtx ends or the generation is over. Events that are not triggers are
-// skipped in place; steps run on a goroutine of their own, so that a
-// rebalance can detach the step in flight instead of waiting for it. That
-// goroutine serves the partition's steps one after another (its stack,
-// grown by the first, serves the next) and ends after the last.
+// skipped in place; steps run on a goroutine of their own (runSteps), so
+// that a rebalance can detach the step in flight instead of waiting for it.
 func (m *member) partition(fetchCtx, runCtx context.Context, over <-chan struct{}, p kafka.PartitionAssignment, com *committer) {
 	w := m.w
-	rd := kafka.NewReader(kafka.ReaderConfig{
-		Brokers:        w.cfg.Brokers,
-		Dialer:         w.broker.Dialer(),
-		Topic:          w.topic,
-		Partition:      p.ID,
-		MinBytes:       1,
-		MaxBytes:       10 << 20,
-		MaxWait:        time.Second,
-		ReadBackoffMin: 50 * time.Millisecond,
-		ReadBackoffMax: time.Second,
-		QueueCapacity:  256,
-		Logger:         kafka.LoggerFunc(func(string, ...any) {}),
-		ErrorLogger: kafka.LoggerFunc(func(msg string, args ...any) {
-			w.log.Debug(fmt.Sprintf(msg, args...), "partition", p.ID)
-		}),
-	})
+	rd := w.partitionReader(p.ID)
 	// Close waits for a fetch in flight (up to MaxWait): let it happen
 	// after the partition is handed back.
 	defer func() { go rd.Close() }()
@@ -392,42 +478,15 @@ func (m *member) partition(fetchCtx, runCtx context.Context, over <-chan struct{
 		w.log.Warn("seek partition", "partition", p.ID, "offset", p.Offset, "err", err)
 		return
 	}
-	type step struct {
-		msg kafka.Message
-		d   decoded
-	}
-	steps := make(chan step)
-	done := make(chan error, 1)
+	steps, done := m.runSteps(runCtx)
 	defer close(steps)
-	go func() {
-		// A stop lets the steps finish within the grace period.
-		sctx, cancel := graceContext(runCtx, w.cfg.Grace)
-		defer cancel()
-		for s := range steps {
-			err := w.handle(sctx, s.msg, s.d, m.id, m.gpu)
-			<-m.slots
-			w.steps.Done()
-			done <- err
-		}
-	}()
 	bo := backoff.NewExponentialBackOff()
 	bo.InitialInterval, bo.MaxInterval, bo.MaxElapsedTime = 100*time.Millisecond, 5*time.Second, 0
 	for {
-		msg, err := rd.FetchMessage(fetchCtx)
-		if err != nil {
-			if fetchCtx.Err() != nil {
-				return
-			}
-			d := bo.NextBackOff()
-			w.log.Warn("fetch failed; retrying", "partition", p.ID, "err", err, "retry_in", d)
-			select {
-			case <-fetchCtx.Done():
-				return
-			case <-time.After(d):
-			}
-			continue
+		msg, ok := w.fetch(fetchCtx, rd, p.ID, bo)
+		if !ok {
+			return
 		}
-		bo.Reset()
 		d, act := w.decode(msg)
 		if !act {
 			// Not a trigger: nothing to run, and every earlier event of
@@ -436,30 +495,107 @@ func (m *member) partition(fetchCtx, runCtx context.Context, over <-chan struct{
 			com.mark(p.ID, msg.Offset+1)
 			continue
 		}
-		select {
-		case m.slots <- struct{}{}:
-		case <-fetchCtx.Done():
-			return // not taken: the event stays uncommitted
+		if !m.dispatch(fetchCtx, over, steps, done, queued{msg, d}) {
+			return
 		}
-		if fetchCtx.Err() != nil {
+		com.mark(p.ID, msg.Offset+1)
+	}
+}
+
+// partitionReader returns a reader of partition p of the trigger topic.
+func (w *stepWorker) partitionReader(p int) *kafka.Reader {
+	return kafka.NewReader(kafka.ReaderConfig{
+		Brokers:        w.brokers,
+		Dialer:         w.dialer,
+		Topic:          w.topic,
+		Partition:      p,
+		MinBytes:       1,
+		MaxBytes:       10 << 20,
+		MaxWait:        time.Second,
+		ReadBackoffMin: 50 * time.Millisecond,
+		ReadBackoffMax: time.Second,
+		QueueCapacity:  256,
+		Logger:         kafka.LoggerFunc(func(string, ...any) {}),
+		ErrorLogger: kafka.LoggerFunc(func(msg string, args ...any) {
+			w.log.Debug(fmt.Sprintf(msg, args...), "partition", p)
+		}),
+	})
+}
+
+// fetch returns the partition's next event, retrying with backoff bo while
+// fetching fails; ok is false once ctx ends.
+func (w *stepWorker) fetch(ctx context.Context, rd *kafka.Reader, p int, bo backoff.BackOff) (msg kafka.Message, ok bool) {
+	for {
+		msg, err := rd.FetchMessage(ctx)
+		if err == nil {
+			bo.Reset()
+			return msg, true
+		}
+		if ctx.Err() != nil {
+			return msg, false
+		}
+		d := bo.NextBackOff()
+		w.log.Warn("fetch failed; retrying", "partition", p, "err", err, "retry_in", d)
+		select {
+		case <-ctx.Done():
+			return msg, false
+		case <-time.After(d):
+		}
+	}
+}
+
+// queued is an event handed to a partition's step goroutine.
+type queued struct {
+	msg kafka.Message
+	d   decoded
+}
+
+// runSteps starts the goroutine that runs a partition's steps one after
+// another (its stack, grown by the first, serves the next), each handed in
+// on steps with a slot taken; it reports each outcome on done and ends
+// once steps is closed. A stop lets the steps finish within the grace
+// period.
+func (m *member) runSteps(runCtx context.Context) (steps chan<- queued, done <-chan error) {
+	w := m.w
+	in, out := make(chan queued), make(chan error, 1)
+	go func() {
+		sctx, cancel := graceContext(runCtx, w.cfg.Grace)
+		defer cancel()
+		for q := range in {
+			err := w.handle(sctx, q.msg, q.d, m.id, m.gpu)
 			<-m.slots
-			return
+			w.steps.Done()
+			out <- err
 		}
-		w.steps.Add(1)
-		steps <- step{msg, d}
-		select {
-		case err := <-done:
-			if err != nil {
-				// Stopped while the database was unreachable, or released
-				// past the grace: the event is delivered again.
-				return
-			}
-			com.mark(p.ID, msg.Offset+1)
-		case <-over:
-			// A rebalance: the step goes on holding its run; the next owner
-			// of the partition reads the event again and skips it.
-			return
-		}
+	}()
+	return in, out
+}
+
+// dispatch runs q's step once a slot is free and reports whether it
+// finished, so that its offset may be committed. It is false when the
+// partition must stop: fetchCtx ended before a slot was free (the event
+// stays uncommitted), the step asked for the event to be delivered again,
+// or the generation is over (a rebalance: the step goes on holding its
+// run; the next owner of the partition reads the event again and skips it).
+func (m *member) dispatch(fetchCtx context.Context, over <-chan struct{}, steps chan<- queued, done <-chan error, q queued) bool {
+	select {
+	case m.slots <- struct{}{}:
+	case <-fetchCtx.Done():
+		return false
+	}
+	if fetchCtx.Err() != nil {
+		<-m.slots
+		return false
+	}
+	m.w.steps.Add(1)
+	steps <- q
+	select {
+	case err := <-done:
+		// An error: stopped while the database was unreachable, or
+		// released past the grace; the event is delivered again.
+		return err == nil
+	case <-over:
+		return false
 	}
 }
 

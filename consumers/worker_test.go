@@ -61,7 +61,7 @@ func startReader(t testing.TB, e *harness.Env) *cdc.Reader {
 		TopicPrefix: e.Prefix, Publication: e.Publication, Logger: testLogger(t, "reader")})
 }
 
-// startWorker runs an in-process worker of cfg.Step (default vlm_analyze)
+// startWorker runs an in-process worker of cfg.Step (default vlm_analyze, or cfg.Steps)
 // against e until the test ends. Connection fields, the topic prefix, a short
 // grace and a logger are filled in.
 func startWorker(t *testing.T, e *harness.Env, cfg consumers.Config) *consumers.Worker {
@@ -69,7 +69,7 @@ func startWorker(t *testing.T, e *harness.Env, cfg consumers.Config) *consumers.
 	cfg.DatabaseURL = e.DatabaseURL
 	cfg.Brokers = e.Brokers
 	cfg.TopicPrefix = e.Prefix
-	if cfg.Step == "" {
+	if cfg.Step == "" && len(cfg.Steps) == 0 {
 		cfg.Step = step
 	}
 	if cfg.Grace == 0 {
