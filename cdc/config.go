@@ -9,6 +9,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/segmentio/kafka-go/sasl"
 
 	"github.com/jobstream/jobstream/schema"
@@ -50,7 +52,20 @@ const (
 
 // Config configures a Reader. Zero fields take the defaults documented on them.
 type Config struct {
-	// DatabaseURL is the Postgres connection URL (postgres://...). Required.
+	// Pool is the caller's Postgres pool for the reader's ordinary queries
+	// (the checks at start, the initial snapshot); the reader never closes
+	// it. The two connections the reader holds for long (the one holding
+	// the slot's lock, the one of the visibility wait) are its own, opened
+	// with Pool's configuration (TLS, tracer). Default: a pool of the
+	// reader's own, opened from DatabaseURL when Run starts and closed when
+	// it returns.
+	Pool *pgxpool.Pool
+	// Replication is the configuration of the replication connection (the
+	// reader connects with a copy, adding replication=database). Default:
+	// that of Pool's connections, or DatabaseURL's.
+	Replication *pgconn.Config
+	// DatabaseURL is the Postgres connection URL (postgres://...). Required
+	// unless Pool is set.
 	DatabaseURL string
 	// Brokers are the Kafka bootstrap brokers (host:port). Required.
 	Brokers []string
@@ -143,8 +158,8 @@ func (c Config) WithDefaults() Config {
 // refused rather than read as the default.
 func (c Config) Validate() error {
 	switch {
-	case c.DatabaseURL == "":
-		return schema.FieldError("DatabaseURL", "is empty; give a postgres:// URL")
+	case c.DatabaseURL == "" && c.Pool == nil:
+		return schema.FieldError("DatabaseURL", "is empty; give a postgres:// URL, or set Pool")
 	case len(c.Brokers) == 0:
 		return schema.FieldError("Brokers", "is empty; give at least one host:port")
 	case !schema.ValidIdent(c.Slot):

@@ -104,4 +104,18 @@
 // only changes committed after the slot's creation are streamed. An existing
 // slot is never snapshotted again; to re-snapshot, set RecreateSlot (or drop
 // the slot), which reports the gap as for a lost slot.
+//
+// # Embedding
+//
+// The caller owns the resources: cdc.New(cdc.Config{Pool: pool, Brokers:
+// ...}) runs the reader's ordinary queries (the checks at start, the
+// initial snapshot) on the caller's *pgxpool.Pool and never closes it; the
+// connections it holds for long (the slot's lock, the visibility wait) are
+// opened with that pool's configuration, so they share its TLS and tracer,
+// and the replication connection takes Config.Replication (a
+// *pgconn.Config) or, by default, the same configuration with
+// replication=database. Without Pool the reader opens a pool of its own
+// from DatabaseURL and closes it when Run returns. New connects nothing;
+// Run(ctx) streams until ctx ends. The jobstream reader command is such a
+// caller; ops' Example_embed runs a reader and a worker on one pool.
 package cdc

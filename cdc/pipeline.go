@@ -68,7 +68,7 @@ type pipeline struct {
 // so that a deliberate stop can let the batch in flight land.
 func newPipeline(ctx context.Context, r *Reader) *pipeline {
 	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	return &pipeline{r: r, ctx: ctx, cancel: cancel, pending: &batch{}, spare: &batch{}, vis: &visibility{url: r.cfg.DatabaseURL}}
+	return &pipeline{r: r, ctx: ctx, cancel: cancel, pending: &batch{}, spare: &batch{}, vis: &visibility{connect: r.connect}}
 }
 
 // add queues ev, sending it on at once when nothing is in flight.

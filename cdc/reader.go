@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/jobstream/jobstream/schema"
 	"github.com/jobstream/jobstream/schema/kafkaconn"
@@ -29,6 +30,12 @@ type Reader struct {
 	broker kafkaconn.Broker
 	prod   *producer
 	stats  Stats
+
+	// Postgres: the pool of ordinary queries, and the configurations of
+	// the lock connection and the replication connection, set by Run.
+	pool    *pgxpool.Pool
+	connCfg *pgx.ConnConfig
+	replCfg *pgconn.Config
 
 	db         string
 	maxMessage int
@@ -97,6 +104,11 @@ func fatal(err error) error { return &fatalError{err} }
 // broker are retried with capped exponential backoff; a configuration
 // problem, or a slot Postgres invalidated, is returned as one sentence.
 func (r *Reader) Run(ctx context.Context) error {
+	closePool, err := r.openPool(ctx)
+	if err != nil {
+		return err
+	}
+	defer closePool()
 	r.prod = newProducer(r.broker, r.log)
 	defer r.prod.close()
 	if err := r.preflight(ctx); err != nil {
@@ -139,6 +151,31 @@ func (r *Reader) Run(ctx context.Context) error {
 		case <-time.After(wait):
 		}
 	}
+}
+
+// openPool sets the reader's pool (Config.Pool, or one of its own opened
+// from DatabaseURL) and the configurations of its two connections of its
+// own; closePool closes only a pool the reader opened.
+func (r *Reader) openPool(ctx context.Context) (closePool func(), err error) {
+	closePool = func() {}
+	if r.cfg.Pool != nil {
+		r.pool = r.cfg.Pool
+	} else {
+		pcfg, err := pgxpool.ParseConfig(r.cfg.DatabaseURL)
+		if err != nil {
+			return nil, fmt.Errorf("parse DATABASE_URL: %w", err)
+		}
+		if r.pool, err = pgxpool.NewWithConfig(ctx, pcfg); err != nil {
+			return nil, fmt.Errorf("connect to Postgres: %w", err)
+		}
+		closePool = r.pool.Close
+	}
+	r.connCfg = r.pool.Config().ConnConfig
+	r.replCfg = r.cfg.Replication
+	if r.replCfg == nil {
+		r.replCfg = &r.connCfg.Config
+	}
+	return closePool, nil
 }
 
 // session holds the slot's lock (waiting as a standby while another reader
@@ -198,10 +235,7 @@ func (r *Reader) session(ctx context.Context) error {
 // as the returned connection lives; Postgres releases it when that
 // connection ends, also when its process was killed.
 func (r *Reader) acquire(ctx context.Context) (*pgx.Conn, error) {
-	cfg, err := pgx.ParseConfig(r.cfg.DatabaseURL)
-	if err != nil {
-		return nil, fatal(fmt.Errorf("parse DATABASE_URL: %w", err))
-	}
+	cfg := r.connCfg.Copy()
 	cfg.RuntimeParams["application_name"] = "jobstream-reader"
 	// Let the server notice a vanished reader within about 30s, so that a
 	// standby takes over from a host that went off the network too.
@@ -243,10 +277,7 @@ func (r *Reader) acquire(ctx context.Context) (*pgx.Conn, error) {
 }
 
 func (r *Reader) connectReplication(ctx context.Context) (*pgconn.PgConn, error) {
-	cfg, err := pgconn.ParseConfig(r.cfg.DatabaseURL)
-	if err != nil {
-		return nil, fatal(fmt.Errorf("parse DATABASE_URL: %w", err))
-	}
+	cfg := r.replCfg.Copy()
 	cfg.RuntimeParams["replication"] = "database"
 	cfg.RuntimeParams["application_name"] = "jobstream-reader"
 	cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
@@ -262,11 +293,10 @@ func (r *Reader) connectReplication(ctx context.Context) (*pgconn.PgConn, error)
 func (r *Reader) preflight(ctx context.Context) error {
 	cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
-	conn, err := pgx.Connect(cctx, r.cfg.DatabaseURL)
-	if err != nil {
+	conn := r.pool
+	if err := conn.Ping(cctx); err != nil {
 		return schema.PostgresUnreachable(err)
 	}
-	defer conn.Close(context.Background())
 
 	var walLevel, db string
 	var canReplicate bool
@@ -321,7 +351,7 @@ func (r *Reader) preflight(ctx context.Context) error {
 // A table Postgres cannot replicate updates and deletes of is reported too.
 // The reader checks at start, at every reconnect and at every periodic
 // status update.
-func (r *Reader) checkPublication(ctx context.Context, conn *pgx.Conn) error {
+func (r *Reader) checkPublication(ctx context.Context, conn querier) error {
 	pub := r.cfg.Publication
 	var ops []string
 	var all bool
@@ -378,6 +408,20 @@ func (r *Reader) checkPublication(ctx context.Context, conn *pgx.Conn) error {
 	return nil
 }
 
+// connect opens a connection of the reader's own with its pool's
+// configuration (TLS, tracer), within 15 seconds.
+func (r *Reader) connect(ctx context.Context) (*pgx.Conn, error) {
+	cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	return pgx.ConnectConfig(cctx, r.connCfg.Copy())
+}
+
+// querier is what the reader's checks need of a connection or a pool.
+type querier interface {
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+}
+
 // publicationGone turns pgoutput's "publication does not exist", which
 // retrying would only repeat, into one sentence: the publication is missing
 // now (run jobstream migrate), or it exists again but the slot's WAL cannot
@@ -418,7 +462,7 @@ type slotInfo struct {
 }
 
 // lookupSlot returns the slot named name, or nil when it does not exist.
-func lookupSlot(ctx context.Context, conn *pgx.Conn, name string) (*slotInfo, error) {
+func lookupSlot(ctx context.Context, conn querier, name string) (*slotInfo, error) {
 	var s slotInfo
 	var confirmed *string
 	err := conn.QueryRow(ctx, `SELECT coalesce(plugin, ''), coalesce(database, ''), coalesce(wal_status, ''), confirmed_flush_lsn::text

@@ -21,12 +21,12 @@ import (
 // meanwhile, which keeps the exported snapshot valid.
 func (s *stream) snapshot(ctx context.Context, name string, at pglogrepl.LSN) (int64, error) {
 	r := s.r
-	conn, err := pgx.Connect(ctx, r.cfg.DatabaseURL)
+	pc, err := r.pool.Acquire(ctx)
 	if err != nil {
 		return 0, fmt.Errorf("connect: %w", err)
 	}
-	defer conn.Close(context.Background())
-	tx, xmin, tables, err := importSnapshot(ctx, conn, name, r.cfg.Publication)
+	defer pc.Release()
+	tx, xmin, tables, err := importSnapshot(ctx, pc.Conn(), name, r.cfg.Publication)
 	if err != nil {
 		return 0, err
 	}

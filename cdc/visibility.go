@@ -17,8 +17,8 @@ import (
 // was before (a worker's compare-and-set claim would find nothing to claim).
 // Checking costs one query per batch (schema.WaitVisible).
 type visibility struct {
-	url  string
-	conn *pgx.Conn
+	connect func(context.Context) (*pgx.Conn, error)
+	conn    *pgx.Conn
 }
 
 // wait returns once the transactions of evs are visible, or ctx is done.
@@ -43,9 +43,7 @@ func (v *visibility) wait(ctx context.Context, evs []event, log func(error, time
 // needed; a failed query drops the connection for the next try.
 func (v *visibility) snapshot(ctx context.Context, snap *string) error {
 	if v.conn == nil {
-		cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-		defer cancel()
-		c, err := pgx.Connect(cctx, v.url)
+		c, err := v.connect(ctx)
 		if err != nil {
 			return err
 		}
