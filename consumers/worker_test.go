@@ -808,9 +808,12 @@ func TestSweeperRescuesExpiredLease(t *testing.T) {
 	if runs := getRuns(t, e, "alive"); len(runs) != 1 || runs[0].finished {
 		t.Errorf("alive job's runs %+v, want its run still open", runs)
 	}
-	if s := w.Stats(); s.Claims.Load() != 1 || s.Completions.Load() != 1 || s.Failures.Load() != 1 || s.Expired.Load() != 2 {
-		t.Errorf("stats %s, expired %d; want 1 claim, 1 completion, 1 failure, 2 expired", stats(w), s.Expired.Load())
-	}
+	// The counters move just after the completion commits.
+	harness.Eventually(t, 10*time.Second, func() (bool, string) {
+		s := w.Stats()
+		return s.Claims.Load() == 1 && s.Completions.Load() == 1 && s.Failures.Load() == 1 && s.Expired.Load() == 2,
+			fmt.Sprintf("stats %s, expired %d; want 1 claim, 1 completion, 1 failure, 2 expired", stats(w), s.Expired.Load())
+	})
 	// The job the sweeper failed is dead-lettered like any failed job.
 	harness.Eventually(t, 10*time.Second, func() (bool, string) {
 		d := deadLetters(t, e)["spent"]
