@@ -36,6 +36,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -879,6 +880,7 @@ type modelRun struct {
 	ctl    sync.Mutex // held while the schedule kills or restarts a process
 	mu     sync.Mutex // guards faults and probs
 	faults []mfault
+	outage atomic.Bool // the broker or Postgres is down now
 
 	jobs     map[string]*mjob
 	order    []string // job ids in insertion order
@@ -935,6 +937,24 @@ func alive(p *proc) bool {
 	return true
 }
 
+// startedIntoOutage reports whether a process whose log ends with tail
+// refused to start because the broker or Postgres was unreachable during
+// (or just after) an outage the schedule made.
+func (m *modelRun) startedIntoOutage(tail string) bool {
+	if !strings.Contains(tail, "cannot reach a Kafka broker") && !strings.Contains(tail, "cannot connect to Postgres") {
+		return false
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, f := range m.faults {
+		if (f.kind == "broker" || f.kind == "pgdown") && time.Since(f.to) < 20*time.Second {
+			return true
+		}
+	}
+	// The fault is recorded when it ends: one in progress has no entry yet.
+	return m.outage.Load()
+}
+
 // watch restarts a process that died by itself, recording it as a fault
 // and as a problem: nothing in the schedule should make one exit.
 func (m *modelRun) watch(ctx context.Context) {
@@ -951,7 +971,13 @@ func (m *modelRun) watch(ctx context.Context) {
 			}
 			pid := pidOf(p)
 			m.fault(mfault{kind: "died", pid: pid, name: p.name, from: time.Now(), to: time.Now()})
-			m.problem("%s (pid %d) exited by itself; log tail: %s", p.name, pid, tailOf(filepath.Join(m.dir, p.name+".log"), 600))
+			tail := tailOf(filepath.Join(m.dir, p.name+".log"), 600)
+			// A process started while the broker or Postgres is down stops
+			// at once with the sentence saying so, as a supervisor expects;
+			// the supervisor (here) starts it again.
+			if !m.startedIntoOutage(tail) {
+				m.problem("%s (pid %d) exited by itself; log tail: %s", p.name, pid, tail)
+			}
 			p.start(m.t, m.bin)
 		}
 		m.ctl.Unlock()
@@ -1075,6 +1101,54 @@ func (m *modelRun) addEpoch(id string, e *epoch) {
 	}
 	j.epochs = append(j.epochs, e)
 	m.counts[e.kind]++
+}
+
+// topicEvents describes, for diagnostics, the events of job id in the topic
+// of step as read now, and the partitions' offsets.
+func (m *modelRun) topicEvents(step, id string) string {
+	topic := schema.Topics{Prefix: schema.DefaultTopicPrefix}.Step(step)
+	msgs, err := harness.ReadTopicAt(m.brokers, topic)
+	var b strings.Builder
+	fmt.Fprintf(&b, "(start %s) topic %s: %d messages (err %v);", m.start.Format("15:04:05.000"), topic, len(msgs), err)
+	for _, msg := range msgs {
+		what := "?"
+		if env, err := schema.DecodeEnvelope(msg.Value); err == nil {
+			row, _ := schema.Row(env.After)
+			what = env.Op + ":" + row.CurrentStep + "/" + row.Status
+		}
+		fmt.Fprintf(&b, "\n  p%d@%d %s %s %s", msg.Partition, msg.Offset, msg.Time.Format("15:04:05.000"), msg.Key, what)
+	}
+	fmt.Fprintf(&b, "\n runs: %s", harness.DumpRows(m.pool, `SELECT step, chain, attempt, trigger_lsn, to_char(started_at, 'HH24:MI:SS.MS'), to_char(finished_at, 'HH24:MI:SS.MS'), outcome FROM jobstream_runs WHERE job_id = $1 ORDER BY run_id`, id))
+	for _, st := range m.steps {
+		t := schema.Topics{Prefix: schema.DefaultTopicPrefix}.Step(st)
+		ms, err := harness.ReadTopicAt(m.brokers, t)
+		fmt.Fprintf(&b, "\n %s: %d messages (err %v), last at", t, len(ms), err)
+		var last time.Time
+		for _, msg := range ms {
+			if msg.Time.After(last) {
+				last = msg.Time
+			}
+			if string(msg.Key) == id {
+				fmt.Fprintf(&b, " [p%d@%d %s]", msg.Partition, msg.Offset, msg.Time.Format("15:04:05.000"))
+			}
+		}
+		fmt.Fprintf(&b, " %s", last.Format("15:04:05.000"))
+	}
+	out, _ := exec.Command("sh", "-c", "cd "+filepath.Join(m.dir, "broker")+" && ls -la . partitions/"+topic+"-* 2>&1 | head -120; cat topics.json").CombinedOutput()
+	fmt.Fprintf(&b, "\n%s", out)
+	conn, err := kafka.Dial("tcp", m.brokers)
+	if err == nil {
+		parts, _ := conn.ReadPartitions(topic)
+		conn.Close()
+		for _, p := range parts {
+			if pc, err := kafka.DialLeader(context.Background(), "tcp", m.brokers, topic, p.ID); err == nil {
+				f, l, err := pc.ReadOffsets()
+				fmt.Fprintf(&b, " p%d:[%d,%d)%v", p.ID, f, l, err)
+				pc.Close()
+			}
+		}
+	}
+	return b.String()
 }
 
 // cli runs a jobstream command against the test's Postgres and broker.
@@ -1431,6 +1505,7 @@ func (m *modelRun) replay(step string, ids, want []string, rangeArgs string) {
 		var st, status string
 		m.pool.QueryRow(ctx, `SELECT current_step, status FROM jobs WHERE job_id = $1`, id).Scan(&st, &status)
 		m.problem("%s did not rewind %s at (%s, %s), which has passed %s's trigger (err %v): %.400s", what, id, st, status, step, cerr, out)
+		m.t.Logf("%s diagnostics for %s: %s", m.since(), id, m.topicEvents(prevStep(&history{steps: m.steps}, step), id))
 	}
 	trigger := prevStep(&history{steps: m.steps}, step)
 	for _, id := range rewound {
@@ -1623,6 +1698,7 @@ func TestModel(t *testing.T) {
 			d := time.Duration(1000+r.IntN(2000)) * time.Millisecond
 			t.Logf("%s broker down for %s", m.since(), d)
 			at := time.Now()
+			m.outage.Store(true)
 			m.broker.kill()
 			time.Sleep(d)
 			m.broker.start(t, m.bin)
@@ -1633,6 +1709,7 @@ func TestModel(t *testing.T) {
 				m.problem("the broker did not come back: %v", err)
 			}
 			m.fault(mfault{kind: "broker", from: at, to: time.Now()})
+			m.outage.Store(false)
 			m.ctl.Unlock()
 		case "postgres-down":
 			// Longer than the lease: a live worker's step must survive it.
@@ -1642,6 +1719,7 @@ func TestModel(t *testing.T) {
 			probe := m.longJob(m.steps[1], int((d+modelLease+time.Second)/time.Millisecond))
 			t.Logf("%s Postgres down for %s (%s's step runs across it)", m.since(), d, probe)
 			at := time.Now()
+			m.outage.Store(true)
 			if r.IntN(2) == 0 {
 				m.pg.Stop()
 			} else {
@@ -1664,6 +1742,7 @@ func TestModel(t *testing.T) {
 			m.pg = npg
 			m.pool.Reset()
 			m.fault(mfault{kind: "pgdown", from: at, to: time.Now()})
+			m.outage.Store(false)
 		case "stop-worker":
 			p := m.workers[r.IntN(len(m.workers))]
 			d := modelLease + 2*time.Second
