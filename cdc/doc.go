@@ -118,4 +118,17 @@
 // from DatabaseURL and closes it when Run returns. New connects nothing;
 // Run(ctx) streams until ctx ends. The jobstream reader command is such a
 // caller; ops' Example_embed runs a reader and a worker on one pool.
+//
+// # Inside
+//
+// A straight chain, wired by Reader for each session: the stream (the
+// replication connection, decoded into changes) hands each change to the
+// router, which renders it and addresses it to its step topic or makes it a
+// dead letter, without touching the network; the pipeline batches the events
+// for the producer, which creates a topic the first time it produces to it;
+// each batch the broker acknowledged goes to the checkpoint, whose
+// acknowledged position is the only one the stream reports to Postgres.
+// Events addressed to every step topic (a truncate, a delete whose step the
+// WAL does not carry) are fanned out by the stream with the step topics it
+// looks up through the producer.
 package cdc

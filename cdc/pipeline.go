@@ -2,6 +2,7 @@ package cdc
 
 import (
 	"context"
+	"log/slog"
 	"sync/atomic"
 	"time"
 
@@ -52,7 +53,13 @@ func (f *flight) finished() bool {
 // bounded by two batches. Batches are acknowledged in order, so the
 // acknowledged position only ever moves past events the broker holds.
 type pipeline struct {
-	r        *Reader
+	prod *producer
+	// ack is the checkpoint: it is called with each batch the broker
+	// acknowledged (and every batch before it), in order.
+	ack                     func(b *batch, took time.Duration)
+	log                     *slog.Logger
+	maxBatch, maxBatchBytes int
+
 	ctx      context.Context
 	cancel   context.CancelFunc
 	pending  *batch
@@ -64,11 +71,14 @@ type pipeline struct {
 	whileWaiting func() error
 }
 
-// newPipeline returns a pipeline whose producing outlives ctx until stop,
-// so that a deliberate stop can let the batch in flight land.
-func newPipeline(ctx context.Context, r *Reader) *pipeline {
+// newPipeline returns a pipeline that produces with prod, holding each batch
+// back until vis sees its transactions, and hands acknowledged batches to
+// ack. Its producing outlives ctx until stop, so that a deliberate stop can
+// let the batch in flight land.
+func newPipeline(ctx context.Context, prod *producer, ack func(*batch, time.Duration), vis *visibility, maxBatch, maxBatchBytes int) *pipeline {
 	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	return &pipeline{r: r, ctx: ctx, cancel: cancel, pending: &batch{}, spare: &batch{}, vis: &visibility{connect: r.connect}}
+	return &pipeline{prod: prod, ack: ack, log: prod.log, maxBatch: maxBatch, maxBatchBytes: maxBatchBytes,
+		ctx: ctx, cancel: cancel, pending: &batch{}, spare: &batch{}, vis: vis}
 }
 
 // add queues ev, sending it on at once when nothing is in flight.
@@ -78,7 +88,7 @@ func (pl *pipeline) add(ev event) error {
 	if err := pl.poll(); err != nil {
 		return err
 	}
-	if b := pl.pending; pl.inflight != nil && (len(b.evs) >= pl.r.cfg.MaxBatch || b.bytes >= pl.r.cfg.MaxBatchBytes) {
+	if b := pl.pending; pl.inflight != nil && (len(b.evs) >= pl.maxBatch || b.bytes >= pl.maxBatchBytes) {
 		if err := pl.wait(); err != nil {
 			return err
 		}
@@ -109,7 +119,7 @@ func (pl *pipeline) poll() error {
 	case len(pl.pending.evs) > 0:
 		pl.send()
 	case pl.pending.commit > 0:
-		pl.r.acknowledge(pl.pending, 0)
+		pl.ack(pl.pending, 0)
 		pl.pending.reset()
 	}
 	return nil
@@ -130,10 +140,10 @@ func (pl *pipeline) send() {
 	pl.inflight = f
 	go func() {
 		f.err = pl.vis.wait(pl.ctx, f.b.evs, func(err error, next time.Duration) {
-			pl.r.log.Warn("cannot check that transactions are visible; retrying", "err", err, "retry_in", next)
+			pl.log.Warn("cannot check that transactions are visible; retrying", "err", err, "retry_in", next)
 		})
 		if f.err == nil {
-			f.err = pl.r.prod.produce(pl.ctx, f.b.evs)
+			f.err = pl.prod.produce(pl.ctx, f.b.evs)
 		}
 		close(f.done)
 		if wake := f.wake.Swap(nil); wake != nil {
@@ -149,7 +159,7 @@ func (pl *pipeline) land() error {
 	if f.err != nil {
 		return f.err
 	}
-	pl.r.acknowledge(f.b, time.Since(f.start))
+	pl.ack(f.b, time.Since(f.start))
 	f.b.reset()
 	pl.spare = f.b
 	return nil
@@ -208,17 +218,43 @@ func (pl *pipeline) stop(grace time.Duration) {
 		if f.err != nil {
 			return
 		}
-		pl.r.acknowledge(f.b, time.Since(f.start))
+		pl.ack(f.b, time.Since(f.start))
 	}
 	if len(pl.pending.evs) == 0 && pl.pending.commit > 0 {
-		pl.r.acknowledge(pl.pending, 0)
+		pl.ack(pl.pending, 0)
 		pl.pending.reset()
+	}
+}
+
+// checkpoint is the end of the chain: it keeps the two positions, received
+// and acknowledged, and counts what the broker acknowledged. Only acked is
+// ever reported to Postgres as flushed.
+type checkpoint struct {
+	stats *Stats
+	hooks []Hook
+	// received: the last WAL position seen. acked: the end of the last
+	// transaction whose every event the broker acknowledged.
+	received pglogrepl.LSN
+	acked    pglogrepl.LSN
+}
+
+func (c *checkpoint) setReceived(lsn pglogrepl.LSN) {
+	if lsn > c.received {
+		c.received = lsn
+		c.stats.ReceivedLSN.Store(uint64(lsn))
+	}
+}
+
+func (c *checkpoint) setAcked(lsn pglogrepl.LSN) {
+	if lsn > c.acked {
+		c.acked = lsn
+		c.stats.AckedLSN.Store(uint64(lsn))
 	}
 }
 
 // acknowledge records that the broker acknowledged every event of b (and of
 // every batch before it).
-func (r *Reader) acknowledge(b *batch, took time.Duration) {
+func (cp *checkpoint) acknowledge(b *batch, took time.Duration) {
 	now := time.Now()
 	if len(b.evs) > 0 {
 		var c, u, d, rd, t, tomb, dead, unroutable int64
@@ -243,27 +279,27 @@ func (r *Reader) acknowledge(b *batch, took time.Duration) {
 				}
 			}
 		}
-		r.stats.Events.Add(int64(len(b.evs)))
-		r.stats.Inserts.Add(c)
-		r.stats.Updates.Add(u)
-		r.stats.Deletes.Add(d)
-		r.stats.SnapshotReads.Add(rd)
-		r.stats.Tombstones.Add(tomb)
-		r.stats.Truncates.Add(t)
-		r.stats.DeadLetters.Add(dead)
-		r.stats.Unroutable.Add(unroutable)
-		for _, h := range r.cfg.Hooks {
+		cp.stats.Events.Add(int64(len(b.evs)))
+		cp.stats.Inserts.Add(c)
+		cp.stats.Updates.Add(u)
+		cp.stats.Deletes.Add(d)
+		cp.stats.SnapshotReads.Add(rd)
+		cp.stats.Tombstones.Add(tomb)
+		cp.stats.Truncates.Add(t)
+		cp.stats.DeadLetters.Add(dead)
+		cp.stats.Unroutable.Add(unroutable)
+		for _, h := range cp.hooks {
 			if h, ok := h.(HookProduced); ok {
 				h.OnProduced(len(b.evs), took)
 			}
 		}
 	}
 	if b.commit > 0 {
-		r.setAcked(b.commit)
+		cp.setAcked(b.commit)
 		if n := len(b.commitTimes); n > 0 {
-			r.stats.CommitToAckMicros.Store(now.Sub(b.commitTimes[n-1]).Microseconds())
+			cp.stats.CommitToAckMicros.Store(now.Sub(b.commitTimes[n-1]).Microseconds())
 		}
-		for _, h := range r.cfg.Hooks {
+		for _, h := range cp.hooks {
 			if h, ok := h.(HookCommitAcked); ok {
 				for _, at := range b.commitTimes {
 					h.OnCommitAcked(now.Sub(at))

@@ -7,7 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -21,7 +20,6 @@ import (
 	"github.com/segmentio/kafka-go/protocol"
 	metadataAPI "github.com/segmentio/kafka-go/protocol/metadata"
 
-	"github.com/jobstream/jobstream/schema"
 	"github.com/jobstream/jobstream/schema/kafkaconn"
 )
 
@@ -51,6 +49,9 @@ type event struct {
 	lsn pglogrepl.LSN
 	// xid is the streamed transaction the event comes from (0: a snapshot read).
 	xid uint32
+	// everyStep marks an event the router addressed to every step topic
+	// (topic ""): fanned out before it reaches the pipeline.
+	everyStep bool
 }
 
 // size bounds the bytes the event takes in a record batch.
@@ -68,14 +69,18 @@ func (e *event) size() int {
 // parallel, and returns when the broker has acknowledged every event.
 type producer struct {
 	client *kafka.Client
+	broker kafkaconn.Broker
 	log    *slog.Logger
+	// newPartitions is the partition count of the topics it creates.
+	newPartitions int
 	// maxMessage is the largest record the broker takes (bytes, framing included).
 	maxMessage int
 	// deadLetter turns an event the broker refused into a dead letter.
 	deadLetter func(ev *event, reason string) event
 
-	mu    sync.Mutex
-	parts map[string]int // topic → partition count
+	mu      sync.Mutex
+	parts   map[string]int  // topic → partition count
+	created map[string]bool // topics created or seen to exist
 
 	// addrs names the brokers in "cannot reach" logs.
 	addrs string
@@ -88,8 +93,11 @@ type producer struct {
 // reach the broker while it stays down.
 const brokerDownEvery = 30 * time.Second
 
-func newProducer(b kafkaconn.Broker, log *slog.Logger) *producer {
+func newProducer(b kafkaconn.Broker, newPartitions int, log *slog.Logger) *producer {
 	return &producer{
+		broker:        b,
+		newPartitions: newPartitions,
+		created:       map[string]bool{},
 		client: &kafka.Client{
 			Addr:    kafka.TCP(b.Addrs...),
 			Timeout: 10 * time.Second,
@@ -245,7 +253,55 @@ func (p *producer) topicsWithPrefix(ctx context.Context, prefix string) ([]strin
 			out = append(out, t.Name)
 		}
 	}
+	p.mu.Lock()
+	for _, t := range out {
+		p.created[t] = true
+	}
+	p.mu.Unlock()
 	return out, nil
+}
+
+// listTopics is topicsWithPrefix, retried until it succeeds or ctx is done.
+func (p *producer) listTopics(ctx context.Context, prefix string) ([]string, error) {
+	var ts []string
+	err := retry(ctx, func() error {
+		var err error
+		ts, err = p.topicsWithPrefix(ctx, prefix)
+		return err
+	}, func(err error, next time.Duration) {
+		p.warnRetry("cannot list the step topics; retrying", err, next)
+	})
+	return ts, err
+}
+
+// partitionsOf returns the partition count of topic, which it creates
+// first if it has not yet (the router may have sent events to it that are
+// not produced yet).
+func (p *producer) partitionsOf(ctx context.Context, topic string) (int, error) {
+	if err := p.ensureTopic(ctx, topic); err != nil {
+		return 0, err
+	}
+	return p.partitionsRetrying(ctx, topic)
+}
+
+// ensureTopic creates topic unless this producer created it or saw it exist.
+func (p *producer) ensureTopic(ctx context.Context, t string) error {
+	p.mu.Lock()
+	ok := p.created[t]
+	p.mu.Unlock()
+	if ok {
+		return nil
+	}
+	err := retry(ctx, func() error { return p.broker.EnsureTopics(ctx, p.newPartitions, t) }, func(err error, next time.Duration) {
+		p.warnRetry("cannot create a topic; retrying", err, next, "topic", t)
+	})
+	if err != nil {
+		return err
+	}
+	p.mu.Lock()
+	p.created[t] = true
+	p.mu.Unlock()
+	return nil
 }
 
 type topicPartition struct {
@@ -259,6 +315,8 @@ type topicPartition struct {
 // retried with capped exponential backoff for as long as ctx lasts. An event
 // the broker refuses for its size or content is replaced by a dead letter
 // (its op set to 0), so one bad row never stalls the stream.
+// The first event to a topic the producer has not created or seen to exist
+// creates it, so routing never waits for the broker.
 func (p *producer) produce(ctx context.Context, evs []event) error {
 	groups := map[topicPartition][]int{}
 	var order []topicPartition
@@ -266,14 +324,20 @@ func (p *producer) produce(ctx context.Context, evs []event) error {
 	var n int
 	for i := range evs {
 		ev := &evs[i]
+		if i == 0 || ev.topic != lastTopic {
+			// The first event to a topic creates it.
+			if err := p.ensureTopic(ctx, ev.topic); err != nil {
+				return err
+			}
+			lastTopic, n = ev.topic, 0
+		}
 		part := int(ev.partition)
 		if part < 0 {
-			if n == 0 || ev.topic != lastTopic {
+			if n == 0 {
 				var err error
 				if n, err = p.partitionsRetrying(ctx, ev.topic); err != nil {
 					return err
 				}
-				lastTopic = ev.topic
 			}
 			part = int((murmur2(ev.key) & 0x7fffffff) % uint32(n))
 		}
@@ -510,26 +574,4 @@ func murmur2(data []byte) uint32 {
 	h *= m
 	h ^= h >> 15
 	return h
-}
-
-// stepTopics returns the step topics a broadcast event (a truncate, or a
-// delete whose step the WAL does not say) goes to: the topics of the
-// pipeline's steps that the broker knows or this reader produced to.
-func (r *Reader) stepTopics(ctx context.Context) ([]string, error) {
-	ts, err := r.prod.topicsWithPrefix(ctx, r.cfg.TopicPrefix)
-	if err != nil {
-		return nil, err
-	}
-	for t := range r.known {
-		ts = append(ts, t)
-	}
-	steps := make(map[string]bool, len(r.cfg.Pipeline.Steps))
-	for _, s := range r.cfg.Pipeline.Steps {
-		steps[schema.Topics{Prefix: r.cfg.TopicPrefix}.Step(s)] = true
-	}
-	slices.Sort(ts)
-	ts = slices.Compact(ts)
-	// Only the pipeline's steps: never the dead-letter or replay topic, nor
-	// the topic of a step no longer in the pipeline.
-	return slices.DeleteFunc(ts, func(t string) bool { return !steps[t] }), nil
 }

@@ -39,21 +39,12 @@ type Reader struct {
 
 	db         string
 	maxMessage int
-	known      map[string]bool // topics created or seen to exist
-	rels       map[uint32]*pglogrepl.RelationMessage
 
-	// Rendering, reused from event to event: the buffer an envelope is
-	// rendered in, the constant parts of the source block, and the topic
-	// of each step seen (valid names only).
-	render  []byte
-	srcHead *schema.SourceHead
-	topics  map[string]string
-
-	// Positions. received: the last WAL position seen. acked: the end of the
-	// last transaction whose every event the broker acknowledged; the only
-	// position ever reported as flushed.
-	received pglogrepl.LSN
-	acked    pglogrepl.LSN
+	// The chain a session wires: the router (set once the broker's message
+	// limit is known) and the checkpoint (the positions, which outlive
+	// sessions); each session has its own stream and pipeline.
+	route *router
+	cp    checkpoint
 
 	// recreated says RecreateSlot has been done: once per Reader, not at
 	// every reconnect.
@@ -69,15 +60,14 @@ func New(cfg Config) (*Reader, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	return &Reader{
+	r := &Reader{
 		cfg:    cfg,
 		log:    cfg.Logger,
 		broker: kafkaconn.Broker{Addrs: cfg.Brokers, SASL: cfg.SASL, TLS: cfg.TLS},
-		known:  map[string]bool{},
-		rels:   map[uint32]*pglogrepl.RelationMessage{},
-		topics: map[string]string{},
 		ready:  make(chan struct{}),
-	}, nil
+	}
+	r.cp = checkpoint{stats: &r.stats, hooks: cfg.Hooks}
+	return r, nil
 }
 
 // Ready is closed once this reader holds its slot and the slot exists: every
@@ -109,7 +99,7 @@ func (r *Reader) Run(ctx context.Context) error {
 		return err
 	}
 	defer closePool()
-	r.prod = newProducer(r.broker, r.log)
+	r.prod = newProducer(r.broker, r.cfg.Partitions, r.log)
 	defer r.prod.close()
 	if err := r.preflight(ctx); err != nil {
 		if ctx.Err() != nil {
@@ -117,7 +107,8 @@ func (r *Reader) Run(ctx context.Context) error {
 		}
 		return err
 	}
-	r.prod.deadLetter = r.deadLetter
+	r.route = newRouter(&r.cfg, r.db, r.maxMessage, r.log)
+	r.prod.deadLetter = r.route.deadLetter
 
 	bo := backoff.NewExponentialBackOff()
 	bo.InitialInterval = 200 * time.Millisecond
@@ -200,9 +191,8 @@ func (r *Reader) session(ctx context.Context) error {
 	}
 	defer conn.Close(context.Background())
 
-	s := &stream{r: r, conn: conn, lock: lock, pl: newPipeline(ctx, r)}
-	clear(r.rels)
-	start, err := s.prepare(ctx)
+	s := r.newStream(ctx, conn, lock)
+	start, err := r.prepare(ctx, s)
 	if err != nil {
 		s.pl.stop(0)
 		return err
@@ -222,12 +212,26 @@ func (r *Reader) session(ctx context.Context) error {
 	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if err := pglogrepl.SendStandbyStatusUpdate(sctx, conn, pglogrepl.StandbyStatusUpdate{
-		WALWritePosition: max(r.received, r.acked), WALFlushPosition: r.acked, WALApplyPosition: r.acked,
+		WALWritePosition: max(r.cp.received, r.cp.acked), WALFlushPosition: r.cp.acked, WALApplyPosition: r.cp.acked,
 	}); err != nil {
 		r.log.Debug("cannot report the last position at stop", "err", err)
 	}
-	r.log.Info("stopped", "slot", r.cfg.Slot, "acknowledged", r.acked)
+	r.log.Info("stopped", "slot", r.cfg.Slot, "acknowledged", r.cp.acked)
 	return err
+}
+
+// newStream wires one session's chain: the stream reads the replication
+// connection and hands each change to the router, whose events go to a
+// pipeline that produces them and hands acknowledged batches to the
+// checkpoint; lock is the connection that holds the slot's lock.
+func (r *Reader) newStream(ctx context.Context, conn *pgconn.PgConn, lock *pgx.Conn) *stream {
+	return &stream{
+		cfg: &r.cfg, log: r.log, stats: &r.stats, conn: conn, lock: lock,
+		route: r.route, topics: r.prod, cp: &r.cp,
+		pl:    newPipeline(ctx, r.prod, r.cp.acknowledge, &visibility{connect: r.connect}, r.cfg.MaxBatch, r.cfg.MaxBatchBytes),
+		check: func(ctx context.Context) error { return r.checkPublication(ctx, lock) },
+		rels:  map[uint32]*pglogrepl.RelationMessage{},
+	}
 }
 
 // acquire connects and takes the slot's advisory lock, polling every
@@ -341,7 +345,7 @@ func (r *Reader) preflight(ctx context.Context) error {
 		r.maxMessage = 1_000_000
 	}
 	r.prod.maxMessage = r.maxMessage
-	return r.ensureTopic(ctx, schema.Topics{Prefix: r.cfg.TopicPrefix}.DLQ())
+	return r.prod.ensureTopic(ctx, schema.Topics{Prefix: r.cfg.TopicPrefix}.DLQ())
 }
 
 // checkPublication says, in one sentence naming the fix (a fatalError), why the
@@ -436,7 +440,7 @@ func (r *Reader) publicationGone(ctx context.Context, lock *pgx.Conn, err error)
 		}
 		return err // cannot tell; the next session checks again
 	}
-	return fatal(cannotDecode(r.cfg.Slot, r.cfg.Publication, r.acked, err))
+	return fatal(cannotDecode(r.cfg.Slot, r.cfg.Publication, r.cp.acked, err))
 }
 
 // isPublicationMissing reports whether err is pgoutput failing to find the
@@ -504,18 +508,4 @@ func isSlotLost(err error) bool {
 	var pgErr *pgconn.PgError
 	return errors.As(err, &pgErr) && pgErr.Code == "55000" &&
 		(strings.Contains(pgErr.Message, "invalidated") || strings.Contains(pgErr.Detail, "invalidated"))
-}
-
-func (r *Reader) setReceived(lsn pglogrepl.LSN) {
-	if lsn > r.received {
-		r.received = lsn
-		r.stats.ReceivedLSN.Store(uint64(lsn))
-	}
-}
-
-func (r *Reader) setAcked(lsn pglogrepl.LSN) {
-	if lsn > r.acked {
-		r.acked = lsn
-		r.stats.AckedLSN.Store(uint64(lsn))
-	}
 }

@@ -20,20 +20,19 @@ import (
 // session drops the slot and creates it again. A slot that existed before
 // and is gone (dropped by hand, or lost) is created again, and the gap in
 // the stream is reported (see reportGap).
-func (s *stream) prepare(ctx context.Context) (pglogrepl.LSN, error) {
-	r := s.r
+func (r *Reader) prepare(ctx context.Context, s *stream) (pglogrepl.LSN, error) {
 	slot, err := lookupSlot(ctx, s.lock, r.cfg.Slot)
 	if err != nil {
 		return 0, err
 	}
 	var gap *slotGap
 	if slot == nil {
-		if from := s.lastPosition(ctx); from > 0 {
+		if from := r.lastPosition(ctx, s); from > 0 {
 			gap = &slotGap{from: from}
 		}
 	}
 	if slot != nil && r.cfg.RecreateSlot && !r.recreated {
-		from := max(slot.confirmed, r.acked)
+		from := max(slot.confirmed, r.cp.acked)
 		r.log.Warn(fmt.Sprintf("dropping replication slot %s to create it again with a fresh snapshot, as RecreateSlot (--recreate-slot) asks: changes committed between its last confirmed position %s and the new slot's consistent point are not streamed; the snapshot re-reads every row's current state as op r events instead", r.cfg.Slot, from),
 			"slot", r.cfg.Slot, "confirmed", from)
 		if _, err := s.lock.Exec(ctx, `SELECT pg_drop_replication_slot($1)`, r.cfg.Slot); err != nil {
@@ -66,10 +65,10 @@ func (s *stream) prepare(ctx context.Context) (pglogrepl.LSN, error) {
 		}
 	}
 	if slot == nil {
-		return s.createSlot(ctx, gap)
+		return r.createSlot(ctx, s, gap)
 	}
-	start := max(slot.confirmed, r.acked)
-	r.setAcked(start)
+	start := max(slot.confirmed, r.cp.acked)
+	r.cp.setAcked(start)
 	return start, nil
 }
 
@@ -86,13 +85,13 @@ type slotGap struct {
 // periodic status update, so the recorded one may trail the real one by a
 // StatusInterval, which widens the gap reported, never narrows it). 0: the
 // slot never existed as far as anyone knows.
-func (s *stream) lastPosition(ctx context.Context) pglogrepl.LSN {
-	from := s.r.acked
+func (r *Reader) lastPosition(ctx context.Context, s *stream) pglogrepl.LSN {
+	from := r.cp.acked
 	var recorded *string
-	err := s.lock.QueryRow(ctx, `SELECT greatest(confirmed_lsn, consistent_lsn)::text FROM jobstream_slots WHERE slot_name = $1`, s.r.cfg.Slot).Scan(&recorded)
+	err := s.lock.QueryRow(ctx, `SELECT greatest(confirmed_lsn, consistent_lsn)::text FROM jobstream_slots WHERE slot_name = $1`, r.cfg.Slot).Scan(&recorded)
 	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
 		// An older jobstream_slots without confirmed_lsn, or none at all.
-		err = s.lock.QueryRow(ctx, `SELECT consistent_lsn::text FROM jobstream_slots WHERE slot_name = $1`, s.r.cfg.Slot).Scan(&recorded)
+		err = s.lock.QueryRow(ctx, `SELECT consistent_lsn::text FROM jobstream_slots WHERE slot_name = $1`, r.cfg.Slot).Scan(&recorded)
 	}
 	if err == nil && recorded != nil {
 		if lsn, err := pglogrepl.ParseLSN(*recorded); err == nil {
@@ -110,8 +109,8 @@ func (s *stream) recordConfirmed(ctx context.Context, at pglogrepl.LSN) {
 	if at == 0 || at == s.recordedConfirmed {
 		return
 	}
-	if _, err := s.lock.Exec(ctx, `UPDATE jobstream_slots SET confirmed_lsn = $2::text::pg_lsn WHERE slot_name = $1`, s.r.cfg.Slot, at.String()); err != nil {
-		s.r.log.Debug("cannot record the confirmed position in jobstream_slots", "err", err)
+	if _, err := s.lock.Exec(ctx, `UPDATE jobstream_slots SET confirmed_lsn = $2::text::pg_lsn WHERE slot_name = $1`, s.cfg.Slot, at.String()); err != nil {
+		s.log.Debug("cannot record the confirmed position in jobstream_slots", "err", err)
 		return
 	}
 	s.recordedConfirmed = at
@@ -121,8 +120,7 @@ func (s *stream) recordConfirmed(ctx context.Context, at pglogrepl.LSN) {
 // slot's consistent point at) were never streamed: an error log naming the
 // LSN range, Stats.SlotGaps, and the range in jobstream_slots, which
 // jobstream status shows.
-func (s *stream) reportGap(ctx context.Context, g *slotGap, at pglogrepl.LSN) {
-	r := s.r
+func (r *Reader) reportGap(ctx context.Context, s *stream, g *slotGap, at pglogrepl.LSN) {
 	r.stats.SlotGaps.Add(1)
 	then := "the snapshot re-reads every row's current state as op r events, so every job's latest state is delivered, but the intermediate transitions in that range are missing from the topics"
 	if r.cfg.Snapshot == SnapshotNever {
@@ -176,14 +174,13 @@ func snapshotState(ctx context.Context, conn *pgx.Conn, slot string) (string, er
 // Snapshot initial it exports the snapshot consistent with the slot's start
 // point, emits every row of it as a read event, waits until the broker
 // acknowledged them all, and only then records the snapshot as complete.
-func (s *stream) createSlot(ctx context.Context, gap *slotGap) (pglogrepl.LSN, error) {
-	r := s.r
+func (r *Reader) createSlot(ctx context.Context, s *stream, gap *slotGap) (pglogrepl.LSN, error) {
 	initial := r.cfg.Snapshot == SnapshotInitial
 	recorded := false
 	if initial {
 		// Record the intent first: a crash at any later point leaves a row
 		// without completed_at, and the next start takes the snapshot again.
-		err := s.recordStart(ctx)
+		err := r.recordStart(ctx, s)
 		switch {
 		case isPermissionDenied(err):
 			r.log.Warn("cannot record the initial snapshot in jobstream_slots: if this reader dies during the snapshot, the next one cannot tell, and the snapshot stays incomplete; grant the reader's role SELECT, INSERT, UPDATE on jobstream_slots",
@@ -209,19 +206,19 @@ func (s *stream) createSlot(ctx context.Context, gap *slotGap) (pglogrepl.LSN, e
 	}
 	r.log.Info("created replication slot", "slot", r.cfg.Slot, "consistent_point", at, "snapshot", r.cfg.Snapshot)
 	r.markReady()
-	r.setAcked(at)
+	r.cp.setAcked(at)
 	if !initial {
-		s.recordNever(ctx, at)
+		r.recordNever(ctx, s, at)
 		if gap != nil {
-			s.reportGap(ctx, gap, at)
+			r.reportGap(ctx, s, gap, at)
 		}
 		return at, nil
 	}
 	if gap != nil {
-		s.reportGap(ctx, gap, at)
+		r.reportGap(ctx, s, gap, at)
 	}
 	started := time.Now()
-	n, err := s.snapshot(ctx, res.SnapshotName, at)
+	n, err := r.snapshot(ctx, s, res.SnapshotName, at)
 	if err != nil {
 		return 0, fmt.Errorf("initial snapshot: %w", err)
 	}
@@ -237,7 +234,7 @@ func (s *stream) createSlot(ctx context.Context, gap *slotGap) (pglogrepl.LSN, e
 
 // recordStart records in jobstream_slots that the slot's initial snapshot
 // is starting, creating the table if an older migrate did not.
-func (s *stream) recordStart(ctx context.Context) error {
+func (r *Reader) recordStart(ctx context.Context, s *stream) error {
 	var exists bool
 	if err := s.lock.QueryRow(ctx, `SELECT to_regclass('jobstream_slots') IS NOT NULL`).Scan(&exists); err != nil {
 		return fmt.Errorf("look up jobstream_slots: %w", err)
@@ -252,7 +249,7 @@ func (s *stream) recordStart(ctx context.Context) error {
 	}
 	_, err := s.lock.Exec(ctx, `INSERT INTO jobstream_slots (slot_name, snapshot) VALUES ($1, 'initial')
 		ON CONFLICT (slot_name) DO UPDATE SET snapshot = 'initial', started_at = now(), completed_at = NULL, consistent_lsn = NULL, snapshot_rows = NULL`,
-		s.r.cfg.Slot)
+		r.cfg.Slot)
 	if err != nil && !isPermissionDenied(err) {
 		return fmt.Errorf("record the snapshot in jobstream_slots: %w", err)
 	}
@@ -267,13 +264,13 @@ func isPermissionDenied(err error) bool {
 
 // recordNever notes in jobstream_slots, when that table exists, that the
 // slot was created without a snapshot.
-func (s *stream) recordNever(ctx context.Context, at pglogrepl.LSN) {
+func (r *Reader) recordNever(ctx context.Context, s *stream, at pglogrepl.LSN) {
 	_, err := s.lock.Exec(ctx, `INSERT INTO jobstream_slots (slot_name, snapshot, consistent_lsn, completed_at)
 		VALUES ($1, 'never', $2::text::pg_lsn, now())
 		ON CONFLICT (slot_name) DO UPDATE SET snapshot = 'never', started_at = now(), completed_at = now(), consistent_lsn = EXCLUDED.consistent_lsn, snapshot_rows = NULL`,
-		s.r.cfg.Slot, at.String())
+		r.cfg.Slot, at.String())
 	if err != nil {
-		s.r.log.Debug("cannot record the slot in jobstream_slots", "err", err)
+		r.log.Debug("cannot record the slot in jobstream_slots", "err", err)
 	}
 }
 

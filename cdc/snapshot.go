@@ -7,6 +7,7 @@ import (
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/jobstream/jobstream/schema"
 )
@@ -19,8 +20,7 @@ import (
 // "true" for the others, as Debezium marks them. It returns once the broker
 // acknowledged them all. The replication connection stays open and idle
 // meanwhile, which keeps the exported snapshot valid.
-func (s *stream) snapshot(ctx context.Context, name string, at pglogrepl.LSN) (int64, error) {
-	r := s.r
+func (r *Reader) snapshot(ctx context.Context, s *stream, name string, at pglogrepl.LSN) (int64, error) {
 	pc, err := r.pool.Acquire(ctx)
 	if err != nil {
 		return 0, fmt.Errorf("connect: %w", err)
@@ -39,7 +39,7 @@ func (s *stream) snapshot(ctx context.Context, name string, at pglogrepl.LSN) (i
 	emit := func(c *change, marker string) error {
 		c.src.snapshot = marker
 		c.src.tsMs = time.Now().UnixMilli()
-		return r.routeChange(ctx, c, s.pl.add)
+		return s.routeChange(ctx, c)
 	}
 	for _, t := range tables {
 		if skipTable(t.Table) {
@@ -49,24 +49,16 @@ func (s *stream) snapshot(ctx context.Context, name string, at pglogrepl.LSN) (i
 		if err != nil {
 			return 0, fmt.Errorf("read %s.%s: %w", t.Schema, t.Table, err)
 		}
-		rel := &pglogrepl.RelationMessage{Namespace: t.Schema, RelationName: t.Table}
-		for _, fd := range rows.FieldDescriptions() {
-			rel.Columns = append(rel.Columns, &pglogrepl.RelationMessageColumn{Name: fd.Name, DataType: fd.DataTypeOID, TypeModifier: fd.TypeModifier})
-		}
+		rel := relationOf(t, rows.FieldDescriptions())
 		for rows.Next() {
-			tuple := tupleOf(rows.RawValues())
 			if held != nil {
-				marker := "true"
-				if n == 1 {
-					marker = "first"
-				}
-				if err := emit(held, marker); err != nil {
+				if err := emit(held, heldMarker(n)); err != nil {
 					rows.Close()
 					return 0, err
 				}
 			}
 			n++
-			held = &change{op: schema.OpRead, rel: rel, after: tuple,
+			held = &change{op: schema.OpRead, rel: rel, after: tupleOf(rows.RawValues()),
 				src: source{txID: uint64(xmin), lsn: at, schema: t.Schema, table: t.Table}}
 		}
 		if err := rows.Err(); err != nil {
@@ -82,6 +74,15 @@ func (s *stream) snapshot(ctx context.Context, name string, at pglogrepl.LSN) (i
 		return 0, err
 	}
 	return n, nil
+}
+
+// heldMarker is source.snapshot of a row held back when n rows were read
+// and another follows: "first" for the first row, "true" for the others.
+func heldMarker(n int64) string {
+	if n == 1 {
+		return "first"
+	}
+	return "true"
 }
 
 // importSnapshot opens a read-only REPEATABLE READ transaction on conn that
@@ -114,6 +115,16 @@ func importSnapshot(ctx context.Context, conn *pgx.Conn, name, pub string) (tx p
 
 // publishedTable is a table a publication covers.
 type publishedTable struct{ Schema, Table string }
+
+// relationOf describes the rows of t read with fields fds as a pgoutput
+// relation message would.
+func relationOf(t publishedTable, fds []pgconn.FieldDescription) *pglogrepl.RelationMessage {
+	rel := &pglogrepl.RelationMessage{Namespace: t.Schema, RelationName: t.Table}
+	for _, fd := range fds {
+		rel.Columns = append(rel.Columns, &pglogrepl.RelationMessageColumn{Name: fd.Name, DataType: fd.DataTypeOID, TypeModifier: fd.TypeModifier})
+	}
+	return rel
+}
 
 // tupleOf turns a row's raw text values into the tuple a pgoutput message
 // would carry (nil: SQL NULL), copying them out of the row's buffer.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"sync/atomic"
 	"time"
@@ -20,12 +21,27 @@ import (
 // that report progress: the slot follows acknowledgements this closely.
 const statusMinGap = 100 * time.Millisecond
 
-// stream is one replication session.
+// stream is one replication session: the source of the chain. It decodes
+// the replication stream into changes, has the router turn each into
+// events, fans out those addressed to every step topic, and hands them to
+// the pipeline; it reports the checkpoint's positions to Postgres.
 type stream struct {
-	r    *Reader
-	conn *pgconn.PgConn // the replication connection
-	lock *pgx.Conn      // holds the slot's advisory lock
-	pl   *pipeline
+	cfg   *Config
+	log   *slog.Logger
+	stats *Stats
+	conn  *pgconn.PgConn // the replication connection
+	lock  *pgx.Conn      // holds the slot's advisory lock
+	route *router
+	// topics looks up the step topics an event addressed to every step
+	// topic goes to (the producer).
+	topics brokerTopics
+	pl     *pipeline
+	cp     *checkpoint
+	// check checks the publication on the lock's connection.
+	check func(ctx context.Context) error
+
+	rels     map[uint32]*pglogrepl.RelationMessage
+	evs, fan []event // reused from change to change
 
 	// The open transaction.
 	inTx       bool
@@ -54,18 +70,17 @@ type stream struct {
 
 // run streams from start until the connection fails or ctx is done.
 func (s *stream) run(ctx context.Context, start pglogrepl.LSN) error {
-	r := s.r
-	err := pglogrepl.StartReplication(ctx, s.conn, r.cfg.Slot, start, pglogrepl.StartReplicationOptions{
+	err := pglogrepl.StartReplication(ctx, s.conn, s.cfg.Slot, start, pglogrepl.StartReplicationOptions{
 		Mode:       pglogrepl.LogicalReplication,
-		PluginArgs: []string{"proto_version '1'", "publication_names '" + r.cfg.Publication + "'"},
+		PluginArgs: []string{"proto_version '1'", "publication_names '" + s.cfg.Publication + "'"},
 	})
 	switch {
 	case isSlotLost(err):
-		return fatal(slotLost(r.cfg.Slot))
+		return fatal(slotLost(s.cfg.Slot))
 	case err != nil:
 		return fmt.Errorf("start replication: %w", err)
 	}
-	r.log.Info("streaming", "slot", r.cfg.Slot, "from", start)
+	s.log.Info("streaming", "slot", s.cfg.Slot, "from", start)
 	s.pl.whileWaiting = func() error { return s.maybeSendStatus(ctx, false) }
 	netConn := s.conn.Conn()
 	s.wake = func() {
@@ -96,13 +111,13 @@ func (s *stream) run(ctx context.Context, start pglogrepl.LSN) error {
 		case *pgproto3.ErrorResponse:
 			err := pgconn.ErrorResponseToPgError(msg)
 			if isSlotLost(err) {
-				return fatal(slotLost(r.cfg.Slot))
+				return fatal(slotLost(s.cfg.Slot))
 			}
 			return err
 		case *pgproto3.CopyDone:
 			return errors.New("the server ended the replication stream")
 		default:
-			r.log.Debug("unexpected replication message", "type", fmt.Sprintf("%T", msg))
+			s.log.Debug("unexpected replication message", "type", fmt.Sprintf("%T", msg))
 		}
 	}
 }
@@ -110,8 +125,8 @@ func (s *stream) run(ctx context.Context, start pglogrepl.LSN) error {
 // receive waits for the next replication message until a status update is
 // due or the batch in flight is acknowledged (then it returns nil, nil).
 func (s *stream) receive(ctx context.Context) (pgproto3.BackendMessage, error) {
-	deadline := s.lastStatus.Add(s.r.cfg.StatusInterval)
-	if soon := s.lastStatus.Add(statusMinGap); s.r.acked > s.lastReported && soon.Before(deadline) {
+	deadline := s.lastStatus.Add(s.cfg.StatusInterval)
+	if soon := s.lastStatus.Add(statusMinGap); s.cp.acked > s.lastReported && soon.Before(deadline) {
 		deadline = soon
 	}
 	// Set the deadline before publishing wake and before looking at ctx and
@@ -151,23 +166,22 @@ func (s *stream) handleCopyData(ctx context.Context, data []byte) error {
 	if len(data) == 0 {
 		return nil
 	}
-	r := s.r
 	switch data[0] {
 	case pglogrepl.PrimaryKeepaliveMessageByteID:
 		pkm, err := pglogrepl.ParsePrimaryKeepaliveMessage(data[1:])
 		if err != nil {
 			return fmt.Errorf("parse keepalive: %w", err)
 		}
-		r.stats.ServerLSN.Store(uint64(pkm.ServerWALEnd))
-		r.setReceived(pkm.ServerWALEnd)
+		s.stats.ServerLSN.Store(uint64(pkm.ServerWALEnd))
+		s.cp.setReceived(pkm.ServerWALEnd)
 		// Everything the server sent before this keepalive has been read;
 		// with no transaction open and nothing unacknowledged, the slot may
 		// move to the server's position, so an idle table never pins WAL.
 		if !s.inTx && s.pl.idle() {
-			r.setAcked(pkm.ServerWALEnd)
+			s.cp.setAcked(pkm.ServerWALEnd)
 		}
 		if pkm.ReplyRequested {
-			r.stats.KeepaliveReplies.Add(1)
+			s.stats.KeepaliveReplies.Add(1)
 			return s.maybeSendStatus(ctx, true)
 		}
 	case pglogrepl.XLogDataByteID:
@@ -175,14 +189,13 @@ func (s *stream) handleCopyData(ctx context.Context, data []byte) error {
 		if err != nil {
 			return fmt.Errorf("parse XLogData: %w", err)
 		}
-		r.setReceived(xld.WALStart)
+		s.cp.setReceived(xld.WALStart)
 		return s.handleWAL(ctx, xld)
 	}
 	return nil
 }
 
 func (s *stream) handleWAL(ctx context.Context, xld pglogrepl.XLogData) error {
-	r := s.r
 	if d := xld.WALData; len(d) > 0 && (d[0] == 'I' || d[0] == 'U' || d[0] == 'D') {
 		// Rows, nearly all of the stream: decoded in place, the tuples valid
 		// until the next receive.
@@ -190,7 +203,7 @@ func (s *stream) handleWAL(ctx context.Context, xld pglogrepl.XLogData) error {
 		if !ok {
 			// One change we cannot read must not stop the stream.
 			ev := event{partition: -1, lsn: xld.WALStart}
-			return s.pl.add(r.deadLetter(&ev, fmt.Sprintf("the pgoutput %q message is malformed and cannot be decoded", d[0])))
+			return s.pl.add(s.route.deadLetter(&ev, fmt.Sprintf("the pgoutput %q message is malformed and cannot be decoded", d[0])))
 		}
 		switch m.op {
 		case 'I':
@@ -207,17 +220,17 @@ func (s *stream) handleWAL(ctx context.Context, xld pglogrepl.XLogData) error {
 	}
 	switch m := msg.(type) {
 	case *pglogrepl.RelationMessage:
-		r.rels[m.RelationID] = m
+		s.rels[m.RelationID] = m
 	case *pglogrepl.BeginMessage:
 		s.inTx, s.txID, s.commitTime = true, m.Xid, m.CommitTime
 	case *pglogrepl.CommitMessage:
 		s.inTx = false
 		s.lastCommit = m.CommitLSN
-		r.stats.Transactions.Add(1)
+		s.stats.Transactions.Add(1)
 		return s.pl.commit(m.TransactionEndLSN, s.commitTime)
 	case *pglogrepl.TruncateMessage:
 		for _, id := range m.RelationIDs {
-			rel, ok := r.rels[id]
+			rel, ok := s.rels[id]
 			if !ok {
 				return fmt.Errorf("truncate of unknown relation %d at %s", id, xld.WALStart)
 			}
@@ -225,7 +238,7 @@ func (s *stream) handleWAL(ctx context.Context, xld pglogrepl.XLogData) error {
 				continue
 			}
 			src := s.source(rel, xld.WALStart)
-			if err := r.routeTruncate(ctx, rel, &src, s.pl.add); err != nil {
+			if err := s.fanOut(ctx, s.route.truncate(&src)); err != nil {
 				return err
 			}
 		}
@@ -240,7 +253,7 @@ func (s *stream) source(rel *pglogrepl.RelationMessage, lsn pglogrepl.LSN) sourc
 
 // change routes one decoded row change.
 func (s *stream) change(ctx context.Context, lsn pglogrepl.LSN, op string, relID uint32, before, after *pglogrepl.TupleData, oldFull bool) error {
-	rel, ok := s.r.rels[relID]
+	rel, ok := s.rels[relID]
 	if !ok {
 		return fmt.Errorf("change for unknown relation %d at %s", relID, lsn)
 	}
@@ -248,7 +261,61 @@ func (s *stream) change(ctx context.Context, lsn pglogrepl.LSN, op string, relID
 		return nil
 	}
 	c := change{op: op, rel: rel, before: before, after: after, oldFull: oldFull, src: s.source(rel, lsn)}
-	return s.r.routeChange(ctx, &c, s.pl.add)
+	return s.routeChange(ctx, &c)
+}
+
+// routeChange has the router turn c into events and hands them on.
+func (s *stream) routeChange(ctx context.Context, c *change) error {
+	s.evs = s.route.route(c, s.evs[:0])
+	defer clear(s.evs) // drop references to values
+	for i := range s.evs {
+		var err error
+		if s.evs[i].everyStep {
+			err = s.fanOut(ctx, s.evs[i])
+		} else {
+			err = s.pl.add(s.evs[i])
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// brokerTopics is what fanning out asks of the broker: its topics with a
+// prefix, and a topic's partition count. Both retry until ctx is done.
+type brokerTopics interface {
+	listTopics(ctx context.Context, prefix string) ([]string, error)
+	partitionsOf(ctx context.Context, topic string) (int, error)
+}
+
+// fanOut hands on ev, addressed to every step topic, to each step topic the
+// broker has or the router sent events to: to every partition of each when
+// ev has no key (a truncate).
+func (s *stream) fanOut(ctx context.Context, ev event) error {
+	listed, err := s.topics.listTopics(ctx, s.route.topics.Prefix)
+	if err != nil {
+		return err
+	}
+	topics := s.route.stepTopics(listed)
+	var parts []int
+	if ev.key == nil {
+		for _, t := range topics {
+			n, err := s.topics.partitionsOf(ctx, t)
+			if err != nil {
+				return err
+			}
+			parts = append(parts, n)
+		}
+	}
+	s.fan = s.route.fanOut(&ev, topics, parts, s.fan[:0])
+	defer clear(s.fan)
+	for i := range s.fan {
+		if err := s.pl.add(s.fan[i]); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // maybeSendStatus reports the positions to Postgres when due, when the
@@ -256,22 +323,21 @@ func (s *stream) change(ctx context.Context, lsn pglogrepl.LSN, op string, relID
 // keepalive asked for a reply). On the periodic update it also checks that
 // the connection holding the slot's lock is alive.
 func (s *stream) maybeSendStatus(ctx context.Context, force bool) error {
-	r := s.r
 	since := time.Since(s.lastStatus)
-	due := since >= r.cfg.StatusInterval
-	if !force && !due && !(since >= statusMinGap && r.acked > s.lastReported) {
+	due := since >= s.cfg.StatusInterval
+	if !force && !due && !(since >= statusMinGap && s.cp.acked > s.lastReported) {
 		return nil
 	}
 	err := pglogrepl.SendStandbyStatusUpdate(ctx, s.conn, pglogrepl.StandbyStatusUpdate{
-		WALWritePosition: max(r.received, r.acked),
-		WALFlushPosition: r.acked,
-		WALApplyPosition: r.acked,
+		WALWritePosition: max(s.cp.received, s.cp.acked),
+		WALFlushPosition: s.cp.acked,
+		WALApplyPosition: s.cp.acked,
 	})
 	if err != nil {
 		return fmt.Errorf("send standby status: %w", err)
 	}
 	s.lastStatus = time.Now()
-	s.lastReported = r.acked
+	s.lastReported = s.cp.acked
 	if due {
 		// The publication check doubles as the check that the connection
 		// holding the slot's lock is alive. A publication changed under a
@@ -280,7 +346,7 @@ func (s *stream) maybeSendStatus(ctx context.Context, force bool) error {
 		// committed after the ALTER out of the stream for good).
 		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
-		if err := r.checkPublication(pctx, s.lock); err != nil {
+		if err := s.check(pctx); err != nil {
 			var fe *fatalError
 			if errors.As(err, &fe) {
 				return err

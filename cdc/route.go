@@ -1,0 +1,242 @@
+package cdc
+
+import (
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/segmentio/kafka-go"
+
+	"github.com/jobstream/jobstream/schema"
+)
+
+// router turns changes into the events to produce: each rendered as a
+// Debezium envelope and addressed to the topic of its row's step, or made a
+// dead letter. It is pure: it talks to no broker and creates no topic (the
+// producer creates a topic the first time it produces to it). An event
+// whose step the WAL does not carry (a delete without REPLICA IDENTITY
+// FULL, a truncate) comes out addressed to every step topic (everyStep);
+// fanOut addresses it to the step topics the caller looked up.
+type router struct {
+	topics     schema.Topics
+	steps      []string // the pipeline's
+	tombstones bool
+	maxMessage int // the largest record the broker takes
+	log        *slog.Logger
+	head       *schema.SourceHead // the constant parts of the source block
+
+	// render is the buffer an envelope is rendered in, reused from change
+	// to change; stepTopic holds the topic of each step of the pipeline
+	// seen (valid names only); routed the step topics events went to.
+	render    []byte
+	stepTopic map[string]string
+	routed    map[string]bool
+}
+
+func newRouter(cfg *Config, db string, maxMessage int, log *slog.Logger) *router {
+	return &router{
+		topics:     schema.Topics{Prefix: cfg.TopicPrefix},
+		steps:      cfg.Pipeline.Steps,
+		tombstones: !cfg.NoTombstones,
+		maxMessage: maxMessage,
+		log:        log,
+		head:       schema.NewSourceHead(cfg.TopicPrefix, db),
+		stepTopic:  map[string]string{},
+		routed:     map[string]bool{},
+	}
+}
+
+// appendSource appends the envelope's source block.
+func (rt *router) appendSource(v []byte, s *source) []byte {
+	return rt.head.AppendSource(v, &schema.EventSource{TsMs: s.tsMs, Snapshot: s.snapshot, LastCommit: uint64(s.lastCommit),
+		LSN: uint64(s.lsn), Schema: s.schema, Table: s.table, TxID: s.txID})
+}
+
+// route renders c as a Debezium envelope and appends the events it makes to
+// evs: one to the topic of the row's step (and its tombstone after a
+// delete), or one addressed to every step topic for a delete whose step the
+// WAL does not carry, or a dead letter when the row cannot be routed or
+// encoded.
+func (rt *router) route(c *change, evs []event) []event {
+	key, step, bad, value := rt.renderChange(c)
+	var reason, topic string
+	unroutable := false
+	switch {
+	case bad != "":
+		reason = fmt.Sprintf("column %s holds bytes that are not valid UTF-8, so the row cannot be encoded as JSON; invalid bytes are shown as U+FFFD", bad)
+	case key == nil:
+		reason = "the row has no job_id, so the event has no key"
+	case step == nil && c.op == schema.OpDelete && !c.oldFull:
+		return append(evs, event{key: key, value: value, partition: -1, op: c.op[0], lsn: c.src.lsn, xid: c.src.xid(), everyStep: true})
+	case step == nil:
+		reason, unroutable = "current_step is null, so the row has no step topic", true
+	default:
+		topic, reason = rt.topicOf(step)
+		unroutable = reason != ""
+	}
+	ev := event{topic: topic, key: key, value: value, partition: -1, op: c.op[0], lsn: c.src.lsn, xid: c.src.xid()}
+	if reason == "" && ev.size()+batchOverhead > rt.maxMessage {
+		reason, unroutable = fmt.Sprintf("event is %d bytes, over the broker's message limit of %d", ev.size()-recordOverhead, rt.maxMessage), false
+	}
+	if reason != "" {
+		dl := rt.deadLetter(&ev, reason)
+		dl.unroutable = unroutable
+		return append(evs, dl)
+	}
+	rt.routed[topic] = true
+	return rt.withTombstone(evs, ev)
+}
+
+// renderChange renders c and returns the row's job_id (the key), its
+// current_step, the first column that is not valid UTF-8, and the envelope.
+// Key and value share one allocation of their own.
+func (rt *router) renderChange(c *change) (key, step []byte, bad string, value []byte) {
+	v := rt.render[:0]
+	v = append(v, `{"before":`...)
+	v, bID, bStep, bBad := appendRow(v, c.rel, c.before, nil)
+	v = append(v, `,"after":`...)
+	var fill *pglogrepl.TupleData
+	if c.oldFull {
+		fill = c.before
+	}
+	v, aID, aStep, aBad := appendRow(v, c.rel, c.after, fill)
+	v = append(v, ',')
+	v = rt.appendSource(v, &c.src)
+	v = schema.AppendTail(v, c.op)
+	rt.render = v
+
+	key, step, bad = aID, aStep, aBad
+	if c.after == nil {
+		key, step, bad = bID, bStep, bBad
+	} else if bad == "" {
+		bad = bBad
+	}
+	value = append([]byte(nil), v...)
+	if key != nil {
+		if cap(value)-len(value) >= len(key) {
+			n := len(value)
+			value = append(value, key...)
+			value, key = value[:n:n], value[n:]
+		} else {
+			key = append([]byte{}, key...)
+		}
+	}
+	return key, step, bad, value
+}
+
+// topicOf returns the topic of step, and why no step can take the row when
+// none can.
+func (rt *router) topicOf(step []byte) (topic, reason string) {
+	if topic, ok := rt.stepTopic[string(step)]; ok {
+		return topic, ""
+	}
+	topic = rt.topics.Step(string(step))
+	if err := schema.ValidTopic(topic); err != nil {
+		return topic, err.Error()
+	}
+	if reason = rt.stepProblem(string(step)); reason == "" {
+		rt.stepTopic[string(step)] = topic // the pipeline's steps only: bounded
+	}
+	return topic, reason
+}
+
+// stepProblem says why no step can take a row whose current_step is step
+// (a valid topic-name component), or "" when step is one of the pipeline's.
+func (rt *router) stepProblem(step string) string {
+	switch {
+	case step == "":
+		return "current_step is empty, so the row has no step topic"
+	case reservedStep(step):
+		return fmt.Sprintf("current_step %q is a reserved topic name (%s), which never takes change events", step, strings.Join(reservedSteps, ", "))
+	case !slices.Contains(rt.steps, step):
+		return fmt.Sprintf("current_step %q is not a step of the pipeline (%s), so no worker would ever take the row", step, strings.Join(rt.steps, ", "))
+	}
+	return ""
+}
+
+// opTombstone marks a tombstone among events (it is no envelope op).
+const opTombstone = 'x'
+
+// withTombstone appends ev and, when ev is a delete and tombstones are on,
+// the tombstone that follows it: ev's key with a null value, in ev's topic
+// and (by the key) partition, in the same transaction.
+func (rt *router) withTombstone(evs []event, ev event) []event {
+	evs = append(evs, ev)
+	if ev.op != schema.OpDelete[0] || !rt.tombstones {
+		return evs
+	}
+	return append(evs, event{topic: ev.topic, key: ev.key, partition: ev.partition, op: opTombstone, lsn: ev.lsn, xid: ev.xid})
+}
+
+// truncate renders the event of a truncate of rel (op "t"), addressed to
+// every step topic.
+func (rt *router) truncate(src *source) event {
+	v := make([]byte, 0, 512)
+	v = append(v, `{"before":null,"after":null,`...)
+	v = rt.appendSource(v, src)
+	v = schema.AppendTail(v, schema.OpTruncate)
+	return event{value: v, partition: -1, op: schema.OpTruncate[0], lsn: src.lsn, xid: src.xid(), everyStep: true}
+}
+
+// stepTopics returns the step topics an event addressed to every step topic
+// goes to: of listed (the broker's topics) and the topics this router sent
+// events to, those of the pipeline's steps, sorted. Never the dead-letter
+// or replay topic, nor the topic of a step no longer in the pipeline.
+func (rt *router) stepTopics(listed []string) []string {
+	ts := slices.Clone(listed)
+	for t := range rt.routed {
+		ts = append(ts, t)
+	}
+	steps := make(map[string]bool, len(rt.steps))
+	for _, s := range rt.steps {
+		steps[rt.topics.Step(s)] = true
+	}
+	slices.Sort(ts)
+	ts = slices.Compact(ts)
+	return slices.DeleteFunc(ts, func(t string) bool { return !steps[t] })
+}
+
+// fanOut appends the events of ev, addressed to every step topic, as sent
+// to topics: with a key, one (and its tombstone) to the key's partition of
+// each; without (a truncate), one to every partition of each (parts[i] of
+// topics[i]), so each job's partition sees it after the job's earlier
+// events. With no step topic, ev becomes a dead letter.
+func (rt *router) fanOut(ev *event, topics []string, parts []int, evs []event) []event {
+	if len(topics) == 0 {
+		what := "a truncate of the table"
+		if ev.op == schema.OpDelete[0] {
+			what = "a delete whose step the WAL does not carry (REPLICA IDENTITY is not FULL)"
+		}
+		dl := event{key: ev.key, value: ev.value, partition: -1, op: ev.op, lsn: ev.lsn, xid: ev.xid}
+		return append(evs, rt.deadLetter(&dl, what+" found no step topic to go to"))
+	}
+	for i, t := range topics {
+		if ev.key != nil {
+			evs = rt.withTombstone(evs, event{topic: t, key: ev.key, value: ev.value, partition: -1, op: ev.op, lsn: ev.lsn, xid: ev.xid})
+			continue
+		}
+		for p := range parts[i] {
+			evs = append(evs, event{topic: t, value: ev.value, partition: int32(p), op: ev.op, lsn: ev.lsn, xid: ev.xid})
+		}
+	}
+	return evs
+}
+
+// deadLetter turns ev into a record for the dead-letter topic, keyed by
+// job_id, with the reason in a header and in the value. It is safe to call
+// from any goroutine (the producer calls it too).
+func (rt *router) deadLetter(ev *event, reason string) event {
+	rt.log.Warn("dead letter", "job_id", string(ev.key), "lsn", ev.lsn, "topic", ev.topic, "reason", reason)
+	return event{
+		topic:     rt.topics.DLQ(),
+		key:       ev.key,
+		value:     deadLetterValue(reason, ev.topic, ev.lsn, ev.value, rt.maxMessage/2),
+		headers:   []kafka.Header{{Key: schema.HeaderReason, Value: []byte(reason)}},
+		partition: -1,
+		reason:    reason,
+		lsn:       ev.lsn,
+		xid:       ev.xid,
+	}
+}
