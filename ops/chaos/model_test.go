@@ -1103,49 +1103,47 @@ func (m *modelRun) addEpoch(id string, e *epoch) {
 	m.counts[e.kind]++
 }
 
-// topicEvents describes, for diagnostics, the events of job id in the topic
-// of step as read now, and the partitions' offsets.
+// topicEvents describes, for a replay that missed job id, the job's events
+// in the topic of step as read now (partition@offset op:step/status), the
+// partitions' offsets, its runs and the model's epochs of it: whether the job
+// ever finished step, or was only put past it by hand.
 func (m *modelRun) topicEvents(step, id string) string {
 	topic := schema.Topics{Prefix: schema.DefaultTopicPrefix}.Step(step)
 	msgs, err := harness.ReadTopicAt(m.brokers, topic)
 	var b strings.Builder
-	fmt.Fprintf(&b, "(start %s) topic %s: %d messages (err %v);", m.start.Format("15:04:05.000"), topic, len(msgs), err)
+	fmt.Fprintf(&b, "%s holds %d messages (err %v), of %s:", topic, len(msgs), err, id)
 	for _, msg := range msgs {
+		if string(msg.Key) != id {
+			continue
+		}
 		what := "?"
 		if env, err := schema.DecodeEnvelope(msg.Value); err == nil {
 			row, _ := schema.Row(env.After)
 			what = env.Op + ":" + row.CurrentStep + "/" + row.Status
 		}
-		fmt.Fprintf(&b, "\n  p%d@%d %s %s %s", msg.Partition, msg.Offset, msg.Time.Format("15:04:05.000"), msg.Key, what)
+		fmt.Fprintf(&b, " p%d@%d %s at %.1fs;", msg.Partition, msg.Offset, what, msg.Time.Sub(m.start).Seconds())
 	}
-	fmt.Fprintf(&b, "\n runs: %s", harness.DumpRows(m.pool, `SELECT step, chain, attempt, trigger_lsn, to_char(started_at, 'HH24:MI:SS.MS'), to_char(finished_at, 'HH24:MI:SS.MS'), outcome FROM jobstream_runs WHERE job_id = $1 ORDER BY run_id`, id))
-	for _, st := range m.steps {
-		t := schema.Topics{Prefix: schema.DefaultTopicPrefix}.Step(st)
-		ms, err := harness.ReadTopicAt(m.brokers, t)
-		fmt.Fprintf(&b, "\n %s: %d messages (err %v), last at", t, len(ms), err)
-		var last time.Time
-		for _, msg := range ms {
-			if msg.Time.After(last) {
-				last = msg.Time
-			}
-			if string(msg.Key) == id {
-				fmt.Fprintf(&b, " [p%d@%d %s]", msg.Partition, msg.Offset, msg.Time.Format("15:04:05.000"))
-			}
-		}
-		fmt.Fprintf(&b, " %s", last.Format("15:04:05.000"))
-	}
-	out, _ := exec.Command("sh", "-c", "cd "+filepath.Join(m.dir, "broker")+" && ls -la . partitions/"+topic+"-* 2>&1 | head -120; cat topics.json").CombinedOutput()
-	fmt.Fprintf(&b, "\n%s", out)
-	conn, err := kafka.Dial("tcp", m.brokers)
-	if err == nil {
-		parts, _ := conn.ReadPartitions(topic)
-		conn.Close()
+	if pc, err := kafka.DialLeader(context.Background(), "tcp", m.brokers, topic, 0); err == nil {
+		parts, _ := pc.ReadPartitions(topic)
+		pc.Close()
+		fmt.Fprintf(&b, " offsets")
 		for _, p := range parts {
 			if pc, err := kafka.DialLeader(context.Background(), "tcp", m.brokers, topic, p.ID); err == nil {
 				f, l, err := pc.ReadOffsets()
-				fmt.Fprintf(&b, " p%d:[%d,%d)%v", p.ID, f, l, err)
+				fmt.Fprintf(&b, " p%d:[%d,%d)", p.ID, f, l)
+				if err != nil {
+					fmt.Fprintf(&b, "(%v)", err)
+				}
 				pc.Close()
 			}
+		}
+	}
+	fmt.Fprintf(&b, "; runs (step chain attempt outcome): %s", strings.ReplaceAll(strings.TrimSpace(harness.DumpRows(m.pool,
+		`SELECT step, chain, attempt, outcome FROM jobstream_runs WHERE job_id = $1 ORDER BY run_id`, id)), "\n", ", "))
+	if j := m.jobs[id]; j != nil {
+		fmt.Fprintf(&b, "; model epochs:")
+		for _, e := range j.epochs {
+			fmt.Fprintf(&b, " %s from %s at %.1fs;", e.kind, e.from, e.before.Sub(m.start).Seconds())
 		}
 	}
 	return b.String()
