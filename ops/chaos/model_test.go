@@ -1283,8 +1283,18 @@ func (m *modelRun) act(ev mevent, sc modelScenario) {
 		if err := m.pool.QueryRow(ctx, `SELECT current_step FROM jobs WHERE job_id = $1`, id).Scan(&at); err != nil {
 			return
 		}
-		step := m.steps[1+r.IntN(max(m.index(at), 1))]
-		m.replay(step, []string{id}, nil, "")
+		// Only a step whose trigger the job has finished can be replayed:
+		// a requeue by hand may have moved it past steps it never ran.
+		var steps []string
+		for _, s := range m.steps[1 : max(m.index(at), 1)+1] {
+			if m.finished(id, m.steps[m.index(s)-1]) {
+				steps = append(steps, s)
+			}
+		}
+		if len(steps) == 0 {
+			return
+		}
+		m.replay(steps[r.IntN(len(steps))], []string{id}, nil, "")
 
 	case "payload":
 		id, ok := pick(r, m.liveIDs())
@@ -1437,6 +1447,23 @@ func (m *modelRun) longJob(step string, ms int) string {
 }
 
 func (m *modelRun) index(step string) int { return slices.Index(m.steps, step) }
+
+// finished reports whether job id ever reached (step, done), so that the
+// trigger topic of the step after it holds an event saying so: an action
+// put it there (an insert, a requeue by hand, a replay), or a run of step
+// completed.
+func (m *modelRun) finished(id, step string) bool {
+	if j := m.jobs[id]; j != nil {
+		for _, e := range j.epochs {
+			if e.from == step {
+				return true
+			}
+		}
+	}
+	var done bool
+	m.pool.QueryRow(context.Background(), `SELECT EXISTS (SELECT FROM jobstream_runs WHERE job_id = $1 AND step = $2 AND outcome = 'done')`, id, step).Scan(&done)
+	return done
+}
 
 // replay runs `jobstream replay --step S` for jobs at rest (or a time
 // range, when ids is nil), and records an epoch for each job it rewound.
