@@ -518,6 +518,20 @@ func (c *common) needs(db, brokers bool) (schema.Pipeline, error) {
 	return c.loadPipeline()
 }
 
+// process checks what a long-running process (reader, worker) needs — a
+// database, brokers, a pipeline, a log level and the broker settings — and
+// returns them.
+func (c *common) process() (p schema.Pipeline, log *slog.Logger, b kafkaconn.Broker, err error) {
+	if p, err = c.needs(true, true); err != nil {
+		return p, nil, b, err
+	}
+	if log, err = c.logger(); err != nil {
+		return p, nil, b, err
+	}
+	b, err = c.broker()
+	return p, log, b, err
+}
+
 // openPool checks that a database is given and connects to it.
 func (c *common) openPool(ctx context.Context) (*pgxpool.Pool, error) {
 	if err := c.needDB(); err != nil {
@@ -582,18 +596,11 @@ func runReader(ctx context.Context, args []string, _ io.Writer) error {
 		return err
 	}
 	// Rows whose step is not in the pipeline go to the dead-letter topic.
-	var err error
-	if cfg.Pipeline, err = c.needs(true, true); err != nil {
-		return err
-	}
-	log, err := c.logger()
+	p, log, b, err := c.process()
 	if err != nil {
 		return err
 	}
-	b, err := c.broker()
-	if err != nil {
-		return err
-	}
+	cfg.Pipeline = p
 	cfg.DatabaseURL, cfg.Brokers, cfg.TopicPrefix, cfg.Publication, cfg.Logger = c.databaseURL, b.Addrs, c.prefix, c.publication, log
 	cfg.SASL, cfg.TLS = b.SASL, b.TLS
 	cfg.NoTombstones = !tombstones
@@ -682,15 +689,7 @@ func runWorker(ctx context.Context, args []string, _ io.Writer) error {
 	case len(argv) > 0 && stepURL != "":
 		return usagef("both a step command and --http given; pass one of them")
 	}
-	p, err := c.needs(true, true)
-	if err != nil {
-		return err
-	}
-	log, err := c.logger()
-	if err != nil {
-		return err
-	}
-	b, err := c.broker()
+	p, log, b, err := c.process()
 	if err != nil {
 		return err
 	}
