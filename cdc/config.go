@@ -157,11 +157,10 @@ func (c Config) WithDefaults() Config {
 // carry the defaults checks what it parsed, so that an explicit 0 is
 // refused rather than read as the default.
 func (c Config) Validate() error {
+	if err := schema.CheckConnection(c.DatabaseURL, c.Pool != nil, c.Brokers); err != nil {
+		return err
+	}
 	switch {
-	case c.DatabaseURL == "" && c.Pool == nil:
-		return schema.FieldError("DatabaseURL", "is empty; give a postgres:// URL, or set Pool")
-	case len(c.Brokers) == 0:
-		return schema.FieldError("Brokers", "is empty; give at least one host:port")
 	case !schema.ValidIdent(c.Slot):
 		return schema.FieldError("Slot", "%q is not a valid name: use lower-case letters, digits and _", c.Slot)
 	case !schema.ValidIdent(c.Publication):

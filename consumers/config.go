@@ -175,11 +175,10 @@ func (c Config) WithDefaults() Config {
 // command line whose flags carry the defaults checks what it parsed, so
 // that an explicit 0 is refused rather than read as the default.
 func (c Config) Validate() error {
+	if err := schema.CheckConnection(c.DatabaseURL, c.Pool != nil, c.Brokers); err != nil {
+		return err
+	}
 	switch {
-	case c.DatabaseURL == "" && c.Pool == nil:
-		return schema.FieldError("DatabaseURL", "is empty; give a postgres:// URL, or set Pool")
-	case len(c.Brokers) == 0:
-		return schema.FieldError("Brokers", "is empty; give at least one host:port")
 	case len(c.Steps) > 0 && (c.Step != "" || c.Handler != nil):
 		return &schema.ConfigError{Fields: []string{"Steps", "Step", "Handler"},
 			Msg: "Steps and Step (or Handler) are both set; give Steps, or Step and Handler"}

@@ -18,3 +18,15 @@ func (e *ConfigError) Error() string { return e.Msg }
 func FieldError(field, format string, a ...any) error {
 	return &ConfigError{Fields: []string{field}, Msg: field + " " + fmt.Sprintf(format, a...)}
 }
+
+// CheckConnection is the check a library Config makes of where it connects:
+// a database URL (unless the caller gives its own pool) and brokers.
+func CheckConnection(databaseURL string, hasPool bool, brokers []string) error {
+	switch {
+	case databaseURL == "" && !hasPool:
+		return FieldError("DatabaseURL", "is empty; give a postgres:// URL, or set Pool")
+	case len(brokers) == 0:
+		return FieldError("Brokers", "is empty; give at least one host:port")
+	}
+	return nil
+}
