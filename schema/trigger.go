@@ -125,26 +125,23 @@ func fastTrigger(b []byte) (t *Trigger, ok bool) {
 	i, ok = object(b, i, func(key []byte, i int) (int, bool) {
 		switch string(key) {
 		case "op":
-			if seenOp {
+			if !first(&seenOp) {
 				return i, false
 			}
-			seenOp = true
 			return stringField(b, i, &t.Op)
 		case "after":
-			if seenAfter {
+			if !first(&seenAfter) {
 				return i, false
 			}
-			seenAfter = true
 			if hasLiteral(b, i, "null") {
 				return i + 4, true
 			}
 			t.After = &TriggerRow{}
 			return t.After.decode(b, i)
 		case "source":
-			if seenSource {
+			if !first(&seenSource) {
 				return i, false
 			}
-			seenSource = true
 			if hasLiteral(b, i, "null") {
 				return i + 4, true
 			}
@@ -169,10 +166,9 @@ func (r *TriggerRow) decode(b []byte, i int) (int, bool) {
 	return object(b, i, func(key []byte, i int) (int, bool) {
 		switch string(key) {
 		case "job_id":
-			if seenID {
+			if !first(&seenID) {
 				return i, false
 			}
-			seenID = true
 			if hasLiteral(b, i, "null") {
 				return i + 4, true
 			}
@@ -191,16 +187,14 @@ func (r *TriggerRow) decode(b []byte, i int) (int, bool) {
 			r.JobID = &id
 			return i, ok
 		case "current_step":
-			if seenStep {
+			if !first(&seenStep) {
 				return i, false
 			}
-			seenStep = true
 			return stringField(b, i, &r.CurrentStep)
 		case "status":
-			if seenStatus {
+			if !first(&seenStatus) {
 				return i, false
 			}
-			seenStatus = true
 			return stringField(b, i, &r.Status)
 		}
 		if foldsTo(key, "job_id", "current_step", "status") {
@@ -545,4 +539,15 @@ func skipSpace(b []byte, i int) int {
 		}
 	}
 	return i
+}
+
+// first marks a key seen and reports whether it was new: a key twice in one
+// object is something encoding/json would read differently, so the fast
+// path gives up on it.
+func first(seen *bool) bool {
+	if *seen {
+		return false
+	}
+	*seen = true
+	return true
 }
