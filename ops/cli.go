@@ -734,6 +734,14 @@ func runBroker(ctx context.Context, args []string, out io.Writer) error {
 	if faultFor < 0 {
 		return usagef("--fault-on-usr1 %s is negative", faultFor)
 	}
+	// For chaos tests: SIGUSR1 makes produce and fetch fail for a while.
+	// Caught before the broker starts, so that one sent while it loads its
+	// data is queued rather than fatal.
+	usr1 := make(chan os.Signal, 1)
+	if faultFor > 0 {
+		signal.Notify(usr1, syscall.SIGUSR1)
+		defer signal.Stop(usr1)
+	}
 	b, err := broker.Start(cfg)
 	if err != nil {
 		return err
@@ -744,10 +752,6 @@ func runBroker(ctx context.Context, args []string, out io.Writer) error {
 	}
 	fmt.Fprintf(out, "broker listening on %s (%s); Ctrl-C stops it\n", b.Addr(), persist)
 	if faultFor > 0 {
-		// For chaos tests: SIGUSR1 makes produce and fetch fail for a while.
-		usr1 := make(chan os.Signal, 1)
-		signal.Notify(usr1, syscall.SIGUSR1)
-		defer signal.Stop(usr1)
 		go func() {
 			for range usr1 {
 				fmt.Fprintf(out, "injecting produce and fetch errors for %s\n", faultFor)

@@ -279,6 +279,12 @@ func TestChaos(t *testing.T) {
 			kills++
 			time.Sleep(time.Duration(500+rng.IntN(2000)) * time.Millisecond)
 			broker.start(t, bin)
+			// Up before the next event: a fault signal must find it running.
+			if err := harness.Poll(30*time.Second, func() (bool, string) {
+				return (kafkaconn.Broker{Addrs: []string{addr}}).Ping(ctx, time.Second) == nil, "broker not up"
+			}); err != nil {
+				t.Errorf("the broker did not come back: %v", err)
+			}
 			restarts++
 			recovery("broker restart", at)
 		case "postgres":
