@@ -415,7 +415,9 @@ func (p *producer) sendChunkOr(ctx context.Context, tp topicPartition, evs []eve
 			refused = err
 			return backoff.Permanent(err)
 		}
-		if errors.Is(err, kafka.UnknownTopicOrPartition) {
+		if errors.Is(err, kafka.UnknownTopicOrPartition) || errors.Is(err, kafka.NotLeaderForPartition) || errors.Is(err, kafka.LeaderNotAvailable) {
+			// The broker's view of the topic changed (a broker restarted
+			// and reloaded it): look its partitions up again.
 			p.forget(tp.topic)
 		}
 		var kerr kafka.Error

@@ -61,7 +61,7 @@ func (b Broker) Ping(ctx context.Context, timeout time.Duration) error {
 		return refusedSASL
 	case errors.As(last, &certErr):
 		return fmt.Errorf("the Kafka broker at %v presented a TLS certificate this host does not trust (%v); set KAFKA_TLS_CA (--kafka-ca) to the CA that signs it", b.Addrs, certErr.Err)
-	case errors.As(last, &recordErr), !dialFailed && b.TLS != nil && (errors.Is(last, context.DeadlineExceeded) || errors.Is(last, io.EOF)):
+	case errors.As(last, &recordErr), !dialFailed && b.TLS != nil && (errors.Is(last, context.DeadlineExceeded) || errors.Is(last, io.EOF) || isTimeout(last)):
 		return fmt.Errorf("the Kafka broker at %v did not complete a TLS handshake; if its listener is plaintext, unset KAFKA_TLS and KAFKA_TLS_CA, or use its TLS listener", b.Addrs)
 	case b.SASL != nil && !dialFailed:
 		return refusedSASL
@@ -167,4 +167,11 @@ func (b Broker) Dialer() *kafka.Dialer {
 // Client returns a kafka-go admin client for the brokers.
 func (b Broker) Client(timeout time.Duration) *kafka.Client {
 	return &kafka.Client{Addr: kafka.TCP(b.Addrs...), Timeout: timeout, Transport: b.Transport()}
+}
+
+// isTimeout reports whether err is a network timeout (a read deadline that
+// passed): a plaintext listener waits for more bytes of a TLS hello.
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }
