@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -211,24 +210,9 @@ func TestDevCtrlC(t *testing.T) {
 	harness.Eventually(t, 60*time.Second, func() (bool, string) {
 		return strings.Contains(out.String(), "inserted"), "dev has not inserted its jobs yet"
 	})
-	cmd.Process.Signal(os.Interrupt)
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("dev after Ctrl-C: %v\n%s", err, out.String())
-		}
-	case <-time.After(30 * time.Second):
-		cmd.Process.Kill()
-		t.Fatalf("dev did not stop within 30s of Ctrl-C\n%s", out.String())
-	}
-	if !strings.Contains(out.String(), "shut down cleanly") {
-		t.Fatalf("no clean-stop message:\n%s", out.String())
-	}
-	if _, err := os.Stat(filepath.Join(dir, "pg", "postmaster.pid")); err == nil {
-		t.Fatal("Postgres still running after Ctrl-C (postmaster.pid remains)")
-	}
+	interruptAndWait(t, cmd, &out, done, dir)
 }
 
 // regexpLag matches a status line whose LAG column is not 0.

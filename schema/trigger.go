@@ -209,32 +209,25 @@ func (s *TriggerSource) decode(b []byte, i int) (int, bool) {
 		return i, false
 	}
 	var seen [4]bool
-	once := func(k int) bool {
-		if seen[k] {
-			return false
-		}
-		seen[k] = true
-		return true
-	}
 	return object(b, i, func(key []byte, i int) (int, bool) {
 		switch string(key) {
 		case "txId":
-			if !once(0) {
+			if !first(&seen[0]) {
 				return i, false
 			}
 			return intField(b, i, &s.TxID)
 		case "lsn":
-			if !once(1) {
+			if !first(&seen[1]) {
 				return i, false
 			}
 			return intField(b, i, &s.LSN)
 		case "ts_ms":
-			if !once(2) {
+			if !first(&seen[2]) {
 				return i, false
 			}
 			return intField(b, i, &s.TsMs)
 		case "snapshot":
-			if !once(3) {
+			if !first(&seen[3]) {
 				return i, false
 			}
 			return stringField(b, i, &s.Snapshot)
