@@ -125,10 +125,7 @@ func fastTrigger(b []byte) (t *Trigger, ok bool) {
 	i, ok = object(b, i, func(key []byte, i int) (int, bool) {
 		switch string(key) {
 		case "op":
-			if !first(&seenOp) {
-				return i, false
-			}
-			return stringField(b, i, &t.Op)
+			return firstString(b, i, &seenOp, &t.Op)
 		case "after":
 			if !first(&seenAfter) {
 				return i, false
@@ -187,15 +184,9 @@ func (r *TriggerRow) decode(b []byte, i int) (int, bool) {
 			r.JobID = &id
 			return i, ok
 		case "current_step":
-			if !first(&seenStep) {
-				return i, false
-			}
-			return stringField(b, i, &r.CurrentStep)
+			return firstString(b, i, &seenStep, &r.CurrentStep)
 		case "status":
-			if !first(&seenStatus) {
-				return i, false
-			}
-			return stringField(b, i, &r.Status)
+			return firstString(b, i, &seenStatus, &r.Status)
 		}
 		if foldsTo(key, "job_id", "current_step", "status") {
 			return i, false
@@ -208,29 +199,17 @@ func (s *TriggerSource) decode(b []byte, i int) (int, bool) {
 	if i >= len(b) || b[i] != '{' {
 		return i, false
 	}
-	var seen [4]bool
+	var seenTx, seenLSN, seenTs, seenSnapshot bool
 	return object(b, i, func(key []byte, i int) (int, bool) {
 		switch string(key) {
 		case "txId":
-			if !first(&seen[0]) {
-				return i, false
-			}
-			return intField(b, i, &s.TxID)
+			return firstInt(b, i, &seenTx, &s.TxID)
 		case "lsn":
-			if !first(&seen[1]) {
-				return i, false
-			}
-			return intField(b, i, &s.LSN)
+			return firstInt(b, i, &seenLSN, &s.LSN)
 		case "ts_ms":
-			if !first(&seen[2]) {
-				return i, false
-			}
-			return intField(b, i, &s.TsMs)
+			return firstInt(b, i, &seenTs, &s.TsMs)
 		case "snapshot":
-			if !first(&seen[3]) {
-				return i, false
-			}
-			return stringField(b, i, &s.Snapshot)
+			return firstString(b, i, &seenSnapshot, &s.Snapshot)
 		}
 		if foldsTo(key, "txId", "lsn", "ts_ms", "snapshot") {
 			return i, false
@@ -268,21 +247,12 @@ func object(b []byte, i int, field func(key []byte, i int) (int, bool)) (int, bo
 		if i >= len(b) || b[i] != ':' {
 			return i, false
 		}
-		var ok bool
+		var ok, done bool
 		if i, ok = field(key, skipSpace(b, i+1)); !ok {
 			return i, false
 		}
-		i = skipSpace(b, i)
-		if i >= len(b) {
-			return i, false
-		}
-		switch b[i] {
-		case ',':
-			i = skipSpace(b, i+1)
-		case '}':
-			return i + 1, true
-		default:
-			return i, false
+		if i, done, ok = separator(b, skipSpace(b, i), '}'); done || !ok {
+			return i, ok
 		}
 	}
 }
@@ -414,7 +384,7 @@ func skipContainer(b []byte, i, depth int) (int, bool) {
 		return i + 1, true
 	}
 	for {
-		var ok bool
+		var ok, done bool
 		if object {
 			if i >= len(b) || b[i] != '"' {
 				return i, false
@@ -431,19 +401,26 @@ func skipContainer(b []byte, i, depth int) (int, bool) {
 		if i, ok = skipValue(b, i, depth+1); !ok {
 			return i, false
 		}
-		i = skipSpace(b, i)
-		if i >= len(b) {
-			return i, false
-		}
-		switch b[i] {
-		case ',':
-			i = skipSpace(b, i+1)
-		case end:
-			return i + 1, true
-		default:
-			return i, false
+		if i, done, ok = separator(b, skipSpace(b, i), end); done || !ok {
+			return i, ok
 		}
 	}
+}
+
+// separator reads what follows a value in an object or array, at b[i]
+// past any spaces: a comma, with more to come (done is false, next the
+// offset of what comes after it and its spaces), or end, which closes the
+// container (done is true, next the offset after it). Anything else fails.
+func separator(b []byte, i int, end byte) (next int, done, ok bool) {
+	if i < len(b) {
+		switch b[i] {
+		case ',':
+			return skipSpace(b, i+1), false, true
+		case end:
+			return i + 1, true, true
+		}
+	}
+	return i, false, false
 }
 
 // skipString checks the string at b[i] ('"'): no control characters, valid
@@ -543,4 +520,22 @@ func first(seen *bool) bool {
 	}
 	*seen = true
 	return true
+}
+
+// firstString is stringField for a key that must be the first of its name
+// in the object (see first).
+func firstString(b []byte, i int, seen *bool, dst *string) (int, bool) {
+	if !first(seen) {
+		return i, false
+	}
+	return stringField(b, i, dst)
+}
+
+// firstInt is intField for a key that must be the first of its name in the
+// object (see first).
+func firstInt(b []byte, i int, seen *bool, dst *int64) (int, bool) {
+	if !first(seen) {
+		return i, false
+	}
+	return intField(b, i, dst)
 }
