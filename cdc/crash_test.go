@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -74,16 +73,7 @@ func TestKillNineLosesNothing(t *testing.T) {
 	if n := written.Load(); n != changes {
 		t.Fatalf("wrote %d changes, want %d", n, changes)
 	}
-	final := map[string]int{}
-	rows, err := e.Pool(t).Query(context.Background(), `SELECT job_id, seq FROM jobs`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var id string
-	var seq int
-	if _, err := pgx.ForEachRow(rows, []any{&id, &seq}, func() error { final[id] = seq; return nil }); err != nil || len(final) == 0 {
-		t.Fatalf("read the final rows: %v (%d rows)", err, len(final))
-	}
+	final := committedSeqs(t, e)
 
 	// Wait for the last reader to catch up, then check every topic.
 	end := currentLSN(t, e)
@@ -102,8 +92,8 @@ func TestKillNineLosesNothing(t *testing.T) {
 		for _, m := range msgs {
 			env := decode(t, m)
 			id := string(m.Key)
-			s, err := strconv.Atoi(fmt.Sprint(env.After["seq"]))
-			if err != nil || env.After["current_step"] != step {
+			s := seqOf(t, env)
+			if env.After["current_step"] != step {
 				t.Fatalf("event %s in %s", m.Value, step)
 			}
 			prev, ok := top[id]
@@ -295,7 +285,7 @@ func TestSnapshotInterruptedByCrashStartsOver(t *testing.T) {
 	var markers []string
 	for _, m := range msgs {
 		env := decode(t, m)
-		seq, _ := strconv.Atoi(fmt.Sprint(env.After["seq"]))
+		seq := seqOf(t, env)
 		switch env.Op {
 		case "r":
 			reads[string(m.Key)] = append(reads[string(m.Key)], seq)

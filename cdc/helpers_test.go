@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os/exec"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -204,6 +205,35 @@ func decode(t testing.TB, m kafka.Message) *schema.Envelope {
 		t.Fatalf("event is not an envelope: %v: %s", err, m.Value)
 	}
 	return env
+}
+
+// The crash and snapshot tests count changes per job in a seq column they
+// add to jobs; an event's seq is the row's after it.
+
+// seqOf returns the seq in env's after; the test fails if it has none.
+func seqOf(t testing.TB, env *schema.Envelope) int {
+	t.Helper()
+	s, err := strconv.Atoi(fmt.Sprint(env.After["seq"]))
+	if err != nil {
+		t.Fatalf("event without an integer seq (%v): %v", err, env.After)
+	}
+	return s
+}
+
+// committedSeqs returns every job's seq as committed in the database.
+func committedSeqs(t testing.TB, e *harness.Env) map[string]int {
+	t.Helper()
+	final := map[string]int{}
+	rows, err := e.Pool(t).Query(context.Background(), `SELECT job_id, seq FROM jobs`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var id string
+	var seq int
+	if _, err := pgx.ForEachRow(rows, []any{&id, &seq}, func() error { final[id] = seq; return nil }); err != nil || len(final) == 0 {
+		t.Fatalf("read the final rows: %v (%d rows)", err, len(final))
+	}
+	return final
 }
 
 // validate checks value against schema/envelope.schema.json with a

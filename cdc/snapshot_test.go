@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
-	"strconv"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -62,16 +61,7 @@ func TestInitialSnapshotThenStream(t *testing.T) {
 	if err := <-writerDone; err != nil {
 		t.Fatal(err)
 	}
-	final := map[string]int{}
-	rs, err := e.Pool(t).Query(context.Background(), `SELECT job_id, seq FROM jobs`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var id string
-	var seq int
-	if _, err := pgx.ForEachRow(rs, []any{&id, &seq}, func() error { final[id] = seq; return nil }); err != nil || len(final) == 0 {
-		t.Fatalf("read the final rows: %v (%d rows)", err, len(final))
-	}
+	final := committedSeqs(t, e)
 	total := 0
 	for _, s := range final {
 		total += s
@@ -89,7 +79,7 @@ func TestInitialSnapshotThenStream(t *testing.T) {
 	for _, m := range msgs {
 		env := decode(t, m)
 		id := string(m.Key)
-		s, _ := strconv.Atoi(fmt.Sprint(env.After["seq"]))
+		s := seqOf(t, env)
 		switch env.Op {
 		case "r":
 			validate(t, m.Value)
@@ -136,8 +126,7 @@ func snapshotSum(t testing.TB, msgs []kafka.Message) int {
 	sum := 0
 	for _, m := range msgs {
 		if env := decode(t, m); env.Op == "r" {
-			s, _ := strconv.Atoi(fmt.Sprint(env.After["seq"]))
-			sum += s
+			sum += seqOf(t, env)
 		}
 	}
 	return sum
