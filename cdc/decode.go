@@ -355,19 +355,13 @@ func isJSONNumber(v []byte) bool {
 	case i < len(v) && v[i] == '0':
 		i++
 	case i < len(v) && v[i] >= '1' && v[i] <= '9':
-		for i < len(v) && v[i] >= '0' && v[i] <= '9' {
-			i++
-		}
+		i, _ = digits(v, i)
 	default:
 		return false
 	}
+	var ok bool
 	if i < len(v) && v[i] == '.' {
-		i++
-		start := i
-		for i < len(v) && v[i] >= '0' && v[i] <= '9' {
-			i++
-		}
-		if i == start {
+		if i, ok = digits(v, i+1); !ok {
 			return false
 		}
 	}
@@ -376,15 +370,21 @@ func isJSONNumber(v []byte) bool {
 		if i < len(v) && (v[i] == '+' || v[i] == '-') {
 			i++
 		}
-		start := i
-		for i < len(v) && v[i] >= '0' && v[i] <= '9' {
-			i++
-		}
-		if i == start {
+		if i, ok = digits(v, i); !ok {
 			return false
 		}
 	}
 	return i == len(v)
+}
+
+// digits returns the offset after the decimal digits at v[i:], and whether
+// there is at least one.
+func digits(v []byte, i int) (int, bool) {
+	start := i
+	for i < len(v) && v[i] >= '0' && v[i] <= '9' {
+		i++
+	}
+	return i, i > start
 }
 
 // rowMessage is a pgoutput Insert, Update or Delete as rowDecoder decodes it.
