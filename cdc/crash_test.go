@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
-	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -14,7 +13,6 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
-	"github.com/jobstream/jobstream/ops/broker"
 	"github.com/jobstream/jobstream/ops/harness"
 )
 
@@ -222,12 +220,7 @@ func TestSnapshotInterruptedByCrashStartsOver(t *testing.T) {
 	// A private broker that acknowledges the first produce request and
 	// then answers NOT_ENOUGH_REPLICAS until told otherwise: the snapshot
 	// is stuck part way, deterministically.
-	b, err := broker.Start(broker.Config{Listen: "127.0.0.1:0", DataDir: filepath.Join(e.Dir, "broker")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(b.Close)
-	e.Brokers = []string{b.Addr()}
+	b := privateBroker(t, e, "127.0.0.1:0")
 	var produced, refused atomic.Int64
 	var blocked atomic.Bool
 	blocked.Store(true)

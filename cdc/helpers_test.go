@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -15,8 +16,10 @@ import (
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
 	"github.com/segmentio/kafka-go"
+	"github.com/twmb/franz-go/pkg/kfake"
 
 	"github.com/jobstream/jobstream/cdc"
+	"github.com/jobstream/jobstream/ops/broker"
 	"github.com/jobstream/jobstream/ops/harness"
 	"github.com/jobstream/jobstream/schema"
 )
@@ -49,6 +52,20 @@ func startProc(t testing.TB, e *harness.Env, args ...string) *proc {
 	t.Helper()
 	p := e.StartProcess(t, "reader", []string{"JOBSTREAM_STATUS_INTERVAL=1s"}, append([]string{"reader"}, args...)...)
 	return &proc{Process: p, cmd: p.Cmd()}
+}
+
+// privateBroker starts a broker of the test's own with its data in
+// e.Dir/broker, on listen ("127.0.0.1:0" for a new one, or the address of
+// one the test restarts), points e at it and closes it when the test ends.
+func privateBroker(t testing.TB, e *harness.Env, listen string, opts ...kfake.Opt) *broker.Broker {
+	t.Helper()
+	b, err := broker.Start(broker.Config{Listen: listen, DataDir: filepath.Join(e.Dir, "broker"), Opts: opts})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(b.Close)
+	e.Brokers = []string{b.Addr()}
+	return b
 }
 
 // waitSlotActive waits until the slot is consistent and streamed from by
@@ -234,6 +251,17 @@ func committedSeqs(t testing.TB, e *harness.Env) map[string]int {
 		t.Fatalf("read the final rows: %v (%d rows)", err, len(final))
 	}
 	return final
+}
+
+// deadLetter decodes m, a record of the dead-letter topic; the test fails
+// if it is no letter (not JSON, or without a reason).
+func deadLetter(t testing.TB, m kafka.Message) schema.DeadLetter {
+	t.Helper()
+	var l schema.DeadLetter
+	if err := json.Unmarshal(m.Value, &l); err != nil || l.Reason == "" {
+		t.Fatalf("a message in the dead-letter topic that is no dead letter (%v): %s", err, m.Value)
+	}
+	return l
 }
 
 // validate checks value against schema/envelope.schema.json with a

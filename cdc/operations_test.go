@@ -14,7 +14,6 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/jobstream/jobstream/cdc"
-	"github.com/jobstream/jobstream/ops/broker"
 	"github.com/jobstream/jobstream/ops/harness"
 	"github.com/jobstream/jobstream/ops/localpg"
 )
@@ -276,13 +275,8 @@ func TestEventsWaitUntilCommitsAreVisible(t *testing.T) {
 func TestBrokerDownIsSaidSo(t *testing.T) {
 	t.Parallel()
 	e := harness.New(t)
-	dataDir := filepath.Join(e.Dir, "broker")
-	b, err := broker.Start(broker.Config{Listen: "127.0.0.1:0", DataDir: dataDir})
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := privateBroker(t, e, "127.0.0.1:0")
 	addr := b.Addr()
-	e.Brokers = []string{addr}
 	var logs harness.Buffer
 	startReader(t, e, func(c *cdc.Config) { c.Logger = slog.New(slog.NewTextHandler(&logs, nil)) })
 	e.Exec(t, `INSERT INTO jobs (job_id, current_step, status) VALUES ('before', 'img_gen', 'done')`)
@@ -298,11 +292,7 @@ func TestBrokerDownIsSaidSo(t *testing.T) {
 	// Keep it down long enough for several retries (their backoff is at
 	// most 2s), then bring it back on the same address.
 	time.Sleep(time.Until(down.Add(6 * time.Second)))
-	b, err = broker.Start(broker.Config{Listen: addr, DataDir: dataDir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(b.Close)
+	privateBroker(t, e, addr)
 	waitMessages(t, e, e.Topic("img_gen"), 2)
 	harness.Eventually(t, 30*time.Second, func() (bool, string) {
 		return strings.Contains(logs.String(), "the Kafka broker is reachable again"), "no recovery line in the log:\n" + logs.String()

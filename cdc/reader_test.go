@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -14,7 +13,6 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 
 	"github.com/jobstream/jobstream/cdc"
-	"github.com/jobstream/jobstream/ops/broker"
 	"github.com/jobstream/jobstream/ops/harness"
 	"github.com/jobstream/jobstream/ops/localpg"
 )
@@ -188,13 +186,7 @@ func TestBadRowsGoToDeadLetterTopic(t *testing.T) {
 	dlq := waitMessages(t, e, e.Topics().DLQ(), 4)
 	reasons := map[string]string{}
 	for _, m := range dlq {
-		var v struct {
-			Reason string          `json:"reason"`
-			Event  json.RawMessage `json:"event"`
-		}
-		if err := json.Unmarshal(m.Value, &v); err != nil || v.Reason == "" {
-			t.Fatalf("dead letter without reason: %s", m.Value)
-		}
+		v := deadLetter(t, m)
 		if len(m.Headers) != 1 || string(m.Headers[0].Value) != v.Reason {
 			t.Errorf("dead letter headers %v", m.Headers)
 		}
@@ -227,13 +219,7 @@ func TestBadRowsGoToDeadLetterTopic(t *testing.T) {
 func TestBrokerLimitsAreLearnedAndRefusalsDeadLettered(t *testing.T) {
 	t.Parallel()
 	e := harness.New(t)
-	b, err := broker.Start(broker.Config{Listen: "127.0.0.1:0", DataDir: filepath.Join(e.Dir, "broker"),
-		Opts: []kfake.Opt{kfake.BrokerConfigs(map[string]string{"message.max.bytes": "20000"})}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(b.Close)
-	e.Brokers = []string{b.Addr()}
+	b := privateBroker(t, e, "127.0.0.1:0", kfake.BrokerConfigs(map[string]string{"message.max.bytes": "20000"}))
 	// The vlm_analyze topic takes at most 3000 bytes per batch.
 	c := &kafka.Client{Addr: kafka.TCP(b.Addr()), Timeout: 10 * time.Second, Transport: &kafka.Transport{}}
 	if _, err := c.CreateTopics(context.Background(), &kafka.CreateTopicsRequest{Topics: []kafka.TopicConfig{{
@@ -283,13 +269,9 @@ func TestUndecodableValueGoesToDeadLetter(t *testing.T) {
 		t.Fatalf("img_gen topic: first key %q", ok[0].Key)
 	}
 	dl := waitMessages(t, ascii, ascii.Topics().DLQ(), 1)[0]
-	var v struct {
-		Reason string          `json:"reason"`
-		Event  json.RawMessage `json:"event"`
-	}
-	if err := json.Unmarshal(dl.Value, &v); err != nil || string(dl.Key) != "latin1" ||
+	if v := deadLetter(t, dl); string(dl.Key) != "latin1" ||
 		!strings.Contains(v.Reason, "column error holds bytes that are not valid UTF-8") || !strings.Contains(string(v.Event), `caf\ufffd`) {
-		t.Fatalf("dead letter %q: %s (%v)", dl.Key, dl.Value, err)
+		t.Fatalf("dead letter %q: %s", dl.Key, dl.Value)
 	}
 	harness.Eventually(t, 20*time.Second, func() (bool, string) {
 		return r.Stats().DeadLetters.Load() == 1, "dead-letter counter is not 1"
@@ -379,14 +361,8 @@ func TestDeletesAndTruncates(t *testing.T) {
 func TestFlushWaitsForBrokerAck(t *testing.T) {
 	t.Parallel()
 	e := harness.New(t)
-	dir := filepath.Join(e.Dir, "broker")
-	b, err := broker.Start(broker.Config{Listen: "127.0.0.1:0", DataDir: dir})
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := privateBroker(t, e, "127.0.0.1:0")
 	addr := b.Addr()
-	t.Cleanup(func() { b.Close() })
-	e.Brokers = []string{addr}
 	r := startReader(t, e, nil)
 
 	e.Exec(t, `INSERT INTO jobs (job_id, current_step, status) SELECT 'j' || i, 'img_gen', 'done' FROM generate_series(1, 100) i`)
@@ -422,11 +398,7 @@ func TestFlushWaitsForBrokerAck(t *testing.T) {
 		notPast()
 	}
 
-	b2, err := broker.Start(broker.Config{Listen: addr, DataDir: dir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { b2.Close() })
+	privateBroker(t, e, addr)
 	// Whenever the slot has passed update i, the broker holds update i.
 	harness.Eventually(t, 60*time.Second, func() (bool, string) {
 		confirmed := confirmedLSN(t, e)

@@ -2,7 +2,6 @@ package cdc_test
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"strings"
 	"testing"
@@ -51,13 +50,7 @@ func TestStepsOutsideThePipelineAreDeadLettered(t *testing.T) {
 	dlq := waitMessages(t, e, e.Topics().DLQ(), len(want))
 	got := map[string]string{}
 	for _, m := range dlq {
-		var v struct {
-			Reason string          `json:"reason"`
-			Event  json.RawMessage `json:"event"`
-		}
-		if err := json.Unmarshal(m.Value, &v); err != nil || v.Reason == "" {
-			t.Fatalf("a message in the dead-letter topic that is no dead letter: %s", m.Value)
-		}
+		v := deadLetter(t, m)
 		validate(t, v.Event)
 		got[string(m.Key)] = v.Reason
 	}
