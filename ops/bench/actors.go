@@ -32,6 +32,21 @@ func goLoop(ctx context.Context, f func(ctx context.Context) error) *loop {
 	return l
 }
 
+// waitReady waits up to a minute for ready, which the loop's part (what:
+// "reader", "worker") closes once it is state ("streaming", "ready"). If
+// the loop ends first, its error is kept for stop.
+func (l *loop) waitReady(ready <-chan struct{}, what, state string) error {
+	select {
+	case <-ready:
+		return nil
+	case err := <-l.done:
+		l.done <- err
+		return fmt.Errorf("%s stopped: %v", what, err)
+	case <-time.After(time.Minute):
+		return fmt.Errorf("the %s was not %s within a minute", what, state)
+	}
+}
+
 // stop ends the loop and returns its error (nil when it ended because it was stopped).
 func (l *loop) stop() error {
 	if l == nil {
@@ -93,15 +108,7 @@ func (a *jobstreamActor) prepare(ctx context.Context) error {
 	}
 	a.r = r
 	a.reader = goLoop(ctx, r.Run)
-	select {
-	case <-r.Ready():
-		return nil
-	case err := <-a.reader.done:
-		a.reader.done <- err
-		return fmt.Errorf("reader stopped: %v", err)
-	case <-time.After(time.Minute):
-		return errors.New("the reader was not streaming within a minute")
-	}
+	return a.reader.waitReady(r.Ready(), "reader", "streaming")
 }
 
 func (a *jobstreamActor) start(ctx context.Context) error {
@@ -120,15 +127,7 @@ func (a *jobstreamActor) start(ctx context.Context) error {
 	}
 	a.ws = append(a.ws, w)
 	a.worker = goLoop(ctx, w.Run)
-	select {
-	case <-w.Ready():
-		return nil
-	case err := <-a.worker.done:
-		a.worker.done <- err
-		return fmt.Errorf("worker stopped: %v", err)
-	case <-time.After(time.Minute):
-		return errors.New("the worker was not ready within a minute")
-	}
+	return a.worker.waitReady(w.Ready(), "worker", "ready")
 }
 
 func (a *jobstreamActor) stop() {
