@@ -42,6 +42,10 @@ const (
 	StallTimeoutDefault = 30 * time.Second
 	// RunsRetentionDefault is how long finished runs are kept by default: a week.
 	RunsRetentionDefault = 7 * 24 * time.Hour
+	// BatchDefault is how many jobs a lane hands its step at once by default.
+	BatchDefault = 1
+	// BatchWaitDefault is how long a lane gathers a batch by default.
+	BatchWaitDefault = 20 * time.Millisecond
 )
 
 // Bounds Validate checks.
@@ -49,6 +53,7 @@ const (
 	maxConcurrency = 1024
 	maxGPUs        = 1024
 	maxAttempts    = 1000
+	maxBatch       = 1024
 	minLease       = time.Second
 	minStall       = time.Second
 )
@@ -126,8 +131,26 @@ type Config struct {
 	Grace time.Duration
 	// WorkerID names this process in jobstream_runs (default host:pid).
 	WorkerID string
-	// Handler runs Step. Required with Step.
+	// Handler runs Step. Required with Step, unless BatchHandler is set.
 	Handler Handler
+	// BatchHandler runs Step several jobs at a time (Serve, HTTPBatch, or
+	// a BatchFunc of your own): the one-step form of BatchSteps.
+	BatchHandler BatchHandler
+	// BatchSteps maps steps to batch handlers, beside Steps (each step in
+	// one of the two).
+	BatchSteps map[string]BatchHandler
+	// Batch is how many jobs a lane (a GPU, or one of Concurrency) hands a
+	// BatchHandler at once (default BatchDefault, at most 1024); each is
+	// claimed, leased, retried and dead-lettered on its own. A member
+	// holds up to Batch jobs per lane.
+	Batch int
+	// BatchWait is how long a lane waits for more jobs once it has one,
+	// before it hands over a batch that is not full (default
+	// BatchWaitDefault; 0 takes only the jobs already waiting).
+	BatchWait time.Duration
+	// StartTimeout bounds how long a Serve process may take to say it is
+	// ready (default StartTimeoutDefault); it is not counted in Timeout.
+	StartTimeout time.Duration
 	// Logger receives the worker's logs (default slog.Default()).
 	Logger *slog.Logger
 	// Hooks observe the worker, for metrics: each implements any of the
@@ -159,6 +182,11 @@ func (c Config) WithDefaults() Config {
 	c.Grace = cmp.Or(c.Grace, GraceDefault)
 	c.StallTimeout = cmp.Or(c.StallTimeout, StallTimeoutDefault)
 	c.RunsRetention = cmp.Or(c.RunsRetention, RunsRetentionDefault)
+	c.Batch = cmp.Or(c.Batch, BatchDefault)
+	if c.Batch > 1 && c.BatchWait == 0 {
+		c.BatchWait = BatchWaitDefault
+	}
+	c.StartTimeout = cmp.Or(c.StartTimeout, StartTimeoutDefault)
 	if c.WorkerID == "" {
 		host, _ := os.Hostname()
 		c.WorkerID = host + ":" + strconv.Itoa(os.Getpid())
@@ -178,12 +206,21 @@ func (c Config) Validate() error {
 	if err := schema.CheckConnection(c.DatabaseURL, c.Pool != nil, c.Brokers); err != nil {
 		return err
 	}
+	many := len(c.Steps) > 0 || len(c.BatchSteps) > 0
 	switch {
-	case len(c.Steps) > 0 && (c.Step != "" || c.Handler != nil):
+	case many && (c.Step != "" || c.Handler != nil || c.BatchHandler != nil):
 		return &schema.ConfigError{Fields: []string{"Steps", "Step", "Handler"},
-			Msg: "Steps and Step (or Handler) are both set; give Steps, or Step and Handler"}
-	case len(c.Steps) == 0 && c.Step == "":
+			Msg: "Steps (or BatchSteps) and Step (or Handler) are both set; give Steps, or Step and Handler"}
+	case !many && c.Step == "":
 		return schema.FieldError("Step", "is empty; name the step this worker runs")
+	case c.Handler != nil && c.BatchHandler != nil:
+		return &schema.ConfigError{Fields: []string{"Handler", "BatchHandler"},
+			Msg: "Handler and BatchHandler are both set; give one of them"}
+	}
+	for step := range c.BatchSteps {
+		if _, dup := c.Steps[step]; dup {
+			return schema.FieldError(fmt.Sprintf("BatchSteps[%q]", step), "is also in Steps; give each step one handler")
+		}
 	}
 	if err := c.validateHandlers(); err != nil {
 		return err
@@ -208,6 +245,14 @@ func (c Config) Validate() error {
 			Msg: fmt.Sprintf("RetryBackoff %s is longer than MaxRetryBackoff (%s); use %[2]s or less", c.RetryBackoff, c.MaxRetryBackoff)}
 	case c.StallTimeout >= 0 && c.StallTimeout < minStall:
 		return schema.FieldError("StallTimeout", "%s is too short; use %s or more, or a negative value to turn the watchdog off", c.StallTimeout, minStall)
+	case c.Batch < 1 || c.Batch > maxBatch:
+		return schema.FieldError("Batch", "%d is out of range 1..%d", c.Batch, maxBatch)
+	case c.Batch > 1 && len(c.steps()) > 0:
+		return schema.FieldError("Batch", "is %d, but a Handler runs one job at a time; give a BatchHandler (Serve, HTTPBatch or a BatchFunc)", c.Batch)
+	case c.BatchWait < 0:
+		return schema.FieldError("BatchWait", "%s is negative", c.BatchWait)
+	case c.StartTimeout < 0:
+		return schema.FieldError("StartTimeout", "%s is negative", c.StartTimeout)
 	case c.RunsRetention == 0:
 		return schema.FieldError("RunsRetention", "0 would prune runs as they finish; give an age such as 168h, or a negative value to keep them forever")
 	}
@@ -221,7 +266,7 @@ func (c Config) Validate() error {
 	if err := c.Pipeline.Validate(); err != nil {
 		return err
 	}
-	for _, step := range slices.Sorted(maps.Keys(c.steps())) {
+	for _, step := range c.allSteps() {
 		if _, err := c.Pipeline.Trigger(step); err != nil {
 			return err
 		}
@@ -232,12 +277,41 @@ func (c Config) Validate() error {
 	return nil
 }
 
-// steps returns the steps of c, from Steps or from Step and Handler.
+// steps returns the one-job-at-a-time steps of c, from Steps or from
+// Step and Handler.
 func (c Config) steps() map[string]Handler {
-	if len(c.Steps) > 0 {
+	switch {
+	case len(c.Steps) > 0:
 		return c.Steps
+	case c.Handler != nil || (c.BatchHandler == nil && len(c.BatchSteps) == 0):
+		return map[string]Handler{c.Step: c.Handler}
 	}
-	return map[string]Handler{c.Step: c.Handler}
+	return nil
+}
+
+// batchSteps returns the batched steps of c, from BatchSteps or from Step
+// and BatchHandler.
+func (c Config) batchSteps() map[string]BatchHandler {
+	if c.BatchHandler != nil {
+		return map[string]BatchHandler{c.Step: c.BatchHandler}
+	}
+	return c.BatchSteps
+}
+
+// allSteps returns every step of c, sorted.
+func (c Config) allSteps() []string {
+	return slices.Sorted(func(yield func(string) bool) {
+		for s := range c.steps() {
+			if !yield(s) {
+				return
+			}
+		}
+		for s := range c.batchSteps() {
+			if !yield(s) {
+				return
+			}
+		}
+	})
 }
 
 // validateHandlers checks that every step has a handler that can run.
@@ -254,6 +328,19 @@ func (c Config) validateHandlers() error {
 		case isInvalid(h):
 			_, err := h(context.Background(), Job{})
 			return errors.Unwrap(err)
+		}
+	}
+	batch := c.batchSteps()
+	for _, step := range slices.Sorted(maps.Keys(batch)) {
+		field := "BatchHandler"
+		if c.BatchHandler == nil {
+			field = fmt.Sprintf("BatchSteps[%q]", step)
+		}
+		switch h := batch[step].(type) {
+		case nil:
+			return schema.FieldError(field, "is nil: no handler given; use Serve, HTTPBatch or a BatchFunc")
+		case invalidBatch:
+			return h.err
 		}
 	}
 	return nil
@@ -276,4 +363,7 @@ type Stats struct {
 	Cancelled   atomic.Int64 // runs stopped or closed because the user cancelled the job
 	Discarded   atomic.Int64 // runs stopped or closed because the job moved or was deleted under them
 	Pruned      atomic.Int64 // finished runs deleted by this worker's sweeper (RunsRetention)
+
+	ServeRestarts     atomic.Int64 // times a Serve process was started again after it exited or was stopped
+	ServeCrashLooping atomic.Int64 // lanes whose Serve process failed 3 or more times in a row, now
 }

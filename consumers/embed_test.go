@@ -20,8 +20,7 @@ import (
 // still open once the worker stopped.
 func TestStepsShareTheCallersPool(t *testing.T) {
 	t.Parallel()
-	e := harness.New(t)
-	startReader(t, e)
+	e := streamingEnv(t)
 	pool := e.Pool(t)
 	var running concurrency
 	handler := func(ctx context.Context, job consumers.Job) (json.RawMessage, error) {

@@ -76,19 +76,9 @@ const maxStdout = 16 << 20
 // New refuses with the reason (and that fails every job permanently if
 // called directly).
 func Exec(argv ...string) Handler {
-	if len(argv) == 0 || argv[0] == "" {
-		return invalid(errors.New("no step command given: pass the command and its arguments, e.g. ./step.sh"))
-	}
-	path, err := exec.LookPath(argv[0])
+	path, err := lookCommand(argv)
 	if err != nil {
-		if inner := errors.Unwrap(err); inner != nil {
-			err = inner
-		}
-		var pe *fs.PathError
-		if errors.As(err, &pe) {
-			err = pe.Err
-		}
-		return invalid(fmt.Errorf("step command %q cannot be run: %w", argv[0], err))
+		return invalid(err)
 	}
 	argv = append([]string(nil), argv...)
 	return func(ctx context.Context, job Job) (json.RawMessage, error) {
@@ -111,6 +101,25 @@ var invalidPC = reflect.ValueOf(invalid(nil)).Pointer()
 // isInvalid reports whether h was made by invalid; calling it has no effect
 // but returning its error.
 func isInvalid(h Handler) bool { return reflect.ValueOf(h).Pointer() == invalidPC }
+
+// lookCommand finds argv[0], or says why it cannot be run.
+func lookCommand(argv []string) (string, error) {
+	if len(argv) == 0 || argv[0] == "" {
+		return "", errors.New("no step command given: pass the command and its arguments, e.g. ./step.sh")
+	}
+	path, err := exec.LookPath(argv[0])
+	if err != nil {
+		if inner := errors.Unwrap(err); inner != nil {
+			err = inner
+		}
+		var pe *fs.PathError
+		if errors.As(err, &pe) {
+			err = pe.Err
+		}
+		return "", fmt.Errorf("step command %q cannot be run: %w", argv[0], err)
+	}
+	return path, nil
+}
 
 func runExec(ctx context.Context, path string, argv []string, job Job) (json.RawMessage, error) {
 	in, err := json.Marshal(job)

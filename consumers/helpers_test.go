@@ -20,6 +20,15 @@ import (
 	"github.com/jobstream/jobstream/schema"
 )
 
+// streamingEnv is a fresh harness.Env with a reader streaming its changes
+// until the test ends: where most tests here start.
+func streamingEnv(t *testing.T) *harness.Env {
+	t.Helper()
+	e := harness.New(t)
+	startReader(t, e)
+	return e
+}
+
 // ---- worker processes ----
 
 // workerName is what worker process p writes into jobstream_runs.worker:

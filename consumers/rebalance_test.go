@@ -28,8 +28,7 @@ import (
 // event's offset is committed.
 func TestRebalanceChurnLosesNothing(t *testing.T) {
 	t.Parallel()
-	e := harness.New(t)
-	startReader(t, e)
+	e := streamingEnv(t)
 	const n = 2000
 	rec := &recorder{}
 	// Most steps are quick; one in 50 takes a second, so rebalances also
@@ -190,8 +189,7 @@ func TestRebalanceChurnLosesNothing(t *testing.T) {
 // when the ghost is gone, every job completes, each once.
 func TestStallWatchdogRejoins(t *testing.T) {
 	t.Parallel()
-	e := harness.New(t)
-	startReader(t, e)
+	e := streamingEnv(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	if err := (kafkaconn.Broker{Addrs: e.Brokers}).EnsureTopics(ctx, schema.DefaultPartitions, e.Topic(trigger)); err != nil {

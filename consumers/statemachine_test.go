@@ -55,8 +55,7 @@ func waitChains(t *testing.T, e *harness.Env, id string, want []string) {
 // second chain's first error at once.
 func TestRerunsGetTheirRetries(t *testing.T) {
 	t.Parallel()
-	e := harness.New(t)
-	startReader(t, e)
+	e := streamingEnv(t)
 	rec := &recorder{}
 	startWorker(t, e, consumers.Config{MaxAttempts: 2, RetryBackoff: 10 * time.Millisecond, Handler: failFirstOfChain(rec)})
 	const id = "rerun"
@@ -97,8 +96,7 @@ func TestRerunsGetTheirRetries(t *testing.T) {
 // time still runs out of attempts; a requeue by hand after it starts anew.
 func TestSweeperContinuesTheChain(t *testing.T) {
 	t.Parallel()
-	e := harness.New(t)
-	startReader(t, e)
+	e := streamingEnv(t)
 	rec := &recorder{}
 	startWorker(t, e, consumers.Config{MaxAttempts: 3, Lease: time.Second, RetryBackoff: 10 * time.Millisecond, Handler: rec.attemptResult})
 	// A run whose worker died: open, its lease long gone, the job running.
@@ -209,8 +207,7 @@ func TestCancelStopsTheRunningStep(t *testing.T) {
 // further attempt and no dead letter, and is left as the user left it.
 func TestFailureOfAJobTheUserChangedIsNotRetried(t *testing.T) {
 	t.Parallel()
-	e := harness.New(t)
-	startReader(t, e)
+	e := streamingEnv(t)
 	rec := &recorder{}
 	pool := e.Pool(t)
 	startWorker(t, e, consumers.Config{MaxAttempts: 3, RetryBackoff: 10 * time.Millisecond, Concurrency: 3,
@@ -315,8 +312,7 @@ func TestPostgresOutageKillsNoStep(t *testing.T) {
 // and a worker started on such a table refuses to start with the same.
 func TestDroppedColumnStopsTheWorker(t *testing.T) {
 	t.Parallel()
-	e := harness.New(t)
-	startReader(t, e)
+	e := streamingEnv(t)
 	cfg := consumers.Config{DatabaseURL: e.DatabaseURL, Brokers: e.Brokers, TopicPrefix: e.Prefix, Step: step,
 		Grace: time.Second, Handler: (&recorder{}).attemptResult, Logger: testLogger(t, "worker")}
 	w, err := consumers.New(cfg)
@@ -359,8 +355,7 @@ func TestDroppedColumnStopsTheWorker(t *testing.T) {
 // skipped in silence.
 func TestEmptyJobIDIsDeadLettered(t *testing.T) {
 	t.Parallel()
-	e := harness.New(t)
-	startReader(t, e)
+	e := streamingEnv(t)
 	startWorker(t, e, consumers.Config{Handler: (&recorder{}).attemptResult})
 	insertJobs(t, e, "")
 	harness.Eventually(t, 30*time.Second, func() (bool, string) {

@@ -235,8 +235,14 @@ func (w *stepWorker) settle(ctx, kctx context.Context, r run, m kafka.Message, r
 		return true, nil
 	case errors.Is(context.Cause(kctx), errJobLeft):
 		return true, w.abandon(ctx, r, ran)
-	case ctx.Err() != nil:
-		return true, w.release(ctx, r, ran)
+	case ctx.Err() != nil || errors.Is(runErr, errLanesDown):
+		// At a stop past the grace, or with every serve process of this
+		// member down: another member takes the job at once.
+		why := "released the run of a step that did not finish within the grace period"
+		if errors.Is(runErr, errLanesDown) {
+			why = "released the run: no serve process of this member is ready to run it"
+		}
+		return true, w.release(ctx, r, ran, why)
 	case runErr == nil:
 		return true, w.complete(ctx, r, m, result, ran)
 	case IsPermanent(runErr) || r.attempt >= w.cfg.MaxAttempts:
@@ -308,7 +314,7 @@ func (w *stepWorker) backOff(ctx, kctx context.Context, r run, d time.Duration) 
 	case errors.Is(context.Cause(kctx), errJobLeft):
 		return true, w.abandon(ctx, r, 0)
 	case ctx.Err() != nil || isClosed(w.stopping):
-		return true, w.release(ctx, r, 0)
+		return true, w.release(ctx, r, 0, "released the run of a job waiting to be retried: the worker is stopping")
 	}
 	return false, nil
 }
@@ -404,7 +410,8 @@ func (w *stepWorker) watchLoop(ctx context.Context) error {
 // so that the run is released without delay.
 func (w *stepWorker) attempt(ctx, kctx context.Context, r run) (json.RawMessage, error) {
 	actx, cancel := kctx, context.CancelFunc(func() {})
-	if w.cfg.Timeout > 0 {
+	// A lane bounds a batched job from the moment it hands the batch over.
+	if w.cfg.Timeout > 0 && w.batch == nil {
 		actx, cancel = context.WithTimeoutCause(kctx, w.cfg.Timeout, fmt.Errorf("step timed out after %s", w.cfg.Timeout))
 	}
 	defer cancel()
@@ -420,7 +427,13 @@ func (w *stepWorker) attempt(ctx, kctx context.Context, r run) (json.RawMessage,
 				ch <- answer{err: fmt.Errorf("handler panicked: %v", p)}
 			}
 		}()
-		result, err := w.cfg.Handler(actx, r.job)
+		var result json.RawMessage
+		var err error
+		if w.batch != nil {
+			result, err = w.lanes[r.job.GPU].submit(actx, r.job)
+		} else {
+			result, err = w.cfg.Handler(actx, r.job)
+		}
 		ch <- answer{result, err}
 	}()
 	var a answer
@@ -456,14 +469,14 @@ var errReleased = errors.New("run released: the worker is stopping")
 
 // release gives the run back at a stop (past the grace period, or in the
 // backoff before a retry), so that another member takes the job at once.
-func (w *stepWorker) release(ctx context.Context, r run, ran time.Duration) error {
+func (w *stepWorker) release(ctx context.Context, r run, ran time.Duration, why string) error {
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
 	if err := w.store.release(rctx, r); err != nil {
 		w.log.Warn("release run failed; its lease will expire instead", "job_id", r.job.JobID, "err", err)
 	} else {
 		w.stats.Released.Add(1)
-		w.log.Info("released the run of a step that did not finish within the grace period", "job_id", r.job.JobID, "attempt", r.attempt)
+		w.log.Info(why, "job_id", r.job.JobID, "attempt", r.attempt)
 	}
 	w.attempted("released", ran)
 	return errReleased

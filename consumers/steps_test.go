@@ -31,8 +31,7 @@ import (
 // blank result completes its job with a null result.
 func TestEmptyResultIsNull(t *testing.T) {
 	t.Parallel()
-	e := harness.New(t)
-	startReader(t, e)
+	e := streamingEnv(t)
 	results := map[string]json.RawMessage{"nil-result": nil, "empty-result": {}, "blank-result": json.RawMessage(" \n")}
 	w := startWorker(t, e, consumers.Config{Handler: func(_ context.Context, job consumers.Job) (json.RawMessage, error) {
 		return results[job.JobID], nil
@@ -60,8 +59,7 @@ func TestEmptyResultIsNull(t *testing.T) {
 // nothing expired.
 func TestLeaseKeptThroughRetryBackoff(t *testing.T) {
 	t.Parallel()
-	e := harness.New(t)
-	startReader(t, e)
+	e := streamingEnv(t)
 	rec := &recorder{}
 	w := startWorker(t, e, consumers.Config{Lease: time.Second, RetryBackoff: 3 * time.Second, MaxAttempts: 2,
 		Handler: func(_ context.Context, job consumers.Job) (json.RawMessage, error) {
@@ -97,8 +95,7 @@ func TestLeaseKeptThroughRetryBackoff(t *testing.T) {
 // partition go on.
 func TestPostgresRefusedDataFailsStep(t *testing.T) {
 	t.Parallel()
-	e := harness.New(t)
-	startReader(t, e)
+	e := streamingEnv(t)
 	ids := sameKeyPartition("nul-", 4) // bad result, bad error text, then two good jobs
 	rec := &recorder{}
 	w := startWorker(t, e, consumers.Config{MaxAttempts: 2, RetryBackoff: 50 * time.Millisecond,
@@ -193,8 +190,7 @@ func TestConstructorsValidate(t *testing.T) {
 // as its error and a dead letter.
 func TestStepTimeoutKillsProcessGroup(t *testing.T) {
 	t.Parallel()
-	e := harness.New(t)
-	startReader(t, e)
+	e := streamingEnv(t)
 	dir := t.TempDir()
 	hang := script(t, dir, "hang.sh", `cat >/dev/null
 sleep 300 &
@@ -237,8 +233,7 @@ wait
 // jobs behind it complete.
 func TestPoisonEventsDoNotBlockPartitions(t *testing.T) {
 	t.Parallel()
-	e := harness.New(t)
-	startReader(t, e)
+	e := streamingEnv(t)
 	// The worker creates the topic; poison every partition before it reads.
 	rec := &recorder{}
 	w0 := startWorker(t, e, consumers.Config{WorkerID: "creator", Handler: rec.attemptResult})
@@ -287,8 +282,7 @@ func TestPoisonEventsDoNotBlockPartitions(t *testing.T) {
 // completion.
 func TestLongStepKeepsLeaseWithoutChangeEvents(t *testing.T) {
 	t.Parallel()
-	e := harness.New(t)
-	startReader(t, e)
+	e := streamingEnv(t)
 	var leaseSeen atomic.Int64
 	pool := e.Pool(t) // here: the handler runs where t.Fatal must not
 	w := startWorker(t, e, consumers.Config{Lease: time.Second, Handler: func(ctx context.Context, job consumers.Job) (json.RawMessage, error) {
@@ -323,8 +317,7 @@ func TestLongStepKeepsLeaseWithoutChangeEvents(t *testing.T) {
 // runs up to three steps at once, from different partitions, and never more.
 func TestConcurrencyRunsPartitionsInParallel(t *testing.T) {
 	t.Parallel()
-	e := harness.New(t)
-	startReader(t, e)
+	e := streamingEnv(t)
 	var ids []string
 	for i := range 24 {
 		ids = append(ids, fmt.Sprintf("par-%d", i))
@@ -434,8 +427,7 @@ func TestHTTPHandler(t *testing.T) {
 // holding '%' is encoded, so that no two ids share a header value.
 func TestHTTPJobIDHeaders(t *testing.T) {
 	t.Parallel()
-	e := harness.New(t)
-	startReader(t, e)
+	e := streamingEnv(t)
 	type seen struct{ id, key string }
 	var mu sync.Mutex
 	got := map[string][]seen{}

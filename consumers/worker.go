@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"maps"
 	"slices"
 	"strconv"
 	"sync"
@@ -48,10 +47,12 @@ type stepWorker struct {
 	store     *store
 	dlq       *kafka.Writer
 	stats     *Stats
-	slots     []chan struct{} // the Worker's: one per GPU, or one of Concurrency
-	steps     sync.WaitGroup  // every step this worker has in hand
-	stopping  <-chan struct{} // closed when Run's ctx ends
-	joining   *sync.WaitGroup // members that have not had a generation yet
+	slots     []chan struct{}     // the Worker's: one per GPU, or one of Concurrency
+	batch     BatchHandler        // the step's, if it is batched (then it runs in lanes)
+	lanes     map[string]*laneSet // a batched step's lanes, by member GPU ("" without GPUs)
+	steps     sync.WaitGroup      // every step this worker has in hand
+	stopping  <-chan struct{}     // closed when Run's ctx ends
+	joining   *sync.WaitGroup     // members that have not had a generation yet
 
 	rejoinMu sync.Mutex
 	rejoinCh chan struct{} // closed to make every member rejoin
@@ -72,16 +73,18 @@ func New(cfg Config) (*Worker, error) {
 		return nil, err
 	}
 	w := &Worker{cfg: cfg, log: cfg.Logger, ready: make(chan struct{})}
+	// A lane holds up to Batch jobs: they wait in its queue for the next batch.
 	if len(cfg.GPUs) == 0 {
-		w.slots = []chan struct{}{make(chan struct{}, cfg.Concurrency)}
+		w.slots = []chan struct{}{make(chan struct{}, cfg.Concurrency*cfg.Batch)}
 	}
 	for range cfg.GPUs {
-		w.slots = append(w.slots, make(chan struct{}, 1))
+		w.slots = append(w.slots, make(chan struct{}, cfg.Batch))
 	}
-	steps := cfg.steps()
-	for _, step := range slices.Sorted(maps.Keys(steps)) {
+	steps, batched := cfg.steps(), cfg.batchSteps()
+	for _, step := range cfg.allSteps() {
 		scfg := cfg
 		scfg.Step, scfg.Handler, scfg.Steps = step, steps[step], nil
+		scfg.BatchHandler, scfg.BatchSteps = batched[step], nil
 		trigger, _ := cfg.Pipeline.Trigger(step)
 		topics := schema.Topics{Prefix: cfg.TopicPrefix}
 		w.parts = append(w.parts, &stepWorker{
@@ -93,6 +96,7 @@ func New(cfg Config) (*Worker, error) {
 			brokers: cfg.Brokers,
 			stats:   &w.stats,
 			slots:   w.slots,
+			batch:   batched[step],
 		})
 	}
 	return w, nil
@@ -236,9 +240,20 @@ func (w *Worker) openPool(ctx context.Context) (pool *pgxpool.Pool, closePool fu
 // until ctx ends or one of them fails, then waits for the steps in hand.
 func (w *Worker) serve(ctx context.Context) error {
 	g, gctx := errgroup.WithContext(ctx)
+	// The lanes outlive gctx until the steps in hand are done.
+	laneCtx, stopLanes := context.WithCancel(context.WithoutCancel(ctx))
+	var lanes sync.WaitGroup
+	defer lanes.Wait()
+	defer stopLanes()
 	var all []*member
 	for _, s := range w.parts {
 		members := s.members()
+		for _, m := range members {
+			if m.lanes != nil {
+				lanes.Add(1)
+				go func() { defer lanes.Done(); m.lanes.run(laneCtx) }()
+			}
+		}
 		all = append(all, members...)
 		s.log.Info("worker started", "topic", s.topic, "group", s.group, "members", len(members), "slots", s.slotCount())
 		g.Go(func() error { return s.sweepLoop(gctx) })
@@ -265,13 +280,21 @@ func (w *Worker) serve(ctx context.Context) error {
 
 // members returns one member per GPU, or one member with Concurrency
 // slots, each slot shared with the Worker's other steps.
+// A batched step's member gets its lanes: one per GPU, or Concurrency.
 func (w *stepWorker) members() []*member {
-	if len(w.cfg.GPUs) == 0 {
-		return []*member{{w: w, id: w.cfg.WorkerID + "/0", slots: w.slots[0]}}
-	}
 	var out []*member
+	if len(w.cfg.GPUs) == 0 {
+		out = []*member{{w: w, id: w.cfg.WorkerID + "/0", slots: w.slots[0]}}
+	}
 	for i, gpu := range w.cfg.GPUs {
 		out = append(out, &member{w: w, id: w.cfg.WorkerID + "/" + strconv.Itoa(i) + "/gpu" + gpu, gpu: gpu, slots: w.slots[i]})
+	}
+	if w.batch != nil {
+		w.lanes = map[string]*laneSet{}
+		for _, m := range out {
+			m.lanes = w.newLaneSet(m.gpu, cap(m.slots)/w.cfg.Batch)
+			w.lanes[m.gpu] = m.lanes
+		}
 	}
 	return out
 }
@@ -294,7 +317,8 @@ type member struct {
 	id     string // the worker name written into jobstream_runs
 	gpu    string
 	slots  chan struct{}
-	joined func() // called at every generation; the first marks the member joined
+	lanes  *laneSet // a batched step's lanes; nil for a Handler
+	joined func()   // called at every generation; the first marks the member joined
 }
 
 // groupTimeouts derives the group's session timeout from the lease: a dead
@@ -310,12 +334,61 @@ func (m *member) run(ctx context.Context) error {
 	m.joined = func() { joined.Do(m.w.joining.Done) }
 	defer m.joined() // a member that stops before joining does not hold Ready back
 	for {
-		stopped, err := m.membership(ctx, m.w.rejoinSignal())
+		if !m.waitLanes(ctx) {
+			return nil
+		}
+		stopped, err := m.membership(ctx, m.rejoinSignal(ctx))
 		if err != nil || stopped {
 			return err
 		}
 		m.w.log.Info("rejoining the consumer group", "member", m.id)
 	}
+}
+
+// waitLanes returns once the member can run its step (a lane is ready), so
+// that a member whose serve processes are still loading, or down, is no
+// member of the group and claims nothing; false when ctx ended first.
+func (m *member) waitLanes(ctx context.Context) bool {
+	if m.lanes == nil {
+		return true
+	}
+	if ok, _ := m.lanes.ready(); ok {
+		return true
+	}
+	m.w.log.Info("waiting for a serve process to say ready before joining the group", "member", m.id)
+	if !m.lanes.waitReady(ctx) {
+		return false
+	}
+	m.w.log.Info("serve process ready; joining the group", "member", m.id)
+	return true
+}
+
+// rejoinSignal is closed when the stall watchdog asks for a rejoin or,
+// for a batched step, when none of the member's lanes is ready any more.
+func (m *member) rejoinSignal(ctx context.Context) <-chan struct{} {
+	rejoin := m.w.rejoinSignal()
+	if m.lanes == nil {
+		return rejoin
+	}
+	out := make(chan struct{})
+	go func() {
+		defer close(out)
+		for {
+			ok, changed := m.lanes.ready()
+			if !ok {
+				m.w.log.Warn("no serve process of this member is ready; leaving the group so other members take the work", "member", m.id)
+				return
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-rejoin:
+				return
+			case <-changed:
+			}
+		}
+	}()
+	return out
 }
 
 // membership joins the group as a new member and consumes the generations

@@ -78,7 +78,9 @@ func startWorker(t *testing.T, e *harness.Env, cfg consumers.Config) *consumers.
 	if cfg.WorkerID == "" {
 		cfg.WorkerID = "test-worker"
 	}
-	cfg.Logger = testLogger(t, "worker "+cfg.WorkerID)
+	if cfg.Logger == nil {
+		cfg.Logger = testLogger(t, "worker "+cfg.WorkerID)
+	}
 	w, err := consumers.New(cfg)
 	if err != nil {
 		t.Fatal(err)

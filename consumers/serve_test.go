@@ -1,0 +1,399 @@
+package consumers_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jobstream/jobstream/consumers"
+	"github.com/jobstream/jobstream/ops/harness"
+)
+
+// modelServer is the repository's serve-mode example, run by python3.
+var modelServer = filepath.Join("..", "ops", "steps", "model_server.py")
+
+// serveArgv returns the argv of the example model server, with env set
+// (env(1), as tests run in parallel) and a marker argument, so that a test
+// finds its processes (pgrep -f marker).
+func serveArgv(t *testing.T, marker string, env ...string) []string {
+	t.Helper()
+	if _, err := exec.LookPath("python3"); err != nil {
+		t.Fatal("python3 is needed for the serve-mode tests (.ci/run installs it): ", err)
+	}
+	return append(append([]string{"env"}, env...), "python3", modelServer, "--marker="+marker)
+}
+
+// servePids returns the pids of the processes whose command line holds marker.
+func servePids(marker string) []int {
+	out, _ := exec.Command("pgrep", "-f", "--", "--marker="+marker).Output()
+	var pids []int
+	for _, f := range strings.Fields(string(out)) {
+		if pid, err := strconv.Atoi(f); err == nil {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// serveResult is what the example model server answers for a job.
+type serveResult struct {
+	GPU       string `json:"gpu"`
+	JobGPU    string `json:"job_gpu"`
+	PID       int    `json:"pid"`
+	BatchSize int    `json:"batch_size"`
+}
+
+func serveResults(t *testing.T, e *harness.Env) map[string]serveResult {
+	t.Helper()
+	rows, err := e.Pool(t).Query(context.Background(), `SELECT job_id, results->$1 FROM jobs WHERE current_step = $1 AND status = 'done'`, step)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	out := map[string]serveResult{}
+	for rows.Next() {
+		var id string
+		var raw []byte
+		if err := rows.Scan(&id, &raw); err != nil {
+			t.Fatal(err)
+		}
+		var r serveResult
+		if err := json.Unmarshal(raw, &r); err != nil {
+			t.Fatalf("result of %s: %v (%s)", id, err, raw)
+		}
+		out[id] = r
+	}
+	return out
+}
+
+// logSink returns a logger that the test can read, also shown when it fails.
+func logSink(t *testing.T, name string) (*slog.Logger, *harness.Buffer) {
+	sink := &harness.Buffer{}
+	t.Cleanup(func() {
+		if t.Failed() || os.Getenv("JOBSTREAM_TEST_LOGS") != "" {
+			b := sink.String()
+			t.Logf("--- %s log (tail) ---\n%s", name, b[max(0, len(b)-8000):])
+		}
+	})
+	return slog.New(slog.NewTextHandler(sink, &slog.HandlerOptions{Level: slog.LevelDebug})), sink
+}
+
+func insertN(t *testing.T, e *harness.Env, prefix string, n int, payload string) {
+	t.Helper()
+	e.Exec(t, `INSERT INTO jobs (job_id, current_step, status, payload)
+		SELECT $1 || i, $2, 'done', $3::jsonb FROM generate_series(1, $4) i`, prefix, trigger, payload, n)
+}
+
+func waitDone(t *testing.T, e *harness.Env, w *consumers.Worker, n int, timeout time.Duration) {
+	t.Helper()
+	harness.Eventually(t, timeout, func() (bool, string) {
+		done := e.Count(t, `SELECT count(*) FROM jobs WHERE current_step = $1 AND status = 'done'`, step)
+		return done == n, fmt.Sprintf("%d of %d jobs done; %s", done, n, stats(w))
+	})
+}
+
+// TestServeLoadsOncePerGPUAndBatches: with --serve --batch 8 --gpus 0,1,
+// each GPU gets one process, started once for all the jobs, that sees only
+// its own GPU; jobs reach it in batches of more than one; no job is claimed
+// before a process said ready (its model takes 2 s to load); every job is
+// done once.
+func TestServeLoadsOncePerGPUAndBatches(t *testing.T) {
+	t.Parallel()
+	e := harness.New(t)
+	startReader(t, e)
+	const early, n = 40, 240
+	insertN(t, e, "s", early, `{}`) // waiting before the processes are ready
+	began := time.Now()
+	w := startWorker(t, e, consumers.Config{GPUs: []string{"0", "1"}, Batch: 8, BatchWait: 20 * time.Millisecond,
+		BatchHandler: consumers.Serve(serveArgv(t, "loads-once", "MODEL_LOAD_SECONDS=2", "MODEL_JOB_MS=5")...)})
+	time.Sleep(time.Second)
+	if runs := e.Count(t, `SELECT count(*) FROM jobstream_runs`); runs != 0 || groupMembers(t, e, step) != 0 {
+		t.Fatalf("%d runs claimed and %d group members %s after start, while the model loads (2 s)", runs, groupMembers(t, e, step), time.Since(began))
+	}
+	<-w.Ready() // both GPUs' members joined
+	insertN(t, e, "t", n-early, `{}`)
+	waitDone(t, e, w, n, 90*time.Second)
+	firstClaim := e.Count(t, `SELECT (extract(epoch FROM min(started_at)) * 1000)::bigint FROM jobstream_runs`)
+	if at := time.UnixMilli(int64(firstClaim)); at.Sub(began) < 2*time.Second {
+		t.Errorf("first claim %s after start, before the model could have loaded (2 s)", at.Sub(began))
+	}
+	pids := map[string]map[int]bool{}
+	batched := 0
+	for id, r := range serveResults(t, e) {
+		if r.GPU == "" || r.GPU != r.JobGPU {
+			t.Errorf("job %s ran in a process that sees GPU %q but was given GPU %q", id, r.GPU, r.JobGPU)
+		}
+		if pids[r.GPU] == nil {
+			pids[r.GPU] = map[int]bool{}
+		}
+		pids[r.GPU][r.PID] = true
+		if r.BatchSize > 1 {
+			batched++
+		}
+	}
+	if len(pids) != 2 || len(pids["0"]) != 1 || len(pids["1"]) != 1 {
+		t.Errorf("processes per GPU: %v; want one process on each of GPUs 0 and 1, started once", pids)
+	}
+	if batched < n/2 {
+		t.Errorf("only %d of %d jobs ran in a batch of more than one", batched, n)
+	}
+	if runs := e.Count(t, `SELECT count(*) FROM jobstream_runs WHERE outcome = 'done'`); runs != n {
+		t.Errorf("%d runs done for %d jobs, want one each", runs, n)
+	}
+	if r := w.Stats().ServeRestarts.Load(); r != 0 {
+		t.Errorf("ServeRestarts = %d, want 0", r)
+	}
+}
+
+// TestServeProcessKilledMidBatch: the serve process is SIGKILLed while a
+// batch of slow jobs runs: only those jobs' attempts fail and are retried
+// on the restarted process; nothing is lost and nothing completes twice.
+func TestServeProcessKilledMidBatch(t *testing.T) {
+	t.Parallel()
+	e := harness.New(t)
+	startReader(t, e)
+	marker := "killed-mid-batch"
+	w := startWorker(t, e, consumers.Config{Concurrency: 1, Batch: 4, BatchWait: 100 * time.Millisecond,
+		RetryBackoff: 50 * time.Millisecond, MaxAttempts: 3, BatchHandler: consumers.Serve(serveArgv(t, marker, "MODEL_LOAD_SECONDS=0.2")...)})
+	<-w.Ready()
+	// Jobs on one partition run one after another: wait for those the
+	// first batch took.
+	insertN(t, e, "k", 4, `{"sleep": 3}`)
+	time.Sleep(500 * time.Millisecond)
+	inFlight := 0
+	harness.Eventually(t, 30*time.Second, func() (bool, string) {
+		inFlight = e.Count(t, `SELECT count(*) FROM jobstream_runs WHERE finished_at IS NULL`)
+		return inFlight > 0, "no job running"
+	})
+	pids := servePids(marker)
+	if len(pids) != 1 {
+		t.Fatalf("serve processes: %v, want one", pids)
+	}
+	syscall.Kill(pids[0], syscall.SIGKILL)
+	insertN(t, e, "after", 6, `{}`)
+	harness.Eventually(t, 60*time.Second, func() (bool, string) {
+		done := e.Count(t, `SELECT count(*) FROM jobs WHERE current_step = $1 AND status = 'done'`, step)
+		return done == 10, fmt.Sprintf("%d of 10 jobs done; %s; runs:\n%s", done, stats(w),
+			e.Dump(t, `SELECT job_id, chain, attempt, outcome, error FROM jobstream_runs ORDER BY job_id, attempt`))
+	})
+	if twice := e.Count(t, `SELECT count(*) FROM (SELECT job_id FROM jobstream_runs WHERE outcome = 'done' GROUP BY job_id HAVING count(*) > 1) x`); twice != 0 {
+		t.Errorf("%d jobs completed more than once", twice)
+	}
+	failed := e.Count(t, `SELECT count(DISTINCT job_id) FROM jobstream_runs WHERE outcome <> 'done' AND error LIKE '%serve process%exited%'`)
+	if failed != inFlight {
+		t.Errorf("%d jobs had an attempt failed by the process's death, want the %d in flight; runs:\n%s", failed, inFlight,
+			e.Dump(t, `SELECT job_id, chain, attempt, outcome, error FROM jobstream_runs ORDER BY job_id, attempt`))
+	}
+	if bad := e.Count(t, `SELECT count(*) FROM jobstream_runs WHERE job_id LIKE 'after%' AND outcome <> 'done'`); bad != 0 {
+		t.Errorf("%d attempts of jobs that came after the crash did not succeed", bad)
+	}
+	if w.Stats().ServeRestarts.Load() != 1 {
+		t.Errorf("ServeRestarts = %d, want 1", w.Stats().ServeRestarts.Load())
+	}
+}
+
+// TestServeNeverReady: a process that never says ready is stopped at the
+// start timeout with one sentence, started again with backoff, counted as
+// crash-looping, and its member never joins the group or claims a job.
+func TestServeNeverReady(t *testing.T) {
+	t.Parallel()
+	e := harness.New(t)
+	startReader(t, e)
+	log, sink := logSink(t, "worker")
+	sh := script(t, e.Dir, "never-ready.sh", `echo "loading forever" >&2; exec sleep 600`)
+	w := startWorker(t, e, consumers.Config{StartTimeout: 500 * time.Millisecond, Logger: log,
+		BatchHandler: consumers.Serve(sh)})
+	insertN(t, e, "n", 3, `{}`)
+	harness.Eventually(t, 30*time.Second, func() (bool, string) {
+		l := w.Stats().ServeCrashLooping.Load()
+		return l == 1, fmt.Sprintf("ServeCrashLooping = %d, restarts %d", l, w.Stats().ServeRestarts.Load())
+	})
+	select {
+	case <-w.Ready():
+		t.Error("the worker says ready while its only process never was")
+	default:
+	}
+	if runs := e.Count(t, `SELECT count(*) FROM jobstream_runs`); runs != 0 {
+		t.Errorf("%d runs claimed by a member whose process never said ready", runs)
+	}
+	if n := groupMembers(t, e, step); n != 0 {
+		t.Errorf("group has %d members, want 0", n)
+	}
+	out := sink.String()
+	for _, want := range []string{`did not print {\"ready\": true} within the start timeout (500ms)`, "keeps failing (3 times in a row)", "loading forever"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("log lacks %q", want)
+		}
+	}
+	if pids := servePids(sh); len(pids) > 1 {
+		t.Errorf("%d never-ready processes alive at once, want at most one", len(pids))
+	}
+}
+
+// TestServeProtocolErrors: a line that is not JSON, or that answers a job
+// the process was not given, fails the attempt in flight with the reason.
+func TestServeProtocolErrors(t *testing.T) {
+	t.Parallel()
+	e := harness.New(t)
+	startReader(t, e)
+	py := filepath.Join(e.Dir, "bad_server.py")
+	os.WriteFile(py, []byte(`import json, sys
+print(json.dumps({"ready": True}), flush=True)
+for line in sys.stdin:
+    job = json.loads(line)
+    if job.get("cancel"):
+        continue
+    if job["job_id"] == "garbage":
+        print("loaded 3 layers", flush=True)
+    else:
+        print(json.dumps({"job_id": "someone-else", "result": 1}), flush=True)
+`), 0o644)
+	w := startWorker(t, e, consumers.Config{MaxAttempts: 1, BatchHandler: consumers.Serve("python3", py)})
+	<-w.Ready()
+	insertJobs(t, e, "garbage", "wrong-id")
+	harness.Eventually(t, 30*time.Second, func() (bool, string) {
+		n := e.Count(t, `SELECT count(*) FROM jobs WHERE status = 'failed'`)
+		return n == 2, fmt.Sprintf("%d of 2 jobs failed; %s", n, stats(w))
+	})
+	for id, want := range map[string]string{
+		"garbage":  `printed a line that is not a JSON answer ("loaded 3 layers")`,
+		"wrong-id": `answered job "someone-else", which it was not given`,
+	} {
+		if got := getJob(t, e, id); !strings.Contains(got.err, want) {
+			t.Errorf("job %s error %q, want it to say %q", id, got.err, want)
+		}
+	}
+}
+
+// TestServeCancelStopsTheJob: a cancelled job in a serve process is
+// answered at once (the run closed as cancelled, no retry, no letter), the
+// process told; a process that does not answer is restarted within 2 s.
+func TestServeCancelStopsTheJob(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name  string
+		batch int
+		argv  func(t *testing.T, dir string) []string
+		// restart: the process ignores the cancel and must be restarted
+		restart bool
+	}{
+		{"serve", 1, func(t *testing.T, _ string) []string { return serveArgv(t, "cancel-serve", "MODEL_LOAD_SECONDS=0.1") }, false},
+		{"serve batch", 4, func(t *testing.T, _ string) []string { return serveArgv(t, "cancel-batch", "MODEL_LOAD_SECONDS=0.1") }, false},
+		{"serve deaf to cancel", 1, func(t *testing.T, dir string) []string {
+			py := filepath.Join(dir, "deaf.py")
+			os.WriteFile(py, []byte(`import json, sys, time
+print(json.dumps({"ready": True}), flush=True)
+for line in sys.stdin:
+    job = json.loads(line)
+    if "cancel" in job:
+        continue
+    time.sleep(60)
+`), 0o644)
+			return []string{"python3", py}
+		}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			e := harness.New(t)
+			startReader(t, e)
+			w := startWorker(t, e, consumers.Config{Batch: tc.batch, MaxAttempts: 3, BatchHandler: consumers.Serve(tc.argv(t, e.Dir)...)})
+			<-w.Ready()
+			e.Exec(t, `INSERT INTO jobs (job_id, current_step, status, payload) VALUES ('cancel-me', $1, 'done', '{"sleep": 60}'), ('keep-me', $1, 'done', '{}')`, trigger)
+			harness.Eventually(t, 30*time.Second, func() (bool, string) {
+				n := e.Count(t, `SELECT count(*) FROM jobstream_runs WHERE job_id = 'cancel-me' AND outcome IS NULL`)
+				return n == 1, "the step of cancel-me has not started"
+			})
+			time.Sleep(200 * time.Millisecond)
+			at := time.Now()
+			if _, err := consumers.Cancel(context.Background(), e.Pool(t), "cancel-me"); err != nil {
+				t.Fatal(err)
+			}
+			harness.Eventually(t, 15*time.Second, func() (bool, string) {
+				n := e.Count(t, `SELECT count(*) FROM jobstream_runs WHERE job_id = 'cancel-me' AND outcome = 'cancelled'`)
+				return n == 1, "the run of cancel-me is not closed as cancelled"
+			})
+			took := time.Since(at)
+			t.Logf("run closed %s after the cancel", took.Round(time.Millisecond))
+			if took > 5*time.Second { // the contract is 2 s; a loaded machine gets slack
+				t.Errorf("the run was closed %s after the cancel, want within about 2s", took)
+			}
+			if tc.restart {
+				harness.Eventually(t, 10*time.Second, func() (bool, string) {
+					return w.Stats().ServeRestarts.Load() == 1, "the deaf process was not restarted"
+				})
+				return
+			}
+			harness.Eventually(t, 30*time.Second, func() (bool, string) {
+				j := getJob(t, e, "keep-me")
+				return j.status == "done", "keep-me: " + j.String()
+			})
+			if n := e.Count(t, `SELECT count(*) FROM jobstream_runs WHERE job_id = 'cancel-me'`); n != 1 {
+				t.Errorf("cancel-me has %d runs, want 1 (no retry)", n)
+			}
+			if j := getJob(t, e, "cancel-me"); j.status != "cancelled" {
+				t.Errorf("cancel-me is %s, want left cancelled", j)
+			}
+			if r := w.Stats().ServeRestarts.Load(); r != 0 {
+				t.Errorf("ServeRestarts = %d; a process that answers the cancel is kept", r)
+			}
+		})
+	}
+}
+
+// TestBatchFunc: a Go batch handler gets several jobs at once; one job's
+// failure fails only that job's attempt, retried on its own.
+func TestBatchFunc(t *testing.T) {
+	t.Parallel()
+	e := harness.New(t)
+	startReader(t, e)
+	var sizes []int
+	var mu = make(chan struct{}, 1)
+	h := consumers.BatchFunc(func(ctx context.Context, jobs []consumers.Job) []consumers.Result {
+		mu <- struct{}{}
+		sizes = append(sizes, len(jobs))
+		<-mu
+		out := make([]consumers.Result, len(jobs))
+		for i, j := range jobs {
+			if j.JobID == "flaky" && j.Attempt == 1 {
+				out[i].Err = fmt.Errorf("flaky on its first attempt")
+				continue
+			}
+			out[i].Value = json.RawMessage(strconv.Quote(fmt.Sprintf("%s in a batch of %d", j.JobID, len(jobs))))
+		}
+		return out
+	})
+	w := startWorker(t, e, consumers.Config{Concurrency: 2, Batch: 5, BatchWait: 50 * time.Millisecond, RetryBackoff: 10 * time.Millisecond, BatchHandler: h})
+	<-w.Ready()
+	insertN(t, e, "b", 29, `{}`)
+	insertJobs(t, e, "flaky")
+	waitDone(t, e, w, 30, 60*time.Second)
+	mu <- struct{}{}
+	defer func() { <-mu }()
+	big := 0
+	for _, s := range sizes {
+		if s > 5 {
+			t.Errorf("a batch of %d, over Batch 5", s)
+		}
+		if s > 1 {
+			big++
+		}
+	}
+	if big == 0 {
+		t.Errorf("no batch of more than one job: %v", sizes)
+	}
+	if n := e.Count(t, `SELECT count(*) FROM jobstream_runs WHERE job_id = 'flaky'`); n != 2 {
+		t.Errorf("flaky has %d runs, want 2 (one failed, one done)", n)
+	}
+	if n := e.Count(t, `SELECT count(*) FROM jobstream_runs WHERE outcome <> 'done' AND job_id <> 'flaky'`); n != 0 {
+		t.Errorf("%d other jobs had an attempt that was not done", n)
+	}
+}
