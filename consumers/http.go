@@ -59,6 +59,22 @@ func post(ctx context.Context, client *http.Client, target string, job Job) (jso
 	if job.GPU != "" {
 		req.Header.Set("X-Jobstream-Gpu", job.GPU)
 	}
+	out, err := do(ctx, client, req, target)
+	if err != nil {
+		return nil, err
+	}
+	if len(out) == 0 {
+		return json.RawMessage("null"), nil
+	}
+	if !json.Valid(out) {
+		return nil, fmt.Errorf("POST %s answered with no JSON (starts %.80q)", target, out)
+	}
+	return json.RawMessage(out), nil
+}
+
+// do sends req and returns the body of a 2xx answer, trimmed; any other
+// answer is an error: a 4xx (but 408 and 429) a permanent one.
+func do(ctx context.Context, client *http.Client, req *http.Request, target string) ([]byte, error) {
 	resp, err := client.Do(req)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -79,19 +95,84 @@ func post(ctx context.Context, client *http.Client, target string, job Job) (jso
 		if len(out) > maxStdout {
 			return nil, fmt.Errorf("POST %s answered over %d bytes; a result must be smaller", target, maxStdout)
 		}
-		out = bytes.TrimSpace(out)
-		if len(out) == 0 {
-			return json.RawMessage("null"), nil
-		}
-		if !json.Valid(out) {
-			return nil, fmt.Errorf("POST %s answered %s with no JSON (starts %.80q)", target, resp.Status, out)
-		}
-		return json.RawMessage(out), nil
+		return bytes.TrimSpace(out), nil
 	case code == http.StatusRequestTimeout || code == http.StatusTooManyRequests || code >= 500:
 		return nil, statusError(target, resp.Status, out)
 	default:
 		return nil, Permanent(statusError(target, resp.Status, out))
 	}
+}
+
+// HTTPBatch returns a BatchHandler that POSTs a batch as a JSON array of
+// jobs to rawURL (header X-Jobstream-Step, and X-Jobstream-Batch with the
+// count) and takes from a 2xx answer a JSON array of one answer per job,
+// in any order, as a serve process writes them: {"job_id": …, "result":
+// …} or {"job_id": …, "error": "…", "permanent": true|false}. A job the
+// answer leaves out fails, retried. A 4xx answer (but 408 and 429) fails
+// every job of the batch permanently; a 5xx answer, a timeout or a
+// connection error fails each to be retried.
+//
+// A rawURL that is not an absolute http or https URL gives a BatchHandler
+// that New refuses with the reason.
+func HTTPBatch(rawURL string) BatchHandler {
+	u, err := url.Parse(rawURL)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return invalidBatch{fmt.Errorf("step URL %q is not an absolute http:// or https:// URL", rawURL)}
+	}
+	client, target := &http.Client{}, u.String()
+	return BatchFunc(func(ctx context.Context, jobs []Job) []Result {
+		return postBatch(ctx, client, target, jobs)
+	})
+}
+
+func postBatch(ctx context.Context, client *http.Client, target string, jobs []Job) []Result {
+	results := make([]Result, len(jobs))
+	all := func(err error) []Result {
+		for i := range results {
+			results[i].Err = err
+		}
+		return results
+	}
+	body, err := json.Marshal(jobs)
+	if err != nil {
+		return all(Permanent(fmt.Errorf("encode jobs: %w", err)))
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, target, bytes.NewReader(body))
+	if err != nil {
+		return all(Permanent(fmt.Errorf("build request: %w", err)))
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Accept", "application/json")
+	req.Header.Set("X-Jobstream-Step", jobs[0].Step)
+	req.Header.Set("X-Jobstream-Batch", strconv.Itoa(len(jobs)))
+	if jobs[0].GPU != "" {
+		req.Header.Set("X-Jobstream-Gpu", jobs[0].GPU)
+	}
+	out, err := do(ctx, client, req, target)
+	if err != nil {
+		return all(err)
+	}
+	var answers []serveAnswer
+	if err := json.Unmarshal(out, &answers); err != nil {
+		return all(fmt.Errorf("POST %s answered a batch with no JSON array of answers (starts %.80q): %v", target, out, err))
+	}
+	byID := make(map[string]serveAnswer, len(answers))
+	for _, a := range answers {
+		if a.JobID != nil {
+			byID[*a.JobID] = a
+		}
+	}
+	for i, j := range jobs {
+		a, ok := byID[j.JobID]
+		switch {
+		case !ok:
+			results[i].Err = fmt.Errorf("POST %s answered the batch without an answer for job %q", target, j.JobID)
+		default:
+			o := a.outcome()
+			results[i] = Result{Value: o.result, Err: o.err}
+		}
+	}
+	return results
 }
 
 // headerJobID returns job id as the HTTP handler puts it in the

@@ -418,14 +418,18 @@ func (p *serveProc) apply(a serveAnswer) {
 		return
 	}
 	p.answered.Add(1)
+	c.answer(a.outcome())
+}
+
+// outcome is the result or the error an answer gives its job.
+func (a serveAnswer) outcome() outcome {
 	switch {
 	case a.Error != nil && a.Permanent:
-		c.answer(outcome{err: Permanent(errors.New(*a.Error))})
+		return outcome{err: Permanent(errors.New(*a.Error))}
 	case a.Error != nil:
-		c.answer(outcome{err: errors.New(*a.Error)})
-	default:
-		c.answer(outcome{result: a.Result})
+		return outcome{err: errors.New(*a.Error)}
 	}
+	return outcome{result: a.Result}
 }
 
 // settle removes a pending job; p.mu is held.

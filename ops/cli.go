@@ -108,6 +108,26 @@ type flags struct {
 	envErr   error          // the first environment twin that could not be parsed
 	operands bool           // the command takes positional arguments
 	checks   []func() error // run after parsing, for flags registered together
+	fromEnv  map[string]bool
+}
+
+// explicit reports whether flag name was given on the command line or by
+// its environment twin (rather than left at its default).
+func (f *flags) explicit(name string) bool {
+	set := f.fromEnv[name]
+	f.Visit(func(fl *flag.Flag) { set = set || fl.Name == name })
+	return set
+}
+
+// envSet records that flag name takes its value from its environment twin.
+func (f *flags) envSet(name, env string) {
+	if os.Getenv(env) == "" {
+		return
+	}
+	if f.fromEnv == nil {
+		f.fromEnv = map[string]bool{}
+	}
+	f.fromEnv[name] = true
 }
 
 // takesOperands names the commands that take positional arguments; every
@@ -152,6 +172,7 @@ func flagForm(name string, v flag.Value) (what, how string) {
 }
 
 func (f *flags) str(p *string, name, env, def, usage string) {
+	f.envSet(name, env)
 	if v, ok := os.LookupEnv(env); ok && v != "" {
 		def = v
 	}
@@ -159,6 +180,7 @@ func (f *flags) str(p *string, name, env, def, usage string) {
 }
 
 func (f *flags) num(p *int, name, env string, def int, usage string) {
+	f.envSet(name, env)
 	if s := os.Getenv(env); s != "" {
 		v, err := strconv.Atoi(s)
 		f.envParsed(env, s, 0, err)
@@ -170,6 +192,7 @@ func (f *flags) num(p *int, name, env string, def int, usage string) {
 }
 
 func (f *flags) dur(p *time.Duration, name, env string, def time.Duration, usage string) {
+	f.envSet(name, env)
 	if s := os.Getenv(env); s != "" {
 		v, err := time.ParseDuration(s)
 		f.envParsed(env, s, time.Duration(0), err)
@@ -181,6 +204,7 @@ func (f *flags) dur(p *time.Duration, name, env string, def time.Duration, usage
 }
 
 func (f *flags) boolean(p *bool, name, env string, def bool, usage string) {
+	f.envSet(name, env)
 	if s := os.Getenv(env); s != "" {
 		v, err := strconv.ParseBool(s)
 		f.envParsed(env, s, false, err)
@@ -300,7 +324,7 @@ func (f *flags) nearest(name string) []string {
 	best, limit := -1, max(2, len(name)/3)
 	var near []string
 	f.VisitAll(func(fl *flag.Flag) {
-		d := editDistance(name, fl.Name)
+		d := schema.EditDistance(name, fl.Name)
 		if len(name) >= 3 && strings.HasPrefix(fl.Name, name) {
 			d = min(d, 1)
 		}
@@ -321,27 +345,6 @@ func orList(names []string) string {
 		return names[0]
 	}
 	return strings.Join(names[:len(names)-1], ", ") + " or " + names[len(names)-1]
-}
-
-// editDistance is the Levenshtein distance between a and b.
-func editDistance(a, b string) int {
-	prev := make([]int, len(b)+1)
-	cur := make([]int, len(b)+1)
-	for j := range prev {
-		prev[j] = j
-	}
-	for i := 1; i <= len(a); i++ {
-		cur[0] = i
-		for j := 1; j <= len(b); j++ {
-			cost := 1
-			if a[i-1] == b[j-1] {
-				cost = 0
-			}
-			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
-		}
-		prev, cur = cur, prev
-	}
-	return prev[len(b)]
 }
 
 // common holds the flags most commands share.
@@ -649,18 +652,72 @@ func serveWhile(ctx context.Context, httpAddr string, reg *prometheus.Registry, 
 
 func runWorker(ctx context.Context, args []string, _ io.Writer) error {
 	var c common
-	var cfg consumers.Config
-	var gpus, httpAddr, stepURL string
-	f := newFlags("worker", "worker --step S [flags] -- CMD [ARGS...]\n       jobstream worker --step S [flags] --http URL\n\n"+
+	var wf workerFlags
+	f := newFlags("worker", "worker --step S [flags] -- CMD [ARGS...]\n       jobstream worker --step S --serve [flags] -- CMD [ARGS...]\n       jobstream worker --step S [flags] --http URL\n\n"+
 		"Runs step S: consumes the topic of the step before S, claims each job whose previous step is done,\n"+
 		"runs CMD (no shell; the job as JSON on stdin; the result as JSON on stdout) or POSTs the job to URL,\n"+
 		"stores the result and commits. Exit code "+strconv.Itoa(consumers.ExitPermanent)+" from CMD, or a 4xx answer from URL, fails the job at once;\n"+
-		"any other failure is retried up to --max-attempts. SIGTERM lets running steps finish within --grace.")
+		"any other failure is retried up to --max-attempts. SIGTERM lets running steps finish within --grace.\n"+
+		"With --serve, CMD is one long-lived process per slot (a model loaded once) fed jobs as JSON lines; see the README.\n"+
+		"Settings not given as flags come from the step's part of the --pipeline file (\"workers\": {\"S\": {...}}).")
 	c.register(f, true, true)
+	wf.register(f)
+	if err := f.parse(args); err != nil {
+		return err
+	}
+	cfg := &wf.cfg
+	if cfg.Step == "" {
+		return usagef("no step given: pass --step S")
+	}
+	p, log, b, err := c.process()
+	if err != nil {
+		return err
+	}
+	wf.argv = f.Args()
+	if err := wf.fromFile(f, p.Workers[cfg.Step]); err != nil {
+		return err
+	}
+	if err := wf.finish(); err != nil {
+		return err
+	}
+	cfg.DatabaseURL, cfg.Brokers, cfg.SASL, cfg.TLS = c.databaseURL, b.Addrs, b.SASL, b.TLS
+	cfg.TopicPrefix, cfg.Pipeline, cfg.Logger = c.prefix, p, log
+	cfg.MaxRetryBackoff = consumers.MaxRetryBackoffDefault
+	if err := cfg.Validate(); err != nil {
+		return usageError{withFlags(err)}
+	}
+	if wf.url != "" && cfg.Timeout == 0 {
+		log.Warn("--http without --timeout: a step service that never answers holds its job until this worker stops; set --timeout to the longest a step may take")
+	}
+	reg := metrics.NewRegistry()
+	cfg.Hooks = append(cfg.Hooks, metrics.NewWorkerHooks(reg))
+	w, err := consumers.New(*cfg)
+	if err != nil {
+		return usageError{withFlags(err)}
+	}
+	metrics.RegisterWorker(reg, w, cfg.Step)
+	return serveWhile(ctx, wf.httpAddr, reg, metrics.WorkerReady(w), log, w.Run)
+}
+
+// workerFlags are the worker's own flags, and what they make of a Config.
+type workerFlags struct {
+	cfg            consumers.Config
+	gpus, httpAddr string
+	url            string // --http
+	serve          bool
+	argv           []string
+}
+
+func (wf *workerFlags) register(f *flags) {
+	cfg := &wf.cfg
 	f.str(&cfg.Step, "step", "JOBSTREAM_STEP", "", "the step this worker runs (required)")
-	f.str(&stepURL, "http", "JOBSTREAM_HTTP_URL", "", "run the step by POSTing the job JSON to this URL instead of a command (2xx done, 4xx permanent failure, 5xx retried)")
+	f.str(&wf.url, "http", "JOBSTREAM_HTTP_URL", "", "run the step by POSTing the job JSON to this URL instead of a command (2xx done, 4xx permanent failure, 5xx retried)")
+	f.boolean(&wf.serve, "serve", "JOBSTREAM_SERVE", false, "run CMD as one long-lived process per slot, fed jobs as JSON lines on stdin, answering on stdout (a model loaded once)")
 	f.num(&cfg.Concurrency, "concurrency", "JOBSTREAM_CONCURRENCY", consumers.ConcurrencyDefault, "steps run at once (steps that need no GPU)")
-	f.str(&gpus, "gpus", "JOBSTREAM_GPUS", "", "GPU ids, e.g. 0,1,2,3: one member per GPU running one step at a time, CUDA_VISIBLE_DEVICES set for each")
+	f.str(&wf.gpus, "gpus", "JOBSTREAM_GPUS", "", "GPU ids, e.g. 0,1,2,3: one member per GPU running one step at a time, CUDA_VISIBLE_DEVICES set for each")
+	f.num(&cfg.Batch, "batch", "JOBSTREAM_BATCH", consumers.BatchDefault, "jobs handed to the step at once, with --serve or --http (each claimed, retried and dead-lettered on its own)")
+	f.dur(&cfg.BatchWait, "batch-wait", "JOBSTREAM_BATCH_WAIT", consumers.BatchWaitDefault, "how long a slot gathers a batch before it hands over one that is not full")
+	f.dur(&cfg.StartTimeout, "start-timeout", "JOBSTREAM_START_TIMEOUT", consumers.StartTimeoutDefault, "with --serve: how long the process may take to load and print {\"ready\": true} (not counted in --timeout)")
 	f.dur(&cfg.Lease, "lease", "JOBSTREAM_LEASE", consumers.LeaseDefault, "how long a run is held without a heartbeat; a dead worker's jobs move on after about this long")
 	f.num(&cfg.MaxAttempts, "max-attempts", "JOBSTREAM_MAX_ATTEMPTS", consumers.MaxAttemptsDefault, "attempts before a job fails")
 	f.dur(&cfg.RetryBackoff, "retry-backoff", "JOBSTREAM_RETRY_BACKOFF", consumers.RetryBackoffDefault, "delay before the first retry; it grows 1.5x per retry, with jitter")
@@ -668,11 +725,48 @@ func runWorker(ctx context.Context, args []string, _ io.Writer) error {
 	f.dur(&cfg.Grace, "grace", "JOBSTREAM_GRACE", consumers.GraceDefault, "time running steps get to finish on SIGTERM; past it their runs are released to other workers")
 	f.dur(&cfg.StallTimeout, "stall-timeout", "JOBSTREAM_STALL_TIMEOUT", consumers.StallTimeoutDefault, "how long a partition no member consumes may hold an unclaimed job before the members rejoin the group to recover it (negative: never)")
 	f.dur(&cfg.RunsRetention, "runs-retention", "JOBSTREAM_RUNS_RETENTION", consumers.RunsRetentionDefault, "how long finished runs stay in jobstream_runs before the sweeper prunes them (negative: never)")
-	f.str(&httpAddr, "http-addr", "JOBSTREAM_HTTP_ADDR", "", "serve /metrics, /healthz and /readyz on this address, e.g. :9101")
-	if err := f.parse(args); err != nil {
-		return err
+	f.str(&wf.httpAddr, "http-addr", "JOBSTREAM_HTTP_ADDR", "", "serve /metrics, /healthz and /readyz on this address, e.g. :9101")
+}
+
+// fromFile fills in, from the step's settings in the pipeline file, every
+// setting not given as a flag or its environment twin.
+func (wf *workerFlags) fromFile(f *flags, ws schema.WorkerSettings) error {
+	cfg := &wf.cfg
+	set := func(name string, ok bool, apply func()) {
+		if ok && !f.explicit(name) {
+			apply()
+		}
 	}
-	for _, g := range strings.Split(gpus, ",") {
+	set("concurrency", ws.Concurrency > 0, func() { cfg.Concurrency = ws.Concurrency })
+	set("gpus", len(ws.GPUs) > 0, func() { wf.gpus = strings.Join(ws.GPUs, ",") })
+	set("batch", ws.Batch > 0, func() { cfg.Batch = ws.Batch })
+	set("batch-wait", ws.BatchWait > 0, func() { cfg.BatchWait = time.Duration(ws.BatchWait) })
+	set("start-timeout", ws.StartTimeout > 0, func() { cfg.StartTimeout = time.Duration(ws.StartTimeout) })
+	set("lease", ws.Lease > 0, func() { cfg.Lease = time.Duration(ws.Lease) })
+	set("max-attempts", ws.MaxAttempts > 0, func() { cfg.MaxAttempts = ws.MaxAttempts })
+	set("retry-backoff", ws.RetryBackoff > 0, func() { cfg.RetryBackoff = time.Duration(ws.RetryBackoff) })
+	set("timeout", ws.Timeout > 0, func() { cfg.Timeout = time.Duration(ws.Timeout) })
+	set("grace", ws.Grace > 0, func() { cfg.Grace = time.Duration(ws.Grace) })
+	// The executor: a command line or --http replaces the file's.
+	if len(wf.argv) > 0 || f.explicit("http") {
+		return nil
+	}
+	switch {
+	case len(ws.Command) > 0:
+		wf.argv = ws.Command
+	case len(ws.Serve) > 0:
+		wf.argv = ws.Serve
+		set("serve", true, func() { wf.serve = true })
+	case ws.HTTP != "":
+		wf.url = ws.HTTP
+	}
+	return nil
+}
+
+// finish checks the executor and the GPUs, and sets the handler.
+func (wf *workerFlags) finish() error {
+	cfg := &wf.cfg
+	for _, g := range strings.Split(wf.gpus, ",") {
 		if g = strings.TrimSpace(g); g != "" {
 			if !gpuID.MatchString(g) {
 				return usagef("--gpus: %q is not a GPU id; give what CUDA_VISIBLE_DEVICES takes, indexes such as 0,1,2 or UUIDs such as GPU-8f6c… or MIG-… (nvidia-smi -L lists them)", g)
@@ -680,41 +774,27 @@ func runWorker(ctx context.Context, args []string, _ io.Writer) error {
 			cfg.GPUs = append(cfg.GPUs, g)
 		}
 	}
-	argv := f.Args()
 	switch {
-	case cfg.Step == "":
-		return usagef("no step given: pass --step S")
-	case len(argv) == 0 && stepURL == "":
-		return usagef("no step command given: pass it after --, e.g. jobstream worker --step %s -- ./step.sh, or pass --http URL", cmpOr(cfg.Step, "S"))
-	case len(argv) > 0 && stepURL != "":
+	case len(wf.argv) == 0 && wf.url == "":
+		return usagef("no step command given: pass it after --, e.g. jobstream worker --step %s -- ops/steps/echo.sh, or pass --http URL, or set workers.%[1]s in the --pipeline file", cfg.Step)
+	case len(wf.argv) > 0 && wf.url != "":
 		return usagef("both a step command and --http given; pass one of them")
+	case wf.serve && wf.url != "":
+		return usagef("--serve runs a command, not a URL; drop --serve, or pass the server's command after --")
+	case cfg.Batch > 1 && !wf.serve && wf.url == "":
+		return usagef("--batch %d needs --serve or --http: a command runs one job per process", cfg.Batch)
 	}
-	p, log, b, err := c.process()
-	if err != nil {
-		return err
+	switch {
+	case wf.url != "" && cfg.Batch > 1:
+		cfg.BatchHandler = consumers.HTTPBatch(wf.url)
+	case wf.url != "":
+		cfg.Handler = consumers.HTTP(wf.url)
+	case wf.serve:
+		cfg.BatchHandler = consumers.Serve(wf.argv...)
+	default:
+		cfg.Handler = consumers.Exec(wf.argv...)
 	}
-	cfg.DatabaseURL, cfg.Brokers, cfg.SASL, cfg.TLS = c.databaseURL, b.Addrs, b.SASL, b.TLS
-	cfg.TopicPrefix, cfg.Pipeline, cfg.Logger = c.prefix, p, log
-	cfg.MaxRetryBackoff = consumers.MaxRetryBackoffDefault
-	if stepURL != "" {
-		cfg.Handler = consumers.HTTP(stepURL)
-	} else {
-		cfg.Handler = consumers.Exec(argv...)
-	}
-	if err := cfg.Validate(); err != nil {
-		return usageError{withFlags(err)}
-	}
-	if stepURL != "" && cfg.Timeout == 0 {
-		log.Warn("--http without --timeout: a step service that never answers holds its job until this worker stops; set --timeout to the longest a step may take")
-	}
-	reg := metrics.NewRegistry()
-	cfg.Hooks = append(cfg.Hooks, metrics.NewWorkerHooks(reg))
-	w, err := consumers.New(cfg)
-	if err != nil {
-		return usageError{withFlags(err)}
-	}
-	metrics.RegisterWorker(reg, w, cfg.Step)
-	return serveWhile(ctx, httpAddr, reg, metrics.ReadyWhen(w.Ready(), "worker"), log, w.Run)
+	return nil
 }
 
 func runBroker(ctx context.Context, args []string, out io.Writer) error {

@@ -1,9 +1,9 @@
 package schema
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
 	"slices"
 	"strings"
@@ -17,6 +17,10 @@ var DefaultSteps = []string{"img_gen", "vlm_analyze", "yolo_detect", "planner", 
 type Pipeline struct {
 	// Steps in order, at least two, each a valid topic-name component.
 	Steps []string `json:"steps"`
+	// Workers holds the settings of each step's worker, by step (none for
+	// the first step, which has no worker): `jobstream worker --step S`
+	// reads its part, and its flags override it.
+	Workers map[string]WorkerSettings `json:"workers,omitempty"`
 }
 
 // DefaultPipeline returns img_gen → vlm_analyze → yolo_detect → planner → overlay.
@@ -33,14 +37,47 @@ func LoadPipeline(path string) (Pipeline, error) {
 	if err != nil {
 		return Pipeline{}, fmt.Errorf("read pipeline config: %w", err)
 	}
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
+	p, err := ParsePipeline(data)
+	if err != nil {
+		return Pipeline{}, fmt.Errorf("pipeline config %s: %w", path, err)
+	}
+	return p, nil
+}
+
+// ParsePipeline reads a pipeline config from data (see LoadPipeline):
+// {"steps": [...], "workers": {"<step>": {<WorkerSettings>}}}. Unknown keys
+// and bad values are an error naming the key.
+func ParsePipeline(data []byte) (Pipeline, error) {
+	var top map[string]json.RawMessage
+	if err := json.Unmarshal(data, &top); err != nil {
+		return Pipeline{}, fmt.Errorf("%w (expected {\"steps\": [\"a\", \"b\", ...], \"workers\": {...}})", err)
+	}
+	if err := knownKeys("", top, "steps", "workers"); err != nil {
+		return Pipeline{}, err
+	}
 	var p Pipeline
-	if err := dec.Decode(&p); err != nil {
-		return Pipeline{}, fmt.Errorf("pipeline config %s: %w (expected {\"steps\": [\"a\", \"b\", ...]})", path, err)
+	if err := json.Unmarshal(top["steps"], &p.Steps); err != nil || top["steps"] == nil {
+		return Pipeline{}, fmt.Errorf(`"steps" must be a list of step names, such as ["img_gen", "vlm_analyze"]`)
 	}
 	if err := p.Validate(); err != nil {
-		return Pipeline{}, fmt.Errorf("pipeline config %s: %w", path, err)
+		return Pipeline{}, err
+	}
+	if raw, ok := top["workers"]; ok {
+		var workers map[string]json.RawMessage
+		if err := json.Unmarshal(raw, &workers); err != nil {
+			return Pipeline{}, fmt.Errorf(`"workers" must map step names to settings, such as {"vlm_analyze": {"serve": ["python3", "model.py"]}}`)
+		}
+		p.Workers = map[string]WorkerSettings{}
+		for _, step := range slices.Sorted(maps.Keys(workers)) {
+			if _, err := p.Trigger(step); err != nil {
+				return Pipeline{}, fmt.Errorf("workers.%s: %w", step, err)
+			}
+			ws, err := parseWorkerSettings("workers."+step, workers[step])
+			if err != nil {
+				return Pipeline{}, err
+			}
+			p.Workers[step] = ws
+		}
 	}
 	return p, nil
 }

@@ -29,7 +29,7 @@ func TestLoadPipeline(t *testing.T) {
 		t.Fatalf("Trigger(caption) = %q, %v", tr, err)
 	}
 	for _, c := range []struct{ name, body, want string }{
-		{"unknown key", `{"steps": ["a", "b"], "retries": 3}`, `unknown field "retries"`},
+		{"unknown key", `{"steps": ["a", "b"], "retries": 3}`, `no key "retries"; its keys are steps, workers`},
 		{"cycle", `{"steps": ["a", "b", "a"]}`, "appears twice"},
 		{"one step", `{"steps": ["a"]}`, "at least two steps"},
 		{"bad name", `{"steps": ["a", "b c"]}`, "topic names allow only"},

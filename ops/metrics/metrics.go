@@ -151,11 +151,27 @@ func RegisterWorker(reg *prometheus.Registry, w *consumers.Worker, step string) 
 		{"jobstream_cancelled_runs_total", "Runs stopped or closed because the user cancelled their job (no retry, no dead letter).", func() float64 { return float64(s.Cancelled.Load()) }},
 		{"jobstream_discarded_runs_total", "Runs stopped or closed because their job was moved or deleted under them (no retry, no dead letter).", func() float64 { return float64(s.Discarded.Load()) }},
 		{"jobstream_pruned_runs_total", "Finished runs deleted from jobstream_runs by this worker's sweeper (--runs-retention).", func() float64 { return float64(s.Pruned.Load()) }},
+		{"jobstream_serve_restarts_total", "Times a --serve process was started again after it exited, never said ready, or was stopped.", func() float64 { return float64(s.ServeRestarts.Load()) }},
 	} {
 		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: c.name, Help: c.help, ConstLabels: lbl}, c.f))
 	}
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "jobstream_runs_in_flight", Help: "Runs executing now.", ConstLabels: lbl},
 		func() float64 { return float64(s.InFlight.Load()) }))
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "jobstream_serve_crash_looping",
+		Help: "Slots whose --serve process failed 3 or more times in a row, now (0 when all is well).", ConstLabels: lbl},
+		func() float64 { return float64(s.ServeCrashLooping.Load()) }))
+}
+
+// WorkerReady is the readiness of a worker: every member joined its group,
+// and no --serve process is crash-looping.
+func WorkerReady(w *consumers.Worker) func() error {
+	joined := ReadyWhen(w.Ready(), "worker")
+	return func() error {
+		if n := w.Stats().ServeCrashLooping.Load(); n > 0 {
+			return fmt.Errorf("%d serve process(es) keep failing to start or keep exiting; see the worker's log", n)
+		}
+		return joined()
+	}
 }
 
 // OnClaimed records a claim's commit-to-claim latency.
