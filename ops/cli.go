@@ -460,6 +460,7 @@ var configFlags = map[string]string{
 	"StatusInterval": "status-interval", "MaxBatch": "max-batch", "MaxMessageBytes": "max-message-bytes",
 	// consumers.Config
 	"Step": "step", "Concurrency": "concurrency", "GPUs": "gpus", "Lease": "lease",
+	"Batch": "batch", "BatchWait": "batch-wait", "StartTimeout": "start-timeout",
 	"MaxAttempts": "max-attempts", "RetryBackoff": "retry-backoff", "Timeout": "timeout",
 	"Grace": "grace", "StallTimeout": "stall-timeout", "RunsRetention": "runs-retention",
 }

@@ -39,6 +39,7 @@ func TestBadUsage(t *testing.T) {
 	}
 	unknownKey := pipeline("unknown.json", `{"steps": ["img_gen", "planner"], "retries": 3}`)
 	cycle := pipeline("cycle.json", `{"steps": ["img_gen", "planner", "overlay", "planner"]}`)
+	badWorker := pipeline("worker.json", `{"steps": ["img_gen", "planner"], "workers": {"planner": {"bacth": 8}}}`)
 	worker := func(extra ...string) []string {
 		return append(append([]string{"worker", db, kafka, "--step", "planner"}, extra...), "--", "true")
 	}
@@ -83,7 +84,14 @@ func TestBadUsage(t *testing.T) {
 		{"broker unreachable", []string{"reader", db, "--brokers=127.0.0.1:1", "--slot", e.Slot}, 1, "cannot reach a Kafka broker"},
 		{"postgres unreachable", []string{"migrate", "--database-url=postgres://u:secret@127.0.0.1:1/x"}, 1, "cannot connect to Postgres"},
 		{"bad pipeline file", []string{"worker", db, kafka, "--step", "planner", "--pipeline", "/nonexistent.json", "--", "true"}, 2, "pipeline config"},
-		{"pipeline with an unknown key", worker("--pipeline", unknownKey), 2, `unknown field "retries"`},
+		{"pipeline with an unknown key", worker("--pipeline", unknownKey), 2, `no key "retries"; its keys are steps, workers`},
+		{"pipeline worker setting misspelt", worker("--pipeline", badWorker), 2, `workers.planner has no key "bacth"; did you mean "batch"?`},
+		{"batch of a command", worker("--batch", "4"), 2, "--batch 4 needs --serve or --http"},
+		{"batch out of range", []string{"worker", db, kafka, "--step", "planner", "--batch", "0", "--serve", "--", "true"}, 2, "--batch 0 is out of range 1..1024"},
+		{"serve and http", []string{"worker", db, kafka, "--step", "planner", "--serve", "--http", "http://127.0.0.1:1/"}, 2, "--serve runs a command, not a URL"},
+		{"serve without a command", []string{"worker", db, kafka, "--step", "planner", "--serve"}, 2, "pass it after --"},
+		{"serve command not found", []string{"worker", db, kafka, "--step", "planner", "--serve", "--", "./no-such-model-server"}, 2, `"./no-such-model-server" cannot be run`},
+		{"negative start timeout", worker("--start-timeout", "-1s"), 2, "--start-timeout -1s is negative"},
 		{"pipeline with a cycle", worker("--pipeline", cycle), 2, "appears twice"},
 		{"reader pipeline with a cycle", []string{"reader", db, kafka, "--pipeline", cycle}, 2, "appears twice"},
 		{"max-attempts out of range", worker("--max-attempts", "0"), 2, "out of range"},
