@@ -503,14 +503,7 @@ func TestClaimWaitsForEventTransaction(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	run := harness.Go(t, context.Background(), "worker", w.Run)
-	select {
-	case <-w.Ready():
-	case <-run.Done():
-		t.Fatalf("worker stopped: %v", run.Err())
-	case <-time.After(time.Minute):
-		t.Fatal("worker not ready within 1m")
-	}
+	harness.Go(t, context.Background(), "worker", w.Run).WaitReady(t, w.Ready())
 
 	tx, err := e.Pool(t).Begin(context.Background())
 	if err != nil {

@@ -10,6 +10,7 @@ import (
 
 // Task is a function a test runs in the background with Go.
 type Task struct {
+	name string
 	done chan struct{}
 	err  error
 }
@@ -20,7 +21,7 @@ type Task struct {
 func Go(t testing.TB, ctx context.Context, name string, run func(context.Context) error) *Task {
 	t.Helper()
 	ctx, cancel := context.WithCancel(ctx)
-	k := &Task{done: make(chan struct{})}
+	k := &Task{name: name, done: make(chan struct{})}
 	go func() {
 		defer close(k.done)
 		k.err = run(ctx)
@@ -45,6 +46,19 @@ func (k *Task) Done() <-chan struct{} { return k.done }
 // Err returns what run returned; call it once Done is closed.
 func (k *Task) Err() error { return k.err }
 
+// WaitReady waits until ready is closed; it fails t with the task's error
+// if the task returns first, or if a minute passes.
+func (k *Task) WaitReady(t testing.TB, ready <-chan struct{}) {
+	t.Helper()
+	select {
+	case <-ready:
+	case <-k.done:
+		t.Fatalf("%s stopped at start: %v", k.name, k.err)
+	case <-time.After(time.Minute):
+		t.Fatalf("%s not ready within 1m", k.name)
+	}
+}
+
 // StartReader runs a reader with cfg until ctx ends or t ends (as Go does)
 // and returns it once its slot exists. A reader that stops at start, or is
 // not ready within a minute, fails t with its error.
@@ -54,13 +68,6 @@ func StartReader(t testing.TB, ctx context.Context, cfg cdc.Config) *cdc.Reader 
 	if err != nil {
 		t.Fatalf("reader: %v", err)
 	}
-	run := Go(t, ctx, "reader", r.Run)
-	select {
-	case <-r.Ready():
-	case <-run.Done():
-		t.Fatalf("reader stopped at start: %v", run.Err())
-	case <-time.After(time.Minute):
-		t.Fatal("reader not ready within 1m")
-	}
+	Go(t, ctx, "reader", r.Run).WaitReady(t, r.Ready())
 	return r
 }
