@@ -126,6 +126,7 @@ func runGoBatch(ctx context.Context, h BatchHandler, log *slog.Logger, calls []*
 	jobs := make([]Job, len(calls))
 	for i, c := range calls {
 		jobs[i] = c.job
+		jobs[i].ctx = c.ctx
 		left.Add(1)
 		stop := context.AfterFunc(c.ctx, left.Done)
 		defer func() {

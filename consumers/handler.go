@@ -26,6 +26,19 @@ type Job struct {
 	Results json.RawMessage `json:"results"`
 	// GPU is the device this member runs on ("" when not GPU-bound).
 	GPU string `json:"gpu,omitempty"`
+
+	ctx context.Context // this job's own end, in a batch
+}
+
+// Context returns the job's own context in a batch: it ends when this job
+// is cancelled, times out or loses its lease, while the batch's context
+// ends only once every job of the batch has. Outside a batch it is
+// context.Background().
+func (j Job) Context() context.Context {
+	if j.ctx == nil {
+		return context.Background()
+	}
+	return j.ctx
 }
 
 // Handler runs one step of one job and returns its result, a JSON value that

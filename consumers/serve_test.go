@@ -4,7 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -274,21 +277,69 @@ for line in sys.stdin:
 	}
 }
 
-// TestServeCancelStopsTheJob: a cancelled job in a serve process is
-// answered at once (the run closed as cancelled, no retry, no letter), the
-// process told; a process that does not answer is restarted within 2 s.
-func TestServeCancelStopsTheJob(t *testing.T) {
+// TestCancelInEveryMode: a cancelled job is answered at once in every
+// executor mode (serve, serve with batches, Go batches, HTTP, HTTP
+// batches): its run is closed as cancelled within about 2 s, with no retry
+// and no letter, and the other job of its batch completes. A serve process
+// is told; one that does not answer is restarted.
+func TestCancelInEveryMode(t *testing.T) {
 	t.Parallel()
+	// slowHTTP answers a job (or batch) holding cancel-me only when the
+	// request ends, or after 3 s for a batch (which the cancel cannot end).
+	slowHTTP := func(t *testing.T, batch bool) string {
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			body, _ := io.ReadAll(r.Body)
+			if !batch {
+				if strings.Contains(string(body), "cancel-me") {
+					<-r.Context().Done()
+					return
+				}
+				fmt.Fprint(w, `"fine"`)
+				return
+			}
+			var jobs []consumers.Job
+			json.Unmarshal(body, &jobs)
+			var answers []map[string]any
+			for _, j := range jobs {
+				if j.JobID == "cancel-me" {
+					select {
+					case <-r.Context().Done():
+						return
+					case <-time.After(3 * time.Second):
+					}
+				}
+				answers = append(answers, map[string]any{"job_id": j.JobID, "result": "fine"})
+			}
+			json.NewEncoder(w).Encode(answers)
+		}))
+		t.Cleanup(srv.Close)
+		return srv.URL
+	}
+	goBatch := consumers.BatchFunc(func(ctx context.Context, jobs []consumers.Job) []consumers.Result {
+		out := make([]consumers.Result, len(jobs))
+		for i, j := range jobs {
+			if j.JobID == "cancel-me" {
+				<-j.Context().Done() // this job's own end, not the batch's
+				out[i].Err = context.Cause(j.Context())
+				continue
+			}
+			out[i].Value = json.RawMessage(`"fine"`)
+		}
+		return out
+	})
 	for _, tc := range []struct {
-		name  string
-		batch int
-		argv  func(t *testing.T, dir string) []string
+		name string
+		cfg  func(t *testing.T, dir string) consumers.Config
 		// restart: the process ignores the cancel and must be restarted
 		restart bool
 	}{
-		{"serve", 1, func(t *testing.T, _ string) []string { return serveArgv(t, "cancel-serve", "MODEL_LOAD_SECONDS=0.1") }, false},
-		{"serve batch", 4, func(t *testing.T, _ string) []string { return serveArgv(t, "cancel-batch", "MODEL_LOAD_SECONDS=0.1") }, false},
-		{"serve deaf to cancel", 1, func(t *testing.T, dir string) []string {
+		{"serve", func(t *testing.T, _ string) consumers.Config {
+			return consumers.Config{BatchHandler: consumers.Serve(serveArgv(t, "cancel-serve", "MODEL_LOAD_SECONDS=0.1")...)}
+		}, false},
+		{"serve batch", func(t *testing.T, _ string) consumers.Config {
+			return consumers.Config{Batch: 4, BatchHandler: consumers.Serve(serveArgv(t, "cancel-batch", "MODEL_LOAD_SECONDS=0.1")...)}
+		}, false},
+		{"serve deaf to cancel", func(t *testing.T, dir string) consumers.Config {
 			py := filepath.Join(dir, "deaf.py")
 			os.WriteFile(py, []byte(`import json, sys, time
 print(json.dumps({"ready": True}), flush=True)
@@ -296,16 +347,29 @@ for line in sys.stdin:
     job = json.loads(line)
     if "cancel" in job:
         continue
-    time.sleep(60)
+    if job["job_id"] == "cancel-me":
+        time.sleep(60)
+    print(json.dumps({"job_id": job["job_id"], "result": "fine"}), flush=True)
 `), 0o644)
-			return []string{"python3", py}
+			return consumers.Config{BatchHandler: consumers.Serve("python3", py)}
 		}, true},
+		{"go batch", func(*testing.T, string) consumers.Config {
+			return consumers.Config{Batch: 4, BatchHandler: goBatch}
+		}, false},
+		{"http", func(t *testing.T, _ string) consumers.Config {
+			return consumers.Config{Handler: consumers.HTTP(slowHTTP(t, false))}
+		}, false},
+		{"http batch", func(t *testing.T, _ string) consumers.Config {
+			return consumers.Config{Batch: 4, BatchHandler: consumers.HTTPBatch(slowHTTP(t, true))}
+		}, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			e := harness.New(t)
 			startReader(t, e)
-			w := startWorker(t, e, consumers.Config{Batch: tc.batch, MaxAttempts: 3, BatchHandler: consumers.Serve(tc.argv(t, e.Dir)...)})
+			cfg := tc.cfg(t, e.Dir)
+			cfg.Concurrency, cfg.MaxAttempts = 2, 3
+			w := startWorker(t, e, cfg)
 			<-w.Ready()
 			e.Exec(t, `INSERT INTO jobs (job_id, current_step, status, payload) VALUES ('cancel-me', $1, 'done', '{"sleep": 60}'), ('keep-me', $1, 'done', '{}')`, trigger)
 			harness.Eventually(t, 30*time.Second, func() (bool, string) {
@@ -326,12 +390,6 @@ for line in sys.stdin:
 			if took > 5*time.Second { // the contract is 2 s; a loaded machine gets slack
 				t.Errorf("the run was closed %s after the cancel, want within about 2s", took)
 			}
-			if tc.restart {
-				harness.Eventually(t, 10*time.Second, func() (bool, string) {
-					return w.Stats().ServeRestarts.Load() == 1, "the deaf process was not restarted"
-				})
-				return
-			}
 			harness.Eventually(t, 30*time.Second, func() (bool, string) {
 				j := getJob(t, e, "keep-me")
 				return j.status == "done", "keep-me: " + j.String()
@@ -341,6 +399,15 @@ for line in sys.stdin:
 			}
 			if j := getJob(t, e, "cancel-me"); j.status != "cancelled" {
 				t.Errorf("cancel-me is %s, want left cancelled", j)
+			}
+			if w.Stats().DeadLetters.Load() != 0 {
+				t.Error("a dead letter for a cancelled job")
+			}
+			if tc.restart {
+				harness.Eventually(t, 10*time.Second, func() (bool, string) {
+					return w.Stats().ServeRestarts.Load() == 1, "the deaf process was not restarted"
+				})
+				return
 			}
 			if r := w.Stats().ServeRestarts.Load(); r != 0 {
 				t.Errorf("ServeRestarts = %d; a process that answers the cancel is kept", r)
@@ -396,4 +463,43 @@ func TestBatchFunc(t *testing.T) {
 	if n := e.Count(t, `SELECT count(*) FROM jobstream_runs WHERE outcome <> 'done' AND job_id <> 'flaky'`); n != 0 {
 		t.Errorf("%d other jobs had an attempt that was not done", n)
 	}
+}
+
+// TestServeBatchesAcrossARebalance: a second worker joins while the first
+// runs batches of slow jobs: the batches in flight finish on the first
+// worker's process (holding their runs), the second takes over partitions,
+// and every job is done exactly once, none failed or retried.
+func TestServeBatchesAcrossARebalance(t *testing.T) {
+	t.Parallel()
+	e := harness.New(t)
+	startReader(t, e)
+	serve := func(id string) *consumers.Worker {
+		return startWorker(t, e, consumers.Config{WorkerID: id, Batch: 4, BatchWait: 50 * time.Millisecond, MaxAttempts: 1,
+			BatchHandler: consumers.Serve(serveArgv(t, "rebalance-"+id, "MODEL_LOAD_SECONDS=0.1", "MODEL_JOB_MS=150")...)})
+	}
+	a := serve("a")
+	<-a.Ready()
+	const n = 60
+	insertN(t, e, "r", n, `{}`)
+	harness.Eventually(t, 30*time.Second, func() (bool, string) {
+		running := e.Count(t, `SELECT count(*) FROM jobstream_runs WHERE finished_at IS NULL`)
+		return running > 1, "no batch in flight"
+	})
+	b := serve("b")
+	<-b.Ready()
+	harness.Eventually(t, 90*time.Second, func() (bool, string) {
+		done := e.Count(t, `SELECT count(*) FROM jobs WHERE current_step = $1 AND status = 'done'`, step)
+		return done == n, fmt.Sprintf("%d of %d done; a: %s; b: %s", done, n, stats(a), stats(b))
+	})
+	if bad := e.Dump(t, `SELECT job_id, attempt, outcome, worker, error FROM jobstream_runs WHERE outcome <> 'done'`); bad != "" {
+		t.Errorf("runs that were not done:\n%s", bad)
+	}
+	if twice := e.Count(t, `SELECT count(*) FROM (SELECT job_id FROM jobstream_runs GROUP BY job_id HAVING count(*) > 1) x`); twice != 0 {
+		t.Errorf("%d jobs ran more than once", twice)
+	}
+	byB := e.Count(t, `SELECT count(*) FROM jobstream_runs WHERE worker LIKE 'b/%'`)
+	if byB == 0 {
+		t.Error("the second worker ran no job: no rebalance happened")
+	}
+	t.Logf("jobs run by a: %d, by b: %d", n-byB, byB)
 }
