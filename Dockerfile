@@ -1,4 +1,6 @@
-# The jobstream image used by compose.yaml: one static binary plus the example step.
+# The jobstream image used by compose.yaml: one static binary, the example
+# steps and the pipeline file under /app (the workers' working folder), and
+# python3 for the serve-mode example model server.
 FROM golang:1.26 AS build
 WORKDIR /src
 COPY go.mod go.sum ./
@@ -10,8 +12,10 @@ FROM debian:bookworm-slim
 # CA certificates, so TLS to Postgres, Kafka or a step service signed by a
 # public CA verifies.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates \
+ && apt-get install -y --no-install-recommends ca-certificates python3-minimal \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /out/jobstream /usr/local/bin/jobstream
-COPY ops/steps/echo.sh /usr/local/bin/jobstream-echo-step
+WORKDIR /app
+COPY ops/steps ops/steps
+COPY ops/pipeline.json ops/pipeline.json
 ENTRYPOINT ["jobstream"]

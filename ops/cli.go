@@ -732,22 +732,7 @@ func (wf *workerFlags) register(f *flags) {
 // fromFile fills in, from the step's settings in the pipeline file, every
 // setting not given as a flag or its environment twin.
 func (wf *workerFlags) fromFile(f *flags, ws schema.WorkerSettings) error {
-	cfg := &wf.cfg
-	set := func(name string, ok bool, apply func()) {
-		if ok && !f.explicit(name) {
-			apply()
-		}
-	}
-	set("concurrency", ws.Concurrency > 0, func() { cfg.Concurrency = ws.Concurrency })
-	set("gpus", len(ws.GPUs) > 0, func() { wf.gpus = strings.Join(ws.GPUs, ",") })
-	set("batch", ws.Batch > 0, func() { cfg.Batch = ws.Batch })
-	set("batch-wait", ws.BatchWait > 0, func() { cfg.BatchWait = time.Duration(ws.BatchWait) })
-	set("start-timeout", ws.StartTimeout > 0, func() { cfg.StartTimeout = time.Duration(ws.StartTimeout) })
-	set("lease", ws.Lease > 0, func() { cfg.Lease = time.Duration(ws.Lease) })
-	set("max-attempts", ws.MaxAttempts > 0, func() { cfg.MaxAttempts = ws.MaxAttempts })
-	set("retry-backoff", ws.RetryBackoff > 0, func() { cfg.RetryBackoff = time.Duration(ws.RetryBackoff) })
-	set("timeout", ws.Timeout > 0, func() { cfg.Timeout = time.Duration(ws.Timeout) })
-	set("grace", ws.Grace > 0, func() { cfg.Grace = time.Duration(ws.Grace) })
+	applySettings(&wf.cfg, &wf.gpus, ws, f.explicit)
 	// The executor: a command line or --http replaces the file's.
 	if len(wf.argv) > 0 || f.explicit("http") {
 		return nil
@@ -757,11 +742,46 @@ func (wf *workerFlags) fromFile(f *flags, ws schema.WorkerSettings) error {
 		wf.argv = ws.Command
 	case len(ws.Serve) > 0:
 		wf.argv = ws.Serve
-		set("serve", true, func() { wf.serve = true })
+		wf.serve = wf.serve || !f.explicit("serve")
 	case ws.HTTP != "":
 		wf.url = ws.HTTP
 	}
 	return nil
+}
+
+// applySettings sets on cfg (and gpus, as --gpus takes them) each setting
+// ws gives whose flag is not given.
+func applySettings(cfg *consumers.Config, gpus *string, ws schema.WorkerSettings, given func(flag string) bool) {
+	set := func(name string, ok bool, apply func()) {
+		if ok && !given(name) {
+			apply()
+		}
+	}
+	set("concurrency", ws.Concurrency > 0, func() { cfg.Concurrency = ws.Concurrency })
+	set("gpus", len(ws.GPUs) > 0, func() { *gpus = strings.Join(ws.GPUs, ",") })
+	set("batch", ws.Batch > 0, func() { cfg.Batch = ws.Batch })
+	set("batch-wait", ws.BatchWait > 0, func() { cfg.BatchWait = time.Duration(ws.BatchWait) })
+	set("start-timeout", ws.StartTimeout > 0, func() { cfg.StartTimeout = time.Duration(ws.StartTimeout) })
+	set("lease", ws.Lease > 0, func() { cfg.Lease = time.Duration(ws.Lease) })
+	set("max-attempts", ws.MaxAttempts > 0, func() { cfg.MaxAttempts = ws.MaxAttempts })
+	set("retry-backoff", ws.RetryBackoff > 0, func() { cfg.RetryBackoff = time.Duration(ws.RetryBackoff) })
+	set("timeout", ws.Timeout > 0, func() { cfg.Timeout = time.Duration(ws.Timeout) })
+	set("grace", ws.Grace > 0, func() { cfg.Grace = time.Duration(ws.Grace) })
+}
+
+// setExecutor sets cfg's handler: a batch over HTTP, one job over HTTP, a
+// serve process, or a process per job.
+func setExecutor(cfg *consumers.Config, argv []string, url string, serve bool) {
+	switch {
+	case url != "" && cfg.Batch > 1:
+		cfg.BatchHandler = consumers.HTTPBatch(url)
+	case url != "":
+		cfg.Handler = consumers.HTTP(url)
+	case serve:
+		cfg.BatchHandler = consumers.Serve(argv...)
+	default:
+		cfg.Handler = consumers.Exec(argv...)
+	}
 }
 
 // finish checks the executor and the GPUs, and sets the handler.
@@ -785,16 +805,7 @@ func (wf *workerFlags) finish() error {
 	case cfg.Batch > 1 && !wf.serve && wf.url == "":
 		return usagef("--batch %d needs --serve or --http: a command runs one job per process", cfg.Batch)
 	}
-	switch {
-	case wf.url != "" && cfg.Batch > 1:
-		cfg.BatchHandler = consumers.HTTPBatch(wf.url)
-	case wf.url != "":
-		cfg.Handler = consumers.HTTP(wf.url)
-	case wf.serve:
-		cfg.BatchHandler = consumers.Serve(wf.argv...)
-	default:
-		cfg.Handler = consumers.Exec(wf.argv...)
-	}
+	setExecutor(cfg, wf.argv, wf.url, wf.serve)
 	return nil
 }
 

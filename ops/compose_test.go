@@ -52,6 +52,29 @@ func TestComposeFile(t *testing.T) {
 	if err := yaml.Unmarshal(b, &c); err != nil {
 		t.Fatalf("compose.yaml: %v", err)
 	}
+	// The workers' settings not on their command line come from the
+	// pipeline file the stack names, read as the image holds it (/app).
+	file, _ := c.Services["reader"].Environment["JOBSTREAM_PIPELINE"].(string)
+	if file != "ops/pipeline.json" {
+		t.Fatalf("the stack's JOBSTREAM_PIPELINE is %q, want ops/pipeline.json (the file the image copies to /app)", file)
+	}
+	p, err := schema.LoadPipeline("pipeline.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for step, ws := range p.Workers {
+		argv := slices.Concat(ws.Command, ws.Serve)
+		if len(argv) == 0 && ws.HTTP == "" {
+			t.Errorf("pipeline.json: workers.%s has no executor", step)
+			continue
+		}
+		if i := slices.Index(argv, "python3"); i >= 0 {
+			argv = argv[i+1:]
+		}
+		if _, err := os.Stat("../" + argv[0]); err != nil && ws.HTTP == "" {
+			t.Errorf("pipeline.json: workers.%s runs %s, which the repository (and the image's /app) lacks", step, argv[0])
+		}
+	}
 	workers := map[string]bool{}
 	for name, s := range c.Services {
 		if s.Image != "jobstream:dev" {
@@ -101,7 +124,7 @@ func TestComposeFile(t *testing.T) {
 				t.Errorf("worker service %s: GPU reservation %v, want %v", name, gpu, wantGPU)
 			}
 			// One member per reserved GPU, numbered as the container sees them.
-			var gpus []string
+			gpus := p.Workers[step].GPUs
 			if k := slices.Index(args[:i], "--gpus"); k >= 0 && k+1 < i {
 				gpus = strings.Split(args[k+1], ",")
 			}
@@ -111,11 +134,11 @@ func TestComposeFile(t *testing.T) {
 					want[n] = strconv.Itoa(n)
 				}
 				if !slices.Equal(gpus, want) {
-					t.Errorf("worker service %s reserves %d GPU(s) but runs --gpus %v, want --gpus %s", name, ids, gpus, strings.Join(want, ","))
+					t.Errorf("worker service %s reserves %d GPU(s) but runs GPUs %v (--gpus or the pipeline file), want %s", name, ids, gpus, strings.Join(want, ","))
 				}
 			}
 			// Compose's stop_grace_period (10s by default) must outlast --grace.
-			grace := 30 * time.Second
+			grace := cmp.Or(time.Duration(p.Workers[step].Grace), 30*time.Second)
 			if k := slices.Index(args[:i], "--grace"); k >= 0 && k+1 < i {
 				grace, _ = time.ParseDuration(args[k+1])
 			}

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -189,16 +190,27 @@ func (d *devRun) work(ctx, gctx context.Context, rs *cdc.Stats) (err error) {
 
 // startWorkers starts one group of cfg.concurrency members per step after
 // the first, with the demo handlers, under wg.
+//
+// A step whose worker settings in the pipeline file name an executor runs
+// it with those settings; the others run the demo handlers.
 func (d *devRun) startWorkers(wctx context.Context, wg *errgroup.Group) error {
 	handlers := demo.Handlers(d.outDir)
 	for _, step := range d.p.Steps[1:] {
-		w, err := consumers.New(consumers.Config{
+		cfg := consumers.Config{
 			DatabaseURL: d.st.DatabaseURL, Brokers: d.st.Brokers, Step: step, Pipeline: d.p,
 			Concurrency: d.cfg.concurrency, Handler: handlers(step), Lease: 10 * time.Second, Grace: 5 * time.Second,
 			Logger: d.log.With("part", "worker"),
-		})
+		}
+		if ws := d.p.Workers[step]; len(ws.Command) > 0 || len(ws.Serve) > 0 || ws.HTTP != "" {
+			var gpus string
+			applySettings(&cfg, &gpus, ws, func(string) bool { return false })
+			cfg.GPUs = ws.GPUs
+			cfg.Handler = nil
+			setExecutor(&cfg, slices.Concat(ws.Command, ws.Serve), ws.HTTP, len(ws.Serve) > 0)
+		}
+		w, err := consumers.New(cfg)
 		if err != nil {
-			return err
+			return fmt.Errorf("worker of %s: %w", step, err)
 		}
 		wg.Go(func() error { return w.Run(wctx) })
 	}
@@ -344,7 +356,9 @@ func printSummary(ctx context.Context, pool *pgxpool.Pool, p schema.Pipeline, to
 	}
 	fmt.Fprintf(out, "  %-14s %6s %8s %12.1f ms / %.1f ms\n", "all steps", "", "", p50, p99)
 	fmt.Fprintf(out, "\n  reader: %d events produced, %d dead letters\n", rs.Events.Load(), rs.DeadLetters.Load())
-	fmt.Fprintf(out, "  overlay PNGs (boxes drawn around the detected shapes): %s/\n", outDir)
+	if pngs, _ := filepath.Glob(filepath.Join(outDir, "*.png")); len(pngs) > 0 {
+		fmt.Fprintf(out, "  overlay PNGs (boxes drawn around the detected shapes): %s/\n", outDir)
+	}
 	return nil
 }
 

@@ -120,3 +120,32 @@ func grepLines(s, sub string) string {
 	}
 	return strings.Join(out, "\n")
 }
+
+// TestDevRunsThePipelineFile: `jobstream dev --pipeline FILE` runs each step
+// whose worker settings name an executor with it — here the repository's
+// ops/pipeline.json, its paths made absolute: the model server in serve mode
+// with batches for vlm_analyze, echo.sh for the rest.
+func TestDevRunsThePipelineFile(t *testing.T) {
+	t.Parallel()
+	e := harness.New(t)
+	root, _ := filepath.Abs("..")
+	b, err := os.ReadFile("pipeline.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := strings.ReplaceAll(string(b), `"ops/steps/`, `"`+root+`/ops/steps/`)
+	file := filepath.Join(e.Dir, "pipeline.json")
+	os.WriteFile(file, []byte(body), 0o644)
+	dir := filepath.Join(e.Dir, "dev")
+	code, out, stderr := runMain(t, "dev", "--jobs", "30", "--dir", dir, "--pipeline", file)
+	if code != 0 || !strings.Contains(out, "all 30 jobs reached (overlay, done)") {
+		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, out, stderr)
+	}
+	logs, _ := os.ReadFile(filepath.Join(dir, "jobstream.log"))
+	if !strings.Contains(string(logs), "serve process ready") {
+		t.Error("dev's log does not show vlm_analyze's serve process starting: the file's serve setting was not used")
+	}
+	if strings.Contains(out, "overlay PNGs") {
+		t.Error("dev points at overlay PNGs while the file's overlay step (echo.sh) draws none")
+	}
+}
