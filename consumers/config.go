@@ -210,7 +210,7 @@ func (c Config) Validate() error {
 	switch {
 	case many && (c.Step != "" || c.Handler != nil || c.BatchHandler != nil):
 		return &schema.ConfigError{Fields: []string{"Steps", "Step", "Handler"},
-			Msg: "Steps (or BatchSteps) and Step (or Handler) are both set; give Steps, or Step and Handler"}
+			Msg: "Steps and Step (or Handler) are both set; give Steps (and BatchSteps), or Step and Handler (or BatchHandler)"}
 	case !many && c.Step == "":
 		return schema.FieldError("Step", "is empty; name the step this worker runs")
 	case c.Handler != nil && c.BatchHandler != nil:

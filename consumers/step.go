@@ -60,6 +60,11 @@ func (w *stepWorker) handle(ctx context.Context, m kafka.Message, d decoded, wor
 		return nil
 	}
 	env := d.env
+	if ls := w.lanes[gpu]; ls != nil {
+		if ok, _ := ls.ready(); !ok {
+			return errLanesDown // claims nothing: the member is leaving its group
+		}
+	}
 	r, ok, err := w.claim(ctx, env, *env.After.JobID, workerID)
 	if isSchemaError(err) {
 		return w.halt(err)
