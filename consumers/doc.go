@@ -13,7 +13,12 @@
 //     the event's transaction is visible to new snapshots, since decoding
 //     can deliver a commit a moment before Postgres makes it visible.)
 //  3. Run the Handler (in-process Go, Exec, or HTTP) while the lease is
-//     renewed every Lease/3.
+//     renewed every Lease/3. A BatchHandler (Serve, HTTPBatch, BatchFunc)
+//     instead runs in lanes, one per GPU or Concurrency of them: a lane
+//     gathers up to Batch claimed jobs within BatchWait and hands them over
+//     at once; each job keeps its own claim, lease, retries and fencing.
+//     Serve keeps one long-lived process per lane (a model loaded once); a
+//     member none of whose processes is ready is not in its group.
 //  4. Complete, in one statement, only while this attempt still holds its
 //     run (fencing): the run is closed and the job moves (S, running) →
 //     (S, done) with the result merged into results under S.
