@@ -45,7 +45,7 @@ const (
 	// BatchDefault is how many jobs a lane hands its step at once by default.
 	BatchDefault = 1
 	// BatchWaitDefault is how long a lane gathers a batch by default.
-	BatchWaitDefault = 20 * time.Millisecond
+	BatchWaitDefault = 5 * time.Millisecond
 )
 
 // Bounds Validate checks.

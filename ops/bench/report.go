@@ -23,6 +23,7 @@ type results struct {
 	latency, loss      map[string][]trigResult // system → one result per run
 	pipeline           []pipelineResult
 	memory             []memResult
+	serve              map[string][]serveResult // mode → one result per run
 	micro              []microResult
 }
 
@@ -72,6 +73,18 @@ func (r *results) measure(ctx context.Context, e *env, scenario string, run int)
 		}
 		r.memory = append(r.memory, res)
 		e.logf("  reader peak RSS %.0f MiB, streamed in %.1fs", mib(res.readerHWM), res.stream)
+	case "serve":
+		if r.serve == nil {
+			r.serve = map[string][]serveResult{}
+		}
+		for _, m := range serveModes {
+			res, err := benchServe(ctx, e, m, run)
+			if err != nil {
+				return fmt.Errorf("%s: %w", m.name, err)
+			}
+			r.serve[m.name] = append(r.serve[m.name], res)
+			e.logf("  %-26s %s jobs/s (%d jobs in %.1fs), worker CPU %.2f ms/job", m.name, rateCell(res.rate()), res.jobs, res.secs, res.cpuPerJob())
+		}
 	}
 	return nil
 }
@@ -318,6 +331,7 @@ func (r *results) rows() []row {
 			)
 		}
 	}
+	rows = append(rows, r.serveRows()...)
 	for i, m := range r.micro {
 		rw := row{figure: strings.TrimPrefix(m.pkg, "github.com/jobstream/jobstream/") + " " + m.name, cmd: c.command("micro")}
 		if i == 0 {
@@ -462,6 +476,12 @@ func (r *results) markdown(rows []row) string {
 		p("5. **Memory.** A `jobstream reader` process streams one transaction of %s inserted rows (the row shape of 1; in the first run committed in %.1f s, streamed and acknowledged %.1f s after its commit; median %.1f s); "+
 			"its VmHWM from /proc/<pid>/status once Postgres reports the transaction flushed by the reader. The workers' and the reader's VmHWM in 4 are read the same way at the end of the batch.\n",
 			thousands(float64(x.rows)), x.insert, x.stream, median(each(r.memory, func(m memResult) float64 { return m.stream })))
+	}
+	if len(r.serve) > 0 {
+		p("7. **GPU step modes.** The vlm_analyze step alone (a `jobstream broker`, a `jobstream reader` and one `jobstream worker --step vlm_analyze --concurrency 2` process) " +
+			"runs `ops/steps/model_server.py`, a stand-in model that sleeps 2 s to load and 5 ms + 1 ms per job of a call: as an exec step (a process, and a model load, per job), " +
+			"with `--serve` (one process per slot, loaded once) and with `--serve --batch 8`. The worker is ready (its processes loaded) before the jobs are inserted in one COPY; " +
+			"jobs/s is jobs over the time from the COPY to the last job at (vlm_analyze, done). Worker CPU is the worker process's own user+system time per job, not the model's.\n")
 	}
 	if len(r.micro) > 0 {
 		p("6. **Micro-benchmarks.** `%s`, medians of the %s.\n", c.command("micro"), plural(c.Runs, "count"))

@@ -3,6 +3,7 @@
 
 Run from the repository root with
     bin/jobstream worker --step vlm_analyze --serve -- python3 ops/steps/model_server.py
+    (without --serve it runs as an exec step: the model loaded for every job)
     bin/jobstream worker --step vlm_analyze --serve --batch 8 --gpus 0,1 -- python3 ops/steps/model_server.py
 
 The protocol (JSON lines; standard library only):
@@ -108,7 +109,22 @@ def read_stdin(work, cancelled):
     work.put(None)  # stdin closed: the worker is stopping
 
 
+def exec_once():
+    """Exec mode (no --serve): one job on stdin, one result on stdout, and
+    the model loaded for that one job: what --serve saves."""
+    job = json.loads(sys.stdin.read())
+    model = load_model()
+    a = infer(model, [job], set())[0]
+    if "error" in a:
+        log(a["error"])
+        sys.exit(65 if a.get("permanent") else 1)
+    print(json.dumps(a["result"]))
+
+
 def main():
+    if os.environ.get("JOBSTREAM_JOB_ID"):  # set by exec mode only
+        exec_once()
+        return
     model = load_model()
     work, cancelled = queue.Queue(), set()
     threading.Thread(target=read_stdin, args=(work, cancelled), daemon=True).start()
