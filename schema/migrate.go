@@ -38,6 +38,9 @@ var runsSQL string
 //go:embed migrations/003_slots.sql
 var SlotsSQL string
 
+//go:embed migrations/004_console.sql
+var consoleSQL string
+
 // DefaultPublication is the publication name Migrate creates when none is given.
 const DefaultPublication = "jobstream"
 
@@ -78,6 +81,9 @@ func Migrate(ctx context.Context, conn *pgx.Conn, opts MigrateOptions) ([]string
 		if err := m.table(ctx, t.name, t.sql); err != nil {
 			return nil, err
 		}
+	}
+	if err := m.index(ctx, "jobs_current_step_status", consoleSQL); err != nil {
+		return nil, err
 	}
 	if err := m.publication(ctx, pub); err != nil {
 		return nil, err
@@ -167,6 +173,19 @@ func (m *migration) table(ctx context.Context, name, sql string) error {
 		m.changes = append(m.changes, "created table "+name)
 	}
 	return nil
+}
+
+// index runs the idempotent sql that creates index name, saying so when it
+// created it.
+func (m *migration) index(ctx context.Context, name, sql string) error {
+	var exists bool
+	if err := m.tx.QueryRow(ctx, `SELECT to_regclass($1) IS NOT NULL`, name).Scan(&exists); err != nil {
+		return fmt.Errorf("look up %s: %w", name, err)
+	}
+	if exists {
+		return nil
+	}
+	return m.exec(ctx, "created index "+name, "create index "+name, sql)
 }
 
 // publication creates the publication of the jobs table, adds the table to
