@@ -53,6 +53,7 @@ func commands() []command {
 		{"prune", "delete finished runs older than an age from jobstream_runs", runPrune},
 		{"audit", "print a job's whole history from the topics, in commit order", runAudit},
 		{"status", "show the slot, each step's group and lag, jobs per state, expired leases, dead letters", runStatus},
+		{"ui", "serve the web console: the pipeline live, jobs, timelines, dead letters, retry/replay/cancel", runUI},
 		{"broker", "run the embedded Kafka-protocol broker", runBroker},
 		{"dev", "run everything locally: Postgres, broker, reader, workers, a demo batch", runDev},
 		{"version", "print the version", func(_ context.Context, _ []string, out io.Writer) error {

@@ -20,6 +20,7 @@ import (
 
 	"github.com/jobstream/jobstream/cdc"
 	"github.com/jobstream/jobstream/consumers"
+	adm "github.com/jobstream/jobstream/ops/admin"
 	"github.com/jobstream/jobstream/ops/demo"
 	"github.com/jobstream/jobstream/ops/devstack"
 	"github.com/jobstream/jobstream/ops/localpg"
@@ -34,6 +35,7 @@ type devConfig struct {
 	timeout     time.Duration
 	pipeline    string
 	keep        bool
+	ui          string
 }
 
 func runDev(ctx context.Context, args []string, out io.Writer) error {
@@ -48,6 +50,7 @@ func runDev(ctx context.Context, args []string, out io.Writer) error {
 	f.dur(&cfg.timeout, "timeout", "JOBSTREAM_DEV_TIMEOUT", 5*time.Minute, "give up if the batch is not done by then")
 	f.str(&cfg.pipeline, "pipeline", "JOBSTREAM_PIPELINE", "", "pipeline config file (default img_gen,vlm_analyze,yolo_detect,planner,overlay)")
 	f.boolean(&cfg.keep, "keep", "JOBSTREAM_DEV_KEEP", false, "after the demo, keep Postgres, the broker and the reader running and print their exports, until Ctrl-C")
+	f.str(&cfg.ui, "ui", "JOBSTREAM_DEV_UI", UIListenDefault, "serve the web console here (a free loopback port if it is taken; \"off\": none)")
 	if err := f.parse(args); err != nil {
 		return err
 	}
@@ -132,6 +135,11 @@ func (d *devRun) run(ctx context.Context) error {
 		stop()
 		return cmp.Or(g.Wait(), ctx.Err())
 	}
+	if err := d.startConsole(gctx, g); err != nil {
+		stop()
+		g.Wait()
+		return err
+	}
 	err = d.work(ctx, gctx, reader.Stats())
 	if err == nil && d.cfg.keep {
 		printKeep(d.out, d.st.DatabaseURL, d.st.Brokers[0], d.cfg.pipeline, d.p)
@@ -142,6 +150,26 @@ func (d *devRun) run(ctx context.Context) error {
 		err = rerr
 	}
 	return err
+}
+
+// startConsole serves the web console under g (unless --ui off) and
+// prints its URL and the token its actions need.
+func (d *devRun) startConsole(ctx context.Context, g *errgroup.Group) error {
+	if d.cfg.ui == "off" || d.cfg.ui == "" {
+		return nil
+	}
+	pool, err := pgxpool.New(ctx, d.st.DatabaseURL)
+	if err != nil {
+		return err
+	}
+	context.AfterFunc(ctx, pool.Close)
+	k := adm.NewKafka(kafkaconn.Broker{Addrs: d.st.Brokers})
+	url, token, err := devConsole(ctx, g, pool, adm.Deployment{Pipeline: d.p}, k, d.outDir, d.cfg.ui, d.log.With("part", "console"))
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(d.out, "  console   %s (action token %s)\n", url, token)
+	return nil
 }
 
 // work runs one worker per step, inserts the demo jobs, shows them move
