@@ -7,7 +7,8 @@
 // The house, floor by floor (an arrow is an import):
 //
 //	ops/jobstream (main: signal.NotifyContext, ops.Main)
-//	  → ops (CLI) → ops/admin (Status, Audit, Replay, Cancel, Prune)
+//	  → ops (CLI) → ops/admin (Status, Audit, Replay, Cancel, Prune, Jobs, Job, DeadLetters)
+//	              → ops/console (the web console over ops/admin) → ops/admin
 //	              → ops/metrics (Prometheus hooks, /healthz, /readyz)
 //	              → ops/devstack (Postgres + broker for dev, tests, bench) → ops/localpg, ops/broker
 //	              → ops/demo (the dev pipeline's handlers and PNGs)
