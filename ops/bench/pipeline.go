@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"strings"
 	"sync"
 	"time"
 
@@ -39,7 +40,7 @@ func benchPipeline(ctx context.Context, e *env, run int) (res pipelineResult, er
 	res.jobs = e.cfg.PipelineJobs
 	res.members = e.cfg.PipelineMembers
 	res.conns = res.members * (len(schema.DefaultSteps) - 1)
-	if err := pipelineJobstream(ctx, e, run, &res); err != nil {
+	if err := pipelineJobstream(ctx, e, run, &res, nil); err != nil {
 		return res, err
 	}
 	e.logf("  jobstream: %d of %d jobs through 4 steps in %.1fs (%d stranded)", res.completed, res.jobs, res.pipeSecs, res.stranded)
@@ -53,19 +54,27 @@ func benchPipeline(ctx context.Context, e *env, run int) (res pipelineResult, er
 // `jobstream reader` process and one worker process per step (this program
 // in its worker role, with a no-op Go handler), and times a batch of jobs
 // inserted at (img_gen, done) until each is at (overlay, done).
-func pipelineJobstream(ctx context.Context, e *env, run int, res *pipelineResult) error {
-	db, err := e.newDB(ctx, fmt.Sprintf("bench_pipeline_%d", run))
+//
+// observe, when not nil, is started before the batch with the deployment's
+// database, broker and topic prefix, and stopped after it (the console
+// scenario opens the web console on the pipeline this way).
+func pipelineJobstream(ctx context.Context, e *env, run int, res *pipelineResult, observe func(ctx context.Context, dbURL, broker, prefix string) (stop func(), err error)) error {
+	tag := fmt.Sprintf("pipeline_%d", run)
+	if observe != nil {
+		tag = fmt.Sprintf("observed_%d", run)
+	}
+	db, err := e.newDB(ctx, "bench_"+tag)
 	if err != nil {
 		return err
 	}
 	defer db.drop()
-	b, err := e.startBroker(ctx, fmt.Sprintf("broker-pipeline-%d", run))
+	b, err := e.startBroker(ctx, "broker-"+tag)
 	if err != nil {
 		return err
 	}
 	defer b.stop()
-	prefix := fmt.Sprintf("pipeline%d", run)
-	reader, err := e.startReader(ctx, fmt.Sprintf("reader-pipeline-%d", run), db, b.addr, "bench", prefix)
+	prefix := strings.ReplaceAll(tag, "_", "")
+	reader, err := e.startReader(ctx, "reader-"+tag, db, b.addr, "bench", prefix)
 	if err != nil {
 		return err
 	}
@@ -77,7 +86,7 @@ func pipelineJobstream(ctx context.Context, e *env, run int, res *pipelineResult
 			Members: res.members, CPUProfile: e.profilePath(fmt.Sprintf("worker-%s-run%d", step, run))})
 		cmd := exec.Command(e.self)
 		cmd.Env = append(os.Environ(), childEnv+"="+string(spec))
-		p, err := e.startProc(fmt.Sprintf("worker-%s-%d", step, run), cmd)
+		p, err := e.startProc(fmt.Sprintf("worker-%s-%s", step, tag), cmd)
 		if err != nil {
 			return err
 		}
@@ -98,6 +107,13 @@ func pipelineJobstream(ctx context.Context, e *env, run int, res *pipelineResult
 	}
 	if _, err := waitPipeline(ctx, pool, "warm-%", warmup, procs, max(e.cfg.Catchup, 5*time.Second)); err != nil {
 		return fmt.Errorf("warm-up: %w", err)
+	}
+	if observe != nil {
+		stop, err := observe(ctx, db.url, b.addr, prefix)
+		if err != nil {
+			return err
+		}
+		defer stop()
 	}
 	groups := map[string][]*proc{"reader": {reader}, "broker": {b.proc}, "workers": workers}
 	cpu0 := e.cpuNow(groups)

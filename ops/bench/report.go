@@ -24,6 +24,7 @@ type results struct {
 	pipeline           []pipelineResult
 	memory             []memResult
 	serve              map[string][]serveResult // mode → one result per run
+	console            []consoleResult
 	micro              []microResult
 }
 
@@ -73,6 +74,15 @@ func (r *results) measure(ctx context.Context, e *env, scenario string, run int)
 		}
 		r.memory = append(r.memory, res)
 		e.logf("  reader peak RSS %.0f MiB, streamed in %.1fs", mib(res.readerHWM), res.stream)
+	case "console":
+		res, err := benchConsole(ctx, e, run)
+		if err != nil {
+			return err
+		}
+		r.console = append(r.console, res)
+		e.logf("  pipeline %s jobs/s, with the console open %s jobs/s (ratio %.2f); jobs pages on %s rows: first %.1f ms, deep %.1f ms",
+			thousands(res.plain.pipeRate()), thousands(res.observed.pipeRate()), res.observed.pipeRate()/res.plain.pipeRate(),
+			thousands(float64(res.rows)), median(res.pageMs[consoleQueries[0].name]), median(res.pageMs[consoleQueries[1].name]))
 	case "serve":
 		if r.serve == nil {
 			r.serve = map[string][]serveResult{}
@@ -332,6 +342,7 @@ func (r *results) rows() []row {
 		}
 	}
 	rows = append(rows, r.serveRows()...)
+	rows = append(rows, r.consoleRows()...)
 	for i, m := range r.micro {
 		rw := row{figure: strings.TrimPrefix(m.pkg, "github.com/jobstream/jobstream/") + " " + m.name, cmd: c.command("micro")}
 		if i == 0 {
@@ -476,6 +487,11 @@ func (r *results) markdown(rows []row) string {
 		p("5. **Memory.** A `jobstream reader` process streams one transaction of %s inserted rows (the row shape of 1; in the first run committed in %.1f s, streamed and acknowledged %.1f s after its commit; median %.1f s); "+
 			"its VmHWM from /proc/<pid>/status once Postgres reports the transaction flushed by the reader. The workers' and the reader's VmHWM in 4 are read the same way at the end of the batch.\n",
 			thousands(float64(x.rows)), x.insert, x.stream, median(each(r.memory, func(m memResult) float64 { return m.stream })))
+	}
+	if len(r.console) > 0 {
+		p("8. **Web console.** The pipeline of 4, run twice per run in alternating order: without the console, and with `jobstream ui`'s handler open on it " +
+			"(sampling the status every 2 s, one client streaming the overview's server-sent events and fetching a jobs page, the history and the dead letters every 2 s). " +
+			"Then a fresh table of jobs spread over the 5 steps and 4 statuses, and each jobs page the console asks for (`admin.Jobs`) timed 20 times per run.\n")
 	}
 	if len(r.serve) > 0 {
 		p("7. **GPU step modes.** The vlm_analyze step alone (a `jobstream broker`, a `jobstream reader` and one `jobstream worker --step vlm_analyze --concurrency 2` process) " +
