@@ -190,6 +190,12 @@ func TestConsoleInABrowser(t *testing.T) {
 	eventually(t, ctx, "the throughput chart has a line", `document.querySelectorAll('#charts polyline').length == 3`)
 	shot(t, ctx, "console-overview.png")
 
+	// The overview's count links to the jobs it counts, a page at a time.
+	do(t, ctx, "open the done jobs of overlay", chromedp.Click(chromedp.CSS(`[data-step="overlay"] .s-done`)), chromedp.WaitVisible(chromedp.CSS(`#jobs tbody tr td a`)))
+	eventually(t, ctx, "the first page holds 50 jobs and offers the next", `document.querySelectorAll('#jobs tbody tr').length == 50 && !document.getElementById('more').disabled`)
+	do(t, ctx, "next page", chromedp.Click(chromedp.CSS(`#more`)))
+	eventually(t, ctx, "the next page adds the other 10", `document.querySelectorAll('#jobs tbody tr').length == 60 && document.getElementById('more').disabled`)
+
 	// Markup in a job id and its payload stays text.
 	evil := `<script>window.pwned=1</script><img src=x onerror="window.pwned=2">`
 	s.e.Exec(t, `INSERT INTO jobs (job_id, current_step, status, payload) VALUES ($1, 'img_gen', 'done', $2)`, evil,
