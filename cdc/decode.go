@@ -71,7 +71,7 @@ func appendRow(b []byte, rel *pglogrepl.RelationMessage, tuple, old *pglogrepl.T
 			b = append(b, "null"...)
 			continue
 		case 'u':
-			b = schema.AppendQuoted(b, unavailable)
+			b = appendUnavailable(b, rc.DataType)
 			continue
 		}
 		switch rc.Name {
@@ -86,6 +86,27 @@ func appendRow(b []byte, rel *pglogrepl.RelationMessage, tuple, old *pglogrepl.T
 		b = appendValue(b, rc.DataType, rc.TypeModifier, data)
 	}
 	return append(b, '}'), jobID, step, bad
+}
+
+// unavailableBytes is the placeholder as a bytea column carries it: its
+// bytes, in base64 like any bytea value.
+var unavailableBytes = base64.StdEncoding.EncodeToString([]byte(unavailable))
+
+// appendUnavailable renders the unchanged-TOAST placeholder as Debezium does
+// for a column of type oid: in an array for an array column, as bytes for
+// bytea, as the string otherwise (Debezium's
+// debezium-connector-postgres/src/main/java/io/debezium/connector/postgresql/PostgresValueConverter.java,
+// the unavailable-value placeholder of each converter).
+func appendUnavailable(b []byte, oid uint32) []byte {
+	switch {
+	case oid == oidBytea:
+		return schema.AppendQuoted(b, unavailableBytes)
+	case oid >= minArrayOID && arrayElem(oid) != 0:
+		b = append(b, '[')
+		b = schema.AppendQuoted(b, unavailable)
+		return append(b, ']')
+	}
+	return schema.AppendQuoted(b, unavailable)
 }
 
 // appendValue renders one text-format value of type oid (type modifier
@@ -111,10 +132,11 @@ func appendValue(b []byte, oid uint32, typmod int32, v []byte) []byte {
 			return out
 		}
 	case oidTimestamptz:
-		// io.debezium.time.ZonedTimestamp: ISO-8601 in UTC.
+		// io.debezium.time.ZonedTimestamp: ISO-8601 in UTC, always six
+		// fraction digits (debezium-core/src/main/java/io/debezium/time/ZonedTimestamp.java).
 		if t, ok := parseTimestamp(v, true); ok {
 			b = append(b, '"')
-			b = t.UTC().AppendFormat(b, "2006-01-02T15:04:05.999999Z")
+			b = t.UTC().AppendFormat(b, "2006-01-02T15:04:05.000000Z")
 			return append(b, '"')
 		}
 	case oidTimestamp:
@@ -188,6 +210,12 @@ func appendNumeric(b []byte, typmod int32, v []byte) ([]byte, bool) {
 		if c < '0' || c > '9' {
 			return b, false
 		}
+	}
+	if typmod < 4 {
+		// Without a declared scale the value's own scale counts, trailing
+		// zeros stripped: 1.50 is scale 1, -0.0500 scale 2
+		// (debezium-core/src/main/java/io/debezium/data/VariableScaleDecimal.java).
+		frac = strings.TrimRight(frac, "0")
 	}
 	scale := len(frac)
 	if typmod >= 4 {

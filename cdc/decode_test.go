@@ -32,8 +32,8 @@ func TestAppendValue(t *testing.T) {
 		{"float8 -Infinity", oidFloat8, -1, "-Infinity", `"-Infinity"`},
 		{"jsonb as string", oidJSONB, -1, `{"a": [1, 2]}`, `"{\"a\": [1, 2]}"`},
 		{"timestamptz utc", oidTimestamptz, -1, "2026-11-26 23:32:21.123456+00", `"2026-11-26T23:32:21.123456Z"`},
-		{"timestamptz offset", oidTimestamptz, -1, "2026-11-27 01:02:03+05:30", `"2026-11-26T19:32:03Z"`},
-		{"timestamptz whole second", oidTimestamptz, -1, "2026-01-01 00:00:00+00", `"2026-01-01T00:00:00Z"`},
+		{"timestamptz offset", oidTimestamptz, -1, "2026-11-27 01:02:03+05:30", `"2026-11-26T19:32:03.000000Z"`},
+		{"timestamptz whole second", oidTimestamptz, -1, "2026-01-01 00:00:00+00", `"2026-01-01T00:00:00.000000Z"`},
 		{"timestamptz infinity", oidTimestamptz, -1, "infinity", `"infinity"`},
 		{"timestamp micros", oidTimestamp, -1, "1970-01-01 00:00:01.5", `1500000`},
 		{"timestamp(6) micros", oidTimestamp, 6, "1970-01-01 00:00:01.5", `1500000`},
@@ -101,7 +101,7 @@ func TestAppendValue(t *testing.T) {
 		{"numeric(5,2)[]", 1231, numeric(5, 2), "{1.50,-1.28}", `["AJY=","gA=="]`},
 		{"numeric[]", 1231, -1, "{1.5,NaN}", `[{"scale":1,"value":"Dw=="},"NaN"]`},
 		{"uuid[]", 2951, -1, "{a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11}", `["a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"]`},
-		{"timestamptz[]", 1185, -1, `{"2026-11-26 23:32:21.123456+00","2026-11-27 01:02:03+05:30"}`, `["2026-11-26T23:32:21.123456Z","2026-11-26T19:32:03Z"]`},
+		{"timestamptz[]", 1185, -1, `{"2026-11-26 23:32:21.123456+00","2026-11-27 01:02:03+05:30"}`, `["2026-11-26T23:32:21.123456Z","2026-11-26T19:32:03.000000Z"]`},
 		{"timestamp[]", 1115, -1, `{"1970-01-01 00:00:01.5"}`, `[1500000]`},
 		{"date[]", 1182, -1, `{1970-01-11,NULL}`, `[10,null]`},
 		{"jsonb[]", 3807, -1, `{"{\"a\": 1}","[1, 2]"}`, `["{\"a\": 1}","[1, 2]"]`},
@@ -157,7 +157,7 @@ func TestAppendRow(t *testing.T) {
 	row, id, step, bad := appendRow(nil, testRelation(),
 		testTuple("j1", "vlm_analyze", "done", `{"seed": 1}`, byte('u'), nil, "2026-11-26 23:00:00.5+00"), nil)
 	want := `{"job_id":"j1","current_step":"vlm_analyze","status":"done","payload":"{\"seed\": 1}",` +
-		`"results":"__debezium_unavailable_value","error":null,"updated_at":"2026-11-26T23:00:00.5Z"}`
+		`"results":"__debezium_unavailable_value","error":null,"updated_at":"2026-11-26T23:00:00.500000Z"}`
 	if string(row) != want {
 		t.Fatalf("row\n got %s\nwant %s", row, want)
 	}
@@ -176,7 +176,7 @@ func TestAppendRowFillsToastFromFullOldRow(t *testing.T) {
 	old := testTuple("j1", "img_gen", "done", `{"big": 1}`, `{"r": 2}`, nil, "2026-11-26 23:00:00+00")
 	row, _, _, _ := appendRow(nil, testRelation(), testTuple("j1", "img_gen", "running", byte('u'), byte('u'), nil, "2026-11-26 23:00:01+00"), old)
 	want := `{"job_id":"j1","current_step":"img_gen","status":"running","payload":"{\"big\": 1}","results":"{\"r\": 2}",` +
-		`"error":null,"updated_at":"2026-11-26T23:00:01Z"}`
+		`"error":null,"updated_at":"2026-11-26T23:00:01.000000Z"}`
 	if string(row) != want {
 		t.Fatalf("row\n got %s\nwant %s", row, want)
 	}

@@ -9,6 +9,7 @@ import (
 // source is what an event's source block says about where it came from.
 type source struct {
 	tsMs     int64  // commit time (streaming) or read time (snapshot), ms since the epoch
+	tsUs     int64  // the same in µs
 	snapshot string // "false", or "first", "true", "last" in a snapshot
 	txID     uint64
 	// lastCommit is the commit LSN of the transaction before this one (0:

@@ -50,7 +50,7 @@ func newRouter(cfg *Config, db string, maxMessage int, log *slog.Logger) *router
 
 // appendSource appends the envelope's source block.
 func (rt *router) appendSource(v []byte, s *source) []byte {
-	return rt.head.AppendSource(v, &schema.EventSource{TsMs: s.tsMs, Snapshot: s.snapshot, LastCommit: uint64(s.lastCommit),
+	return rt.head.AppendSource(v, &schema.EventSource{TsMs: s.tsMs, TsUs: s.tsUs, Snapshot: s.snapshot, LastCommit: uint64(s.lastCommit),
 		LSN: uint64(s.lsn), Schema: s.schema, Table: s.table, TxID: s.txID})
 }
 

@@ -38,7 +38,8 @@ func (r *Reader) snapshot(ctx context.Context, s *stream, name string, at pglogr
 	var n int64
 	emit := func(c *change, marker string) error {
 		c.src.snapshot = marker
-		c.src.tsMs = time.Now().UnixMilli()
+		now := time.Now()
+		c.src.tsMs, c.src.tsUs = now.UnixMilli(), now.UnixMicro()
 		return s.routeChange(ctx, c)
 	}
 	for _, t := range tables {

@@ -247,7 +247,7 @@ func (s *stream) handleWAL(ctx context.Context, xld pglogrepl.XLogData) error {
 }
 
 func (s *stream) source(rel *pglogrepl.RelationMessage, lsn pglogrepl.LSN) source {
-	return source{tsMs: s.commitTime.UnixMilli(), snapshot: "false", txID: uint64(s.txID), lastCommit: s.lastCommit,
+	return source{tsMs: s.commitTime.UnixMilli(), tsUs: s.commitTime.UnixMicro(), snapshot: "false", txID: uint64(s.txID), lastCommit: s.lastCommit,
 		lsn: lsn, schema: rel.Namespace, table: rel.RelationName}
 }
 

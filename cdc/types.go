@@ -55,6 +55,8 @@ func arrayElem(oid uint32) uint32 {
 		return oidJSONB
 	case 2951:
 		return 2950 // uuid
+	case 1001:
+		return oidBytea
 	case 1002:
 		return 18 // "char"
 	case 1014:

@@ -9,7 +9,7 @@ import (
 // The encoder of Envelope: the reader renders each event straight into a
 // reused buffer, in Envelope's field order,
 //
-//	{"before":<row>,"after":<row>,"source":{...},"op":"u","ts_ms":...,"transaction":null}
+//	{"before":<row>,"after":<row>,"source":{...},"op":"u","ts_ms":...,"ts_us":...,"ts_ns":...,"transaction":null}
 //
 // rendering the rows itself (they come from pgoutput tuples) and the rest
 // with what follows. TestEnvelopeEncoder and FuzzEnvelopeEncoder hold it
@@ -22,6 +22,7 @@ const Connector = "postgresql"
 // EventSource is what varies from event to event in a source block.
 type EventSource struct {
 	TsMs     int64  // commit time (streaming) or read time (snapshot), ms since the epoch
+	TsUs     int64  // the same time in µs (ts_ns is it times 1000: Postgres keeps µs)
 	Snapshot string // "false", or "first", "true", "last" in a snapshot
 	// LastCommit is the commit LSN of the transaction before this one (0:
 	// none yet); LSN is this event's position.
@@ -68,7 +69,11 @@ func (h *SourceHead) AppendSource(v []byte, s *EventSource) []byte {
 	}
 	v = append(v, `,\"`...)
 	v = strconv.AppendUint(v, s.LSN, 10)
-	v = append(v, `\"]","schema":`...)
+	v = append(v, `\"]","ts_us":`...)
+	v = strconv.AppendInt(v, s.TsUs, 10)
+	v = append(v, `,"ts_ns":`...)
+	v = strconv.AppendInt(v, s.TsUs*1000, 10)
+	v = append(v, `,"schema":`...)
 	v = AppendQuoted(v, s.Schema)
 	v = append(v, `,"table":`...)
 	v = AppendQuoted(v, s.Table)
@@ -76,15 +81,21 @@ func (h *SourceHead) AppendSource(v []byte, s *EventSource) []byte {
 	v = strconv.AppendUint(v, s.TxID, 10)
 	v = append(v, `,"lsn":`...)
 	v = strconv.AppendUint(v, s.LSN, 10)
-	return append(v, `,"xmin":null}`...)
+	return append(v, `,"xmin":null,"origin":null,"origin_lsn":null}`...)
 }
 
-// AppendTail appends op, ts_ms (now) and transaction, closing the envelope.
+// AppendTail appends op, ts_ms, ts_us and ts_ns (now) and transaction,
+// closing the envelope.
 func AppendTail(v []byte, op string) []byte {
+	now := time.Now().UnixNano()
 	v = append(v, `,"op":"`...)
 	v = append(v, op...)
 	v = append(v, `","ts_ms":`...)
-	v = strconv.AppendInt(v, time.Now().UnixMilli(), 10)
+	v = strconv.AppendInt(v, now/1e6, 10)
+	v = append(v, `,"ts_us":`...)
+	v = strconv.AppendInt(v, now/1e3, 10)
+	v = append(v, `,"ts_ns":`...)
+	v = strconv.AppendInt(v, now, 10)
 	return append(v, `,"transaction":null}`...)
 }
 

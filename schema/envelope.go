@@ -28,6 +28,8 @@ type Envelope struct {
 	Source      Source         `json:"source"`
 	Op          string         `json:"op"`
 	TsMs        int64          `json:"ts_ms"`
+	TsUs        int64          `json:"ts_us"`
+	TsNs        int64          `json:"ts_ns"`
 	Transaction *struct{}      `json:"transaction"`
 }
 
@@ -45,11 +47,19 @@ type Source struct {
 	// commit before this event's transaction (null when the reader has not
 	// seen one yet, and in a snapshot) and this event's LSN, both as strings.
 	Sequence string `json:"sequence"`
-	Schema   string `json:"schema"`
-	Table    string `json:"table"`
-	TxID     int64  `json:"txId"`
-	LSN      int64  `json:"lsn"`
-	Xmin     *int64 `json:"xmin"`
+	// TsUs and TsNs are TsMs in µs and ns (Debezium ≥ 2.6).
+	TsUs   int64  `json:"ts_us"`
+	TsNs   int64  `json:"ts_ns"`
+	Schema string `json:"schema"`
+	Table  string `json:"table"`
+	TxID   int64  `json:"txId"`
+	LSN    int64  `json:"lsn"`
+	Xmin   *int64 `json:"xmin"`
+	// Origin and OriginLSN (Debezium ≥ 3.5) name the replication origin of
+	// a change replicated into this database; null for the jobs table's
+	// own writes, the only ones jobstream streams.
+	Origin    *string `json:"origin"`
+	OriginLSN *int64  `json:"origin_lsn"`
 }
 
 // EnvelopeJSONSchema is the JSON Schema (draft 2020-12) of Envelope.
