@@ -38,7 +38,7 @@ func main() {
 }
 
 // scenarios in the order they run.
-var scenarios = []string{"cdc", "latency", "loss", "pipeline", "memory", "serve", "console", "micro"}
+var scenarios = []string{"cdc", "latency", "loss", "pipeline", "memory", "serve", "console", "peers", "micro"}
 
 // config is what one invocation measures. Zero sizes take the defaults of
 // the issue (or, with Quick, of a smoke run).
@@ -192,7 +192,7 @@ func (c config) command(scenario string) string {
 		flag("poll-interval", c.PollInterval, d.PollInterval)
 		flag("latency-members", c.LatencyMembers, d.LatencyMembers)
 		flag("catchup", c.Catchup, d.Catchup)
-	case "pipeline", "console":
+	case "pipeline", "console", "peers":
 		flag("pipeline-jobs", c.PipelineJobs, d.PipelineJobs)
 		flag("pipeline-members", c.PipelineMembers, d.PipelineMembers)
 		flag("catchup", c.Catchup, d.Catchup)

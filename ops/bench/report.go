@@ -25,6 +25,7 @@ type results struct {
 	memory             []memResult
 	serve              map[string][]serveResult // mode → one result per run
 	console            []consoleResult
+	peers              []peersResult
 	micro              []microResult
 }
 
@@ -74,6 +75,14 @@ func (r *results) measure(ctx context.Context, e *env, scenario string, run int)
 		}
 		r.memory = append(r.memory, res)
 		e.logf("  reader peak RSS %.0f MiB, streamed in %.1fs", mib(res.readerHWM), res.stream)
+	case "peers":
+		res, err := benchPeers(ctx, e, run)
+		if err != nil {
+			return err
+		}
+		r.peers = append(r.peers, res)
+		e.logf("  jobstream %s jobs/s, River %s jobs/s (ratio %.2f)", thousands(res.jobstream.pipeRate()), thousands(res.river.rate()),
+			res.jobstream.pipeRate()/res.river.rate())
 	case "console":
 		res, err := benchConsole(ctx, e, run)
 		if err != nil {
@@ -343,6 +352,7 @@ func (r *results) rows() []row {
 	}
 	rows = append(rows, r.serveRows()...)
 	rows = append(rows, r.consoleRows()...)
+	rows = append(rows, r.peersRows()...)
 	for i, m := range r.micro {
 		rw := row{figure: strings.TrimPrefix(m.pkg, "github.com/jobstream/jobstream/") + " " + m.name, cmd: c.command("micro")}
 		if i == 0 {
@@ -487,6 +497,12 @@ func (r *results) markdown(rows []row) string {
 		p("5. **Memory.** A `jobstream reader` process streams one transaction of %s inserted rows (the row shape of 1; in the first run committed in %.1f s, streamed and acknowledged %.1f s after its commit; median %.1f s); "+
 			"its VmHWM from /proc/<pid>/status once Postgres reports the transaction flushed by the reader. The workers' and the reader's VmHWM in 4 are read the same way at the end of the batch.\n",
 			thousands(float64(x.rows)), x.insert, x.stream, median(each(r.memory, func(m memResult) float64 { return m.stream })))
+	}
+	if len(r.peers) > 0 {
+		p("9. **Pipeline peers.** The jobs of 4 through the same four steps on the same Postgres, in alternating order: jobstream as in 4, and River " + riverVersion +
+			" (`github.com/riverqueue/river`, the Go Postgres job queue) on a fresh database with its migrations, one client in this process (as many workers as jobstream has members, fetch cooldown 5ms and poll 50ms instead of its defaults of 100ms and 1s) whose one worker kind, " +
+			"in one transaction, moves the job (trigger, done) → (step, done) with its result merged, inserts the next step's River job and completes its own; " +
+			"the jobs and their first River jobs are inserted in one transaction and timed until all are at (overlay, done).\n")
 	}
 	if len(r.console) > 0 {
 		p("8. **Web console.** The pipeline of 4, run twice per run in alternating order: without the console, and with `jobstream ui`'s handler open on it " +
