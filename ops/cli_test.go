@@ -187,7 +187,7 @@ func TestMigrateAddsOnlyWhatIsMissing(t *testing.T) {
 			t.Errorf("migrate output lacks %q:\n%s", want, out)
 		}
 	}
-	if strings.Contains(out, "status") || strings.Contains(out, "created table jobs\n") {
+	if strings.Contains(out, "column jobs.status") || strings.Contains(out, "created table jobs\n") {
 		t.Errorf("migrate touched what existed:\n%s", out)
 	}
 	if n := e.Count(t, `SELECT count(*) FROM jobs WHERE job_id = 'old' AND gpu_hours = 1.5 AND results = '{}'`); n != 1 {
