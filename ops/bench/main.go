@@ -38,7 +38,7 @@ func main() {
 }
 
 // scenarios in the order they run.
-var scenarios = []string{"cdc", "latency", "loss", "pipeline", "memory", "serve", "console", "peers", "micro"}
+var scenarios = []string{"cdc", "latency", "loss", "pipeline", "memory", "serve", "console", "peers", "txshape", "micro"}
 
 // config is what one invocation measures. Zero sizes take the defaults of
 // the issue (or, with Quick, of a smoke run).

@@ -26,6 +26,7 @@ type results struct {
 	serve              map[string][]serveResult // mode → one result per run
 	console            []consoleResult
 	peers              []peersResult
+	txShape            map[int][]txShapeResult // updates → one result per run
 	micro              []microResult
 }
 
@@ -75,6 +76,18 @@ func (r *results) measure(ctx context.Context, e *env, scenario string, run int)
 		}
 		r.memory = append(r.memory, res)
 		e.logf("  reader peak RSS %.0f MiB, streamed in %.1fs", mib(res.readerHWM), res.stream)
+	case "txshape":
+		if r.txShape == nil {
+			r.txShape = map[int][]txShapeResult{}
+		}
+		for _, n := range txShapeSizes(e.cfg.Quick) {
+			res, err := benchTxShape(ctx, e, run, n)
+			if err != nil {
+				return fmt.Errorf("%d updates: %w", n, err)
+			}
+			r.txShape[n] = append(r.txShape[n], res)
+			e.logf("  one transaction of %s updates: pg_recvlogical %.1fs, reader %.1fs (ratio %.2f)", thousands(float64(n)), res.recvSecs, res.rdSecs, res.ratio())
+		}
 	case "peers":
 		res, err := benchPeers(ctx, e, run)
 		if err != nil {
@@ -353,6 +366,7 @@ func (r *results) rows() []row {
 	rows = append(rows, r.serveRows()...)
 	rows = append(rows, r.consoleRows()...)
 	rows = append(rows, r.peersRows()...)
+	rows = append(rows, r.txShapeRows()...)
 	for i, m := range r.micro {
 		rw := row{figure: strings.TrimPrefix(m.pkg, "github.com/jobstream/jobstream/") + " " + m.name, cmd: c.command("micro")}
 		if i == 0 {
@@ -497,6 +511,11 @@ func (r *results) markdown(rows []row) string {
 		p("5. **Memory.** A `jobstream reader` process streams one transaction of %s inserted rows (the row shape of 1; in the first run committed in %.1f s, streamed and acknowledged %.1f s after its commit; median %.1f s); "+
 			"its VmHWM from /proc/<pid>/status once Postgres reports the transaction flushed by the reader. The workers' and the reader's VmHWM in 4 are read the same way at the end of the batch.\n",
 			thousands(float64(x.rows)), x.insert, x.stream, median(each(r.memory, func(m memResult) float64 { return m.stream })))
+	}
+	if len(r.txShape) > 0 {
+		p("10. **Transaction shape.** Scenario 1 measures 5-row transactions; here one transaction updates every row of a table of n (written before the slots were created), " +
+			"streamed from the same position by pg_recvlogical (pgoutput to /dev/null) and by the reader (every event acknowledged by a fresh `jobstream broker`), each from a slot of its own; " +
+			"the ratio is pg_recvlogical's seconds over the reader's.\n")
 	}
 	if len(r.peers) > 0 {
 		p("9. **Pipeline peers.** The jobs of 4 through the same four steps on the same Postgres, in alternating order: jobstream as in 4, and River " + riverVersion +
