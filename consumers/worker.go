@@ -321,6 +321,10 @@ type member struct {
 	joined func()   // called at every generation; the first marks the member joined
 }
 
+// rebalanceTimeout is how long the coordinator waits for the members to
+// join again at a rebalance.
+const rebalanceTimeout = 30 * time.Second
+
 // groupTimeouts derives the group's session timeout from the lease: a dead
 // member's partitions move on before its runs' leases expire, so a rewound
 // job is claimed at once. 6s is Kafka's smallest allowed session timeout.
@@ -405,11 +409,20 @@ func (m *member) membership(ctx context.Context, rejoin <-chan struct{}) (stoppe
 		Topics:            []string{w.topic},
 		HeartbeatInterval: heartbeat,
 		SessionTimeout:    session,
-		RebalanceTimeout:  30 * time.Second,
-		JoinGroupBackoff:  time.Second,
-		StartOffset:       kafka.FirstOffset,
-		Logger:            kafka.LoggerFunc(debug),
-		ErrorLogger:       kafka.LoggerFunc(debug),
+		RebalanceTimeout:  rebalanceTimeout,
+		// kafka-go gives a join Timeout + RebalanceTimeout. The embedded
+		// broker (kfake) restarts its wait for the members (up to the
+		// rebalance timeout) at every join: with the default 5s, a join
+		// gave up while another member's later join had pushed the wait
+		// further, and leaving and joining again pushed it again, with
+		// the members taking turns forever while a member that never
+		// joins again (one killed mid-join) held the group. A join that
+		// outlasts a second whole wait lets the wait run out.
+		Timeout:          rebalanceTimeout,
+		JoinGroupBackoff: time.Second,
+		StartOffset:      kafka.FirstOffset,
+		Logger:           kafka.LoggerFunc(debug),
+		ErrorLogger:      kafka.LoggerFunc(debug),
 	})
 	if err != nil {
 		return false, fmt.Errorf("consumer group %s: %w", w.group, err)
