@@ -31,6 +31,7 @@ import (
 var (
 	full = flag.Bool("chaos.full", false, "run the full scenario (2,000 jobs, more kills) instead of the small one")
 	seed = flag.Uint64("chaos.seed", 0, "seed of the schedule (default: from the clock; printed)")
+	logs = flag.String("chaos.logs", "", "keep the processes' logs, at debug level, in a folder named after the seed under this one")
 )
 
 func TestMain(m *testing.M) { harness.Main(m) }
@@ -158,15 +159,24 @@ func TestChaos(t *testing.T) {
 	// A broker process of our own, to kill.
 	port, _ := localpg.FreePort()
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	logDir, logLevel := dir, "info"
+	if *logs != "" {
+		logDir, logLevel = filepath.Join(*logs, fmt.Sprint(s)), "debug"
+		if err := os.MkdirAll(logDir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("process logs in %s", logDir)
+	}
 	logf := func(name string) *os.File {
-		f, err := os.OpenFile(filepath.Join(dir, name+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+		f, err := os.OpenFile(filepath.Join(logDir, name+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { f.Close() })
 		return f
 	}
-	broker := &proc{name: "broker", args: []string{"broker", "--listen", addr, "--data-dir", filepath.Join(dir, "broker"), "--fault-on-usr1", "3s"}, log: logf("broker")}
+	const faultWindow = 3 * time.Second
+	broker := &proc{name: "broker", args: []string{"broker", "--listen", addr, "--data-dir", filepath.Join(dir, "broker"), "--fault-on-usr1", faultWindow.String()}, log: logf("broker")}
 	broker.start(t, bin)
 	defer broker.kill()
 	harness.Eventually(t, 30*time.Second, func() (bool, string) {
@@ -177,7 +187,7 @@ func TestChaos(t *testing.T) {
 	if err := os.WriteFile(script, []byte(stepScript), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	env := []string{"DATABASE_URL=" + url, "KAFKA_BROKERS=" + addr, "JOBSTREAM_LOG_LEVEL=info"}
+	env := []string{"DATABASE_URL=" + url, "KAFKA_BROKERS=" + addr, "JOBSTREAM_LOG_LEVEL=" + logLevel}
 	killable := []*proc{{name: "reader", args: []string{"reader"}, env: env, log: logf("reader")}}
 	for _, step := range schema.DefaultSteps[1:] {
 		for i := range 2 {
@@ -196,7 +206,7 @@ func TestChaos(t *testing.T) {
 	t.Cleanup(func() {
 		if t.Failed() {
 			for _, name := range []string{"reader", "broker", "worker-overlay-0"} {
-				b, _ := os.ReadFile(filepath.Join(dir, name+".log"))
+				b, _ := os.ReadFile(filepath.Join(logDir, name+".log"))
 				if len(b) > 3000 {
 					b = b[len(b)-3000:]
 				}
@@ -239,6 +249,7 @@ func TestChaos(t *testing.T) {
 	var kills, restarts int
 	var slowest time.Duration
 	var slowestWhat string
+	var faultsOver time.Time // when the last fault window ends
 	recovery := func(what string, from time.Time) {
 		// Recovery: until the pipeline completes a step again. When no job
 		// is left to move (the load is over and every job is done), there is
@@ -297,8 +308,9 @@ func TestChaos(t *testing.T) {
 			restarts++
 			recovery("Postgres restart", at)
 		case "fault":
-			t.Logf("%6.1fs broker answers produce and fetch with errors for 3s", time.Since(start).Seconds())
+			t.Logf("%6.1fs broker answers produce and fetch with errors for %s", time.Since(start).Seconds(), faultWindow)
 			broker.signal(syscall.SIGUSR1)
+			faultsOver = time.Now().Add(faultWindow + time.Second)
 			recovery("broker faults", at)
 		}
 	}
@@ -316,6 +328,10 @@ func TestChaos(t *testing.T) {
 	}); err != nil {
 		t.Error(err)
 	}
+	// The checks read the topics: not while the broker still refuses
+	// fetches (a fault window at the end of the schedule, with every job
+	// already done).
+	time.Sleep(time.Until(faultsOver))
 	wall := time.Since(began)
 	env0 := &harness.Env{Brokers: []string{addr}}
 	rep := check(t, pool, env0, sc.jobs)
