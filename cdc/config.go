@@ -124,6 +124,11 @@ type Config struct {
 	// partition, which lets log compaction drop the job's earlier events
 	// (Debezium's tombstones.on.delete, which is on by default there too).
 	NoTombstones bool
+	// BareKey keys events by the bare job_id text instead of Debezium's key
+	// struct {"job_id": …} (the default; schemas off). Both partition by
+	// murmur2 of the key bytes; every jobstream reader of the topics reads
+	// either form.
+	BareKey bool
 	// Logger receives the reader's logs (default slog.Default()).
 	Logger *slog.Logger
 	// Hooks observe the reader, for metrics: each implements any of the

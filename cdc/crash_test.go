@@ -14,6 +14,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/jobstream/jobstream/ops/harness"
+	"github.com/jobstream/jobstream/schema"
 )
 
 // TestKillNineLosesNothing is item 2: a stream of 20,000 changes while the
@@ -89,7 +90,7 @@ func TestKillNineLosesNothing(t *testing.T) {
 		last, top := map[string]int{}, map[string]int{}
 		for _, m := range msgs {
 			env := decode(t, m)
-			id := string(m.Key)
+			id := schema.JobIDFromKey(m.Key)
 			s := seqOf(t, env)
 			if env.After["current_step"] != step {
 				t.Fatalf("event %s in %s", m.Value, step)
@@ -199,7 +200,7 @@ func TestStandbyTakesOver(t *testing.T) {
 	msgs := waitMessages(t, e, e.Topic("img_gen"), 200)
 	keys := map[string]bool{}
 	for _, m := range msgs {
-		keys[string(m.Key)] = true
+		keys[schema.JobIDFromKey(m.Key)] = true
 	}
 	if len(keys) != 200 {
 		t.Fatalf("%d of 200 jobs in the topic", len(keys))
@@ -281,12 +282,12 @@ func TestSnapshotInterruptedByCrashStartsOver(t *testing.T) {
 		seq := seqOf(t, env)
 		switch env.Op {
 		case "r":
-			reads[string(m.Key)] = append(reads[string(m.Key)], seq)
+			reads[schema.JobIDFromKey(m.Key)] = append(reads[schema.JobIDFromKey(m.Key)], seq)
 			if env.Source.Snapshot != "true" {
 				markers = append(markers, env.Source.Snapshot)
 			}
 		case "u":
-			updates = append(updates, fmt.Sprintf("%s=%d", m.Key, seq))
+			updates = append(updates, fmt.Sprintf("%s=%d", schema.JobIDFromKey(m.Key), seq))
 		default:
 			t.Errorf("unexpected event %s", m.Value)
 		}

@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/jobstream/jobstream/ops/harness"
+	"github.com/jobstream/jobstream/schema"
 )
 
 // TestJobIDKindsKeyedByText is issue 11 item 6 (reader side): whatever the
@@ -41,14 +42,14 @@ func TestJobIDKindsKeyedByText(t *testing.T) {
 				if err := json.Unmarshal(m.Value, &v); err != nil {
 					t.Fatal(err)
 				}
-				want := `"` + string(m.Key) + `"`
+				want := `"` + schema.JobIDFromKey(m.Key) + `"`
 				if c.number {
-					want = string(m.Key)
+					want = schema.JobIDFromKey(m.Key)
 				}
 				if got := string(v.After["job_id"]); got != want {
 					t.Errorf("key %q: after.job_id %s, want %s", m.Key, got, want)
 				}
-				ops[string(m.Key)] = v.Op
+				ops[schema.JobIDFromKey(m.Key)] = v.Op
 			}
 			if ops[c.before] != "r" || ops[c.after] != "c" {
 				t.Fatalf("keys and ops %v, want %s: r, %s: c", ops, c.before, c.after)

@@ -16,6 +16,7 @@ import (
 	"github.com/jobstream/jobstream/cdc"
 	"github.com/jobstream/jobstream/ops/harness"
 	"github.com/jobstream/jobstream/ops/localpg"
+	"github.com/jobstream/jobstream/schema"
 )
 
 // server is a Postgres of the test's own.
@@ -78,7 +79,7 @@ func TestReconnectsWhenPostgresRestarts(t *testing.T) {
 	msgs := waitMessages(t, p, p.Topic("img_gen"), 100)
 	keys := map[string]bool{}
 	for _, m := range msgs {
-		keys[string(m.Key)] = true
+		keys[schema.JobIDFromKey(m.Key)] = true
 	}
 	if len(keys) != 100 || r.Stats().Reconnects.Load() == 0 {
 		t.Fatalf("%d of 100 jobs arrived; %d reconnects", len(keys), r.Stats().Reconnects.Load())
@@ -180,7 +181,7 @@ func TestWalLevelAndInvalidatedSlot(t *testing.T) {
 	had := int(topicCount(t, p, p.Topic("img_gen")))
 	r := startReader(t, p, nil)
 	msgs := waitMessages(t, p, p.Topic("img_gen"), had+1)
-	if m := msgs[had]; decode(t, m).Op != "r" || string(m.Key) != "before" || r.Stats().SnapshotReads.Load() != 1 {
+	if m := msgs[had]; decode(t, m).Op != "r" || schema.JobIDFromKey(m.Key) != "before" || r.Stats().SnapshotReads.Load() != 1 {
 		t.Fatalf("after re-snapshot (%d events before it, snapshot reads %d): %s", had, r.Stats().SnapshotReads.Load(), m.Value)
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/jobstream/jobstream/cdc"
 	"github.com/jobstream/jobstream/ops/harness"
 	"github.com/jobstream/jobstream/ops/localpg"
+	"github.com/jobstream/jobstream/schema"
 )
 
 func TestEnvelopesForInsertUpdateDelete(t *testing.T) {
@@ -29,13 +30,13 @@ func TestEnvelopesForInsertUpdateDelete(t *testing.T) {
 	ins := waitMessages(t, e, e.Topic("img_gen"), 1)[0]
 	vlm := waitMessages(t, e, e.Topic("vlm_analyze"), 3)
 	// The delete is followed by its tombstone: the key, a null value.
-	if tomb := vlm[2]; string(tomb.Key) != "j1" || tomb.Value != nil {
+	if tomb := vlm[2]; schema.JobIDFromKey(tomb.Key) != "j1" || tomb.Value != nil {
 		t.Fatalf("after the delete: key %q value %q; want the tombstone of j1", tomb.Key, tomb.Value)
 	}
 	vlm = vlm[:2]
 	for _, m := range append(vlm, ins) {
 		validate(t, m.Value)
-		if string(m.Key) != "j1" {
+		if schema.JobIDFromKey(m.Key) != "j1" {
 			t.Fatalf("key %q, want j1", m.Key)
 		}
 	}
@@ -180,7 +181,7 @@ func TestBadRowsGoToDeadLetterTopic(t *testing.T) {
 	e.Exec(t, `INSERT INTO jobs (job_id, current_step, status) VALUES ('fine', 'img_gen', 'done')`)
 
 	ok := waitMessages(t, e, e.Topic("img_gen"), 1)
-	if len(ok) != 1 || string(ok[0].Key) != "fine" {
+	if len(ok) != 1 || schema.JobIDFromKey(ok[0].Key) != "fine" {
 		t.Fatalf("img_gen topic: %d messages, first key %q", len(ok), ok[0].Key)
 	}
 	dlq := waitMessages(t, e, e.Topics().DLQ(), 4)
@@ -190,10 +191,10 @@ func TestBadRowsGoToDeadLetterTopic(t *testing.T) {
 		if len(m.Headers) != 1 || string(m.Headers[0].Value) != v.Reason {
 			t.Errorf("dead letter headers %v", m.Headers)
 		}
-		if string(m.Key) != "too-big" {
+		if schema.JobIDFromKey(m.Key) != "too-big" {
 			validate(t, v.Event)
 		}
-		reasons[string(m.Key)] += v.Reason + ";"
+		reasons[schema.JobIDFromKey(m.Key)] += v.Reason + ";"
 	}
 	for key, want := range map[string]string{"bad-name": "topic name", "ctl-name": "topic name", "no-step": "current_step is null", "too-big": "over the broker's message limit of 4000"} {
 		if !strings.Contains(reasons[key], want) {
@@ -234,13 +235,13 @@ func TestBrokerLimitsAreLearnedAndRefusalsDeadLettered(t *testing.T) {
 	e.Exec(t, `INSERT INTO jobs (job_id, current_step, status) VALUES ('small', 'vlm_analyze', 'done')`)
 
 	ok := waitMessages(t, e, e.Topic("vlm_analyze"), 1)
-	if len(ok) != 1 || string(ok[0].Key) != "small" {
+	if len(ok) != 1 || schema.JobIDFromKey(ok[0].Key) != "small" {
 		t.Fatalf("vlm_analyze topic: %d messages, first key %q", len(ok), ok[0].Key)
 	}
 	dlq := waitMessages(t, e, e.Topics().DLQ(), 2)
 	got := map[string]string{}
 	for _, m := range dlq {
-		got[string(m.Key)] = string(m.Headers[0].Value)
+		got[schema.JobIDFromKey(m.Key)] = string(m.Headers[0].Value)
 	}
 	if !strings.Contains(got["huge"], "over the broker's message limit of 20000") {
 		t.Errorf("huge: reason %q", got["huge"])
@@ -265,11 +266,11 @@ func TestUndecodableValueGoesToDeadLetter(t *testing.T) {
 	ascii.Exec(t, `INSERT INTO jobs (job_id, current_step, status, error) VALUES ('latin1', 'img_gen', 'done', E'caf\xe9')`)
 	ascii.Exec(t, `INSERT INTO jobs (job_id, current_step, status, error) VALUES ('ascii', 'img_gen', 'done', 'cafe')`)
 	ok := waitMessages(t, ascii, ascii.Topic("img_gen"), 1)
-	if string(ok[0].Key) != "ascii" {
+	if schema.JobIDFromKey(ok[0].Key) != "ascii" {
 		t.Fatalf("img_gen topic: first key %q", ok[0].Key)
 	}
 	dl := waitMessages(t, ascii, ascii.Topics().DLQ(), 1)[0]
-	if v := deadLetter(t, dl); string(dl.Key) != "latin1" ||
+	if v := deadLetter(t, dl); schema.JobIDFromKey(dl.Key) != "latin1" ||
 		!strings.Contains(v.Reason, "column error holds bytes that are not valid UTF-8") || !strings.Contains(string(v.Event), `caf\ufffd`) {
 		t.Fatalf("dead letter %q: %s", dl.Key, dl.Value)
 	}
@@ -298,12 +299,12 @@ func TestDeletesAndTruncates(t *testing.T) {
 		var s []string
 		for _, m := range msgs {
 			if m.Value == nil {
-				s = append(s, "tombstone:"+string(m.Key))
+				s = append(s, "tombstone:"+schema.JobIDFromKey(m.Key))
 				continue
 			}
 			validate(t, m.Value)
 			env := decode(t, m)
-			id := string(m.Key)
+			id := schema.JobIDFromKey(m.Key)
 			if env.Op == "d" && (env.Before["job_id"] != id || env.After != nil) {
 				t.Errorf("delete event %s", m.Value)
 			}
@@ -405,7 +406,7 @@ func TestFlushWaitsForBrokerAck(t *testing.T) {
 		running := map[string]bool{}
 		for _, m := range readAll(t, e, e.Topic("img_gen")) {
 			if decode(t, m).After["status"] == "running" {
-				running[string(m.Key)] = true
+				running[schema.JobIDFromKey(m.Key)] = true
 			}
 		}
 		for i := 1; i <= 100; i++ {

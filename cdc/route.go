@@ -23,7 +23,8 @@ type router struct {
 	topics     schema.Topics
 	steps      []string // the pipeline's
 	tombstones bool
-	maxMessage int // the largest record the broker takes
+	bareKey    bool // keys are the bare job_id, not Debezium's key struct
+	maxMessage int  // the largest record the broker takes
 	log        *slog.Logger
 	head       *schema.SourceHead // the constant parts of the source block
 
@@ -40,6 +41,7 @@ func newRouter(cfg *Config, db string, maxMessage int, log *slog.Logger) *router
 		topics:     schema.Topics{Prefix: cfg.TopicPrefix},
 		steps:      cfg.Pipeline.Steps,
 		tombstones: !cfg.NoTombstones,
+		bareKey:    cfg.BareKey,
 		maxMessage: maxMessage,
 		log:        log,
 		head:       schema.NewSourceHead(cfg.TopicPrefix, db),
@@ -114,6 +116,9 @@ func (rt *router) renderChange(c *change) (key, step []byte, bad string, value [
 		bad = bBad
 	}
 	value = append([]byte(nil), v...)
+	if key != nil && !rt.bareKey {
+		key = keyStruct(c.rel, key)
+	}
 	if key != nil {
 		if cap(value)-len(value) >= len(key) {
 			n := len(value)
@@ -124,6 +129,21 @@ func (rt *router) renderChange(c *change) (key, step []byte, bad string, value [
 		}
 	}
 	return key, step, bad, value
+}
+
+// keyStruct renders Debezium's key struct of a row whose job_id is id:
+// {"job_id": <id as the row renders it>}, schemas off.
+func keyStruct(rel *pglogrepl.RelationMessage, id []byte) []byte {
+	oid, typmod := uint32(25), int32(-1) // text
+	for _, c := range rel.Columns {
+		if c.Name == "job_id" {
+			oid, typmod = c.DataType, c.TypeModifier
+			break
+		}
+	}
+	k := append(make([]byte, 0, len(id)+16), `{"job_id":`...)
+	k = appendValue(k, oid, typmod, id)
+	return append(k, '}')
 }
 
 // topicOf returns the topic of step, and why no step can take the row when
@@ -228,7 +248,7 @@ func (rt *router) fanOut(ev *event, topics []string, parts []int, evs []event) [
 // job_id, with the reason in a header and in the value. It is safe to call
 // from any goroutine (the producer calls it too).
 func (rt *router) deadLetter(ev *event, reason string) event {
-	rt.log.Warn("dead letter", "job_id", string(ev.key), "lsn", ev.lsn, "topic", ev.topic, "reason", reason)
+	rt.log.Warn("dead letter", "job_id", schema.JobIDFromKey(ev.key), "lsn", ev.lsn, "topic", ev.topic, "reason", reason)
 	return event{
 		topic:     rt.topics.DLQ(),
 		key:       ev.key,

@@ -55,7 +55,7 @@ func TestRouter(t *testing.T) {
 		{name: "no job_id", c: change{op: schema.OpCreate, after: row(nil, "img_gen")},
 			want: []string{"dlq  the row has no job_id, so the event has no key"}},
 		{name: "too large", c: change{op: schema.OpCreate, after: row("j1", "img_gen")}, limit: 300,
-			want: []string{"dlq j1 event is 320 bytes, over the broker's message limit of 300"}},
+			want: []string{"dlq j1 event is 438 bytes, over the broker's message limit of 300"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -114,7 +114,7 @@ func describe(t *testing.T, ev *event) string {
 		if err := json.Unmarshal(ev.value, &dl); err != nil || dl.Reason != ev.reason || ev.topic != "p.dlq" || string(ev.headers[0].Value) != ev.reason {
 			t.Errorf("dead letter %s in %s: %v", ev.value, ev.topic, err)
 		}
-		return "dlq " + string(ev.key) + " " + ev.reason
+		return "dlq " + schema.JobIDFromKey(ev.key) + " " + ev.reason
 	}
 	if ev.op != opTombstone {
 		var env struct {
@@ -129,5 +129,36 @@ func describe(t *testing.T, ev *event) string {
 	} else if ev.value != nil {
 		t.Errorf("tombstone with a value: %s", ev.value)
 	}
-	return ev.topic + " " + string(ev.key) + " " + string(ev.op)
+	return ev.topic + " " + schema.JobIDFromKey(ev.key) + " " + string(ev.op)
+}
+
+// TestKeyIsDebeziumsKeyStruct: the key is Debezium's key struct with
+// schemas off, the id rendered as the row renders it (a number for an
+// integer job_id, JSON-escaped text otherwise); BareKey gives the id alone.
+func TestKeyIsDebeziumsKeyStruct(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		oid  uint32
+		id   string
+		bare bool
+		want string
+	}{
+		{"text", 25, "j1", false, `{"job_id":"j1"}`},
+		{"text with a quote", 25, `a"b`, false, `{"job_id":"a\"b"}`},
+		{"bigint", 20, "42", false, `{"job_id":42}`},
+		{"uuid", 2950, "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", false, `{"job_id":"a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"}`},
+		{"bare", 25, "j1", true, `j1`},
+	} {
+		rel := &pglogrepl.RelationMessage{Namespace: "public", RelationName: "jobs", Columns: []*pglogrepl.RelationMessageColumn{
+			{Name: "job_id", DataType: tc.oid}, {Name: "current_step", DataType: 25}}}
+		cfg := Config{TopicPrefix: "p", BareKey: tc.bare, Pipeline: schema.Pipeline{Steps: []string{"img_gen", "caption"}}}
+		rt := newRouter(&cfg, "db", 1_000_000, slog.New(slog.DiscardHandler))
+		c := change{op: "c", rel: rel, after: &pglogrepl.TupleData{Columns: []*pglogrepl.TupleDataColumn{
+			{DataType: 't', Data: []byte(tc.id)}, {DataType: 't', Data: []byte("img_gen")}}},
+			src: source{snapshot: "false", txID: 7, lsn: 42, schema: "public", table: "jobs"}}
+		evs := rt.route(&c, nil)
+		if len(evs) != 1 || string(evs[0].key) != tc.want || schema.JobIDFromKey(evs[0].key) != tc.id {
+			t.Errorf("%s: key %s, want %s", tc.name, evs[0].key, tc.want)
+		}
+	}
 }

@@ -52,7 +52,7 @@ func TestStepsOutsideThePipelineAreDeadLettered(t *testing.T) {
 	for _, m := range dlq {
 		v := deadLetter(t, m)
 		validate(t, v.Event)
-		got[string(m.Key)] = v.Reason
+		got[schema.JobIDFromKey(m.Key)] = v.Reason
 	}
 	for key, reason := range want {
 		if !strings.Contains(got[key], reason) {

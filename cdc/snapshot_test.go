@@ -13,6 +13,7 @@ import (
 
 	"github.com/jobstream/jobstream/cdc"
 	"github.com/jobstream/jobstream/ops/harness"
+	"github.com/jobstream/jobstream/schema"
 )
 
 // TestInitialSnapshotThenStream is item 3: rows that existed before the
@@ -78,7 +79,7 @@ func TestInitialSnapshotThenStream(t *testing.T) {
 	next := map[string]int{}
 	for _, m := range msgs {
 		env := decode(t, m)
-		id := string(m.Key)
+		id := schema.JobIDFromKey(m.Key)
 		s := seqOf(t, env)
 		switch env.Op {
 		case "r":
@@ -141,7 +142,7 @@ func TestSnapshotNever(t *testing.T) {
 	r := startReader(t, e, func(c *cdc.Config) { c.Snapshot = cdc.SnapshotNever })
 	e.Exec(t, `INSERT INTO jobs (job_id, current_step, status) VALUES ('new', 'img_gen', 'done')`)
 	msgs := waitMessages(t, e, e.Topic("img_gen"), 1)
-	if len(msgs) != 1 || string(msgs[0].Key) != "new" || r.Stats().SnapshotReads.Load() != 0 {
+	if len(msgs) != 1 || schema.JobIDFromKey(msgs[0].Key) != "new" || r.Stats().SnapshotReads.Load() != 0 {
 		t.Fatalf("%d events, first key %q", len(msgs), msgs[0].Key)
 	}
 	if n := e.Count(t, `SELECT count(*) FROM jobstream_slots WHERE slot_name = $1 AND snapshot = 'never'`, e.Slot); n != 1 {

@@ -181,7 +181,7 @@ func stuck(b testing.TB, e *harness.Env, p schema.Pipeline, prefix string) strin
 		sb.WriteString(e.Dump(b, `SELECT run_id, step, attempt, worker, outcome, error, started_at, finished_at, lease_expires_at FROM jobstream_runs WHERE job_id = $1 ORDER BY run_id`, id))
 		for _, s := range p.Steps {
 			for _, m := range e.ReadTopic(b, e.Topic(s)) {
-				if string(m.Key) != id {
+				if schema.JobIDFromKey(m.Key) != id {
 					continue
 				}
 				env, _ := schema.DecodeEnvelope(m.Value)

@@ -286,7 +286,7 @@ func deadLetters(t *testing.T, e *harness.Env) map[string]map[string]any {
 	t.Helper()
 	out := map[string]map[string]any{}
 	for _, m := range e.ReadTopic(t, e.Topics().DLQ()) {
-		out[string(m.Key)] = decodeEvent(t, m.Value)
+		out[schema.JobIDFromKey(m.Key)] = decodeEvent(t, m.Value)
 	}
 	return out
 }

@@ -17,6 +17,7 @@ import (
 
 	"github.com/jobstream/jobstream/consumers"
 	"github.com/jobstream/jobstream/ops/harness"
+	"github.com/jobstream/jobstream/schema"
 )
 
 // These tests run `jobstream worker` as real processes, built from
@@ -184,7 +185,7 @@ func TestSIGTERMFinishesRunningStep(t *testing.T) {
 	}
 	committed, end := offsets(t, e, step, trigger)
 	for _, m := range e.ReadTopic(t, e.Topic(trigger)) {
-		switch string(m.Key) {
+		switch schema.JobIDFromKey(m.Key) {
 		case "term-1":
 			if committed[m.Partition] <= m.Offset {
 				t.Errorf("term-1's event (partition %d offset %d) is not committed: committed %v", m.Partition, m.Offset, committed)

@@ -16,6 +16,7 @@ import (
 	"github.com/jobstream/jobstream/consumers"
 	"github.com/jobstream/jobstream/ops/harness"
 	"github.com/jobstream/jobstream/ops/localpg"
+	"github.com/jobstream/jobstream/schema"
 )
 
 // failFirstOfChain fails attempt 1 of every attempt chain and succeeds on
@@ -442,7 +443,7 @@ func TestNonTextJobIDs(t *testing.T) {
 			// The events are keyed by the id's text form.
 			keys := map[string]bool{}
 			for _, m := range e.ReadTopic(t, e.Topic(step)) {
-				keys[string(m.Key)] = true
+				keys[schema.JobIDFromKey(m.Key)] = true
 			}
 			for _, id := range tc.ids[:3] {
 				if !keys[id] {

@@ -580,7 +580,7 @@ type letter struct {
 // refuses for good. settled is false only when ctx ended first: the letter
 // is still owed.
 func (w *stepWorker) deadLetter(ctx context.Context, l letter) (settled bool) {
-	dl := schema.DeadLetter{Reason: l.reason, Step: w.cfg.Step, JobID: string(l.key), Attempts: l.attempts, Error: l.errText, TriggerLSN: l.triggerLSN}
+	dl := schema.DeadLetter{Reason: l.reason, Step: w.cfg.Step, JobID: schema.JobIDFromKey(l.key), Attempts: l.attempts, Error: l.errText, TriggerLSN: l.triggerLSN}
 	dl.SetEvent(l.event)
 	km := kafka.Message{Key: l.key, Value: dl.Encode(), Headers: []kafka.Header{
 		{Key: schema.HeaderReason, Value: []byte(l.reason)},
@@ -602,7 +602,7 @@ func (w *stepWorker) deadLetter(ctx context.Context, l letter) (settled bool) {
 		if ctx.Err() != nil {
 			return false
 		}
-		w.log.Error("dead letter refused by the broker; dropped", "job_id", string(l.key), "reason", l.reason, "err", err)
+		w.log.Error("dead letter refused by the broker; dropped", "job_id", schema.JobIDFromKey(l.key), "reason", l.reason, "err", err)
 		return true
 	}
 	w.stats.DeadLetters.Add(1)
@@ -667,7 +667,7 @@ func (w *stepWorker) payOwedLetters(ctx context.Context) {
 	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	n, err := w.store.payOwedLetters(ctx, 2*w.cfg.Lease, func(o owedLetter) bool {
-		return w.deadLetter(sctx, letter{key: []byte(o.jobID), reason: o.reason, attempts: o.attempt, errText: o.errText, triggerLSN: o.trigger})
+		return w.deadLetter(sctx, letter{key: w.store.key(o.jobID), reason: o.reason, attempts: o.attempt, errText: o.errText, triggerLSN: o.trigger})
 	})
 	if err != nil && ctx.Err() == nil {
 		w.log.Warn("write owed dead letters", "err", err)
@@ -773,7 +773,7 @@ func (w *stepWorker) sweep(ctx context.Context) (ok bool) {
 		case s.failed:
 			w.stats.Failures.Add(1)
 			w.log.Warn("lease expired on the last attempt; job failed", "job_id", s.jobID, "attempt", s.attempt, "worker", s.worker)
-			if w.deadLetter(ctx, letter{key: []byte(s.jobID), reason: reasonLeaseExpired, attempts: s.attempt, errText: s.errText, triggerLSN: s.trigger}) {
+			if w.deadLetter(ctx, letter{key: w.store.key(s.jobID), reason: reasonLeaseExpired, attempts: s.attempt, errText: s.errText, triggerLSN: s.trigger}) {
 				w.recordLetter(ctx, s.runID)
 			}
 		case s.rewound:

@@ -38,6 +38,8 @@ type store struct {
 	trigger string // T
 	lease   time.Duration
 	q       queries
+	// numericID: jobs.job_id is an integer, so keys render it as a number.
+	numericID bool
 }
 
 // queries are the store's statements with jobs.job_id's type cast in.
@@ -55,10 +57,15 @@ func newStore(ctx context.Context, pool *pgxpool.Pool, step, trigger string, lea
 	if err != nil {
 		return nil, err
 	}
-	s := &store{pool: pool, step: step, trigger: trigger, lease: lease}
+	s := &store{pool: pool, step: step, trigger: trigger, lease: lease, numericID: schema.IntegerType(idType)}
 	s.q = prepareQueries(idType)
 	return s, nil
 }
+
+// key returns the record key of job id, as the reader writes it by default
+// (Debezium's key struct; a number for an integer job_id): the key of the
+// letters a sweeper writes without the job's event at hand.
+func (s *store) key(id string) []byte { return schema.Key(id, s.numericID) }
 
 // ErrSchema marks an error saying the jobs table or jobstream_runs lacks
 // what jobstream needs: retrying cannot help, jobstream migrate can.

@@ -525,9 +525,9 @@ func TestDuplicateAndStaleEventsAreSkipped(t *testing.T) {
 	harness.Eventually(t, 10*time.Second, func() (bool, string) {
 		var keys []string
 		for _, m := range e.ReadTopic(t, e.Topics().DLQ()) {
-			keys = append(keys, string(m.Key))
+			keys = append(keys, schema.JobIDFromKey(m.Key))
 			d := decodeEvent(t, m.Value)
-			if string(m.Key) == "poison" && strings.HasPrefix(fmt.Sprint(d["reason"]), "event is not a change-event envelope") &&
+			if schema.JobIDFromKey(m.Key) == "poison" && strings.HasPrefix(fmt.Sprint(d["reason"]), "event is not a change-event envelope") &&
 				d["event"] == "not an envelope" && d["step"] == step {
 				return true, ""
 			}
@@ -587,8 +587,8 @@ func TestRetriesThenFailsWithDeadLetter(t *testing.T) {
 	harness.Eventually(t, 10*time.Second, func() (bool, string) {
 		var keys []string
 		for _, m := range e.ReadTopic(t, e.Topics().DLQ()) {
-			keys = append(keys, string(m.Key))
-			if string(m.Key) == id {
+			keys = append(keys, schema.JobIDFromKey(m.Key))
+			if schema.JobIDFromKey(m.Key) == id {
 				dead, headers = decodeEvent(t, m.Value), m.Headers
 				return true, ""
 			}
@@ -652,7 +652,7 @@ func TestPermanentFailureIsNotRetried(t *testing.T) {
 		got := map[string]string{}
 		for _, m := range e.ReadTopic(t, e.Topics().DLQ()) {
 			d := decodeEvent(t, m.Value)
-			got[string(m.Key)] = fmt.Sprint(d["attempts"], " ", d["error"])
+			got[schema.JobIDFromKey(m.Key)] = fmt.Sprint(d["attempts"], " ", d["error"])
 		}
 		return got["perm-bare"] == "1 "+want["perm-bare"] && got["perm-wrapped"] == "1 "+want["perm-wrapped"],
 			fmt.Sprintf("dead letters %v", got)

@@ -19,6 +19,7 @@ import (
 	"github.com/jobstream/jobstream/cdc"
 	"github.com/jobstream/jobstream/consumers"
 	"github.com/jobstream/jobstream/ops/harness"
+	"github.com/jobstream/jobstream/schema"
 )
 
 // badStep misbehaves according to the job id.
@@ -126,7 +127,7 @@ func TestBadInputCatalogue(t *testing.T) {
 				Error  string `json:"error"`
 			}
 			json.Unmarshal(m.Value, &v)
-			reasons[string(m.Key)] = v.Reason + ": " + v.Error
+			reasons[schema.JobIDFromKey(m.Key)] = v.Reason + ": " + v.Error
 		}
 		for _, k := range []string{"hang", "crash", "huge", "garbage", "junk", "cut"} {
 			if reasons[k] == "" {
@@ -202,7 +203,7 @@ func TestHTTPExecutorNeverAnswers(t *testing.T) {
 	}
 	harness.Eventually(t, 30*time.Second, func() (bool, string) {
 		for _, m := range e.ReadTopic(t, e.Topics().DLQ()) {
-			if string(m.Key) == "silent" && strings.Contains(string(m.Value), "timed out") {
+			if schema.JobIDFromKey(m.Key) == "silent" && strings.Contains(string(m.Value), "timed out") {
 				return true, ""
 			}
 		}

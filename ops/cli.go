@@ -594,12 +594,18 @@ func runReader(ctx context.Context, args []string, _ io.Writer) error {
 	f.num(&cfg.MaxBatch, "max-batch", "JOBSTREAM_MAX_BATCH", cdc.MaxBatchDefault, "most events in one produce round trip")
 	f.num(&cfg.MaxMessageBytes, "max-message-bytes", "JOBSTREAM_MAX_MESSAGE_BYTES", 0, "largest event; larger ones go to the dead-letter topic (0: the broker's message.max.bytes)")
 	tombstones := true
-	f.boolean(&tombstones, "tombstones", "JOBSTREAM_TOMBSTONES", true, "follow each delete event with a tombstone (the job_id key, a null value), as Debezium does; --tombstones=false turns them off")
+	f.boolean(&tombstones, "tombstones", "JOBSTREAM_TOMBSTONES", true, "follow each delete event with a tombstone (the delete's key, a null value), as Debezium does; --tombstones=false turns them off")
+	key := "struct"
+	f.str(&key, "key", "JOBSTREAM_KEY", "struct", `record key: struct is Debezium's {"job_id": …} (schemas off), bare the job_id alone`)
 	var httpAddr string
 	f.str(&httpAddr, "http-addr", "JOBSTREAM_HTTP_ADDR", "", "serve /metrics, /healthz and /readyz on this address, e.g. :9100")
 	if err := f.parse(args); err != nil {
 		return err
 	}
+	if key != "struct" && key != "bare" {
+		return usagef("--key %q: use struct (Debezium's key struct, the default) or bare (the job_id alone)", key)
+	}
+	cfg.BareKey = key == "bare"
 	// Rows whose step is not in the pipeline go to the dead-letter topic.
 	p, log, b, err := c.process()
 	if err != nil {

@@ -104,7 +104,7 @@ func TestEndToEndProcesses(t *testing.T) {
 		}
 		env, _ := schema.DecodeEnvelope(m.Value)
 		row, _ := schema.Row(env.After)
-		if row.JobID != string(m.Key) {
+		if row.JobID != schema.JobIDFromKey(m.Key) {
 			t.Fatalf("key %q but after.job_id %q", m.Key, row.JobID)
 		}
 		if row.Status == "done" {

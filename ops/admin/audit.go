@@ -104,26 +104,30 @@ func readHistory(ctx context.Context, k *Kafka, topic, jobID string, fill func(*
 	if err != nil || len(offs) == 0 {
 		return nil, err
 	}
-	part := PartitionOf([]byte(jobID), len(offs))
 	var entries []AuditEntry
-	var last AuditEntry // the last change event read here
-	err = k.Read(ctx, topic, part, offs[part].First, offs[part].End, func(m kafka.Message) error {
-		if string(m.Key) != jobID {
+	for _, part := range JobPartitions(jobID, len(offs)) {
+		var last AuditEntry // the last change event read here
+		err = k.Read(ctx, topic, part, offs[part].First, offs[part].End, func(m kafka.Message) error {
+			if schema.JobIDFromKey(m.Key) != jobID {
+				return nil
+			}
+			e := AuditEntry{Time: m.Time, Topic: topic, Partition: m.Partition, Offset: m.Offset}
+			fill(&e, m)
+			switch e.Kind {
+			case "tombstone":
+				// After a delete, the job is gone: ordered with it.
+				e.LSN, e.Time = last.LSN, last.Time
+			case "change":
+				last = e
+			}
+			entries = append(entries, e)
 			return nil
+		})
+		if err != nil {
+			return nil, err
 		}
-		e := AuditEntry{Time: m.Time, Topic: topic, Partition: m.Partition, Offset: m.Offset}
-		fill(&e, m)
-		switch e.Kind {
-		case "tombstone":
-			// After a delete, the job is gone: ordered with it.
-			e.LSN, e.Time = last.LSN, last.Time
-		case "change":
-			last = e
-		}
-		entries = append(entries, e)
-		return nil
-	})
-	return entries, err
+	}
+	return entries, nil
 }
 
 // changeEntry fills e from a step topic's message: a change event, or the

@@ -209,7 +209,7 @@ func DeadLetters(ctx context.Context, k *Kafka, o DeadLettersOptions) ([]DeadLet
 	for _, p := range parts {
 		from := max(p.First, p.End-int64(limit))
 		err := k.Read(ctx, topics.DLQ(), p.Partition, from, p.End, func(m kafka.Message) error {
-			e := DeadLetterEntry{Time: m.Time, Partition: m.Partition, Offset: m.Offset, Key: string(m.Key)}
+			e := DeadLetterEntry{Time: m.Time, Partition: m.Partition, Offset: m.Offset, Key: schema.JobIDFromKey(m.Key)}
 			if err := json.Unmarshal(m.Value, &e.Letter); err != nil {
 				e.Letter.Reason = "unreadable letter: " + err.Error()
 			}

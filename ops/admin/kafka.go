@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"time"
 
 	"github.com/segmentio/kafka-go"
 
+	"github.com/jobstream/jobstream/schema"
 	"github.com/jobstream/jobstream/schema/kafkaconn"
 )
 
@@ -221,4 +223,18 @@ func PartitionOf(key []byte, n int) int {
 		parts[i] = i
 	}
 	return (&kafka.Murmur2Balancer{}).Balance(kafka.Message{Key: key}, parts...)
+}
+
+// JobPartitions returns the partitions of a topic of n partitions where a
+// job's records may be: those of each key the job's events may carry
+// (schema.KeyCandidates: the key struct, its number form, the bare id).
+func JobPartitions(jobID string, n int) []int {
+	var out []int
+	for _, k := range schema.KeyCandidates(jobID) {
+		if p := PartitionOf(k, n); !slices.Contains(out, p) {
+			out = append(out, p)
+		}
+	}
+	slices.Sort(out)
+	return out
 }

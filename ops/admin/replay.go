@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"os/user"
+	"slices"
 	"sort"
 	"time"
 
@@ -190,6 +191,11 @@ func rewind(ctx context.Context, pool *pgxpool.Pool, p schema.Pipeline, res *Rep
 	if by == "" {
 		by = replayer()
 	}
+	idType, err := jobIDType(ctx, pool)
+	if err != nil {
+		return nil, err
+	}
+	numericID := schema.IntegerType(idType)
 	var marks []kafka.Message
 	for _, id := range found {
 		j := ReplayJob{JobID: id}
@@ -220,7 +226,7 @@ func rewind(ctx context.Context, pool *pgxpool.Pool, p schema.Pipeline, res *Rep
 			}
 			mark, _ := json.Marshal(ReplayMark{JobID: id, Step: o.Step, RewoundTo: []string{res.Trigger, "done"},
 				FromState: []string{step, status}, By: by, At: time.Now().UTC(), Topic: res.Topic, Range: res.Range, Forced: status == "running"})
-			marks = append(marks, kafka.Message{Key: []byte(id), Value: mark})
+			marks = append(marks, kafka.Message{Key: schema.Key(id, numericID), Value: mark})
 		}
 		if j.Reason != "" {
 			res.Skipped = append(res.Skipped, j)
@@ -254,7 +260,7 @@ func findJobs(ctx context.Context, k *Kafka, topic, trigger string, o ReplayOpti
 			continue
 		}
 		err := k.Read(ctx, topic, p, starts[p], ends[p], func(m kafka.Message) error {
-			id := string(m.Key)
+			id := schema.JobIDFromKey(m.Key)
 			if found[id] || (len(only) > 0 && !only[id]) {
 				return nil
 			}
@@ -279,7 +285,7 @@ func findJobs(ctx context.Context, k *Kafka, topic, trigger string, o ReplayOpti
 // events live in the partition its key hashes to.
 func anyIn(only map[string]bool, p, n int) bool {
 	for j := range only {
-		if PartitionOf([]byte(j), n) == p {
+		if slices.Contains(JobPartitions(j, n), p) {
 			return true
 		}
 	}

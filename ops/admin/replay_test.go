@@ -94,7 +94,7 @@ func TestReplay(t *testing.T) {
 	}
 	for _, m := range marks {
 		var mark admin.ReplayMark
-		if err := json.Unmarshal(m.Value, &mark); err != nil || mark.By != "tester" || mark.Forced != (string(m.Key) == "busy") || mark.JobID != string(m.Key) {
+		if err := json.Unmarshal(m.Value, &mark); err != nil || mark.By != "tester" || mark.Forced != (schema.JobIDFromKey(m.Key) == "busy") || mark.JobID != schema.JobIDFromKey(m.Key) {
 			t.Errorf("mark %s: %+v, %v", m.Value, mark, err)
 		}
 	}

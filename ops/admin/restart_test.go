@@ -12,6 +12,7 @@ import (
 
 	"github.com/jobstream/jobstream/ops/admin"
 	"github.com/jobstream/jobstream/ops/harness"
+	"github.com/jobstream/jobstream/schema"
 	"github.com/jobstream/jobstream/schema/kafkaconn"
 )
 
@@ -71,7 +72,7 @@ func TestReadAfterBrokerCrash(t *testing.T) {
 		seen := map[string]bool{}
 		for _, o := range offs {
 			if err := k.Read(ctx, topic, o.Partition, o.First, o.End, func(m kafka.Message) error {
-				seen[string(m.Key)] = true
+				seen[schema.JobIDFromKey(m.Key)] = true
 				return nil
 			}); err != nil {
 				t.Fatal(err)

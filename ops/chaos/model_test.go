@@ -1113,7 +1113,7 @@ func (m *modelRun) topicEvents(step, id string) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s holds %d messages (err %v), of %s:", topic, len(msgs), err, id)
 	for _, msg := range msgs {
-		if string(msg.Key) != id {
+		if schema.JobIDFromKey(msg.Key) != id {
 			continue
 		}
 		what := "?"
@@ -1906,10 +1906,10 @@ func (m *modelRun) collect(stepLog string) *history {
 			Attempts int    `json:"attempts"`
 		}
 		if err := json.Unmarshal(msg.Value, &l); err != nil {
-			h.letters = append(h.letters, mletter{job: string(msg.Key), reason: "unreadable: " + err.Error()})
+			h.letters = append(h.letters, mletter{job: schema.JobIDFromKey(msg.Key), reason: "unreadable: " + err.Error()})
 			continue
 		}
-		h.letters = append(h.letters, mletter{job: cmpOr(l.JobID, string(msg.Key)), step: l.Step, reason: l.Reason, attempts: l.Attempts})
+		h.letters = append(h.letters, mletter{job: cmpOr(l.JobID, schema.JobIDFromKey(msg.Key)), step: l.Step, reason: l.Reason, attempts: l.Attempts})
 	}
 	h.execs = readStepLog(t, stepLog)
 	return h
