@@ -26,7 +26,7 @@ vet: ## go vet and gofmt check
 fmt: ## format the code
 	gofmt -w $$(git ls-files '*.go')
 
-bench: ## measure against pg_recvlogical, LISTEN/NOTIFY, polling and the database alone, plus the Go micro-benchmarks (~15 min); prints one table, writes BENCHMARKS.md
+bench: ## measure against pg_recvlogical, LISTEN/NOTIFY, polling, River and the database alone, GPU step modes, the console, plus the Go micro-benchmarks (~25 min); prints one table, writes BENCHMARKS.md
 	$(GO) run ./ops/bench -runs 3 -out BENCHMARKS.md
 
 chaos: ## kill -9 the reader, workers, broker and Postgres at random while 2,000 jobs flow, then user actions and faults against the reference model; check nothing is lost or done twice (SEED=n replays a schedule)

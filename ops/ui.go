@@ -39,15 +39,17 @@ func runUI(ctx context.Context, args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	pool, err := connectPool(ctx, c.databaseURL)
-	if err != nil {
-		return err
-	}
-	defer pool.Close()
+	// The address first: a bad --listen is bad usage, said before connecting.
 	l, err := net.Listen("tcp", listen)
 	if err != nil {
 		return usagef("--listen %s: %v", listen, err)
 	}
+	defer l.Close()
+	pool, err := c.openPool(ctx)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
 	if host, _, _ := net.SplitHostPort(listen); !isLoopback(host) {
 		log.Warn("the console listens beyond this machine; anyone who reaches it sees the jobs (actions still need the token)", "listen", listen)
 	}

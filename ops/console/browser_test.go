@@ -7,6 +7,7 @@ import (
 	"image"
 	"image/color"
 	"image/png"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -284,18 +285,9 @@ func TestConsoleActionGuards(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer resp.Body.Close()
-		var page strings.Builder
-		buf := make([]byte, 4096)
-		for {
-			n, err := resp.Body.Read(buf)
-			page.Write(buf[:n])
-			if err != nil {
-				break
-			}
-		}
-		i := strings.Index(page.String(), `name="csrf" content="`)
-		csrf := page.String()[i+len(`name="csrf" content="`):]
+		page := readBody(t, resp)
+		i := strings.Index(page, `name="csrf" content="`)
+		csrf := page[i+len(`name="csrf" content="`):]
 		return srv, csrf[:strings.IndexByte(csrf, '"')]
 	}
 	e.Exec(t, `INSERT INTO jobs (job_id, current_step, status) VALUES ('j1', 'img_gen', 'done')`)
@@ -365,18 +357,19 @@ func TestConsoleActionGuards(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		var b strings.Builder
-		buf := make([]byte, 4096)
-		for {
-			n, err := resp.Body.Read(buf)
-			b.Write(buf[:n])
-			if err != nil {
-				break
-			}
-		}
-		resp.Body.Close()
-		if strings.Contains(b.String(), pw) || strings.Contains(b.String(), "postgres://") {
+		if b := readBody(t, resp); strings.Contains(b, pw) || strings.Contains(b, "postgres://") {
 			t.Errorf("%s shows a database URL or password", path)
 		}
 	}
+}
+
+// readBody reads and closes an answer's body.
+func readBody(t *testing.T, resp *http.Response) string {
+	t.Helper()
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }
