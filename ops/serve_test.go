@@ -109,6 +109,10 @@ func TestServeFromPipelineFile(t *testing.T) {
 			t.Errorf("status shows yolo_detect with %d members and lag %d; want no member and the waiting jobs as lag", len(s.Members), s.Lag)
 		}
 	}
+	_, text, _ := runMain(t, "status", "--database-url", e.DatabaseURL, "--brokers", e.Brokers[0], "--topic-prefix", e.Prefix, "--slot", e.Slot)
+	if !strings.Contains(text, "yolo_detect: ") || !strings.Contains(text, "no worker is in the group") || !strings.Contains(text, "crash-looping") {
+		t.Errorf("status does not say that yolo_detect has no ready worker:\n%s", text)
+	}
 }
 
 func grepLines(s, sub string) string {

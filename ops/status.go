@@ -121,6 +121,11 @@ func printStatus(out io.Writer, rep, prev *adm.StatusReport) {
 		fmt.Fprintf(tw, "%s\t%s (%s)\t%d\t%d\t%d\t%d\t%d\t%s\t%s\n", st.Step, st.Group, strings.ToLower(st.State), len(st.Members), st.Lag, st.Done, st.Running, st.Failed, rate, lat)
 	}
 	tw.Flush()
+	for _, st := range rep.Steps {
+		if len(st.Members) == 0 && st.Lag > 0 {
+			fmt.Fprintf(out, "\n%s: %d events wait and no worker is in the group: its workers are down, or not ready (a --serve process still loading or crash-looping: see the worker's /readyz and log)", st.Step, st.Lag)
+		}
+	}
 	fmt.Fprintln(out, "\n(runs: last hour; lag: events in the trigger topic not yet committed by the group)")
 	fmt.Fprintln(out, "\nJOBS")
 	tw = tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
