@@ -164,6 +164,9 @@ type Config struct {
 	// member of this worker owns may hold an unclaimed job at its head
 	// without moving before this worker's members rejoin the group to
 	// recover it (default StallTimeoutDefault, at least 1s; negative: never).
+	// The watchdog runs only against jobstream's embedded broker (cluster id
+	// kafkaconn.EmbeddedClusterID), whose group coordinator can leave a
+	// partition unassigned; against Kafka it stays off.
 	StallTimeout time.Duration
 }
 

@@ -2,14 +2,18 @@ package consumers_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/segmentio/kafka-go"
+	"github.com/twmb/franz-go/pkg/kfake"
 
 	"github.com/jobstream/jobstream/consumers"
+	"github.com/jobstream/jobstream/ops/broker"
 	"github.com/jobstream/jobstream/ops/harness"
 	"github.com/jobstream/jobstream/schema"
 	"github.com/jobstream/jobstream/schema/kafkaconn"
@@ -99,5 +103,40 @@ func TestJoinOutlastsARebalanceAnotherJoinExtends(t *testing.T) {
 	case <-b.Ready():
 	default:
 		t.Error("worker-b never had a generation")
+	}
+}
+
+// TestWatchdogOnlyOnTheEmbeddedBroker: the stall watchdog guards against a
+// fault of the embedded broker's group coordinator, so a worker runs it only
+// when the brokers report that broker's cluster id; against any other
+// cluster (Kafka) it says it is off, and the step still runs.
+func TestWatchdogOnlyOnTheEmbeddedBroker(t *testing.T) {
+	t.Parallel()
+	e := harness.New(t)
+	startReader(t, e)
+	other, err := broker.Start(broker.Config{Listen: "127.0.0.1:0", Opts: []kfake.Opt{kfake.ClusterID("some-kafka-cluster")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(other.Close)
+	if id := (kafkaconn.Broker{Addrs: []string{e.Brokers[0]}}).ClusterID(context.Background(), 5*time.Second); id != kafkaconn.EmbeddedClusterID {
+		t.Fatalf("the embedded broker reports cluster id %q, want %q", id, kafkaconn.EmbeddedClusterID)
+	}
+	for _, tc := range []struct {
+		name    string
+		brokers []string
+		off     bool
+	}{{"embedded broker", e.Brokers, false}, {"other cluster", []string{other.Addr()}, true}} {
+		log, sink := logSink(t, tc.name)
+		cfg := consumers.Config{DatabaseURL: e.DatabaseURL, Brokers: tc.brokers, TopicPrefix: e.Prefix, Step: step, WorkerID: tc.name,
+			Logger: log, Grace: time.Second, Handler: func(context.Context, consumers.Job) (json.RawMessage, error) { return nil, nil }}
+		w, err := consumers.New(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		harness.Go(t, context.Background(), tc.name, w.Run).WaitReady(t, w.Ready())
+		if got := strings.Contains(sink.String(), "stall watchdog off"); got != tc.off {
+			t.Errorf("%s: watchdog off %v, want %v", tc.name, got, tc.off)
+		}
 	}
 }

@@ -25,6 +25,10 @@ import (
 // another partition is not stalled: partitions this worker's members hold
 // are skipped, and nothing is stalled while the step has as many runs in
 // progress as the group has members.
+//
+// It runs only against jobstream's embedded broker (Worker.embedded: the
+// cluster id ops/broker sets); real Kafka's coordinator has no such fault,
+// and there the watchdog would only add rejoins.
 
 type stallMark struct {
 	committed int64

@@ -30,6 +30,9 @@ type Worker struct {
 	slots []chan struct{}
 	stats Stats
 	ready chan struct{}
+	// embedded: the brokers are jobstream's embedded broker, whose group
+	// coordinator the stall watchdog guards against; real Kafka needs none.
+	embedded bool
 }
 
 // stepWorker is the worker of one step: its group membership, its store,
@@ -159,6 +162,7 @@ func (w *Worker) start(ctx context.Context, stop context.CancelCauseFunc) (close
 	if err := b.Ping(ctx, 10*time.Second); err != nil {
 		return nil, err
 	}
+	w.embedded = b.ClusterID(ctx, 10*time.Second) == kafkaconn.EmbeddedClusterID
 	if err := b.EnsureTopics(ctx, w.cfg.Partitions, w.topics()...); err != nil {
 		return nil, err
 	}
@@ -257,8 +261,13 @@ func (w *Worker) serve(ctx context.Context) error {
 		all = append(all, members...)
 		s.log.Info("worker started", "topic", s.topic, "group", s.group, "members", len(members), "slots", s.slotCount())
 		g.Go(func() error { return s.sweepLoop(gctx) })
-		g.Go(func() error { return s.watchStalls(gctx) })
+		if w.embedded {
+			g.Go(func() error { return s.watchStalls(gctx) })
+		}
 		g.Go(func() error { return s.watchLoop(gctx) })
+	}
+	if !w.embedded && w.cfg.StallTimeout >= 0 {
+		w.log.Info("stall watchdog off: the brokers are not jobstream's embedded broker, whose group coordinator it guards against")
 	}
 	joining := w.parts[0].joining
 	joining.Add(len(all))

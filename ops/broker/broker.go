@@ -15,6 +15,8 @@ import (
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/jobstream/jobstream/schema/kafkaconn"
 )
 
 // Config configures the broker.
@@ -57,6 +59,7 @@ func Start(cfg Config) (*Broker, error) {
 		l.Close()
 	}
 	opts := []kfake.Opt{
+		kfake.ClusterID(kafkaconn.EmbeddedClusterID),
 		kfake.Ports(port),
 		kfake.ListenFn(func(network, _ string) (net.Listener, error) {
 			return net.Listen(network, net.JoinHostPort(host, strconv.Itoa(port)))

@@ -36,6 +36,26 @@ type Broker struct {
 
 // Ping checks within timeout that a broker answers a metadata request, so a
 // command can fail at start with one clear sentence instead of retrying.
+// EmbeddedClusterID is the cluster id of jobstream's embedded broker
+// (ops/broker, built on kfake): what makes the workers run the stall
+// watchdog, which guards against a fault of that broker's group
+// coordinator that real Kafka does not have.
+const EmbeddedClusterID = "jobstream-embedded-broker"
+
+// ClusterID returns the cluster id the brokers report ("" when they report
+// none or cannot be reached).
+func (b Broker) ClusterID(ctx context.Context, timeout time.Duration) string {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	for _, a := range b.Addrs {
+		c := Broker{Addrs: []string{a}, SASL: b.SASL, TLS: b.TLS}.Client(timeout)
+		if md, err := c.Metadata(ctx, &kafka.MetadataRequest{}); err == nil {
+			return md.ClusterID
+		}
+	}
+	return ""
+}
+
 func (b Broker) Ping(ctx context.Context, timeout time.Duration) error {
 	if len(b.Addrs) == 0 {
 		return ErrNoBrokers
