@@ -219,7 +219,9 @@ func TestSIGTERMPastGraceReleasesRun(t *testing.T) {
 	if code := victim.Wait(t, 60*time.Second); code != 0 {
 		t.Errorf("worker exited %d after SIGTERM, want 0", code)
 	}
-	if alive(first.child) {
+	// Killed with its worker (its process group at the stop, Pdeathsig when
+	// the worker's thread exits): gone within moments, however loaded.
+	if err := harness.Poll(10*time.Second, func() (bool, string) { return !alive(first.child), "alive" }); err != nil {
 		t.Errorf("the step process %d outlived its worker's grace period", first.child)
 	}
 	j := waitJob(t, e, "long", step, "done", 90*time.Second)

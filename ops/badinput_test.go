@@ -84,7 +84,7 @@ func TestBadInputCatalogue(t *testing.T) {
 		e.Exec(t, `INSERT INTO jobs (job_id, current_step, status) VALUES ($1, 'img_gen', 'done')`, j)
 	}
 	// Malformed and truncated messages in the step's trigger topic.
-	kw := &kafka.Writer{Addr: kafka.TCP(e.Brokers...), Topic: e.Topic("img_gen"), Balancer: &kafka.Murmur2Balancer{}, BatchTimeout: time.Millisecond}
+	kw := &kafka.Writer{Addr: kafka.TCP(e.Brokers...), Topic: e.Topic("img_gen"), Balancer: &kafka.Murmur2Balancer{}, BatchTimeout: time.Millisecond, RequiredAcks: kafka.RequireAll}
 	defer kw.Close()
 	if err := kw.WriteMessages(ctx,
 		kafka.Message{Key: []byte("junk"), Value: []byte("\x00\x01 not json")},

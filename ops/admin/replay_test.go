@@ -36,7 +36,7 @@ func events(t *testing.T, e *harness.Env, topic, step string, lsn int64, jobs ..
 	}
 	// A transport of its own: kafka-go's default one may keep metadata from
 	// before the topic was created.
-	w := &kafka.Writer{Addr: kafka.TCP(e.Brokers...), Topic: topic, Balancer: &kafka.Murmur2Balancer{}, BatchTimeout: time.Millisecond,
+	w := &kafka.Writer{Addr: kafka.TCP(e.Brokers...), Topic: topic, Balancer: &kafka.Murmur2Balancer{}, BatchTimeout: time.Millisecond, RequiredAcks: kafka.RequireAll,
 		Transport: b.Transport()}
 	defer w.Close()
 	if err := w.WriteMessages(ctx, msgs...); err != nil {
