@@ -191,9 +191,12 @@ func TestServeProcessKilledMidBatch(t *testing.T) {
 	if twice := e.Count(t, `SELECT count(*) FROM (SELECT job_id FROM jobstream_runs WHERE outcome = 'done' GROUP BY job_id HAVING count(*) > 1) x`); twice != 0 {
 		t.Errorf("%d jobs completed more than once", twice)
 	}
-	failed := e.Count(t, `SELECT count(DISTINCT job_id) FROM jobstream_runs WHERE outcome <> 'done' AND error LIKE '%serve process%exited%'`)
-	if failed != inFlight {
-		t.Errorf("%d jobs had an attempt failed by the process's death, want the %d in flight; runs:\n%s", failed, inFlight,
+	// The jobs in the process fail with it (and are retried); those claimed
+	// but still waiting for the lane are given back while no process is ready.
+	failed := e.Count(t, `SELECT count(DISTINCT job_id) FROM jobstream_runs WHERE job_id LIKE 'k%' AND
+		((outcome = 'failed' AND error LIKE '%serve process%exited%') OR (outcome = 'released' AND error LIKE 'no serve process%'))`)
+	if failed < inFlight || failed > 4 {
+		t.Errorf("%d jobs had an attempt failed by the process's death or given back, want the %d in flight (or more claimed since, of the 4); runs:\n%s", failed, inFlight,
 			e.Dump(t, `SELECT job_id, chain, attempt, outcome, error FROM jobstream_runs ORDER BY job_id, attempt`))
 	}
 	// A job claimed just as the process died is given back (released), not failed.

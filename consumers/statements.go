@@ -82,7 +82,7 @@ const sqlAbandon = `UPDATE jobstream_runs SET finished_at = now(), outcome = gon
 
 const sqlRelease = `WITH c AS (
 				UPDATE jobstream_runs SET finished_at = now(), outcome = 'released',
-					error = 'worker shut down before the step finished',
+					error = $5,
 					rewind_xid = pg_current_xact_id()::text::bigint % 4294967296
 				WHERE run_id = $1 AND finished_at IS NULL
 				RETURNING run_id)

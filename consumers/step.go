@@ -243,11 +243,10 @@ func (w *stepWorker) settle(ctx, kctx context.Context, r run, m kafka.Message, r
 	case ctx.Err() != nil || errors.Is(runErr, errLanesDown):
 		// At a stop past the grace, or with every serve process of this
 		// member down: another member takes the job at once.
-		why := "released the run of a step that did not finish within the grace period"
 		if errors.Is(runErr, errLanesDown) {
-			why = "released the run: no serve process of this member is ready to run it"
+			return true, w.release(ctx, r, ran, "no serve process of this worker was ready to run the step; given back to the group")
 		}
-		return true, w.release(ctx, r, ran, why)
+		return true, w.release(ctx, r, ran, "worker shut down before the step finished")
 	case runErr == nil:
 		return true, w.complete(ctx, r, m, result, ran)
 	case IsPermanent(runErr) || r.attempt >= w.cfg.MaxAttempts:
@@ -319,7 +318,7 @@ func (w *stepWorker) backOff(ctx, kctx context.Context, r run, d time.Duration) 
 	case errors.Is(context.Cause(kctx), errJobLeft):
 		return true, w.abandon(ctx, r, 0)
 	case ctx.Err() != nil || isClosed(w.stopping):
-		return true, w.release(ctx, r, 0, "released the run of a job waiting to be retried: the worker is stopping")
+		return true, w.release(ctx, r, 0, "worker shut down while the job waited to be retried")
 	}
 	return false, nil
 }
@@ -477,11 +476,11 @@ var errReleased = errors.New("run released: the worker is stopping")
 func (w *stepWorker) release(ctx context.Context, r run, ran time.Duration, why string) error {
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
-	if err := w.store.release(rctx, r); err != nil {
+	if err := w.store.release(rctx, r, why); err != nil {
 		w.log.Warn("release run failed; its lease will expire instead", "job_id", r.job.JobID, "err", err)
 	} else {
 		w.stats.Released.Add(1)
-		w.log.Info(why, "job_id", r.job.JobID, "attempt", r.attempt)
+		w.log.Info("run released: "+why, "job_id", r.job.JobID, "attempt", r.attempt)
 	}
 	w.attempted("released", ran)
 	return errReleased

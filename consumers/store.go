@@ -262,8 +262,8 @@ func (s *store) abandon(ctx context.Context, r run) (outcome string, err error) 
 // release gives a run back at once (shutdown past the grace period): the
 // run is closed and the job rewound to (T, done), which re-delivers it; the
 // next claim continues the attempt chain.
-func (s *store) release(ctx context.Context, r run) error {
-	if _, err := s.pool.Exec(ctx, s.q.release, r.id, r.job.JobID, s.step, s.trigger); err != nil {
+func (s *store) release(ctx context.Context, r run, why string) error {
+	if _, err := s.pool.Exec(ctx, s.q.release, r.id, r.job.JobID, s.step, s.trigger, why); err != nil {
 		return fmt.Errorf("release run: %w", err)
 	}
 	return nil
