@@ -161,35 +161,41 @@ func waitMembers(t *testing.T, e *harness.Env, step string, n int) {
 // offset of the topic it reads, per partition.
 func offsets(t testing.TB, e *harness.Env, step, trigger string) (committed, end map[int]int64) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	// One minute for the lot: a broker shared by a loaded test binary may
+	// take more than one request's timeout to answer.
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	topic := e.Topic(trigger)
 	c, done := kafkaClient(e)
 	defer done()
-	md, err := c.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{topic}})
-	if err == nil && (len(md.Topics) != 1 || md.Topics[0].Error != nil || len(md.Topics[0].Partitions) == 0) {
-		err = fmt.Errorf("answer %+v", md.Topics)
-	}
-	if err != nil {
-		t.Fatalf("metadata of %s: %v", topic, err)
-	}
 	var parts []int
-	var reqs []kafka.OffsetRequest
-	for _, p := range md.Topics[0].Partitions {
-		parts = append(parts, p.ID)
-		reqs = append(reqs, kafka.LastOffsetOf(p.ID))
-	}
-	lo, err := c.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{topic: reqs}})
-	if err != nil {
-		t.Fatalf("list offsets of %s: %v", topic, err)
-	}
-	end = map[int]int64{}
-	for _, p := range lo.Topics[topic] {
-		end[p.Partition] = p.LastOffset
-	}
+	harness.Eventually(t, time.Minute, func() (bool, string) {
+		md, err := c.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{topic}})
+		if err == nil && (len(md.Topics) != 1 || md.Topics[0].Error != nil || len(md.Topics[0].Partitions) == 0) {
+			err = fmt.Errorf("answer %+v", md.Topics)
+		}
+		if err != nil {
+			return false, fmt.Sprintf("metadata of %s: %v", topic, err)
+		}
+		parts = parts[:0]
+		var reqs []kafka.OffsetRequest
+		for _, p := range md.Topics[0].Partitions {
+			parts = append(parts, p.ID)
+			reqs = append(reqs, kafka.LastOffsetOf(p.ID))
+		}
+		lo, err := c.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{topic: reqs}})
+		if err != nil {
+			return false, fmt.Sprintf("list offsets of %s: %v", topic, err)
+		}
+		end = map[int]int64{}
+		for _, p := range lo.Topics[topic] {
+			end[p.Partition] = p.LastOffset
+		}
+		return true, ""
+	})
 	// The coordinator may answer with an error for a moment (a group that
 	// is rebalancing or was just left): ask again.
-	harness.Eventually(t, 10*time.Second, func() (bool, string) {
+	harness.Eventually(t, 30*time.Second, func() (bool, string) {
 		of, err := c.OffsetFetch(ctx, &kafka.OffsetFetchRequest{GroupID: e.Topics().Group(step), Topics: map[string][]int{topic: parts}})
 		if err == nil {
 			err = of.Error
