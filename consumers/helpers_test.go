@@ -134,18 +134,24 @@ func kafkaClient(e *harness.Env) (*kafka.Client, func()) {
 // groupMembers returns how many members the consumer group of step has.
 func groupMembers(t testing.TB, e *harness.Env, step string) int {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	c, done := kafkaClient(e)
 	defer done()
-	resp, err := c.DescribeGroups(ctx, &kafka.DescribeGroupsRequest{GroupIDs: []string{e.Topics().Group(step)}})
-	if err != nil {
-		t.Fatalf("describe group: %v", err)
-	}
-	if len(resp.Groups) == 0 {
-		return 0
-	}
-	return len(resp.Groups[0].Members)
+	// The coordinator may answer an error for a moment under load: ask again.
+	members := 0
+	harness.Eventually(t, time.Minute, func() (bool, string) {
+		resp, err := c.DescribeGroups(ctx, &kafka.DescribeGroupsRequest{GroupIDs: []string{e.Topics().Group(step)}})
+		if err != nil {
+			return false, fmt.Sprintf("describe group: %v", err)
+		}
+		members = 0
+		if len(resp.Groups) > 0 {
+			members = len(resp.Groups[0].Members)
+		}
+		return true, ""
+	})
+	return members
 }
 
 // waitMembers waits until the group of step has n members.
