@@ -34,6 +34,11 @@ type router struct {
 	render    []byte
 	stepTopic map[string]string
 	routed    map[string]bool
+
+	// keyRel is the relation whose job_id type keyOID/keyMod hold.
+	keyRel *pglogrepl.RelationMessage
+	keyOID uint32
+	keyMod int32
 }
 
 func newRouter(cfg *Config, db string, maxMessage int, log *slog.Logger) *router {
@@ -117,7 +122,7 @@ func (rt *router) renderChange(c *change) (key, step []byte, bad string, value [
 	}
 	value = append([]byte(nil), v...)
 	if key != nil && !rt.bareKey {
-		key = keyStruct(c.rel, key)
+		key = rt.keyStruct(c.rel, key)
 	}
 	if key != nil {
 		if cap(value)-len(value) >= len(key) {
@@ -132,17 +137,20 @@ func (rt *router) renderChange(c *change) (key, step []byte, bad string, value [
 }
 
 // keyStruct renders Debezium's key struct of a row whose job_id is id:
-// {"job_id": <id as the row renders it>}, schemas off.
-func keyStruct(rel *pglogrepl.RelationMessage, id []byte) []byte {
-	oid, typmod := uint32(25), int32(-1) // text
-	for _, c := range rel.Columns {
-		if c.Name == "job_id" {
-			oid, typmod = c.DataType, c.TypeModifier
-			break
+// {"job_id": <id as the row renders it>}, schemas off. The job_id column's
+// type is looked up once per relation message, not per event.
+func (rt *router) keyStruct(rel *pglogrepl.RelationMessage, id []byte) []byte {
+	if rel != rt.keyRel {
+		rt.keyRel, rt.keyOID, rt.keyMod = rel, 25, -1 // text, if the column is missing
+		for _, c := range rel.Columns {
+			if c.Name == "job_id" {
+				rt.keyOID, rt.keyMod = c.DataType, c.TypeModifier
+				break
+			}
 		}
 	}
 	k := append(make([]byte, 0, len(id)+16), `{"job_id":`...)
-	k = appendValue(k, oid, typmod, id)
+	k = appendValue(k, rt.keyOID, rt.keyMod, id)
 	return append(k, '}')
 }
 

@@ -165,18 +165,17 @@ func TestServeProcessKilledMidBatch(t *testing.T) {
 	e := harness.New(t)
 	startReader(t, e)
 	marker := "killed-mid-batch"
-	w := startWorker(t, e, consumers.Config{Concurrency: 1, Batch: 4, BatchWait: 100 * time.Millisecond,
+	log, sink := logSink(t, "worker")
+	w := startWorker(t, e, consumers.Config{Logger: log, Concurrency: 1, Batch: 4, BatchWait: 100 * time.Millisecond,
 		RetryBackoff: 50 * time.Millisecond, MaxAttempts: 3, BatchHandler: consumers.Serve(serveArgv(t, marker, "MODEL_LOAD_SECONDS=0.2")...)})
 	<-w.Ready()
-	// Jobs on one partition run one after another: wait for those the
-	// first batch took.
+	// Jobs on one partition run one after another: wait until the process
+	// runs the first batch (it says so on stderr, which the worker logs).
 	insertN(t, e, "k", 4, `{"sleep": 3}`)
-	time.Sleep(500 * time.Millisecond)
-	inFlight := 0
 	harness.Eventually(t, 30*time.Second, func() (bool, string) {
-		inFlight = e.Count(t, `SELECT count(*) FROM jobstream_runs WHERE finished_at IS NULL`)
-		return inFlight > 0, "no job running"
+		return strings.Contains(sink.String(), `line="running `), "the serve process has not started a batch"
 	})
+	inFlight := e.Count(t, `SELECT count(*) FROM jobstream_runs WHERE finished_at IS NULL`)
 	pids := servePids(marker)
 	if len(pids) != 1 {
 		t.Fatalf("serve processes: %v, want one", pids)

@@ -53,7 +53,7 @@ var jobIDTypes = map[string]bool{"text": true, "varchar": true, "uuid": true, "i
 
 // newStore looks up the type of jobs.job_id and prepares the statements.
 func newStore(ctx context.Context, pool *pgxpool.Pool, step, trigger string, lease time.Duration) (*store, error) {
-	idType, err := lookupJobIDType(ctx, pool)
+	idType, err := JobIDType(ctx, pool)
 	if err != nil {
 		return nil, err
 	}
@@ -76,9 +76,10 @@ type schemaError struct{ msg string }
 func (e *schemaError) Error() string        { return e.msg }
 func (e *schemaError) Is(target error) bool { return target == ErrSchema }
 
-// lookupJobIDType returns the SQL type of jobs.job_id (format_type), or an
-// error naming what is wrong with it.
-func lookupJobIDType(ctx context.Context, pool *pgxpool.Pool) (string, error) {
+// JobIDType returns the SQL type of jobs.job_id (format_type), or an error
+// naming what is wrong with it (a missing table or column, a type jobstream
+// does not support).
+func JobIDType(ctx context.Context, pool *pgxpool.Pool) (string, error) {
 	var formatted, typname string
 	err := pool.QueryRow(ctx, `SELECT format_type(a.atttypid, a.atttypmod), t.typname
 		FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
@@ -420,7 +421,7 @@ var poolQueries sync.Map // *pgxpool.Pool → *queries
 func adminStore(ctx context.Context, pool *pgxpool.Pool, step, trigger string) (*store, error) {
 	q, ok := poolQueries.Load(pool)
 	if !ok {
-		idType, err := lookupJobIDType(ctx, pool)
+		idType, err := JobIDType(ctx, pool)
 		if err != nil {
 			return nil, err
 		}

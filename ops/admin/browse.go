@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/segmentio/kafka-go"
 
+	"github.com/jobstream/jobstream/consumers"
 	"github.com/jobstream/jobstream/schema"
 )
 
@@ -56,7 +57,7 @@ func Jobs(ctx context.Context, pool *pgxpool.Pool, o JobsOptions) (*JobsPage, er
 		limit = 50
 	}
 	limit = min(limit, 500)
-	idType, err := jobIDType(ctx, pool)
+	idType, err := consumers.JobIDType(ctx, pool)
 	if err != nil {
 		return nil, err
 	}
@@ -132,17 +133,6 @@ func escapeLike(s string) string {
 	return strings.NewReplacer(`\`, `\\`, `%`, `\%`, `_`, `\_`).Replace(s)
 }
 
-// jobIDType returns the SQL type of jobs.job_id.
-func jobIDType(ctx context.Context, pool *pgxpool.Pool) (string, error) {
-	var t string
-	err := pool.QueryRow(ctx, `SELECT format_type(atttypid, atttypmod) FROM pg_attribute
-		WHERE attrelid = 'jobs'::regclass AND attname = 'job_id' AND NOT attisdropped`).Scan(&t)
-	if err != nil {
-		return "", fmt.Errorf("look up the type of jobs.job_id: %w", err)
-	}
-	return t, nil
-}
-
 // JobDetail is one job's row as it is now.
 type JobDetail struct {
 	JobRow
@@ -155,7 +145,7 @@ var ErrNoSuchJob = errors.New("no such job")
 
 // Job reads one job's row. It only reads.
 func Job(ctx context.Context, pool *pgxpool.Pool, id string) (*JobDetail, error) {
-	idType, err := jobIDType(ctx, pool)
+	idType, err := consumers.JobIDType(ctx, pool)
 	if err != nil {
 		return nil, err
 	}

@@ -191,7 +191,7 @@ func rewind(ctx context.Context, pool *pgxpool.Pool, p schema.Pipeline, res *Rep
 	if by == "" {
 		by = replayer()
 	}
-	idType, err := jobIDType(ctx, pool)
+	idType, err := consumers.JobIDType(ctx, pool)
 	if err != nil {
 		return nil, err
 	}

@@ -134,6 +134,7 @@ def main():
         if jobs is None:
             log("stdin closed; exiting")
             return
+        log(f"running {len(jobs)} job(s): {', '.join(j['job_id'] for j in jobs)}")
         for a in infer(model, jobs, cancelled):
             answer(a)
 
