@@ -82,8 +82,7 @@ func checkOneCompletion(t *testing.T, e *harness.Env, ids ...string) {
 // job completes exactly once.
 func TestKillWorkerMidStep(t *testing.T) {
 	t.Parallel()
-	e := harness.New(t)
-	startReader(t, e)
+	e := streamingEnv(t)
 	ids := []string{"kill-0", "kill-1", "kill-2", "kill-3", "kill-4", "kill-5"}
 	first, victim, survivor := startSlowJob(t, e, "600", []string{"--lease", "3s"}, ids...)
 	// Let the attempt renew its lease at least once: a live step keeps it.
@@ -122,8 +121,7 @@ func TestKillWorkerMidStep(t *testing.T) {
 // resumes (SIGCONT) with its late result, the result is discarded.
 func TestStoppedWorkerResultIsFenced(t *testing.T) {
 	t.Parallel()
-	e := harness.New(t)
-	startReader(t, e)
+	e := streamingEnv(t)
 	_, victim, survivor := startSlowJob(t, e, "2", []string{"--lease", "2s"}, "frozen")
 	victim.Signal(t, syscall.SIGSTOP)
 
@@ -153,8 +151,7 @@ func TestStoppedWorkerResultIsFenced(t *testing.T) {
 // SIGTERM is left for the next worker, which completes it.
 func TestSIGTERMFinishesRunningStep(t *testing.T) {
 	t.Parallel()
-	e := harness.New(t)
-	startReader(t, e)
+	e := streamingEnv(t)
 	dir := t.TempDir()
 	stepCmd := script(t, dir, "step.sh", slowStep)
 	env := []string{"STEP_DIR=" + dir, "STEP_SLOW_JOB=term-1", "STEP_SLOW_SECS=3"}
@@ -212,8 +209,7 @@ func TestSIGTERMFinishesRunningStep(t *testing.T) {
 // plays no part.
 func TestSIGTERMPastGraceReleasesRun(t *testing.T) {
 	t.Parallel()
-	e := harness.New(t)
-	startReader(t, e)
+	e := streamingEnv(t)
 	first, victim, survivor := startSlowJob(t, e, "600", []string{"--grace", "1s", "--lease", "10m"}, "long")
 	victim.Signal(t, syscall.SIGTERM)
 	if code := victim.Wait(t, 60*time.Second); code != 0 {
@@ -241,8 +237,7 @@ func TestSIGTERMPastGraceReleasesRun(t *testing.T) {
 // steps at once (each step holds a lock directory named after its GPU).
 func TestGPUSlots(t *testing.T) {
 	t.Parallel()
-	e := harness.New(t)
-	startReader(t, e)
+	e := streamingEnv(t)
 	dir := t.TempDir()
 	stepCmd := script(t, dir, "gpu.sh", `cat >/dev/null
 [ -n "$CUDA_VISIBLE_DEVICES" ] || { echo "no CUDA_VISIBLE_DEVICES" >&2; exit 65; }
@@ -287,8 +282,7 @@ printf '{"gpu":"%s"}\n' "$CUDA_VISIBLE_DEVICES"
 // at once with a dead letter.
 func TestHTTPExecutorProcess(t *testing.T) {
 	t.Parallel()
-	e := harness.New(t)
-	startReader(t, e)
+	e := streamingEnv(t)
 	var mu sync.Mutex
 	calls := map[string][]string{}
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

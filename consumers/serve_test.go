@@ -111,8 +111,7 @@ func waitDone(t *testing.T, e *harness.Env, w *consumers.Worker, n int, timeout 
 // done once.
 func TestServeLoadsOncePerGPUAndBatches(t *testing.T) {
 	t.Parallel()
-	e := harness.New(t)
-	startReader(t, e)
+	e := streamingEnv(t)
 	const early, n = 40, 240
 	insertN(t, e, "s", early, `{}`) // waiting before the processes are ready
 	began := time.Now()
@@ -162,8 +161,7 @@ func TestServeLoadsOncePerGPUAndBatches(t *testing.T) {
 // on the restarted process; nothing is lost and nothing completes twice.
 func TestServeProcessKilledMidBatch(t *testing.T) {
 	t.Parallel()
-	e := harness.New(t)
-	startReader(t, e)
+	e := streamingEnv(t)
 	marker := "killed-mid-batch"
 	log, sink := logSink(t, "worker")
 	w := startWorker(t, e, consumers.Config{Logger: log, Concurrency: 1, Batch: 4, BatchWait: 100 * time.Millisecond,
@@ -213,8 +211,7 @@ func TestServeProcessKilledMidBatch(t *testing.T) {
 // crash-looping, and its member never joins the group or claims a job.
 func TestServeNeverReady(t *testing.T) {
 	t.Parallel()
-	e := harness.New(t)
-	startReader(t, e)
+	e := streamingEnv(t)
 	log, sink := logSink(t, "worker")
 	sh := script(t, e.Dir, "never-ready.sh", `echo "loading forever" >&2; exec sleep 600`)
 	w := startWorker(t, e, consumers.Config{StartTimeout: 500 * time.Millisecond, Logger: log,
@@ -250,8 +247,7 @@ func TestServeNeverReady(t *testing.T) {
 // the process was not given, fails the attempt in flight with the reason.
 func TestServeProtocolErrors(t *testing.T) {
 	t.Parallel()
-	e := harness.New(t)
-	startReader(t, e)
+	e := streamingEnv(t)
 	py := filepath.Join(e.Dir, "bad_server.py")
 	os.WriteFile(py, []byte(`import json, sys
 print(json.dumps({"ready": True}), flush=True)
@@ -369,8 +365,7 @@ for line in sys.stdin:
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			e := harness.New(t)
-			startReader(t, e)
+			e := streamingEnv(t)
 			cfg := tc.cfg(t, e.Dir)
 			cfg.Concurrency, cfg.MaxAttempts = 2, 3
 			w := startWorker(t, e, cfg)
@@ -424,8 +419,7 @@ for line in sys.stdin:
 // failure fails only that job's attempt, retried on its own.
 func TestBatchFunc(t *testing.T) {
 	t.Parallel()
-	e := harness.New(t)
-	startReader(t, e)
+	e := streamingEnv(t)
 	var sizes []int
 	var mu = make(chan struct{}, 1)
 	h := consumers.BatchFunc(func(ctx context.Context, jobs []consumers.Job) []consumers.Result {
@@ -475,8 +469,7 @@ func TestBatchFunc(t *testing.T) {
 // and every job is done exactly once, none failed or retried.
 func TestServeBatchesAcrossARebalance(t *testing.T) {
 	t.Parallel()
-	e := harness.New(t)
-	startReader(t, e)
+	e := streamingEnv(t)
 	serve := func(id string) *consumers.Worker {
 		return startWorker(t, e, consumers.Config{WorkerID: id, Batch: 4, BatchWait: 50 * time.Millisecond, MaxAttempts: 1,
 			BatchHandler: consumers.Serve(serveArgv(t, "rebalance-"+id, "MODEL_LOAD_SECONDS=0.1", "MODEL_JOB_MS=150")...)})

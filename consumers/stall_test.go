@@ -112,8 +112,7 @@ func TestJoinOutlastsARebalanceAnotherJoinExtends(t *testing.T) {
 // cluster (Kafka) it says it is off, and the step still runs.
 func TestWatchdogOnlyOnTheEmbeddedBroker(t *testing.T) {
 	t.Parallel()
-	e := harness.New(t)
-	startReader(t, e)
+	e := streamingEnv(t)
 	other, err := broker.Start(broker.Config{Listen: "127.0.0.1:0", Opts: []kfake.Opt{kfake.ClusterID("some-kafka-cluster")}})
 	if err != nil {
 		t.Fatal(err)

@@ -122,8 +122,7 @@ func TestCancelStopsTheRunningStep(t *testing.T) {
 	}{{"go handler", false}, {"exec step", true}} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			e := harness.New(t)
-			startReader(t, e)
+			e := streamingEnv(t)
 			rec := &recorder{}
 			started := make(chan struct{}, 1)
 			stopped := make(chan time.Time, 1)

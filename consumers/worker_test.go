@@ -325,8 +325,7 @@ func stats(w *consumers.Worker) string {
 // jobstream_runs holds one finished run per job.
 func TestStepProtocolHappyPath(t *testing.T) {
 	t.Parallel()
-	e := harness.New(t)
-	startReader(t, e)
+	e := streamingEnv(t)
 	rec := &recorder{}
 	w := startWorker(t, e, consumers.Config{Concurrency: 3, Handler: func(_ context.Context, job consumers.Job) (json.RawMessage, error) {
 		rec.record(job)
@@ -435,8 +434,7 @@ func TestStepProtocolHappyPath(t *testing.T) {
 // the handler does not run again and the jobs keep their single run.
 func TestDuplicateAndStaleEventsAreSkipped(t *testing.T) {
 	t.Parallel()
-	e := harness.New(t)
-	startReader(t, e)
+	e := streamingEnv(t)
 	rec := &recorder{}
 	w := startWorker(t, e, consumers.Config{Handler: rec.attemptResult})
 
@@ -542,8 +540,7 @@ func TestDuplicateAndStaleEventsAreSkipped(t *testing.T) {
 // job_id says why.
 func TestRetriesThenFailsWithDeadLetter(t *testing.T) {
 	t.Parallel()
-	e := harness.New(t)
-	startReader(t, e)
+	e := streamingEnv(t)
 	rec := &recorder{}
 	w := startWorker(t, e, consumers.Config{MaxAttempts: 3, Handler: func(_ context.Context, job consumers.Job) (json.RawMessage, error) {
 		rec.record(job)
@@ -617,8 +614,7 @@ func TestRetriesThenFailsWithDeadLetter(t *testing.T) {
 // wrapped, fails the job on its first attempt.
 func TestPermanentFailureIsNotRetried(t *testing.T) {
 	t.Parallel()
-	e := harness.New(t)
-	startReader(t, e)
+	e := streamingEnv(t)
 	rec := &recorder{}
 	w := startWorker(t, e, consumers.Config{MaxAttempts: 5, Handler: func(_ context.Context, job consumers.Job) (json.RawMessage, error) {
 		rec.record(job)
@@ -679,8 +675,7 @@ func TestFencedResultIsDiscarded(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			e := harness.New(t)
-			startReader(t, e)
+			e := streamingEnv(t)
 			const id = "fenced"
 			h, w := loseFirstAttempt(t, e, id, tc.honorsCtx)
 			if !tc.honorsCtx {
@@ -721,8 +716,7 @@ func TestFencedResultIsDiscarded(t *testing.T) {
 // the rewind's trigger event finds nothing to claim.
 func TestLateResultDoesNotOverwriteNewerAttempt(t *testing.T) {
 	t.Parallel()
-	e := harness.New(t)
-	startReader(t, e)
+	e := streamingEnv(t)
 	const id = "taken-over"
 	h, w := loseFirstAttempt(t, e, id, false) // a step that cannot be interrupted
 	// Another worker claims the rewound job: attempt 2, open, with a long lease.
@@ -762,8 +756,7 @@ func TestLateResultDoesNotOverwriteNewerAttempt(t *testing.T) {
 // is left alone.
 func TestSweeperRescuesExpiredLease(t *testing.T) {
 	t.Parallel()
-	e := harness.New(t)
-	startReader(t, e)
+	e := streamingEnv(t)
 	rec := &recorder{}
 	w := startWorker(t, e, consumers.Config{Lease: time.Second, MaxAttempts: 3, Handler: rec.attemptResult})
 
