@@ -822,6 +822,7 @@ func runBroker(ctx context.Context, args []string, out io.Writer) error {
 	f.str(&cfg.Listen, "listen", "JOBSTREAM_BROKER_LISTEN", "127.0.0.1:9092", "host:port to listen on")
 	f.str(&cfg.DataDir, "data-dir", "JOBSTREAM_BROKER_DATA_DIR", "", "folder that persists topics, offsets and groups (empty: memory only)")
 	f.num(&cfg.Partitions, "partitions", "JOBSTREAM_PARTITIONS", schema.DefaultPartitions, "partitions of auto-created topics")
+	f.num(&cfg.Nodes, "nodes", "JOBSTREAM_BROKER_NODES", 1, "broker nodes, listening on --listen's port and the ones after it (3: a cluster where topics get replication factor 3)")
 	var faultFor time.Duration
 	f.dur(&faultFor, "fault-on-usr1", "JOBSTREAM_BROKER_FAULT_ON_USR1", 0, "for chaos tests: on SIGUSR1, answer produce and fetch with errors for this long")
 	if err := f.parse(args); err != nil {
@@ -829,6 +830,9 @@ func runBroker(ctx context.Context, args []string, out io.Writer) error {
 	}
 	if cfg.Partitions < 1 || cfg.Partitions > 10000 {
 		return usagef("--partitions %d is out of range 1..10000", cfg.Partitions)
+	}
+	if cfg.Nodes < 1 || cfg.Nodes > 16 {
+		return usagef("--nodes %d is out of range 1..16", cfg.Nodes)
 	}
 	if faultFor < 0 {
 		return usagef("--fault-on-usr1 %s is negative", faultFor)
@@ -849,7 +853,7 @@ func runBroker(ctx context.Context, args []string, out io.Writer) error {
 	if cfg.DataDir != "" {
 		persist = "persisted in " + cfg.DataDir
 	}
-	fmt.Fprintf(out, "broker listening on %s (%s); Ctrl-C stops it\n", b.Addr(), persist)
+	fmt.Fprintf(out, "broker listening on %s (%s); Ctrl-C stops it\n", strings.Join(b.Addrs(), ","), persist)
 	if faultFor > 0 {
 		go func() {
 			for range usr1 {

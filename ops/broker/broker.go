@@ -1,6 +1,7 @@
 // Package broker runs jobstream's embedded Kafka-protocol broker: kfake from
-// franz-go, one node, persisted to a data folder, listening on one address.
-// Any Kafka client (kcat, kafka-go, the Java client) talks to it over TCP.
+// franz-go, persisted to a data folder, one node by default or a cluster of
+// several, each node listening on its own address. Any Kafka client (kcat,
+// kafka-go, the Java client) talks to it over TCP.
 package broker
 
 import (
@@ -8,6 +9,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -21,9 +23,15 @@ import (
 
 // Config configures the broker.
 type Config struct {
-	// Listen is the host:port to listen on (default 127.0.0.1:9092); port 0
-	// picks a free one.
+	// Listen is the host:port the first node listens on (default
+	// 127.0.0.1:9092); port 0 picks a free one.
 	Listen string
+	// Nodes is the number of broker nodes (default 1). Node i listens on
+	// Listen's port + i, or on a free port when Listen's port is 0. The
+	// nodes share one log, as kfake keeps it; partition leaders and group
+	// coordinators are spread over them and move as on a real cluster
+	// (Cluster().ShufflePartitionLeaders, RehashCoordinators).
+	Nodes int
 	// DataDir persists topics, offsets and groups (default: memory only).
 	DataDir string
 	// Partitions is the partition count of auto-created topics (default 12).
@@ -34,8 +42,8 @@ type Config struct {
 
 // Broker is a running embedded broker.
 type Broker struct {
-	c    *kfake.Cluster
-	addr string
+	c     *kfake.Cluster
+	addrs []string
 }
 
 // Start starts the broker and returns once it listens.
@@ -50,19 +58,36 @@ func Start(cfg Config) (*Broker, error) {
 		return nil, fmt.Errorf("--listen %q has no valid port", listen)
 	}
 	host = cmp.Or(host, "127.0.0.1")
-	if port == 0 {
+	nodes := cmp.Or(cfg.Nodes, 1)
+	if nodes < 1 || nodes > 16 {
+		return nil, fmt.Errorf("--nodes %d is out of range 1..16", nodes)
+	}
+	if port != 0 && port+nodes-1 > 65535 {
+		return nil, fmt.Errorf("--listen %q leaves no port for node %d", listen, nodes-1)
+	}
+	ports := make([]int, nodes)
+	for i := range ports {
+		if port != 0 {
+			ports[i] = port + i
+			continue
+		}
 		l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
 		if err != nil {
 			return nil, err
 		}
-		port = l.Addr().(*net.TCPAddr).Port
+		ports[i] = l.Addr().(*net.TCPAddr).Port
 		l.Close()
 	}
 	opts := []kfake.Opt{
 		kfake.ClusterID(kafkaconn.EmbeddedClusterID),
-		kfake.Ports(port),
-		kfake.ListenFn(func(network, _ string) (net.Listener, error) {
-			return net.Listen(network, net.JoinHostPort(host, strconv.Itoa(port)))
+		kfake.Ports(ports...),
+		// kfake asks for 127.0.0.1:<port>; listen on the configured host.
+		kfake.ListenFn(func(network, addr string) (net.Listener, error) {
+			_, p, err := net.SplitHostPort(addr)
+			if err != nil {
+				return nil, err
+			}
+			return net.Listen(network, net.JoinHostPort(host, p))
 		}),
 		kfake.DefaultNumPartitions(cmp.Or(cfg.Partitions, 12)),
 		kfake.AllowAutoTopicCreation(),
@@ -79,11 +104,15 @@ func Start(cfg Config) (*Broker, error) {
 	if err != nil {
 		return nil, fmt.Errorf("start broker on %s: %w", listen, err)
 	}
-	return &Broker{c: c, addr: c.ListenAddrs()[0]}, nil
+	return &Broker{c: c, addrs: c.ListenAddrs()}, nil
 }
 
-// Addr returns the host:port clients connect to.
-func (b *Broker) Addr() string { return b.addr }
+// Addr returns the host:port of the first node, enough for a client to
+// bootstrap from.
+func (b *Broker) Addr() string { return b.addrs[0] }
+
+// Addrs returns the host:port of every node, the first node's first.
+func (b *Broker) Addrs() []string { return slices.Clone(b.addrs) }
 
 // Cluster gives tests the kfake cluster for fault injection.
 func (b *Broker) Cluster() *kfake.Cluster { return b.c }
