@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -91,19 +92,42 @@ func (b Broker) Ping(ctx context.Context, timeout time.Duration) error {
 	return fmt.Errorf("cannot reach a Kafka broker at %v (%v); start one (jobstream broker, or Kafka) or fix KAFKA_BROKERS", b.Addrs, last)
 }
 
+// ClusterReplication is the replication factor of the topics EnsureTopics
+// creates on a cluster of at least as many brokers, and
+// ClusterMinInsyncReplicas their min.insync.replicas: with acks=all a write
+// is acknowledged once two of the three replicas hold it, so one broker may
+// be down (restarted, upgraded) without the reader stopping or an
+// acknowledged event being lost.
+const (
+	ClusterReplication       = 3
+	ClusterMinInsyncReplicas = 2
+)
+
 // EnsureTopics creates the topics that do not exist yet, each with
-// partitions partitions. Existing topics are left as they are.
+// partitions partitions. On a cluster of ClusterReplication brokers or more
+// a topic gets that replication factor and min.insync.replicas
+// ClusterMinInsyncReplicas; on a smaller one, the broker's default
+// replication factor. Existing topics are left as they are.
 func (b Broker) EnsureTopics(ctx context.Context, partitions int, topics ...string) error {
 	if len(topics) == 0 {
 		return nil
 	}
 	c := b.Client(10 * time.Second)
+	md, err := c.Metadata(ctx, &kafka.MetadataRequest{Topics: topics})
+	if err != nil {
+		return fmt.Errorf("create topics: %w", err)
+	}
+	rf, configs := -1, []kafka.ConfigEntry(nil)
+	if len(md.Brokers) >= ClusterReplication {
+		rf = ClusterReplication
+		configs = []kafka.ConfigEntry{{ConfigName: "min.insync.replicas", ConfigValue: strconv.Itoa(ClusterMinInsyncReplicas)}}
+	}
 	req := &kafka.CreateTopicsRequest{}
 	for _, t := range topics {
 		if err := schema.ValidTopic(t); err != nil {
 			return err
 		}
-		req.Topics = append(req.Topics, kafka.TopicConfig{Topic: t, NumPartitions: partitions, ReplicationFactor: -1})
+		req.Topics = append(req.Topics, kafka.TopicConfig{Topic: t, NumPartitions: partitions, ReplicationFactor: rf, ConfigEntries: configs})
 	}
 	resp, err := c.CreateTopics(ctx, req)
 	if err != nil {
