@@ -129,6 +129,14 @@ type Config struct {
 	// murmur2 of the key bytes; every jobstream reader of the topics reads
 	// either form.
 	BareKey bool
+	// Schemas writes keys and values in Kafka Connect's schema/payload form
+	// ({"schema": …, "payload": …}, JsonConverter's schemas.enable=true),
+	// with the Connect schema Debezium's Postgres connector declares for
+	// the envelope, the key struct and each column; the payload is the
+	// plain form. Default false: the plain form, schemas.enable=false. It
+	// applies to the key struct, not to a bare key (BareKey). Every
+	// jobstream reader of the topics reads either form.
+	Schemas bool
 	// Logger receives the reader's logs (default slog.Default()).
 	Logger *slog.Logger
 	// Hooks observe the reader, for metrics: each implements any of the
@@ -150,9 +158,7 @@ func (c Config) WithDefaults() Config {
 	c.StandbyPoll = cmp.Or(c.StandbyPoll, StandbyPollDefault)
 	c.MaxBatch = cmp.Or(c.MaxBatch, MaxBatchDefault)
 	c.MaxBatchBytes = cmp.Or(c.MaxBatchBytes, MaxBatchBytesDefault)
-	if c.Logger == nil {
-		c.Logger = slog.Default()
-	}
+	c.Logger = cmp.Or(c.Logger, slog.Default())
 	return c
 }
 
@@ -194,10 +200,7 @@ func (c Config) Validate() error {
 			return schema.FieldError("Pipeline", "step %q is a reserved topic name (%s); rename the step", s, strings.Join(reservedSteps, ", "))
 		}
 	}
-	if err := schema.ValidTopic(schema.Topics{Prefix: c.TopicPrefix}.DLQ()); err != nil {
-		return schema.FieldError("TopicPrefix", "%q makes no valid topic name: %v", c.TopicPrefix, err)
-	}
-	return nil
+	return schema.CheckTopicPrefix(c.TopicPrefix)
 }
 
 // reservedSteps are the names after the topic prefix that jobstream keeps

@@ -194,9 +194,7 @@ func (c Config) WithDefaults() Config {
 		host, _ := os.Hostname()
 		c.WorkerID = host + ":" + strconv.Itoa(os.Getpid())
 	}
-	if c.Logger == nil {
-		c.Logger = slog.Default()
-	}
+	c.Logger = cmp.Or(c.Logger, slog.Default())
 	return c
 }
 
@@ -274,10 +272,7 @@ func (c Config) Validate() error {
 			return err
 		}
 	}
-	if err := schema.ValidTopic(schema.Topics{Prefix: c.TopicPrefix}.DLQ()); err != nil {
-		return schema.FieldError("TopicPrefix", "%q makes no valid topic name: %v", c.TopicPrefix, err)
-	}
-	return nil
+	return schema.CheckTopicPrefix(c.TopicPrefix)
 }
 
 // steps returns the one-job-at-a-time steps of c, from Steps or from

@@ -30,3 +30,12 @@ func CheckConnection(databaseURL string, hasPool bool, brokers []string) error {
 	}
 	return nil
 }
+
+// CheckTopicPrefix is the check a library Config makes of its TopicPrefix:
+// the topic names under it must be names Kafka allows.
+func CheckTopicPrefix(prefix string) error {
+	if err := ValidTopic(Topics{Prefix: prefix}.DLQ()); err != nil {
+		return FieldError("TopicPrefix", "%q makes no valid topic name: %v", prefix, err)
+	}
+	return nil
+}
