@@ -104,6 +104,7 @@ func Start(cfg Config) (*Broker, error) {
 	if err != nil {
 		return nil, fmt.Errorf("start broker on %s: %w", listen, err)
 	}
+	compat(c) // answer as Kafka does where kfake differs (compat.go)
 	return &Broker{c: c, addrs: c.ListenAddrs()}, nil
 }
 
