@@ -373,24 +373,14 @@ const watchInterval = 500 * time.Millisecond
 // and those whose run someone else closed, with one query for all the runs
 // in hand every watchInterval.
 func (w *stepWorker) watchLoop(ctx context.Context) error {
-	t := time.NewTicker(watchInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-		}
+	return w.everyTick(ctx, watchInterval, "watch runs in hand", func(ctx context.Context) error {
 		ids, byRun := w.held()
 		if len(ids) == 0 {
-			continue
+			return nil
 		}
 		gone, err := w.store.watch(ctx, ids)
 		if err != nil {
-			if ctx.Err() == nil {
-				w.log.Debug("watch runs in hand", "err", err)
-			}
-			continue
+			return err
 		}
 		for _, g := range gone {
 			l := byRun[g.runID]
@@ -404,6 +394,25 @@ func (w *stepWorker) watchLoop(ctx context.Context) error {
 				l.lose(cause)
 			}
 			l.mu.Unlock()
+		}
+		return nil
+	})
+}
+
+// everyTick calls f every interval until ctx ends, then returns nil. An
+// error from f while ctx lives is logged at debug level as what failed;
+// the next tick tries again.
+func (w *stepWorker) everyTick(ctx context.Context, every time.Duration, what string, f func(context.Context) error) error {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		if err := f(ctx); err != nil && ctx.Err() == nil {
+			w.log.Debug(what, "err", err)
 		}
 	}
 }

@@ -63,20 +63,10 @@ func (w *stepWorker) watchStalls(ctx context.Context) error {
 	topic, group := w.topic, w.group
 	client := &kafka.Client{Addr: kafka.TCP(w.brokers...), Timeout: 10 * time.Second, Transport: w.transport}
 	seen := map[int]stallMark{}
-	t := time.NewTicker(max(w.cfg.StallTimeout/3, 500*time.Millisecond))
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-		}
+	return w.everyTick(ctx, max(w.cfg.StallTimeout/3, 500*time.Millisecond), "stall check", func(ctx context.Context) error {
 		stalled, err := w.findStalled(ctx, client, topic, group, seen)
 		if err != nil {
-			if ctx.Err() == nil {
-				w.log.Debug("stall check", "err", err)
-			}
-			continue
+			return err
 		}
 		if len(stalled) > 0 {
 			w.log.Warn("partitions of the trigger topic have not moved and their next job waits unclaimed; rejoining the consumer group to recover",
@@ -85,7 +75,8 @@ func (w *stepWorker) watchStalls(ctx context.Context) error {
 			w.requestRejoin()
 			clear(seen)
 		}
-	}
+		return nil
+	})
 }
 
 // findStalled returns the partitions of topic that are stalled now.
