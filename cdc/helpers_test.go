@@ -189,6 +189,26 @@ func waitMessages(t testing.TB, e *harness.Env, topic string, n int) []kafka.Mes
 	return readAll(t, e, topic)
 }
 
+// waitOnlyEvent waits for topic's first message and fails the test unless
+// it is the topic's only one and is jobID's event: the good row that went
+// through among bad ones.
+func waitOnlyEvent(t testing.TB, e *harness.Env, topic, jobID string) {
+	t.Helper()
+	got := waitMessages(t, e, topic, 1)
+	if len(got) != 1 || schema.JobIDFromKey(got[0].Key) != jobID {
+		t.Fatalf("%s: %d messages, first key %q, want only %s's event", topic, len(got), got[0].Key, jobID)
+	}
+}
+
+// waitDeadLettered waits for r's dead-letter counter to reach n.
+func waitDeadLettered(t testing.TB, r *cdc.Reader, n int64) {
+	t.Helper()
+	harness.Eventually(t, 20*time.Second, func() (bool, string) {
+		got := r.Stats().DeadLetters.Load()
+		return got == n, fmt.Sprintf("dead-letter counter %d, want %d", got, n)
+	})
+}
+
 func confirmedLSN(t testing.TB, e *harness.Env) pglogrepl.LSN {
 	t.Helper()
 	var s *string

@@ -180,10 +180,7 @@ func TestBadRowsGoToDeadLetterTopic(t *testing.T) {
 	e.Exec(t, `INSERT INTO jobs (job_id, current_step, status, payload) VALUES ('too-big', 'img_gen', 'done', jsonb_build_object('blob', repeat('x', 8000)))`)
 	e.Exec(t, `INSERT INTO jobs (job_id, current_step, status) VALUES ('fine', 'img_gen', 'done')`)
 
-	ok := waitMessages(t, e, e.Topic("img_gen"), 1)
-	if len(ok) != 1 || schema.JobIDFromKey(ok[0].Key) != "fine" {
-		t.Fatalf("img_gen topic: %d messages, first key %q", len(ok), ok[0].Key)
-	}
+	waitOnlyEvent(t, e, e.Topic("img_gen"), "fine")
 	dlq := waitMessages(t, e, e.Topics().DLQ(), 4)
 	reasons := map[string]string{}
 	for _, m := range dlq {
@@ -201,10 +198,7 @@ func TestBadRowsGoToDeadLetterTopic(t *testing.T) {
 			t.Errorf("dead letter for %s: reason %q, want it to mention %q", key, reasons[key], want)
 		}
 	}
-	harness.Eventually(t, 20*time.Second, func() (bool, string) {
-		n := r.Stats().DeadLetters.Load()
-		return n == 4, fmt.Sprintf("dead-letter counter %d, want 4", n)
-	})
+	waitDeadLettered(t, r, 4)
 	// The slot moved past every bad row.
 	want := currentLSN(t, e)
 	harness.Eventually(t, 30*time.Second, func() (bool, string) {
@@ -234,10 +228,7 @@ func TestBrokerLimitsAreLearnedAndRefusalsDeadLettered(t *testing.T) {
 	e.Exec(t, `INSERT INTO jobs (job_id, current_step, status, payload) VALUES ('refused', 'vlm_analyze', 'done', jsonb_build_object('blob', repeat('y', 5000)))`)
 	e.Exec(t, `INSERT INTO jobs (job_id, current_step, status) VALUES ('small', 'vlm_analyze', 'done')`)
 
-	ok := waitMessages(t, e, e.Topic("vlm_analyze"), 1)
-	if len(ok) != 1 || schema.JobIDFromKey(ok[0].Key) != "small" {
-		t.Fatalf("vlm_analyze topic: %d messages, first key %q", len(ok), ok[0].Key)
-	}
+	waitOnlyEvent(t, e, e.Topic("vlm_analyze"), "small")
 	dlq := waitMessages(t, e, e.Topics().DLQ(), 2)
 	got := map[string]string{}
 	for _, m := range dlq {
@@ -249,10 +240,7 @@ func TestBrokerLimitsAreLearnedAndRefusalsDeadLettered(t *testing.T) {
 	if !strings.Contains(got["refused"], "the broker refused the event") {
 		t.Errorf("refused: reason %q", got["refused"])
 	}
-	harness.Eventually(t, 20*time.Second, func() (bool, string) {
-		n := r.Stats().DeadLetters.Load()
-		return n == 2, fmt.Sprintf("dead-letter counter %d, want 2", n)
-	})
+	waitDeadLettered(t, r, 2)
 }
 
 // TestUndecodableValueGoesToDeadLetter: in a SQL_ASCII database, text may
@@ -265,18 +253,13 @@ func TestUndecodableValueGoesToDeadLetter(t *testing.T) {
 	r := startReader(t, ascii, nil)
 	ascii.Exec(t, `INSERT INTO jobs (job_id, current_step, status, error) VALUES ('latin1', 'img_gen', 'done', E'caf\xe9')`)
 	ascii.Exec(t, `INSERT INTO jobs (job_id, current_step, status, error) VALUES ('ascii', 'img_gen', 'done', 'cafe')`)
-	ok := waitMessages(t, ascii, ascii.Topic("img_gen"), 1)
-	if schema.JobIDFromKey(ok[0].Key) != "ascii" {
-		t.Fatalf("img_gen topic: first key %q", ok[0].Key)
-	}
+	waitOnlyEvent(t, ascii, ascii.Topic("img_gen"), "ascii")
 	dl := waitMessages(t, ascii, ascii.Topics().DLQ(), 1)[0]
 	if v := deadLetter(t, dl); schema.JobIDFromKey(dl.Key) != "latin1" ||
 		!strings.Contains(v.Reason, "column error holds bytes that are not valid UTF-8") || !strings.Contains(string(v.Event), `caf\ufffd`) {
 		t.Fatalf("dead letter %q: %s", dl.Key, dl.Value)
 	}
-	harness.Eventually(t, 20*time.Second, func() (bool, string) {
-		return r.Stats().DeadLetters.Load() == 1, "dead-letter counter is not 1"
-	})
+	waitDeadLettered(t, r, 1)
 }
 
 // TestDeletesAndTruncates: a delete is op "d" keyed by job_id, in its step's
