@@ -39,6 +39,13 @@ type router struct {
 	keyRel *pglogrepl.RelationMessage
 	keyOID uint32
 	keyMod int32
+
+	// schemas writes keys and values in Kafka Connect's schema/payload
+	// form; connect holds each relation's (see describe), lastConnect the
+	// one used last.
+	schemas     bool
+	connect     map[*pglogrepl.RelationMessage]*connectRel
+	lastConnect *connectRel
 }
 
 func newRouter(cfg *Config, db string, maxMessage int, log *slog.Logger) *router {
@@ -52,6 +59,8 @@ func newRouter(cfg *Config, db string, maxMessage int, log *slog.Logger) *router
 		head:       schema.NewSourceHead(cfg.TopicPrefix, db),
 		stepTopic:  map[string]string{},
 		routed:     map[string]bool{},
+		schemas:    cfg.Schemas,
+		connect:    map[*pglogrepl.RelationMessage]*connectRel{},
 	}
 }
 
@@ -101,6 +110,11 @@ func (rt *router) route(c *change, evs []event) []event {
 // Key and value share one allocation of their own.
 func (rt *router) renderChange(c *change) (key, step []byte, bad string, value []byte) {
 	v := rt.render[:0]
+	var cr *connectRel
+	if rt.schemas {
+		cr = rt.connectOf(c.rel)
+		v = append(v, cr.value...)
+	}
 	v = append(v, `{"before":`...)
 	v, bID, bStep, bBad := appendRow(v, c.rel, c.before, nil)
 	v = append(v, `,"after":`...)
@@ -112,6 +126,9 @@ func (rt *router) renderChange(c *change) (key, step []byte, bad string, value [
 	v = append(v, ',')
 	v = rt.appendSource(v, &c.src)
 	v = schema.AppendTail(v, c.op)
+	if cr != nil {
+		v = append(v, schema.ConnectClose...)
+	}
 	rt.render = v
 
 	key, step, bad = aID, aStep, aBad
@@ -122,7 +139,7 @@ func (rt *router) renderChange(c *change) (key, step []byte, bad string, value [
 	}
 	value = append([]byte(nil), v...)
 	if key != nil && !rt.bareKey {
-		key = rt.keyStruct(c.rel, key)
+		key = rt.keyStruct(c.rel, key, cr)
 	}
 	if key != nil {
 		if cap(value)-len(value) >= len(key) {
@@ -137,9 +154,10 @@ func (rt *router) renderChange(c *change) (key, step []byte, bad string, value [
 }
 
 // keyStruct renders Debezium's key struct of a row whose job_id is id:
-// {"job_id": <id as the row renders it>}, schemas off. The job_id column's
-// type is looked up once per relation message, not per event.
-func (rt *router) keyStruct(rel *pglogrepl.RelationMessage, id []byte) []byte {
+// {"job_id": <id as the row renders it>}, schemas off, or wrapped in the
+// schema/payload form of cr when cr is not nil. The job_id column's type is
+// looked up once per relation message, not per event.
+func (rt *router) keyStruct(rel *pglogrepl.RelationMessage, id []byte, cr *connectRel) []byte {
 	if rel != rt.keyRel {
 		rt.keyRel, rt.keyOID, rt.keyMod = rel, 25, -1 // text, if the column is missing
 		for _, c := range rel.Columns {
@@ -149,9 +167,19 @@ func (rt *router) keyStruct(rel *pglogrepl.RelationMessage, id []byte) []byte {
 			}
 		}
 	}
-	k := append(make([]byte, 0, len(id)+16), `{"job_id":`...)
+	var k []byte
+	if cr != nil {
+		k = append(make([]byte, 0, len(cr.key)+len(id)+17), cr.key...)
+	} else {
+		k = make([]byte, 0, len(id)+16)
+	}
+	k = append(k, `{"job_id":`...)
 	k = appendValue(k, rt.keyOID, rt.keyMod, id)
-	return append(k, '}')
+	k = append(k, '}')
+	if cr != nil {
+		k = append(k, schema.ConnectClose...)
+	}
+	return k
 }
 
 // topicOf returns the topic of step, and why no step can take the row when
@@ -198,13 +226,26 @@ func (rt *router) withTombstone(evs []event, ev event) []event {
 	return append(evs, event{topic: ev.topic, key: ev.key, partition: ev.partition, op: opTombstone, lsn: ev.lsn, xid: ev.xid})
 }
 
-// truncate renders the event of a truncate of rel (op "t"), addressed to
-// every step topic.
-func (rt *router) truncate(src *source) event {
+// truncate renders the event of a truncate (op "t"), addressed to every
+// step topic.
+func (rt *router) truncate(src *source) event { return rt.truncateOf(nil, src) }
+
+// truncateOf renders the event of a truncate of rel (op "t"), addressed to
+// every step topic; in the schema/payload form, with rel's envelope schema
+// (Debezium's truncate event has its table's envelope: Envelope.truncate).
+func (rt *router) truncateOf(rel *pglogrepl.RelationMessage, src *source) event {
 	v := make([]byte, 0, 512)
+	var cr *connectRel
+	if rt.schemas && rel != nil {
+		cr = rt.connectOf(rel)
+		v = append(v, cr.value...)
+	}
 	v = append(v, `{"before":null,"after":null,`...)
 	v = rt.appendSource(v, src)
 	v = schema.AppendTail(v, schema.OpTruncate)
+	if cr != nil {
+		v = append(v, schema.ConnectClose...)
+	}
 	return event{value: v, partition: -1, op: schema.OpTruncate[0], lsn: src.lsn, xid: src.xid(), everyStep: true}
 }
 

@@ -221,6 +221,15 @@ func (s *stream) handleWAL(ctx context.Context, xld pglogrepl.XLogData) error {
 	switch m := msg.(type) {
 	case *pglogrepl.RelationMessage:
 		s.rels[m.RelationID] = m
+		if s.cfg.Schemas && !skipTable(m.RelationName) {
+			// The Connect schema of the relation's events, once per
+			// relation message; NOT NULL comes from the catalog.
+			facts, err := lookupColumns(ctx, s.lock, m.Namespace, m.RelationName)
+			if err != nil {
+				return err
+			}
+			s.route.describe(m, facts)
+		}
 	case *pglogrepl.BeginMessage:
 		s.inTx, s.txID, s.commitTime = true, m.Xid, m.CommitTime
 	case *pglogrepl.CommitMessage:
@@ -238,7 +247,7 @@ func (s *stream) handleWAL(ctx context.Context, xld pglogrepl.XLogData) error {
 				continue
 			}
 			src := s.source(rel, xld.WALStart)
-			if err := s.fanOut(ctx, s.route.truncate(&src)); err != nil {
+			if err := s.fanOut(ctx, s.route.truncateOf(rel, &src)); err != nil {
 				return err
 			}
 		}

@@ -91,8 +91,10 @@ func Row(m map[string]any) (r JobRow, ok bool) {
 	return r, true
 }
 
-// DecodeEnvelope parses an event value.
+// DecodeEnvelope parses an event value, plain or in Kafka Connect's
+// schema/payload form (see Unwrap).
 func DecodeEnvelope(b []byte) (*Envelope, error) {
+	b, _ = Unwrap(b)
 	var e Envelope
 	if err := json.Unmarshal(b, &e); err != nil {
 		return nil, err

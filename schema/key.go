@@ -28,8 +28,12 @@ func Key(jobID string, numeric bool) []byte {
 }
 
 // JobIDFromKey returns the job id a record key names: the job_id of a key
-// struct, or a bare key as it is.
+// struct (plain, or the payload of Kafka Connect's schema/payload form),
+// or a bare key as it is.
 func JobIDFromKey(key []byte) string {
+	if p, ok := Unwrap(key); ok && len(p) > 0 && p[0] == '{' {
+		key = p
+	}
 	if len(key) < 11 || key[0] != '{' {
 		return string(key)
 	}
@@ -48,15 +52,46 @@ func JobIDFromKey(key []byte) string {
 
 // KeyCandidates returns every key a job's events may carry: the key struct
 // with the id as a string, as a number when the id is an integer, and the
-// bare id. A reader that does not know the job_id column's type, or how a
-// topic was written, looks in the partition of each.
-func KeyCandidates(jobID string) [][]byte {
+// bare id; and for each name of connectKeys (ConnectName(prefix, schema,
+// table, "Key")), the key struct in Kafka Connect's schema/payload form
+// with job_id of each type a supported job_id column has (text or
+// varchar, uuid, and for an integer id smallint, integer, bigint). A
+// reader that does not know the job_id column's type, or how a topic was
+// written, looks in the partition of each.
+func KeyCandidates(jobID string, connectKeys ...string) [][]byte {
 	out := [][]byte{Key(jobID, false)}
+	numeric := false
 	if _, err := strconv.ParseInt(jobID, 10, 64); err == nil && jobID == strings.TrimSpace(jobID) && !strings.HasPrefix(jobID, "+") {
+		numeric = true
 		out = append(out, Key(jobID, true))
 	}
-	return append(out, []byte(jobID))
+	out = append(out, []byte(jobID))
+	for _, name := range connectKeys {
+		types := []string{ConnectJobIDString, ConnectJobIDUUID}
+		if numeric {
+			types = append(types, ConnectJobIDInt16, ConnectJobIDInt32, ConnectJobIDInt64)
+		}
+		for _, t := range types {
+			k := append([]byte(ConnectOpen+`{"type":"struct","fields":[`), t...)
+			k = append(k, `],"optional":false,"name":`...)
+			k = AppendQuoted(k, name)
+			k = append(k, "}"+ConnectPayload...)
+			k = append(k, Key(jobID, t != ConnectJobIDString && t != ConnectJobIDUUID)...)
+			out = append(out, append(k, ConnectClose...))
+		}
+	}
+	return out
 }
+
+// The Connect schemas of a key's job_id field, by the column's type, as the
+// reader writes them (Debezium's: a key column is never optional).
+const (
+	ConnectJobIDString = `{"type":"string","optional":false,"field":"job_id"}`
+	ConnectJobIDUUID   = `{"type":"string","optional":false,"name":"io.debezium.data.Uuid","version":1,"field":"job_id"}`
+	ConnectJobIDInt16  = `{"type":"int16","optional":false,"field":"job_id"}`
+	ConnectJobIDInt32  = `{"type":"int32","optional":false,"field":"job_id"}`
+	ConnectJobIDInt64  = `{"type":"int64","optional":false,"field":"job_id"}`
+)
 
 // IntegerType reports whether a job_id column of SQL type t (format_type)
 // renders as a JSON number in events.

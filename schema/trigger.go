@@ -98,7 +98,11 @@ type TriggerSource struct {
 // (a job_id too), strings with escapes or invalid UTF-8, deep nesting) is
 // left to json.Unmarshal, so its errors and its quirks stay the reference.
 // FuzzDecodeTrigger holds the two to the same result on any input.
+//
+// A value in Kafka Connect's schema/payload form (see Unwrap) is read as
+// its payload.
 func DecodeTrigger(b []byte) (*Trigger, error) {
+	b, _ = Unwrap(b)
 	if t, ok := fastTrigger(b); ok {
 		return t, nil
 	}
