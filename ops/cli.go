@@ -457,7 +457,7 @@ var configFlags = map[string]string{
 	"DatabaseURL": "database-url", "Brokers": "brokers", "TopicPrefix": "topic-prefix",
 	"Pipeline": "pipeline", "Publication": "publication", "Partitions": "partitions",
 	// cdc.Config
-	"Slot": "slot", "Snapshot": "snapshot", "RecreateSlot": "recreate-slot",
+	"Slot": "slot", "Snapshot": "snapshot", "RecreateSlot": "recreate-slot", "Schemas": "schemas",
 	"StatusInterval": "status-interval", "MaxBatch": "max-batch", "MaxMessageBytes": "max-message-bytes",
 	// consumers.Config
 	"Step": "step", "Concurrency": "concurrency", "GPUs": "gpus", "Lease": "lease",
@@ -597,6 +597,7 @@ func runReader(ctx context.Context, args []string, _ io.Writer) error {
 	f.boolean(&tombstones, "tombstones", "JOBSTREAM_TOMBSTONES", true, "follow each delete event with a tombstone (the delete's key, a null value), as Debezium does; --tombstones=false turns them off")
 	key := "struct"
 	f.str(&key, "key", "JOBSTREAM_KEY", "struct", `record key: struct is Debezium's {"job_id": …} (schemas off), bare the job_id alone`)
+	f.boolean(&cfg.Schemas, "schemas", "JOBSTREAM_SCHEMAS", false, `write keys and values as Kafka Connect's JsonConverter does by default, {"schema": …, "payload": …}, with Debezium's Connect schemas; the payload is the plain form`)
 	var httpAddr string
 	f.str(&httpAddr, "http-addr", "JOBSTREAM_HTTP_ADDR", "", "serve /metrics, /healthz and /readyz on this address, e.g. :9100")
 	if err := f.parse(args); err != nil {
