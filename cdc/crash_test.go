@@ -24,8 +24,7 @@ import (
 // commit order, apart from the replays that follow each restart.
 func TestKillNineLosesNothing(t *testing.T) {
 	t.Parallel()
-	e := harness.New(t)
-	e.Exec(t, `ALTER TABLE jobs ADD COLUMN seq int NOT NULL DEFAULT 0`)
+	e := seqEnv(t)
 	steps := []string{"img_gen", "vlm_analyze", "yolo_detect"}
 	const (
 		jobs    = 200
@@ -217,7 +216,7 @@ func TestStandbyTakesOver(t *testing.T) {
 // snapshot again, after which streaming goes on with no gap.
 func TestSnapshotInterruptedByCrashStartsOver(t *testing.T) {
 	t.Parallel()
-	e := harness.New(t)
+	e := seqEnv(t)
 	// A private broker that acknowledges the first produce request and
 	// then answers NOT_ENOUGH_REPLICAS until told otherwise: the snapshot
 	// is stuck part way, deterministically.
@@ -246,7 +245,6 @@ func TestSnapshotInterruptedByCrashStartsOver(t *testing.T) {
 		return resp, nil, true
 	})
 
-	e.Exec(t, `ALTER TABLE jobs ADD COLUMN seq int NOT NULL DEFAULT 0`)
 	e.Exec(t, `INSERT INTO jobs (job_id, current_step, status) SELECT 'j' || i, 'img_gen', 'done' FROM generate_series(1, 5000) i`)
 	first := startProc(t, e)
 	harness.Eventually(t, 60*time.Second, func() (bool, string) {

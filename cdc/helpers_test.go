@@ -247,6 +247,14 @@ func decode(t testing.TB, m kafka.Message) *schema.Envelope {
 // The crash and snapshot tests count changes per job in a seq column they
 // add to jobs; an event's seq is the row's after it.
 
+// seqEnv returns a fresh harness.Env whose jobs table has the seq column.
+func seqEnv(t testing.TB) *harness.Env {
+	t.Helper()
+	e := harness.New(t)
+	e.Exec(t, `ALTER TABLE jobs ADD COLUMN seq int NOT NULL DEFAULT 0`)
+	return e
+}
+
 // seqOf returns the seq in env's after; the test fails if it has none.
 func seqOf(t testing.TB, env *schema.Envelope) int {
 	t.Helper()

@@ -23,8 +23,7 @@ import (
 // writer keeps updating the table the whole time.
 func TestInitialSnapshotThenStream(t *testing.T) {
 	t.Parallel()
-	e := harness.New(t)
-	e.Exec(t, `ALTER TABLE jobs ADD COLUMN seq int NOT NULL DEFAULT 0`)
+	e := seqEnv(t)
 	const rows = 3000
 	e.Exec(t, `INSERT INTO jobs (job_id, current_step, status) SELECT 'j' || i, 'img_gen', 'done' FROM generate_series(1, $1) i`, rows)
 
