@@ -105,7 +105,7 @@ func readHistory(ctx context.Context, k *Kafka, topic, jobID string, fill func(*
 		return nil, err
 	}
 	var entries []AuditEntry
-	for _, part := range JobPartitions(jobID, len(offs)) {
+	for _, part := range JobPartitions(jobID, len(offs), connectKey(topic)) {
 		var last AuditEntry // the last change event read here
 		err = k.Read(ctx, topic, part, offs[part].First, offs[part].End, func(m kafka.Message) error {
 			if schema.JobIDFromKey(m.Key) != jobID {

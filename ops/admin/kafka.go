@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/segmentio/kafka-go"
@@ -227,14 +228,26 @@ func PartitionOf(key []byte, n int) int {
 
 // JobPartitions returns the partitions of a topic of n partitions where a
 // job's records may be: those of each key the job's events may carry
-// (schema.KeyCandidates: the key struct, its number form, the bare id).
-func JobPartitions(jobID string, n int) []int {
+// (schema.KeyCandidates: the key struct, its number form, the bare id, and
+// the schema/payload forms of the Connect key structs named connectKeys).
+func JobPartitions(jobID string, n int, connectKeys ...string) []int {
 	var out []int
-	for _, k := range schema.KeyCandidates(jobID) {
+	for _, k := range schema.KeyCandidates(jobID, connectKeys...) {
 		if p := PartitionOf(k, n); !slices.Contains(out, p) {
 			out = append(out, p)
 		}
 	}
 	slices.Sort(out)
 	return out
+}
+
+// connectKey returns the name of the Connect key struct of the jobs
+// table's events in topic (<prefix>.<step>), as a reader with --schemas
+// writes it: the table is jobs in schema public.
+func connectKey(topic string) string {
+	prefix := topic
+	if i := strings.LastIndexByte(topic, '.'); i > 0 {
+		prefix = topic[:i]
+	}
+	return schema.ConnectName(prefix, "public", "jobs", "Key")
 }

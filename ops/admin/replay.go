@@ -256,7 +256,7 @@ func findJobs(ctx context.Context, k *Kafka, topic, trigger string, o ReplayOpti
 	sort.Ints(parts)
 	var ids []string
 	for _, p := range parts {
-		if len(only) > 0 && !anyIn(only, p, n) {
+		if len(only) > 0 && !anyIn(only, p, n, topic) {
 			continue
 		}
 		err := k.Read(ctx, topic, p, starts[p], ends[p], func(m kafka.Message) error {
@@ -281,11 +281,11 @@ func findJobs(ctx context.Context, k *Kafka, topic, trigger string, o ReplayOpti
 	return ids, nil
 }
 
-// anyIn reports whether a job of only lives in partition p of n: a job's
-// events live in the partition its key hashes to.
-func anyIn(only map[string]bool, p, n int) bool {
+// anyIn reports whether a job of only lives in partition p of n of topic:
+// a job's events live in the partition its key hashes to.
+func anyIn(only map[string]bool, p, n int, topic string) bool {
 	for j := range only {
-		if slices.Contains(JobPartitions(j, n), p) {
+		if slices.Contains(JobPartitions(j, n, connectKey(topic)), p) {
 			return true
 		}
 	}
