@@ -168,7 +168,8 @@ func (p *producer) reached() {
 	}
 }
 
-// close releases the producer's connections.
+// close releases the producer's connections and the metadata its transport
+// holds; requests in flight finish on theirs.
 func (p *producer) close() {
 	if t, ok := p.client.Transport.(*kafka.Transport); ok {
 		t.CloseIdleConnections()
@@ -415,13 +416,18 @@ func (p *producer) sendChunkOr(ctx context.Context, tp topicPartition, evs []eve
 			refused = err
 			return backoff.Permanent(err)
 		}
-		if errors.Is(err, kafka.UnknownTopicOrPartition) || errors.Is(err, kafka.NotLeaderForPartition) || errors.Is(err, kafka.LeaderNotAvailable) {
-			// The broker's view of the topic changed (a broker restarted
-			// and reloaded it): look its partitions up again.
-			p.forget(tp.topic)
-		}
 		var kerr kafka.Error
-		if !errors.As(err, &kerr) {
+		switch {
+		case errors.Is(err, kafka.UnknownTopicOrPartition) || errors.Is(err, kafka.NotLeaderForPartition) || errors.Is(err, kafka.LeaderNotAvailable):
+			// The broker's view of the topic changed (a broker restarted
+			// and reloaded it, or the partition's leader moved to another
+			// broker): look its partitions up again, and drop the
+			// transport's metadata, which names the old leader for up to
+			// its MetadataTTL, so that the next attempt asks the cluster
+			// where the leader is now.
+			p.forget(tp.topic)
+			p.close()
+		case !errors.As(err, &kerr):
 			// A network failure: the pooled connections may be dead (a
 			// restarted broker); the next attempt dials afresh.
 			p.close()
