@@ -1998,6 +1998,17 @@ func TestModelJudge(t *testing.T) {
 		t.Fatalf("no run %s/%d", step, attempt)
 		return nil
 	}
+	// cancelledByCLI: `jobstream cancel` of step ran from 1.5s to 3.5s and
+	// stopped yolo_detect's attempt 1 at 3.2s; nothing ran after it, and the
+	// job is left cancelled at step.
+	cancelledByCLI := func(h *history, step string) {
+		h.jobs["a"].epochs = append(h.jobs["a"].epochs, &epoch{kind: "cancel", cancelStep: step, pay: fail1, seq: 2, before: at(1.5), after: at(3.5), what: "jobstream cancel"})
+		r := run(h, "yolo_detect", 1)
+		r.outcome, r.finished = "cancelled", ptr(3.2)
+		h.execs[1].end, h.execs[1].how = time.Time{}, ""
+		h.runs, h.execs = h.runs[:2], h.execs[:2]
+		h.rows["a"] = mrow{step: step, status: "cancelled", payload: fail1.json()}
+	}
 	cases := []struct {
 		name string
 		bug  func(h *history)
@@ -2099,22 +2110,12 @@ func TestModelJudge(t *testing.T) {
 			// The CLI's cancel ran from 1.5s to 3.5s: vlm_analyze completed at
 			// 2s, before its commit (else it would have ended cancelled), and
 			// yolo_detect's attempt 1, claimed at 2s, was stopped by it.
-			h.jobs["a"].epochs = append(h.jobs["a"].epochs, &epoch{kind: "cancel", cancelStep: "yolo_detect", pay: fail1, seq: 2, before: at(1.5), after: at(3.5), what: "jobstream cancel"})
-			r := run(h, "yolo_detect", 1)
-			r.outcome, r.finished = "cancelled", ptr(3.2)
-			h.execs[1].end, h.execs[1].how = time.Time{}, ""
-			h.runs, h.execs = h.runs[:2], h.execs[:2]
-			h.rows["a"] = mrow{step: "yolo_detect", status: "cancelled", payload: fail1.json()}
+			cancelledByCLI(h, "yolo_detect")
 		}, ""},
 		{"a step runs though the step before it was stopped by `jobstream cancel`", func(h *history) {
-			h.jobs["a"].epochs = append(h.jobs["a"].epochs, &epoch{kind: "cancel", cancelStep: "vlm_analyze", pay: fail1, seq: 2, before: at(1.5), after: at(3.5), what: "jobstream cancel"})
+			cancelledByCLI(h, "vlm_analyze")
 			run(h, "vlm_analyze", 1).outcome = "cancelled"
 			h.execs[0].end, h.execs[0].how = time.Time{}, ""
-			r := run(h, "yolo_detect", 1)
-			r.outcome, r.finished = "cancelled", ptr(3.2)
-			h.execs[1].end, h.execs[1].how = time.Time{}, ""
-			h.runs, h.execs = h.runs[:2], h.execs[:2]
-			h.rows["a"] = mrow{step: "vlm_analyze", status: "cancelled", payload: fail1.json()}
 		}, "though the job never reached it"},
 		{"an unexpected dead letter", func(h *history) {
 			h.letters = append(h.letters, mletter{job: "a", step: "planner", reason: "claim refused by Postgres"})
