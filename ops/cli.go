@@ -182,38 +182,33 @@ func (f *flags) str(p *string, name, env, def, usage string) {
 
 func (f *flags) num(p *int, name, env string, def int, usage string) {
 	f.envSet(name, env)
-	if s := os.Getenv(env); s != "" {
-		v, err := strconv.Atoi(s)
-		f.envParsed(env, s, 0, err)
-		if err == nil {
-			def = v
-		}
-	}
-	f.IntVar(p, name, def, usage+" [$"+env+"]")
+	f.IntVar(p, name, envDefault(f, env, def, strconv.Atoi), usage+" [$"+env+"]")
 }
 
 func (f *flags) dur(p *time.Duration, name, env string, def time.Duration, usage string) {
 	f.envSet(name, env)
-	if s := os.Getenv(env); s != "" {
-		v, err := time.ParseDuration(s)
-		f.envParsed(env, s, time.Duration(0), err)
-		if err == nil {
-			def = v
-		}
-	}
-	f.DurationVar(p, name, def, usage+" [$"+env+"]")
+	f.DurationVar(p, name, envDefault(f, env, def, time.ParseDuration), usage+" [$"+env+"]")
 }
 
 func (f *flags) boolean(p *bool, name, env string, def bool, usage string) {
 	f.envSet(name, env)
-	if s := os.Getenv(env); s != "" {
-		v, err := strconv.ParseBool(s)
-		f.envParsed(env, s, false, err)
-		if err == nil {
-			def = v
-		}
+	f.BoolVar(p, name, envDefault(f, env, def, strconv.ParseBool), usage+" [$"+env+"]")
+}
+
+// envDefault is a flag's default: its environment twin env read by parse
+// when set, else def. A value parse refuses is recorded by envParsed.
+func envDefault[T any](f *flags, env string, def T, parse func(string) (T, error)) T {
+	s := os.Getenv(env)
+	if s == "" {
+		return def
 	}
-	f.BoolVar(p, name, def, usage+" [$"+env+"]")
+	v, err := parse(s)
+	var like T
+	f.envParsed(env, s, like, err)
+	if err != nil {
+		return def
+	}
+	return v
 }
 
 // envParsed records the first environment twin whose value, meant to be

@@ -174,9 +174,7 @@ func TestWalLevelNotLogical(t *testing.T) {
 // adds the missing columns and says so; a second run changes nothing.
 func TestMigrateAddsOnlyWhatIsMissing(t *testing.T) {
 	t.Parallel()
-	e := harness.New(t)
-	e.Exec(t, `DROP PUBLICATION jobstream; DROP TABLE jobs, jobstream_runs`)
-	e.Exec(t, `CREATE TABLE jobs (job_id text PRIMARY KEY, current_step text, status text, gpu_hours numeric)`)
+	e := usersTableEnv(t, `CREATE TABLE jobs (job_id text PRIMARY KEY, current_step text, status text, gpu_hours numeric)`)
 	e.Exec(t, `INSERT INTO jobs VALUES ('old', 'img_gen', 'done', 1.5)`)
 	code, out, stderr := runMain(t, "migrate", "--database-url", e.DatabaseURL)
 	if code != 0 {
@@ -200,11 +198,20 @@ func TestMigrateAddsOnlyWhatIsMissing(t *testing.T) {
 	}
 }
 
-func TestMigrateRefusesTableWithoutPrimaryKey(t *testing.T) {
-	t.Parallel()
+// usersTableEnv returns a fresh harness.Env as before a first migrate: its
+// jobs table is the user's own, made by createJobs, and there is neither
+// jobstream_runs nor the publication.
+func usersTableEnv(t *testing.T, createJobs string) *harness.Env {
+	t.Helper()
 	e := harness.New(t)
 	e.Exec(t, `DROP PUBLICATION jobstream; DROP TABLE jobs, jobstream_runs`)
-	e.Exec(t, `CREATE TABLE jobs (job_id text, current_step text, status text)`)
+	e.Exec(t, createJobs)
+	return e
+}
+
+func TestMigrateRefusesTableWithoutPrimaryKey(t *testing.T) {
+	t.Parallel()
+	e := usersTableEnv(t, `CREATE TABLE jobs (job_id text, current_step text, status text)`)
 	code, _, stderr := runMain(t, "migrate", "--database-url", e.DatabaseURL)
 	if code != 1 || !strings.Contains(stderr, "ADD PRIMARY KEY (job_id)") {
 		t.Fatalf("exit %d: %s", code, stderr)
