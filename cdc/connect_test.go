@@ -330,3 +330,52 @@ func jsonEqual(t *testing.T, a, b []byte) bool {
 	}
 	return reflect.DeepEqual(x, y)
 }
+
+// TestConnectSchemaFollowsTheTable: a column added while the reader streams
+// is in the schema of the events after it (the schema is rendered again at
+// each relation message), and a truncate carries the table's envelope
+// schema (Debezium's Envelope.truncate).
+func TestConnectSchemaFollowsTheTable(t *testing.T) {
+	t.Parallel()
+	e := harness.New(t)
+	startReader(t, e, func(c *cdc.Config) { c.Schemas = true })
+	e.Exec(t, `INSERT INTO jobs (job_id, current_step, status) VALUES ('j1', 'img_gen', 'done')`)
+	waitMessages(t, e, e.Topic("img_gen"), 1)
+	e.Exec(t, `ALTER TABLE jobs ADD COLUMN c_late integer NOT NULL DEFAULT 7`)
+	e.Exec(t, `UPDATE jobs SET status = 'failed' WHERE job_id = 'j1'`)
+	e.Exec(t, `TRUNCATE jobs`)
+	msgs := waitMessages(t, e, e.Topic("img_gen"), 2+partitionCount(t, e, e.Topic("img_gen")))
+	fields := func(v []byte) (names []string, s connectSchema) {
+		var w struct {
+			Schema  connectSchema   `json:"schema"`
+			Payload json.RawMessage `json:"payload"`
+		}
+		if err := json.Unmarshal(v, &w); err != nil {
+			t.Fatalf("%v: %s", err, v)
+		}
+		if errs := agrees(&w.Schema, w.Payload, "$"); len(errs) > 0 {
+			t.Errorf("payload and schema disagree:\n  %s", strings.Join(errs, "\n  "))
+		}
+		for _, f := range w.Schema.field("after").Fields {
+			names = append(names, f.Field)
+		}
+		return names, w.Schema
+	}
+	before, _ := fields(msgs[0].Value)
+	after, s := fields(msgs[1].Value)
+	if slices.Contains(before, "c_late") || !slices.Contains(after, "c_late") {
+		t.Fatalf("fields before the ALTER %v, after it %v", before, after)
+	}
+	if f := s.field("after").field("c_late"); f.Type != "int32" || f.Optional {
+		t.Errorf("c_late: %+v, want a required int32", f)
+	}
+	for _, m := range msgs[2:] {
+		env, err := schema.DecodeEnvelope(m.Value)
+		if err != nil || env.Op != schema.OpTruncate {
+			t.Fatalf("%v: %s", err, m.Value)
+		}
+		if names, s := fields(m.Value); !slices.Contains(names, "c_late") || s.Name != e.Prefix+".public.jobs.Envelope" {
+			t.Errorf("truncate's schema %s with fields %v", s.Name, names)
+		}
+	}
+}
