@@ -162,62 +162,70 @@ func (a *jobstreamActor) close() {
 // WaitForNotification, claims the job by the same compare-and-set and
 // starts the handler. The outage closes the listener's connection.
 type listenActor struct {
-	t    *triggerEnv
-	conn *pgx.Conn
-	l    *loop
+	t *triggerEnv
+	l *loop
 }
 
-const listenTriggerSQL = `CREATE FUNCTION bench_notify_done() RETURNS trigger LANGUAGE plpgsql AS $$
+// notifyTriggerSQL is the seed design's trigger: each time a job reaches
+// (S, done), by an insert or an update, it notifies channel bench_done_S
+// with the job's id.
+const notifyTriggerSQL = `CREATE FUNCTION bench_notify_done() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-	IF NEW.current_step = 'img_gen' AND NEW.status = 'done'
-	   AND (OLD.current_step IS DISTINCT FROM NEW.current_step OR OLD.status IS DISTINCT FROM NEW.status) THEN
-		PERFORM pg_notify('bench_done', NEW.job_id);
+	IF NEW.status = 'done' AND (TG_OP = 'INSERT' OR OLD.current_step IS DISTINCT FROM NEW.current_step OR OLD.status IS DISTINCT FROM NEW.status) THEN
+		PERFORM pg_notify('bench_done_' || NEW.current_step, NEW.job_id);
 	END IF;
 	RETURN NULL;
 END $$;
-CREATE TRIGGER bench_notify_done AFTER UPDATE ON jobs FOR EACH ROW EXECUTE FUNCTION bench_notify_done();`
+CREATE TRIGGER bench_notify_done AFTER INSERT OR UPDATE ON jobs FOR EACH ROW EXECUTE FUNCTION bench_notify_done();`
 
 // claimOneSQL is the alternatives' claim: the compare-and-set on the job.
 const claimOneSQL = `UPDATE jobs SET current_step = 'vlm_analyze', status = 'running', updated_at = now()
 	WHERE job_id = $1 AND current_step = 'img_gen' AND status = 'done'`
 
 func (a *listenActor) prepare(ctx context.Context) error {
-	_, err := a.t.pool.Exec(ctx, listenTriggerSQL)
+	_, err := a.t.pool.Exec(ctx, notifyTriggerSQL)
 	return err
 }
 
-func (a *listenActor) start(ctx context.Context) error {
-	conn, err := pgx.Connect(ctx, a.t.db.url)
+func (a *listenActor) start(ctx context.Context) (err error) {
+	a.l, err = listen(ctx, a.t.db.url, "img_gen", func(ctx context.Context, id string) error {
+		tag, err := a.t.pool.Exec(ctx, claimOneSQL, id)
+		if err == nil && tag.RowsAffected() == 1 {
+			a.t.rec.see(id)
+		}
+		return err
+	})
+	return err
+}
+
+// listen connects to the database at url, listens for the jobs reaching
+// (step, done) (notifyTriggerSQL) and calls handle with each job's id, one
+// after another, until stopped; stopping closes the connection, and what
+// is notified meanwhile is lost.
+func listen(ctx context.Context, url, step string, handle func(ctx context.Context, jobID string) error) (*loop, error) {
+	conn, err := pgx.Connect(ctx, url)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	if _, err := conn.Exec(ctx, "LISTEN bench_done"); err != nil {
+	if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{"bench_done_" + step}.Sanitize()); err != nil {
 		conn.Close(context.Background())
-		return err
+		return nil, err
 	}
-	a.conn = conn
-	a.l = goLoop(ctx, func(ctx context.Context) error {
+	return goLoop(ctx, func(ctx context.Context) error {
+		defer conn.Close(context.Background())
 		for {
 			n, err := conn.WaitForNotification(ctx)
-			if err != nil {
-				if ctx.Err() != nil {
-					return errStopped
-				}
-				return err
+			if err == nil {
+				err = handle(ctx, n.Payload)
 			}
-			tag, err := a.t.pool.Exec(ctx, claimOneSQL, n.Payload)
-			if err != nil {
-				if ctx.Err() != nil {
-					return errStopped
-				}
-				return err
+			if ctx.Err() != nil {
+				return errStopped
 			}
-			if tag.RowsAffected() == 1 {
-				a.t.rec.see(n.Payload)
+			if err != nil {
+				return err
 			}
 		}
-	})
-	return nil
+	}), nil
 }
 
 func (a *listenActor) stop() {
@@ -225,10 +233,6 @@ func (a *listenActor) stop() {
 		a.t.e.log.Warn("listener", "err", err)
 	}
 	a.l = nil
-	if a.conn != nil {
-		a.conn.Close(context.Background())
-		a.conn = nil
-	}
 }
 
 func (a *listenActor) close() { a.stop() }
@@ -241,10 +245,14 @@ type pollActor struct {
 	l *loop
 }
 
-const pollClaimSQL = `UPDATE jobs SET current_step = 'vlm_analyze', status = 'running', updated_at = now()
+// pollBatch is the most jobs a poll takes at once; a full batch is
+// followed by another poll at once.
+const pollBatch = 1000
+
+var pollClaimSQL = fmt.Sprintf(`UPDATE jobs SET current_step = 'vlm_analyze', status = 'running', updated_at = now()
 	WHERE job_id IN (SELECT job_id FROM jobs WHERE current_step = 'img_gen' AND status = 'done'
-	                 ORDER BY updated_at LIMIT 1000 FOR UPDATE SKIP LOCKED)
-	RETURNING job_id`
+	                 ORDER BY updated_at LIMIT %d FOR UPDATE SKIP LOCKED)
+	RETURNING job_id`, pollBatch)
 
 func (a *pollActor) prepare(ctx context.Context) error {
 	_, err := a.t.pool.Exec(ctx, `CREATE INDEX bench_jobs_step_status ON jobs (current_step, status)`)
@@ -252,8 +260,22 @@ func (a *pollActor) prepare(ctx context.Context) error {
 }
 
 func (a *pollActor) start(ctx context.Context) error {
-	a.l = goLoop(ctx, func(ctx context.Context) error {
-		tick := time.NewTicker(a.t.e.cfg.PollInterval)
+	a.l = poll(ctx, a.t.e.cfg.PollInterval, func(ctx context.Context) (int, error) {
+		rows, _ := a.t.pool.Query(ctx, pollClaimSQL)
+		ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		for _, id := range ids {
+			a.t.rec.see(id)
+		}
+		return len(ids), err
+	})
+	return nil
+}
+
+// poll calls batch once per interval, and again at once while it returns
+// a full batch (pollBatch), until stopped.
+func poll(ctx context.Context, interval time.Duration, batch func(ctx context.Context) (int, error)) *loop {
+	return goLoop(ctx, func(ctx context.Context) error {
+		tick := time.NewTicker(interval)
 		defer tick.Stop()
 		for {
 			select {
@@ -262,24 +284,19 @@ func (a *pollActor) start(ctx context.Context) error {
 			case <-tick.C:
 			}
 			for {
-				rows, _ := a.t.pool.Query(ctx, pollClaimSQL)
-				ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
+				n, err := batch(ctx)
+				if ctx.Err() != nil {
+					return errStopped
+				}
 				if err != nil {
-					if ctx.Err() != nil {
-						return errStopped
-					}
 					return err
 				}
-				for _, id := range ids {
-					a.t.rec.see(id)
-				}
-				if len(ids) < 1000 {
+				if n < pollBatch {
 					break
 				}
 			}
 		}
 	})
-	return nil
 }
 
 func (a *pollActor) stop() {

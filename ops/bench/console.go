@@ -53,10 +53,11 @@ func benchConsole(ctx context.Context, e *env, run int) (res consoleResult, err 
 	}
 	for _, r := range []*pipelineResult{first, second} {
 		var observe func(context.Context, string, string, string) (func(), error)
+		tag := fmt.Sprintf("pipeline_%d", 100+run)
 		if r == &res.observed {
-			observe = openConsole
+			observe, tag = openConsole, fmt.Sprintf("observed_%d", 100+run)
 		}
-		if err := pipelineJobstream(ctx, e, 100+run, r, observe); err != nil {
+		if err := pipelineJobstream(ctx, e, tag, r, false, observe); err != nil {
 			return res, err
 		}
 	}
@@ -116,16 +117,11 @@ func openConsole(ctx context.Context, dbURL, broker, prefix string) (func(), err
 // timeJobsPages fills a fresh database with n jobs spread over the steps
 // and statuses and times each of consoleQueries 20 times.
 func timeJobsPages(ctx context.Context, e *env, run, n int) (map[string][]float64, error) {
-	db, err := e.newDB(ctx, fmt.Sprintf("bench_console_%d", run))
+	_, pool, done, err := e.openDB(ctx, fmt.Sprintf("bench_console_%d", run), 0)
 	if err != nil {
 		return nil, err
 	}
-	defer db.drop()
-	pool, err := pgxpool.New(ctx, db.url)
-	if err != nil {
-		return nil, err
-	}
-	defer pool.Close()
+	defer done()
 	e.logf("  filling jobs with %s rows", thousands(float64(n)))
 	if _, err := pool.Exec(ctx, `INSERT INTO jobs (job_id, current_step, status, payload)
 		SELECT 'job-' || lpad(i::text, 8, '0'), ($2::text[])[1 + i % 5], (ARRAY['done', 'running', 'failed', 'pending'])[1 + i % 4], '{"prompt": "a cat"}'

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/jobstream/jobstream/ops/devstack"
 	"github.com/jobstream/jobstream/ops/localpg"
@@ -395,4 +396,25 @@ func describeMachine(ctx context.Context, url string) (machine, error) {
 		return m, err
 	}
 	return m, nil
+}
+
+// openDB creates a fresh, migrated database called name and a pool on it
+// of at most maxConns connections (0: pgxpool's default). done closes the
+// pool and drops the database.
+func (e *env) openDB(ctx context.Context, name string, maxConns int) (db *database, pool *pgxpool.Pool, done func(), err error) {
+	if db, err = e.newDB(ctx, name); err != nil {
+		return nil, nil, nil, err
+	}
+	pcfg, err := pgxpool.ParseConfig(db.url)
+	if err == nil {
+		if maxConns > 0 {
+			pcfg.MaxConns = int32(maxConns)
+		}
+		pool, err = pgxpool.NewWithConfig(ctx, pcfg)
+	}
+	if err != nil {
+		db.drop()
+		return nil, nil, nil, err
+	}
+	return db, pool, func() { pool.Close(); db.drop() }, nil
 }

@@ -38,7 +38,7 @@ func main() {
 }
 
 // scenarios in the order they run.
-var scenarios = []string{"cdc", "latency", "loss", "pipeline", "memory", "serve", "console", "peers", "txshape", "micro"}
+var scenarios = []string{"cdc", "latency", "loss", "pipeline", "memory", "serve", "console", "peers", "scale", "txshape", "micro"}
 
 // config is what one invocation measures. Zero sizes take the defaults of
 // the issue (or, with Quick, of a smoke run).
@@ -47,6 +47,9 @@ type config struct {
 	Runs int
 	// Quick shrinks every size for a smoke run.
 	Quick bool
+	// Long adds the sizes that take long (scenario 11's backlog of
+	// 1,000,000 jobs): make bench-long.
+	Long bool
 	// Out is the Markdown report to write ("" writes none).
 	Out string
 	// Only lists the scenarios to run (default all).
@@ -192,7 +195,15 @@ func (c config) command(scenario string) string {
 		flag("poll-interval", c.PollInterval, d.PollInterval)
 		flag("latency-members", c.LatencyMembers, d.LatencyMembers)
 		flag("catchup", c.Catchup, d.Catchup)
-	case "pipeline", "console", "peers":
+	case "pipeline", "console", "peers", "scale":
+		if c.Long && scenario == "scale" {
+			s += " -long"
+		}
+		if scenario == "peers" {
+			flag("rate", c.Rate, d.Rate)
+			flag("outage", c.Outage, d.Outage)
+			flag("poll-interval", c.PollInterval, d.PollInterval)
+		}
 		flag("pipeline-jobs", c.PipelineJobs, d.PipelineJobs)
 		flag("pipeline-members", c.PipelineMembers, d.PipelineMembers)
 		flag("catchup", c.Catchup, d.Catchup)
@@ -213,6 +224,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	}
 	fs.IntVar(&c.Runs, "runs", 3, "runs of each scenario; the table shows medians")
 	fs.BoolVar(&c.Quick, "quick", false, "small sizes, for a smoke run")
+	fs.BoolVar(&c.Long, "long", false, "add the long sizes: a backlog of 1,000,000 jobs in scenario 11 (make bench-long)")
 	fs.StringVar(&c.Out, "out", "", "write the Markdown report here (e.g. BENCHMARKS.md)")
 	fs.StringVar(&only, "only", "", "comma-separated scenarios to run: "+strings.Join(scenarios, ","))
 	fs.StringVar(&c.Dir, "dir", "", "work folder (default: a temporary folder, removed afterwards)")

@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/jackc/pglogrepl"
-	"github.com/jackc/pgx/v5"
 )
 
 // memResult is one run of scenario 5.
@@ -23,11 +22,11 @@ type memResult struct {
 // reports the transaction flushed by it (every event acknowledged).
 func benchMemory(ctx context.Context, e *env, run int) (res memResult, err error) {
 	res.rows = e.cfg.BigTx
-	db, err := e.newDB(ctx, fmt.Sprintf("bench_memory_%d", run))
+	db, conn, done, err := e.openDB(ctx, fmt.Sprintf("bench_memory_%d", run), 1)
 	if err != nil {
 		return res, err
 	}
-	defer db.drop()
+	defer done()
 	b, err := e.startBroker(ctx, fmt.Sprintf("broker-memory-%d", run))
 	if err != nil {
 		return res, err
@@ -38,11 +37,6 @@ func benchMemory(ctx context.Context, e *env, run int) (res memResult, err error
 		return res, err
 	}
 	defer reader.stop()
-	conn, err := pgx.Connect(ctx, db.url)
-	if err != nil {
-		return res, err
-	}
-	defer conn.Close(context.Background())
 
 	began := time.Now()
 	if _, err := conn.Exec(ctx, bulkInsertSQL(res.rows, "big-")); err != nil {

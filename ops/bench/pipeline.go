@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -29,8 +30,12 @@ type pipelineResult struct {
 	dbSecs    float64 // the same SQL in a tight loop
 	workerHWM uint64  // largest peak RSS of the four worker processes
 	readerHWM uint64  // peak RSS of the reader process
-	pipeCPU   cpuSnap // CPU used by each part while the batch went through
-	dbCPU     cpuSnap // CPU used by the database-only loop
+	brokerHWM uint64  // peak RSS of the broker process
+	// WAL the slot holds at the end (current LSN - restart_lsn, and -
+	// confirmed_flush_lsn), and the sizes of jobstream_runs and jobs.
+	walRestart, walConfirmed, runsBytes, jobsBytes int64
+	pipeCPU                                        cpuSnap // CPU used by each part while the batch went through
+	dbCPU                                          cpuSnap // CPU used by the database-only loop
 }
 
 func (r pipelineResult) pipeRate() float64 { return float64(r.completed) / r.pipeSecs }
@@ -40,7 +45,7 @@ func benchPipeline(ctx context.Context, e *env, run int) (res pipelineResult, er
 	res.jobs = e.cfg.PipelineJobs
 	res.members = e.cfg.PipelineMembers
 	res.conns = res.members * (len(schema.DefaultSteps) - 1)
-	if err := pipelineJobstream(ctx, e, run, &res, nil); err != nil {
+	if err := pipelineJobstream(ctx, e, fmt.Sprintf("pipeline_%d", run), &res, false, nil); err != nil {
 		return res, err
 	}
 	e.logf("  jobstream: %d of %d jobs through 4 steps in %.1fs (%d stranded)", res.completed, res.jobs, res.pipeSecs, res.stranded)
@@ -50,82 +55,167 @@ func benchPipeline(ctx context.Context, e *env, run int) (res pipelineResult, er
 	return res, nil
 }
 
-// pipelineJobstream runs the whole system as deployed: a broker process, a
-// `jobstream reader` process and one worker process per step (this program
-// in its worker role, with a no-op Go handler), and times a batch of jobs
-// inserted at (img_gen, done) until each is at (overlay, done).
+// deployment is jobstream as deployed on a database of its own: a broker
+// process, a `jobstream reader` process and one worker process per step
+// (this program in its worker role, with a no-op Go handler).
+type deployment struct {
+	e       *env
+	tag     string
+	db      *database
+	pool    *pgxpool.Pool
+	b       *broker
+	reader  *proc
+	workers []*proc // one per step, in the pipeline's order
+	specs   []workerSpec
+	closers []func()
+}
+
+// deploy starts jobstream on a fresh database called bench_<tag>. With
+// noWorkers, the workers wait for startWorkers (a backlog is inserted first).
+func deploy(ctx context.Context, e *env, tag string, members int, noWorkers bool) (_ *deployment, err error) {
+	d := &deployment{e: e, tag: tag}
+	defer func() {
+		if err != nil {
+			d.close()
+		}
+	}()
+	db, pool, drop, err := e.openDB(ctx, "bench_"+tag, 0)
+	if err != nil {
+		return nil, err
+	}
+	d.db, d.pool, d.closers = db, pool, append(d.closers, drop)
+	if d.b, err = e.startBroker(ctx, "broker-"+tag); err != nil {
+		return nil, err
+	}
+	d.closers = append(d.closers, d.b.stop)
+	prefix := strings.ReplaceAll(tag, "_", "")
+	if d.reader, err = e.startReader(ctx, "reader-"+tag, db, d.b.addr, "bench", prefix); err != nil {
+		return nil, err
+	}
+	d.closers = append(d.closers, d.reader.stop)
+	for _, step := range schema.DefaultSteps[1:] {
+		d.specs = append(d.specs, workerSpec{DatabaseURL: db.url, Brokers: []string{d.b.addr}, Step: step, Prefix: prefix,
+			Members: members, CPUProfile: e.profilePath(fmt.Sprintf("worker-%s-%s", step, tag))})
+	}
+	d.workers = make([]*proc, len(d.specs))
+	if !noWorkers {
+		err = d.startWorkers()
+	}
+	return d, err
+}
+
+// startWorkers starts the worker processes not running.
+func (d *deployment) startWorkers() error {
+	for i := range d.specs {
+		if err := d.startWorker(i); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// startWorker starts the worker process of step i (0 is vlm_analyze) unless it runs.
+func (d *deployment) startWorker(i int) error {
+	if d.workers[i] != nil {
+		return nil
+	}
+	spec, _ := json.Marshal(d.specs[i])
+	cmd := exec.Command(d.e.self)
+	cmd.Env = append(os.Environ(), childEnv+"="+string(spec))
+	p, err := d.e.startProc(fmt.Sprintf("worker-%s-%s", d.specs[i].Step, d.tag), cmd)
+	if err != nil {
+		return err
+	}
+	d.workers[i] = p
+	return nil
+}
+
+// stopWorker stops the worker process of step i.
+func (d *deployment) stopWorker(i int) {
+	if d.workers[i] != nil {
+		d.workers[i].stop()
+		d.workers[i] = nil
+	}
+}
+
+// procs returns the running processes.
+func (d *deployment) procs() []*proc {
+	ps := []*proc{d.b.proc, d.reader}
+	for _, w := range d.workers {
+		if w != nil {
+			ps = append(ps, w)
+		}
+	}
+	return ps
+}
+
+// groups returns the processes by part, for CPU accounting.
+func (d *deployment) groups() map[string][]*proc {
+	return map[string][]*proc{"reader": {d.reader}, "broker": {d.b.proc}, "workers": slices.DeleteFunc(slices.Clone(d.workers), func(p *proc) bool { return p == nil })}
+}
+
+func (d *deployment) close() {
+	for i := range d.workers {
+		d.stopWorker(i)
+	}
+	for _, c := range slices.Backward(d.closers) {
+		c()
+	}
+}
+
+// pipelineJobstream runs the whole system as deployed and times a batch of
+// jobs inserted at (img_gen, done) until each is at (overlay, done).
 //
 // observe, when not nil, is started before the batch with the deployment's
 // database, broker and topic prefix, and stopped after it (the console
-// scenario opens the web console on the pipeline this way).
-func pipelineJobstream(ctx context.Context, e *env, run int, res *pipelineResult, observe func(ctx context.Context, dbURL, broker, prefix string) (stop func(), err error)) error {
-	tag := fmt.Sprintf("pipeline_%d", run)
-	if observe != nil {
-		tag = fmt.Sprintf("observed_%d", run)
-	}
-	db, err := e.newDB(ctx, "bench_"+tag)
+// scenario opens the web console on the pipeline this way). With backlog,
+// the jobs are inserted before the workers start, and timed from their start.
+func pipelineJobstream(ctx context.Context, e *env, tag string, res *pipelineResult, backlog bool, observe func(ctx context.Context, dbURL, broker, prefix string) (stop func(), err error)) error {
+	d, err := deploy(ctx, e, tag, res.members, backlog)
 	if err != nil {
 		return err
 	}
-	defer db.drop()
-	b, err := e.startBroker(ctx, "broker-"+tag)
-	if err != nil {
-		return err
-	}
-	defer b.stop()
-	prefix := strings.ReplaceAll(tag, "_", "")
-	reader, err := e.startReader(ctx, "reader-"+tag, db, b.addr, "bench", prefix)
-	if err != nil {
-		return err
-	}
-	defer reader.stop()
-	procs := []*proc{reader, b.proc}
-	var workers []*proc
-	for _, step := range schema.DefaultSteps[1:] {
-		spec, _ := json.Marshal(workerSpec{DatabaseURL: db.url, Brokers: []string{b.addr}, Step: step, Prefix: prefix,
-			Members: res.members, CPUProfile: e.profilePath(fmt.Sprintf("worker-%s-run%d", step, run))})
-		cmd := exec.Command(e.self)
-		cmd.Env = append(os.Environ(), childEnv+"="+string(spec))
-		p, err := e.startProc(fmt.Sprintf("worker-%s-%s", step, tag), cmd)
-		if err != nil {
+	defer d.close()
+	pool := d.pool
+	var t0 time.Time
+	if backlog {
+		if err := insertBacklog(ctx, e, pool, res.jobs); err != nil {
 			return err
 		}
-		defer p.stop()
-		workers = append(workers, p)
-	}
-	procs = append(procs, workers...)
-	pool, err := pgxpool.New(ctx, db.url)
-	if err != nil {
-		return err
-	}
-	defer pool.Close()
-
-	// Warm-up: connections, groups and topics are set up before timing. A
-	// warm-up job stranded on the way is counted like any other below.
-	if err := copyJobs(ctx, pool, jobIDs("warm", warmup), "img_gen", "done"); err != nil {
-		return err
-	}
-	if _, err := waitPipeline(ctx, pool, "warm-%", warmup, procs, max(e.cfg.Catchup, 5*time.Second)); err != nil {
-		return fmt.Errorf("warm-up: %w", err)
-	}
-	if observe != nil {
-		stop, err := observe(ctx, db.url, b.addr, prefix)
-		if err != nil {
+	} else {
+		// Warm-up: connections, groups and topics are set up before timing. A
+		// warm-up job stranded on the way is counted like any other below.
+		if err := copyJobs(ctx, pool, jobIDs("warm", warmup), "img_gen", "done"); err != nil {
 			return err
 		}
-		defer stop()
+		if _, err := waitPipeline(ctx, pool, "warm-%", warmup, d.procs(), max(e.cfg.Catchup, 5*time.Second)); err != nil {
+			return fmt.Errorf("warm-up: %w", err)
+		}
+		if observe != nil {
+			stop, err := observe(ctx, d.db.url, d.b.addr, strings.ReplaceAll(tag, "_", ""))
+			if err != nil {
+				return err
+			}
+			defer stop()
+		}
 	}
-	groups := map[string][]*proc{"reader": {reader}, "broker": {b.proc}, "workers": workers}
-	cpu0 := e.cpuNow(groups)
-	t0 := time.Now()
-	if err := copyJobs(ctx, pool, jobIDs("job", res.jobs), "img_gen", "done"); err != nil {
-		return err
+	cpu0 := e.cpuNow(d.groups())
+	if backlog {
+		t0 = time.Now()
+		if err := d.startWorkers(); err != nil {
+			return err
+		}
+	} else {
+		t0 = time.Now()
+		if err := copyJobs(ctx, pool, jobIDs("job", res.jobs), "img_gen", "done"); err != nil {
+			return err
+		}
 	}
-	w, err := waitPipeline(ctx, pool, "job-%", res.jobs, procs, e.cfg.Catchup)
+	w, err := waitPipeline(ctx, pool, "job-%", res.jobs, d.procs(), e.cfg.Catchup)
 	if err != nil {
 		return err
 	}
-	res.pipeCPU = e.cpuNow(groups).sub(cpu0)
+	res.pipeCPU = e.cpuNow(d.groups()).sub(cpu0)
 	res.completed, res.stranded = w.done, res.jobs-w.done
 	res.pipeSecs = w.last.Sub(t0).Seconds()
 	if res.stranded > 0 {
@@ -135,16 +225,35 @@ func pipelineJobstream(ctx context.Context, e *env, run int, res *pipelineResult
 		var state string
 		var count int
 		_, _ = pgx.ForEachRow(rows, []any{&state, &count}, func() error { states = append(states, fmt.Sprintf("%s=%d", state, count)); return nil })
-		e.log.Warn("jobs stranded in the pipeline", "run", run, "stranded", res.stranded, "states", states)
+		e.log.Warn("jobs stranded in the pipeline", "tag", tag, "stranded", res.stranded, "states", states)
 	}
-	for _, w := range workers {
+	for _, w := range d.workers {
 		if hwm, err := w.peakRSS(); err == nil {
 			res.workerHWM = max(res.workerHWM, hwm)
 		}
 	}
-	if hwm, err := reader.peakRSS(); err == nil {
-		res.readerHWM = hwm
+	res.readerHWM, _ = d.reader.peakRSS()
+	res.brokerHWM, _ = d.b.peakRSS()
+	err = pool.QueryRow(ctx, `SELECT coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn), 0)::bigint,
+			coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn), 0)::bigint,
+			pg_total_relation_size('jobstream_runs'), pg_total_relation_size('jobs')
+		FROM pg_replication_slots WHERE slot_name = 'bench'`).Scan(&res.walRestart, &res.walConfirmed, &res.runsBytes, &res.jobsBytes)
+	if err != nil {
+		return fmt.Errorf("slot and table sizes: %w", err)
 	}
+	return nil
+}
+
+// insertBacklog inserts n jobs job-1 … job-n at (img_gen, done) in the
+// server, 100,000 a transaction.
+func insertBacklog(ctx context.Context, e *env, pool *pgxpool.Pool, n int) error {
+	t0 := time.Now()
+	for from := 1; from <= n; from += 100_000 {
+		if _, err := pool.Exec(ctx, bulkInsertRangeSQL(from, min(from+100_000-1, n), "job-")); err != nil {
+			return fmt.Errorf("backlog: %w", err)
+		}
+	}
+	e.logf("  a backlog of %s jobs inserted in %.0fs", thousands(float64(n)), time.Since(t0).Seconds())
 	return nil
 }
 
@@ -208,21 +317,11 @@ func waitPipeline(ctx context.Context, pool *pgxpool.Pool, like string, n int, p
 // with the step protocol's SQL only: as many connections as the pipeline
 // has group members, each claiming and completing one job after another.
 func pipelineDatabase(ctx context.Context, e *env, run int, res *pipelineResult) error {
-	db, err := e.newDB(ctx, fmt.Sprintf("bench_dblimit_%d", run))
+	_, pool, drop, err := e.openDB(ctx, fmt.Sprintf("bench_dblimit_%d", run), res.conns)
 	if err != nil {
 		return err
 	}
-	defer db.drop()
-	pcfg, err := pgxpool.ParseConfig(db.url)
-	if err != nil {
-		return err
-	}
-	pcfg.MaxConns = int32(res.conns)
-	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
-	if err != nil {
-		return err
-	}
-	defer pool.Close()
+	defer drop()
 	ids := jobIDs("job", res.jobs)
 	if err := copyJobs(ctx, pool, ids, "img_gen", "done"); err != nil {
 		return err

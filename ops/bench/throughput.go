@@ -51,16 +51,11 @@ const perTx = 5
 // made, alternately, cfg.CDCPasses times each (so a passing load on the
 // machine hits both alike).
 func benchCDC(ctx context.Context, e *env, run int) (res cdcResult, err error) {
-	db, err := e.newDB(ctx, fmt.Sprintf("bench_cdc_%d", run))
+	db, conn, done, err := e.openDB(ctx, fmt.Sprintf("bench_cdc_%d", run), 1)
 	if err != nil {
 		return res, err
 	}
-	defer db.drop()
-	conn, err := pgx.Connect(ctx, db.url)
-	if err != nil {
-		return res, err
-	}
-	defer conn.Close(context.Background())
+	defer done()
 	passes := e.cfg.CDCPasses
 	for i := range passes {
 		for _, slot := range []string{"bench_recvlogical", "bench_reader"} {
@@ -97,7 +92,7 @@ func benchCDC(ctx context.Context, e *env, run int) (res cdcResult, err error) {
 	e.logf("  %d changes in %d transactions written in %.1fs (%.0f MiB of WAL)", res.changes, res.txs, time.Since(began).Seconds(), float64(res.walBytes)/(1<<20))
 
 	for i := range passes {
-		secs, wal, client, err := recvlogical(ctx, e, conn.Config(), db.name, fmt.Sprintf("bench_recvlogical_%d", i), end)
+		secs, wal, client, err := recvlogical(ctx, e, conn.Config().ConnConfig, db.name, fmt.Sprintf("bench_recvlogical_%d", i), end)
 		if err != nil {
 			return res, err
 		}

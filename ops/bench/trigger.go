@@ -154,21 +154,11 @@ func benchTrigger(ctx context.Context, e *env, scen, system string, run int, out
 		res.outageStart = e.cfg.Outage
 	}
 	res.n = n
-	db, err := e.newDB(ctx, fmt.Sprintf("bench_%s_%s_%d", scen, system, run))
+	db, pool, done, err := e.openDB(ctx, fmt.Sprintf("bench_%s_%s_%d", scen, system, run), 4)
 	if err != nil {
 		return res, err
 	}
-	defer db.drop()
-	pcfg, err := pgxpool.ParseConfig(db.url)
-	if err != nil {
-		return res, err
-	}
-	pcfg.MaxConns = 4
-	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
-	if err != nil {
-		return res, err
-	}
-	defer pool.Close()
+	defer done()
 	warm := jobIDs("warm", warmup)
 	ids := jobIDs("job", n)
 	if err := copyJobs(ctx, pool, append(slices.Clone(warm), ids...), "img_gen", "running"); err != nil {

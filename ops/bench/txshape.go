@@ -5,7 +5,6 @@ import (
 	"fmt"
 
 	"github.com/jackc/pglogrepl"
-	"github.com/jackc/pgx/v5"
 )
 
 // txShapeResult is one run of scenario 10: one transaction of n updates,
@@ -30,16 +29,11 @@ func txShapeSizes(quick bool) []int {
 // reader (every event acknowledged by a broker), each from its own slot.
 func benchTxShape(ctx context.Context, e *env, run, n int) (res txShapeResult, err error) {
 	res.updates = n
-	db, err := e.newDB(ctx, fmt.Sprintf("bench_tx_%d_%d", n, run))
+	db, conn, done, err := e.openDB(ctx, fmt.Sprintf("bench_tx_%d_%d", n, run), 1)
 	if err != nil {
 		return res, err
 	}
-	defer db.drop()
-	conn, err := pgx.Connect(ctx, db.url)
-	if err != nil {
-		return res, err
-	}
-	defer conn.Close(context.Background())
+	defer done()
 	if _, err := conn.Exec(ctx, bulkInsertSQL(n, "tx-")); err != nil {
 		return res, err
 	}
@@ -58,7 +52,7 @@ func benchTxShape(ctx context.Context, e *env, run, n int) (res txShapeResult, e
 	if _, err := conn.Exec(ctx, `INSERT INTO jobs (job_id, current_step, status) VALUES ('tx-marker', 'img_gen', 'pending')`); err != nil {
 		return res, err
 	}
-	if res.recvSecs, _, _, err = recvlogical(ctx, e, conn.Config(), db.name, "bench_recvlogical_0", end); err != nil {
+	if res.recvSecs, _, _, err = recvlogical(ctx, e, conn.Config().ConnConfig, db.name, "bench_recvlogical_0", end); err != nil {
 		return res, err
 	}
 	if res.rdSecs, _, err = readUntil(ctx, e, db, 1000+run, 0, end, n); err != nil {

@@ -56,9 +56,12 @@ END $$`
 }
 
 // bulkInsertSQL inserts n jobs at (img_gen, done) in one statement (one transaction).
-func bulkInsertSQL(n int, prefix string) string {
+func bulkInsertSQL(n int, prefix string) string { return bulkInsertRangeSQL(1, n, prefix) }
+
+// bulkInsertRangeSQL inserts jobs prefix+from … prefix+to at (img_gen, done) in one statement.
+func bulkInsertRangeSQL(from, to int, prefix string) string {
 	return fmt.Sprintf(`INSERT INTO jobs (job_id, current_step, status, payload, results)
-		SELECT '%s' || i, 'img_gen', 'done', %s, %s FROM generate_series(1, %d) AS i`, prefix, payloadSQL("i"), resultsSQL("i"), n)
+		SELECT '%s' || i, 'img_gen', 'done', %s, %s FROM generate_series(%d, %d) AS i`, prefix, payloadSQL("i"), resultsSQL("i"), from, to)
 }
 
 // payloadJSON and resultsJSON are the Go twins of payloadSQL and resultsSQL.
