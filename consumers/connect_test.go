@@ -1,0 +1,76 @@
+package consumers_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/jobstream/jobstream/cdc"
+	"github.com/jobstream/jobstream/consumers"
+	"github.com/jobstream/jobstream/ops/admin"
+	"github.com/jobstream/jobstream/ops/harness"
+	"github.com/jobstream/jobstream/schema"
+	"github.com/jobstream/jobstream/schema/kafkaconn"
+)
+
+// TestWorkerReadsConnectForm is issue 16 item 2 (consumers): with a reader
+// writing Kafka Connect's schema/payload form (cdc.Config.Schemas), workers
+// walk jobs through two steps as they do with the plain form, and audit
+// and a replay's dry run find each job's events by its key.
+func TestWorkerReadsConnectForm(t *testing.T) {
+	t.Parallel()
+	e := harness.New(t)
+	harness.StartReader(t, context.Background(), cdc.Config{DatabaseURL: e.DatabaseURL, Brokers: e.Brokers, Slot: e.Slot,
+		TopicPrefix: e.Prefix, Publication: e.Publication, Logger: testLogger(t, "reader"), Schemas: true})
+	handler := func(ctx context.Context, job consumers.Job) (json.RawMessage, error) {
+		return json.Marshal(job.Step + " of " + job.JobID)
+	}
+	w := startWorker(t, e, consumers.Config{Steps: map[string]consumers.Handler{"vlm_analyze": handler, "yolo_detect": handler}})
+	<-w.Ready()
+
+	const n = 5
+	e.Exec(t, `INSERT INTO jobs (job_id, current_step, status) SELECT 'j' || i, 'img_gen', 'done' FROM generate_series(1, $1) i`, n)
+	harness.Eventually(t, 60*time.Second, func() (bool, string) {
+		done := e.Count(t, `SELECT count(*) FROM jobs WHERE current_step = 'yolo_detect' AND status = 'done'
+			AND results->>'vlm_analyze' = 'vlm_analyze of ' || job_id AND results->>'yolo_detect' = 'yolo_detect of ' || job_id`)
+		return done == n, fmt.Sprintf("%d of %d jobs through both steps; %s", done, n, stats(w))
+	})
+	if f := w.Stats().Failures.Load(); f != 0 {
+		t.Errorf("%d failures", f)
+	}
+
+	// The events are in the schema/payload form, keys too.
+	msgs := e.ReadTopic(t, e.Topic("img_gen"))
+	if len(msgs) == 0 {
+		t.Fatal("no events in the img_gen topic")
+	}
+	for _, m := range msgs {
+		if _, ok := schema.Unwrap(m.Value); !ok {
+			t.Fatalf("value is not in the schema/payload form: %.200s", m.Value)
+		}
+		if _, ok := schema.Unwrap(m.Key); !ok {
+			t.Fatalf("key is not in the schema/payload form: %s", m.Key)
+		}
+	}
+
+	ctx := context.Background()
+	k := admin.NewKafka(kafkaconn.Broker{Addrs: e.Brokers})
+	hist, err := admin.Audit(ctx, k, e.Pool(t), admin.AuditOptions{JobID: "j3", Deployment: admin.Deployment{TopicPrefix: e.Prefix}})
+	var steps []string
+	for _, h := range hist {
+		if h.Kind == "change" {
+			steps = append(steps, h.Step+":"+h.Status)
+		}
+	}
+	if err != nil || !slices.Contains(steps, "img_gen:done") || !slices.Contains(steps, "yolo_detect:done") {
+		t.Errorf("audit of j3: %v, %v", steps, err)
+	}
+	plan, err := admin.Replay(ctx, e.Pool(t), k, admin.ReplayOptions{Step: "vlm_analyze", Jobs: []string{"j2"}, DryRun: true,
+		Deployment: admin.Deployment{TopicPrefix: e.Prefix}})
+	if err != nil || len(plan.Replayed) != 1 || plan.Replayed[0].JobID != "j2" {
+		t.Errorf("replay dry run of j2: %+v, %v", plan, err)
+	}
+}
