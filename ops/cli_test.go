@@ -93,6 +93,7 @@ func TestBadUsage(t *testing.T) {
 		{"serve command not found", []string{"worker", db, kafka, "--step", "planner", "--serve", "--", "./no-such-model-server"}, 2, `"./no-such-model-server" cannot be run`},
 		{"negative start timeout", worker("--start-timeout", "-1s"), 2, "--start-timeout -1s is negative"},
 		{"reader with an unknown key form", []string{"reader", db, kafka, "--key", "avro"}, 2, `--key "avro": use struct`},
+		{"reader --schemas not a boolean", []string{"reader", db, kafka, "--schemas=maybe"}, 2, `--schemas "maybe" is not true or false; write --schemas=true or --schemas=false`},
 		{"console on a bad address", []string{"ui", db, kafka, "--listen", "127.0.0.1:99999"}, 2, "--listen 127.0.0.1:99999"},
 		{"pipeline with a cycle", worker("--pipeline", cycle), 2, "appears twice"},
 		{"reader pipeline with a cycle", []string{"reader", db, kafka, "--pipeline", cycle}, 2, "appears twice"},
