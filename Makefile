@@ -5,7 +5,7 @@ PKGS    := ./...
 
 .DEFAULT_GOAL := help
 
-.PHONY: help build run test vet fmt bench chaos clean
+.PHONY: help build run test vet fmt bench bench-long chaos clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -26,8 +26,11 @@ vet: ## go vet and gofmt check
 fmt: ## format the code
 	gofmt -w $$(git ls-files '*.go')
 
-bench: ## measure against pg_recvlogical, LISTEN/NOTIFY, polling, River and the database alone, GPU step modes, the console, plus the Go micro-benchmarks (~25 min); prints one table, writes BENCHMARKS.md
+bench: ## measure against pg_recvlogical, LISTEN/NOTIFY, polling, River and the database alone (the whole pipeline too), how cost grows with the jobs, GPU step modes, the console, plus the Go micro-benchmarks (~40 min); prints one table, writes BENCHMARKS.md
 	$(GO) run ./ops/bench -runs 3 -out BENCHMARKS.md
+
+bench-long: ## how cost grows, with a backlog of 1,000,000 jobs inserted before the workers start (about an hour); writes BENCHMARKS-long.md
+	$(GO) run ./ops/bench -only scale -long -runs 1 -out BENCHMARKS-long.md
 
 chaos: ## kill -9 the reader, workers, broker and Postgres at random while 2,000 jobs flow, then user actions and faults against the reference model; check nothing is lost or done twice (SEED=n replays a schedule)
 	$(GO) test ./ops/chaos -run '^(TestChaos|TestModel)$$' -count=1 -v -timeout 45m -args -chaos.full $(if $(SEED),-chaos.seed $(SEED))
