@@ -131,28 +131,9 @@ func appendValue(b []byte, oid uint32, typmod int32, v []byte) []byte {
 		if out, ok := appendNumeric(b, typmod, v); ok {
 			return out
 		}
-	case oidTimestamptz:
-		// io.debezium.time.ZonedTimestamp: ISO-8601 in UTC, always six
-		// fraction digits (debezium-core/src/main/java/io/debezium/time/ZonedTimestamp.java).
-		if t, ok := parseTimestamp(v, true); ok {
-			b = append(b, '"')
-			b = t.UTC().AppendFormat(b, "2006-01-02T15:04:05.000000Z")
-			return append(b, '"')
-		}
-	case oidTimestamp:
-		// Adaptive precision: timestamp(0..3) is io.debezium.time.Timestamp,
-		// milliseconds since the epoch; timestamp(4..6) and timestamp are
-		// io.debezium.time.MicroTimestamp, microseconds.
-		if t, ok := parseTimestamp(v, false); ok {
-			if typmod >= 0 && typmod <= 3 {
-				return strconv.AppendInt(b, t.UnixMilli(), 10)
-			}
-			return strconv.AppendInt(b, t.UnixMicro(), 10)
-		}
-	case oidDate:
-		// io.debezium.time.Date: days since the epoch.
-		if t, err := time.Parse("2006-01-02", string(v)); err == nil {
-			return strconv.AppendInt(b, t.Unix()/86400, 10)
+	case oidTimestamptz, oidTimestamp, oidDate, oidTime, oidTimetz, oidInterval:
+		if out, ok := appendTemporal(b, oid, typmod, v); ok {
+			return out
 		}
 	case oidBytea:
 		if len(v) >= 2 && v[0] == '\\' && v[1] == 'x' {
@@ -165,21 +146,6 @@ func appendValue(b []byte, oid uint32, typmod int32, v []byte) []byte {
 		}
 	case oidJSON, oidJSONB:
 		// io.debezium.data.Json: the document as a string.
-	case oidTime:
-		// io.debezium.time.Time or MicroTime, by precision.
-		if out, ok := appendTime(b, typmod, v); ok {
-			return out
-		}
-	case oidTimetz:
-		// io.debezium.time.ZonedTime: ISO-8601 in UTC.
-		if out, ok := appendTimetz(b, v); ok {
-			return out
-		}
-	case oidInterval:
-		// io.debezium.time.MicroDuration: approximate microseconds.
-		if out, ok := appendInterval(b, v); ok {
-			return out
-		}
 	default:
 		// An array: a JSON array of its elements rendered as above.
 		if oid >= minArrayOID {
@@ -191,6 +157,47 @@ func appendValue(b []byte, oid uint32, typmod int32, v []byte) []byte {
 		}
 	}
 	return schema.AppendJSONString(b, v)
+}
+
+// appendTemporal renders a value of a date or time type oid as one of
+// Debezium's io.debezium.time types; false for a value it cannot parse,
+// which the caller renders as a string.
+func appendTemporal(b []byte, oid uint32, typmod int32, v []byte) ([]byte, bool) {
+	switch oid {
+	case oidTimestamptz:
+		// io.debezium.time.ZonedTimestamp: ISO-8601 in UTC, always six
+		// fraction digits (debezium-core/src/main/java/io/debezium/time/ZonedTimestamp.java).
+		if t, ok := parseTimestamp(v, true); ok {
+			b = append(b, '"')
+			b = t.UTC().AppendFormat(b, "2006-01-02T15:04:05.000000Z")
+			return append(b, '"'), true
+		}
+	case oidTimestamp:
+		// Adaptive precision: timestamp(0..3) is io.debezium.time.Timestamp,
+		// milliseconds since the epoch; timestamp(4..6) and timestamp are
+		// io.debezium.time.MicroTimestamp, microseconds.
+		if t, ok := parseTimestamp(v, false); ok {
+			if typmod >= 0 && typmod <= 3 {
+				return strconv.AppendInt(b, t.UnixMilli(), 10), true
+			}
+			return strconv.AppendInt(b, t.UnixMicro(), 10), true
+		}
+	case oidDate:
+		// io.debezium.time.Date: days since the epoch.
+		if t, err := time.Parse("2006-01-02", string(v)); err == nil {
+			return strconv.AppendInt(b, t.Unix()/86400, 10), true
+		}
+	case oidTime:
+		// io.debezium.time.Time or MicroTime, by precision.
+		return appendTime(b, typmod, v)
+	case oidTimetz:
+		// io.debezium.time.ZonedTime: ISO-8601 in UTC.
+		return appendTimetz(b, v)
+	case oidInterval:
+		// io.debezium.time.MicroDuration: approximate microseconds.
+		return appendInterval(b, v)
+	}
+	return nil, false
 }
 
 // appendNumeric renders a numeric as Debezium's default precise decimal
