@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -110,5 +111,19 @@ func TestPercentile(t *testing.T) {
 	}
 	if got := thousands(1234567.4); got != "1,234,567" {
 		t.Errorf("thousands = %s", got)
+	}
+}
+
+func TestHandoffs(t *testing.T) {
+	t.Parallel()
+	at := func(msec int) time.Time { return time.Unix(0, 0).Add(time.Duration(msec) * time.Millisecond) }
+	marks := map[jobStep]mark{
+		{"a", "vlm_analyze"}: {at(3), at(10)}, {"a", "yolo_detect"}: {at(12), at(20)},
+		{"a", "planner"}: {at(25), at(30)}, {"a", "overlay"}: {at(101), at(102)}, // past the cutoff
+		{"b", "yolo_detect"}: {at(5), at(6)}, // no vlm_analyze: nothing of b counts
+	}
+	got := handoffs([]string{"a", "b"}, map[string]time.Time{"a": at(1), "b": at(1)}, marks, at(100))
+	if want := []float64{2, 2, 5}; !slices.Equal(got, want) {
+		t.Errorf("handoffs = %v, want %v", got, want)
 	}
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"strings"
 
 	"github.com/jackc/pglogrepl"
 )
@@ -12,6 +13,7 @@ import (
 type txShapeResult struct {
 	updates          int
 	recvSecs, rdSecs float64
+	recvCPU, rdCPU   cpuSnap // CPU seconds by process over each pass
 }
 
 func (r txShapeResult) ratio() float64 { return r.recvSecs / r.rdSecs }
@@ -52,10 +54,12 @@ func benchTxShape(ctx context.Context, e *env, run, n int) (res txShapeResult, e
 	if _, err := conn.Exec(ctx, `INSERT INTO jobs (job_id, current_step, status) VALUES ('tx-marker', 'img_gen', 'pending')`); err != nil {
 		return res, err
 	}
-	if res.recvSecs, _, _, err = recvlogical(ctx, e, conn.Config().ConnConfig, db.name, "bench_recvlogical_0", end); err != nil {
+	var wal, client float64
+	if res.recvSecs, wal, client, err = recvlogical(ctx, e, conn.Config().ConnConfig, db.name, "bench_recvlogical_0", end); err != nil {
 		return res, err
 	}
-	if res.rdSecs, _, err = readUntil(ctx, e, db, 1000+run, 0, end, n); err != nil {
+	res.recvCPU = cpuSnap{by: map[string]float64{"walsender": wal, "pg_recvlogical": client}}
+	if res.rdSecs, res.rdCPU, err = readUntil(ctx, e, db, 1000+run, 0, end, n); err != nil {
 		return res, err
 	}
 	return res, nil
@@ -79,6 +83,16 @@ func (r *results) txShapeRows() []row {
 		rows = append(rows, row{scen, fmt.Sprintf("%s updates: pg_recvlogical %s/s, reader %s/s", thousands(float64(n)), thousands(recv), thousands(rd)),
 			fmt.Sprintf("%.1f s / %.1f s", median(each(runs, func(x txShapeResult) float64 { return x.recvSecs })), median(each(runs, func(x txShapeResult) float64 { return x.rdSecs }))),
 			"reader/pg_recvlogical " + f2(median(ratios)), "≥ 0.9", passMiss(median(ratios) >= 0.9), joinRuns(ratios, f2), r.cfg.command("txshape")})
+		// CPU seconds by process over each pass: with the seconds, what bounds each.
+		cpu := func(get func(txShapeResult) cpuSnap, parts ...string) string {
+			var cells []string
+			for _, part := range parts {
+				cells = append(cells, part+" "+f1(median(each(runs, func(x txShapeResult) float64 { return get(x).by[part] }))))
+			}
+			return strings.Join(cells, ", ")
+		}
+		rows = append(rows, row{"", "  CPU seconds over the pass", "pg_recvlogical's: " + cpu(func(x txShapeResult) cpuSnap { return x.recvCPU }, "walsender", "pg_recvlogical") +
+			" · the reader's: " + cpu(func(x txShapeResult) cpuSnap { return x.rdCPU }, "walsender", "reader", "broker", "postgres"), "", "", "", "", r.cfg.command("txshape")})
 	}
 	return rows
 }
