@@ -5,8 +5,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/segmentio/kafka-go"
 
 	"github.com/jobstream/jobstream/cdc"
 	"github.com/jobstream/jobstream/consumers"
@@ -73,4 +76,25 @@ func TestWorkerReadsConnectForm(t *testing.T) {
 	if err != nil || len(plan.Replayed) != 1 || plan.Replayed[0].JobID != "j2" {
 		t.Errorf("replay dry run of j2: %+v, %v", plan, err)
 	}
+
+	// Bad input in the schema/payload form is one dead letter with one
+	// sentence, as in the plain form: its job is named by its key's payload.
+	key := schema.ConnectWrap(schema.AppendConnectKeySchema(nil, e.Prefix, "public", "jobs", []byte(schema.ConnectJobIDString)), schema.Key("poison", false))
+	wr := &kafka.Writer{Addr: kafka.TCP(e.Brokers...), Topic: e.Topic("img_gen"), Balancer: &kafka.Murmur2Balancer{}, RequiredAcks: kafka.RequireAll}
+	defer wr.Close()
+	if err := wr.WriteMessages(ctx, kafka.Message{Key: key, Value: []byte(`{"schema":{"type":"string","optional":false},"payload":"not an envelope"}`)}); err != nil {
+		t.Fatal(err)
+	}
+	harness.Eventually(t, 30*time.Second, func() (bool, string) {
+		var reasons []string
+		for _, m := range e.ReadTopic(t, e.Topics().DLQ()) {
+			d := decodeEvent(t, m.Value)
+			reason := fmt.Sprint(d["reason"])
+			if schema.JobIDFromKey(m.Key) == "poison" && reason == "event is not a change-event envelope: json: cannot unmarshal string into Go value of type schema.Trigger" {
+				return true, ""
+			}
+			reasons = append(reasons, schema.JobIDFromKey(m.Key)+": "+reason)
+		}
+		return false, "no dead letter for the poison message: " + strings.Join(reasons, "; ")
+	})
 }
