@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -175,6 +176,29 @@ func TestOffsetFetchUnknownGroup(t *testing.T) {
 	}
 	if want := []string{"some:5/0/0", "never:-1/0/0"}; !slices.Equal(got, want) {
 		t.Errorf("two groups in one request: %v, want %v", got, want)
+	}
+
+	// Many at once, on many connections, known and unknown groups mixed:
+	// each hook asks the cluster while others wait, and none stalls.
+	var wg sync.WaitGroup
+	errs := make(chan string, 400)
+	for i := range 8 {
+		wg.Go(func() {
+			for j := range 25 {
+				group := fmt.Sprintf("g%d-%d", i, j)
+				if j%2 == 0 {
+					group = "some"
+				}
+				if got, err := offsetFetch(t, addr, 4, group, "t", []int32{1}); err != nil || len(got) != 1 {
+					errs <- fmt.Sprintf("%s: %v, %v", group, got, err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for e := range errs {
+		t.Errorf("concurrent OffsetFetch: %s", e)
 	}
 
 	// On three nodes, only the group's coordinator answers.
