@@ -14,7 +14,9 @@
 //     and consumer group of a deployment from its prefix.
 //   - Change events: Envelope is the value of every event the reader
 //     writes (Debezium's envelope, schemas off; EnvelopeJSONSchema states
-//     it). The reader renders it straight into bytes; a worker reads only
+//     it), or its payload in Kafka Connect's schema/payload form (Unwrap,
+//     AppendConnectEnvelopeSchema). The reader renders it straight into
+//     bytes; a worker reads only
 //     its Trigger with DecodeTrigger, a one-pass decoder held by its fuzz
 //     test to encoding/json's result and error on any input.
 //   - Dead letters: DeadLetter is the value of every record in the
