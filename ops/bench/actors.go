@@ -157,14 +157,28 @@ func (a *jobstreamActor) close() {
 	}
 }
 
+// loopActor is an actor whose listener or worker is one loop; what names
+// it in the log.
+type loopActor struct {
+	t    *triggerEnv
+	l    *loop
+	what string
+}
+
+func (a *loopActor) stop() {
+	if err := a.l.stop(); err != nil {
+		a.t.e.log.Warn(a.what, "err", err)
+	}
+	a.l = nil
+}
+
+func (a *loopActor) close() { a.stop() }
+
 // listenActor is the seed design's option 1: an AFTER UPDATE trigger calls
 // pg_notify when a job reaches (img_gen, done); a listener waits with
 // WaitForNotification, claims the job by the same compare-and-set and
 // starts the handler. The outage closes the listener's connection.
-type listenActor struct {
-	t *triggerEnv
-	l *loop
-}
+type listenActor struct{ loopActor }
 
 // notifyTriggerSQL is the seed design's trigger: each time a job reaches
 // (S, done), by an insert or an update, it notifies channel bench_done_S
@@ -228,22 +242,10 @@ func listen(ctx context.Context, url, step string, handle func(ctx context.Conte
 	}), nil
 }
 
-func (a *listenActor) stop() {
-	if err := a.l.stop(); err != nil {
-		a.t.e.log.Warn("listener", "err", err)
-	}
-	a.l = nil
-}
-
-func (a *listenActor) close() { a.stop() }
-
 // pollActor claims every job at (img_gen, done) once per interval, as a
 // polling worker does (FOR UPDATE SKIP LOCKED, so several may run). The
 // outage stops the loop.
-type pollActor struct {
-	t *triggerEnv
-	l *loop
-}
+type pollActor struct{ loopActor }
 
 // pollBatch is the most jobs a poll takes at once; a full batch is
 // followed by another poll at once.
@@ -299,21 +301,9 @@ func poll(ctx context.Context, interval time.Duration, batch func(ctx context.Co
 	})
 }
 
-func (a *pollActor) stop() {
-	if err := a.l.stop(); err != nil {
-		a.t.e.log.Warn("poller", "err", err)
-	}
-	a.l = nil
-}
-
-func (a *pollActor) close() { a.stop() }
-
 // floorActor is the physical floor: a bare pglogrepl client on a slot of
 // its own, noting when the change of a job to (img_gen, done) arrives.
-type floorActor struct {
-	t *triggerEnv
-	l *loop
-}
+type floorActor struct{ loopActor }
 
 func (a *floorActor) prepare(ctx context.Context) error {
 	_, err := a.t.pool.Exec(ctx, `SELECT pg_create_logical_replication_slot('bench_floor', 'pgoutput')`)
@@ -422,12 +412,3 @@ func finishedImgGen(rel *pglogrepl.RelationMessage, tup *pglogrepl.TupleData) (s
 	}
 	return id, step == "img_gen" && status == "done"
 }
-
-func (a *floorActor) stop() {
-	if err := a.l.stop(); err != nil {
-		a.t.e.log.Warn("floor client", "err", err)
-	}
-	a.l = nil
-}
-
-func (a *floorActor) close() { a.stop() }

@@ -41,10 +41,9 @@ func (r *results) measure(ctx context.Context, e *env, scenario string, run int)
 	switch scenario {
 	case "cdc":
 		res, err := benchCDC(ctx, e, run)
-		if err != nil {
+		if err := keep(&r.cdc, res, err); err != nil {
 			return err
 		}
-		r.cdc = append(r.cdc, res)
 		e.logf("  pg_recvlogical %s changes/s, reader %s changes/s, ratio %.2f",
 			thousands(res.recvRate()), thousands(res.readerRate()), res.readerRate()/res.recvRate())
 	case "latency", "loss":
@@ -65,17 +64,15 @@ func (r *results) measure(ctx context.Context, e *env, scenario string, run int)
 		}
 	case "pipeline":
 		res, err := benchPipeline(ctx, e, run)
-		if err != nil {
+		if err := keep(&r.pipeline, res, err); err != nil {
 			return err
 		}
-		r.pipeline = append(r.pipeline, res)
 		e.logf("  jobstream %s jobs/s, database alone %s jobs/s, ratio %.2f", thousands(res.pipeRate()), thousands(res.dbRate()), res.pipeRate()/res.dbRate())
 	case "memory":
 		res, err := benchMemory(ctx, e, run)
-		if err != nil {
+		if err := keep(&r.memory, res, err); err != nil {
 			return err
 		}
-		r.memory = append(r.memory, res)
 		e.logf("  reader peak RSS %.0f MiB, streamed in %.1fs", mib(res.readerHWM), res.stream)
 	case "txshape":
 		if r.txShape == nil {
@@ -90,31 +87,23 @@ func (r *results) measure(ctx context.Context, e *env, scenario string, run int)
 			e.logf("  one transaction of %s updates: pg_recvlogical %.1fs, reader %.1fs (ratio %.2f)", thousands(float64(n)), res.recvSecs, res.rdSecs, res.ratio())
 		}
 	case "peers":
-		var four *pipelineResult
-		if len(r.pipeline) >= run {
-			four = &r.pipeline[run-1]
-		}
+		four := r.pipelineOf(run)
 		res, err := benchPeers(ctx, e, run, four)
-		if err != nil {
+		if err := keep(&r.peers, res, err); err != nil {
 			return err
 		}
-		r.peers = append(r.peers, res)
 		e.logf("  jobstream/River %.2f, jobstream/database %.2f", res[peerJobstream].rate()/res[peerRiver].rate(), res[peerJobstream].rate()/res[peerDatabase].rate())
 	case "scale":
 		if r.scale == nil {
 			r.scale = map[int][]pipelineResult{}
 		}
-		var four *pipelineResult
-		if len(r.pipeline) >= run {
-			four = &r.pipeline[run-1]
-		}
+		four := r.pipelineOf(run)
 		return benchScale(ctx, e, run, four, r.scale)
 	case "console":
 		res, err := benchConsole(ctx, e, run)
-		if err != nil {
+		if err := keep(&r.console, res, err); err != nil {
 			return err
 		}
-		r.console = append(r.console, res)
 		e.logf("  pipeline %s jobs/s, with the console open %s jobs/s (ratio %.2f); jobs pages on %s rows: first %.1f ms, deep %.1f ms",
 			thousands(res.plain.pipeRate()), thousands(res.observed.pipeRate()), res.observed.pipeRate()/res.plain.pipeRate(),
 			thousands(float64(res.rows)), median(res.pageMs[consoleQueries[0].name]), median(res.pageMs[consoleQueries[1].name]))
@@ -132,6 +121,23 @@ func (r *results) measure(ctx context.Context, e *env, scenario string, run int)
 		}
 	}
 	return nil
+}
+
+// keep appends res to *runs, unless err.
+func keep[T any](runs *[]T, res T, err error) error {
+	if err != nil {
+		return err
+	}
+	*runs = append(*runs, res)
+	return nil
+}
+
+// pipelineOf returns scenario 4's result of run, nil when it did not run.
+func (r *results) pipelineOf(run int) *pipelineResult {
+	if len(r.pipeline) < run {
+		return nil
+	}
+	return &r.pipeline[run-1]
 }
 
 // row is one line of the table.

@@ -123,13 +123,13 @@ type triggerEnv struct {
 func newActor(system string, t *triggerEnv) actor {
 	switch system {
 	case sysFloor:
-		return &floorActor{t: t}
+		return &floorActor{loopActor{t: t, what: "floor client"}}
 	case sysJobstream:
 		return &jobstreamActor{t: t}
 	case sysListen:
-		return &listenActor{t: t}
+		return &listenActor{loopActor{t: t, what: "listener"}}
 	default:
-		return &pollActor{t: t}
+		return &pollActor{loopActor{t: t, what: "poller"}}
 	}
 }
 
