@@ -3,9 +3,9 @@
 // turns every change into a Debezium change event (the Postgres
 // connector's envelope with schemas off, or with Config.Schemas in Kafka
 // Connect's schema/payload form with Debezium's Connect schema), and
-// produces it to the Kafka
-// topic of the row's current step, <prefix>.<current_step>, keyed by
-// job_id, partitioned by murmur2 as the Java client does, with acks=all.
+// produces it to the Kafka topic of the row's current step,
+// <prefix>.<current_step>, keyed by job_id, partitioned by murmur2 as the
+// Java client does, with acks=all.
 //
 // # Guarantees
 //
