@@ -32,8 +32,8 @@ bench: ## measure against pg_recvlogical, LISTEN/NOTIFY, polling, River and the 
 bench-long: ## how cost grows, with a backlog of 1,000,000 jobs inserted before the workers start (about an hour); writes BENCHMARKS-long.md
 	$(GO) run ./ops/bench -only scale -long -runs 1 -out BENCHMARKS-long.md
 
-chaos: ## kill -9 the reader, workers, broker and Postgres at random while 2,000 jobs flow, then user actions and faults against the reference model; check nothing is lost or done twice (SEED=n replays a schedule)
-	$(GO) test ./ops/chaos -run '^(TestChaos|TestModel)$$' -count=1 -v -timeout 45m -args -chaos.full $(if $(SEED),-chaos.seed $(SEED))
+chaos: ## kill -9 the reader, workers, broker and Postgres at random while 2,000 jobs flow; 2,000 more on a 3-node broker whose leaders and coordinators move; then user actions and faults against the reference model; check nothing is lost or done twice (SEED=n replays a schedule)
+	$(GO) test ./ops/chaos -run '^(TestChaos|TestChaosCluster|TestModel)$$' -count=1 -v -timeout 60m -args -chaos.full $(if $(SEED),-chaos.seed $(SEED))
 
 clean: ## remove build output and the dev stack's folder
 	rm -rf bin .jobstream
