@@ -372,6 +372,21 @@ func TestKafkaClients(t *testing.T) {
 		}
 	}
 
+	// kcat consumes in a group of its own too (librdkafka's balanced
+	// consumer), commits as it closes, and kafkajs reads no lag left.
+	if kcat, err := exec.LookPath("kcat"); err == nil {
+		kg := e.Prefix + ".kcat"
+		out, err := exec.Command(kcat, "-b", e.Brokers[0], "-G", kg, "-X", "auto.offset.reset=earliest", "-e", "-q", "-f", "%k\n", yolo).Output()
+		if n := bytes.Count(out, []byte("\n")); err != nil || n != 2*(n1+n2) {
+			t.Errorf("kcat -G read %d events of %s, want %d: %v", n, yolo, 2*(n1+n2), err)
+		}
+		var got groupsOut
+		if stderr, ok := js("groups", map[string]any{"brokers": e.Brokers, "prefix": e.Prefix, "groups": map[string]string{kg: yolo},
+			"never": map[string]string{"group": e.Prefix + ".never", "topic": yolo}}, &got); !ok || got.Groups[kg].Lag != 0 || !slices.Contains(got.Listed, kg) {
+			t.Errorf("kcat's group as kafkajs reads it: %+v %s", got, stderr)
+		}
+	}
+
 	// Resets. A running group refuses one, as `jobstream replay
 	// --reset-offsets` does.
 	var offs []map[string]any
