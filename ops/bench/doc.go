@@ -23,9 +23,21 @@
 //  5. Memory: peak RSS (VmHWM) of a `jobstream reader` process during one
 //     large transaction, and of the worker processes of scenario 4.
 //  6. The Go micro-benchmarks of the repository (go test -bench).
+//  7. GPU step modes: exec, serve and serve --batch with a stand-in model.
+//  8. The web console: the pipeline with and without it open, and its
+//     jobs pages on a million rows.
+//  9. Pipeline peers: the four steps through jobstream, River, LISTEN/NOTIFY
+//     workers, polling workers and the database alone: jobs/s of a batch,
+//     the handoff latency at a paced rate, CPU per job by process, and the
+//     jobs lost while the first step's worker is away.
+//  10. Transaction shape: one transaction of 100,000 and of 1,000,000
+//     updates, pg_recvlogical against the reader.
+//  11. How cost grows: the pipeline at 1,000, 10,000 and 100,000 jobs
+//     (-long: a backlog of 1,000,000): jobs/s, CPU, peak RSS, the WAL the
+//     slot holds, the size of jobstream_runs.
 //
 // Every scenario runs -runs times; the table shows medians, each run's
-// value, the targets of issue 6 with PASS or MISS, and the command that
+// value, the targets of issues 6 and 17 with PASS or MISS, and the command that
 // reproduces each figure. Nothing it measures fails a test: a shared
 // machine may be slow. A scenario that cannot complete (a timeout, a
 // process that died) is an error, not a figure.
