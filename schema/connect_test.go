@@ -84,3 +84,19 @@ func TestDecodeConnectEnvelope(t *testing.T) {
 		t.Fatalf("DecodeEnvelope: %+v, %v", env, err)
 	}
 }
+
+// BenchmarkDecodeTriggerConnect is BenchmarkDecodeTrigger's fast case with
+// the envelope in the schema/payload form, with the jobs table's schema.
+func BenchmarkDecodeTriggerConnect(b *testing.B) {
+	fields := `{"type":"string","optional":false,"field":"job_id"},{"type":"string","optional":true,"field":"current_step"},` +
+		`{"type":"string","optional":false,"field":"status"},{"type":"string","optional":false,"name":"io.debezium.data.Json","version":1,"field":"payload"},` +
+		`{"type":"string","optional":false,"name":"io.debezium.data.Json","version":1,"field":"results"},{"type":"string","optional":true,"field":"error"},` +
+		`{"type":"string","optional":false,"name":"io.debezium.time.ZonedTimestamp","version":1,"field":"updated_at"}`
+	v := ConnectWrap(AppendConnectEnvelopeSchema(nil, "pipeline1", "public", "jobs", []byte(fields)), realEnv)
+	b.SetBytes(int64(len(v)))
+	for b.Loop() {
+		if _, err := DecodeTrigger(v); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
