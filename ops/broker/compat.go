@@ -43,10 +43,12 @@ func compat(c *kfake.Cluster) {
 // A request naming several groups (v8+) that mixes known and unknown ones
 // is answered here whole, the known groups from info's committed offsets. A
 // group on another broker's coordinator is answered NOT_COORDINATOR, as kfake
-// does. The hook runs before kfake's SASL and ACL checks, so an
-// unauthenticated connection gets -1s for an unknown group where kfake would
-// close it; jobstream's broker runs without ACLs, and the answer tells no
-// more than that the group has no offsets.
+// does. The hook runs before kfake's SASL and ACL checks and its injected
+// faults (Cluster.Fault), so an unauthenticated connection gets -1s for an
+// unknown group where kfake would close it, and a fault on OffsetFetch does
+// not reach unknown groups; jobstream's broker runs without ACLs, injects
+// faults only on produce and fetch, and the answer tells no more than that
+// the group has no offsets.
 func offsetFetchUnknownGroups(req *kmsg.OffsetFetchRequest, node int32, coordinator func(string) int32, info func(string) *kfake.GroupInfo) *kmsg.OffsetFetchResponse {
 	groups := req.Groups
 	if req.Version <= 7 {
