@@ -183,7 +183,7 @@ func TestKafkaClients(t *testing.T) {
 		t.Helper()
 		return len(e.ReadTopic(t, topic))
 	}
-	// settled waits until no group's lag moves and every group's is want's.
+	// settled waits until every group's lag is want's (0 where want has none).
 	settled := func(want map[string]int64) {
 		t.Helper()
 		harness.Eventually(t, 60*time.Second, func() (bool, string) {
