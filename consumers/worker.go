@@ -457,7 +457,11 @@ func (m *member) membership(ctx context.Context, rejoin <-chan struct{}) (stoppe
 		case rctx.Err() != nil:
 			return false, nil
 		case err != nil:
-			if errors.Is(err, kafka.RebalanceInProgress) || errors.Is(err, kafka.UnknownMemberId) || errors.Is(err, kafka.IllegalGeneration) {
+			// A coordinator that moved to another broker between the
+			// lookup and the join (NOT_COORDINATOR) is as routine on a
+			// cluster as a rebalance: the next join looks it up again.
+			if errors.Is(err, kafka.RebalanceInProgress) || errors.Is(err, kafka.UnknownMemberId) || errors.Is(err, kafka.IllegalGeneration) ||
+				errors.Is(err, kafka.NotCoordinatorForGroup) {
 				w.log.Debug("joining the group again", "member", m.id, "err", err)
 			} else {
 				w.log.Warn("join the group failed; retrying", "member", m.id, "err", err)
