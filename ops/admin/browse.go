@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"sort"
 	"strings"
 	"time"
@@ -57,7 +59,7 @@ func Jobs(ctx context.Context, pool *pgxpool.Pool, o JobsOptions) (*JobsPage, er
 		limit = 50
 	}
 	limit = min(limit, 500)
-	idType, err := consumers.JobIDType(ctx, pool)
+	idType, err := jobIDType(ctx, pool)
 	if err != nil {
 		return nil, err
 	}
@@ -110,7 +112,10 @@ func listJobs(ctx context.Context, pool *pgxpool.Pool, where []string, args []an
 	sql += fmt.Sprintf(" ORDER BY job_id LIMIT %d", limit)
 	rows, err := pool.Query(ctx, sql, args...)
 	if err != nil {
-		return err
+		if isBadText(err) {
+			return err
+		}
+		return fromPostgres("the jobs", err)
 	}
 	defer rows.Close()
 	for rows.Next() {
@@ -119,6 +124,9 @@ func listJobs(ctx context.Context, pool *pgxpool.Pool, where []string, args []an
 			return err
 		}
 		page.Jobs = append(page.Jobs, j)
+	}
+	if err := rows.Err(); err != nil && !isBadText(err) {
+		return fromPostgres("the jobs", err)
 	}
 	return rows.Err()
 }
@@ -145,7 +153,7 @@ var ErrNoSuchJob = errors.New("no such job")
 
 // Job reads one job's row. It only reads.
 func Job(ctx context.Context, pool *pgxpool.Pool, id string) (*JobDetail, error) {
-	idType, err := consumers.JobIDType(ctx, pool)
+	idType, err := jobIDType(ctx, pool)
 	if err != nil {
 		return nil, err
 	}
@@ -158,7 +166,7 @@ func Job(ctx context.Context, pool *pgxpool.Pool, id string) (*JobDetail, error)
 		return nil, ErrNoSuchJob
 	}
 	if err != nil {
-		return nil, err
+		return nil, fromPostgres("job "+id, err)
 	}
 	j.Payload, j.Results = payload, results
 	return &j, nil
@@ -212,4 +220,26 @@ func DeadLetters(ctx context.Context, k *Kafka, o DeadLettersOptions) ([]DeadLet
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Time.After(out[j].Time) })
 	return out[:min(len(out), limit)], nil
+}
+
+// fromPostgres says which read of Postgres failed, in one sentence an
+// operator can act on: a connection that could not be made is said as
+// schema.PostgresUnreachable says it; one lost mid-read names Postgres.
+func fromPostgres(what string, err error) error {
+	var ce *pgconn.ConnectError
+	if errors.As(err, &ce) {
+		return schema.PostgresUnreachable(err)
+	}
+	return fmt.Errorf("cannot read %s from Postgres: %w", what, err)
+}
+
+// jobIDType is consumers.JobIDType, its failure to reach Postgres said as
+// fromPostgres says it.
+func jobIDType(ctx context.Context, pool *pgxpool.Pool) (string, error) {
+	t, err := consumers.JobIDType(ctx, pool)
+	var ne net.Error
+	if errors.As(err, &ne) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) || errors.As(err, new(*pgconn.ConnectError)) {
+		return "", fromPostgres("the type of jobs.job_id", err)
+	}
+	return t, err
 }

@@ -4,7 +4,6 @@ import (
 	"cmp"
 	"context"
 	"errors"
-	"fmt"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -99,7 +98,7 @@ func Status(ctx context.Context, pool *pgxpool.Pool, k *Kafka, o StatusOptions) 
 	if err := pool.QueryRow(ctx, `SELECT
 			(SELECT count(*) FROM jobstream_runs WHERE finished_at IS NULL AND lease_expires_at < now()),
 			(SELECT count(*) FROM jobstream_runs WHERE dead_letter IS NOT NULL AND dead_lettered_at IS NULL)`).Scan(&rep.ExpiredLeases, &rep.LettersOwed); err != nil {
-		return nil, fmt.Errorf("read leases: %w", err)
+		return nil, fromPostgres("the leases", err)
 	}
 	if rep.Jobs, err = readJobs(ctx, pool); err != nil {
 		return nil, err
@@ -133,7 +132,7 @@ func readSlot(ctx context.Context, pool *pgxpool.Pool, s *SlotStatus) error {
 	case err == nil:
 		s.Exists = true
 	case !errors.Is(err, pgx.ErrNoRows):
-		return fmt.Errorf("read slot: %w", err)
+		return fromPostgres("the slot", err)
 	}
 	// Older schemas lack the gap columns: then there is no gap to show.
 	var gap SlotGap
@@ -153,14 +152,14 @@ func readRuns(ctx context.Context, pool *pgxpool.Pool) (map[string]StepStatus, e
 		percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM started_at - trigger_commit_at) * 1000)
 		FROM jobstream_runs WHERE started_at > now() - interval '1 hour' OR finished_at IS NULL GROUP BY step`)
 	if err != nil {
-		return nil, fmt.Errorf("read runs: %w", err)
+		return nil, fromPostgres("the runs", err)
 	}
 	var st StepStatus
 	if _, err := pgx.ForEachRow(rows, []any{&st.Step, &st.Done, &st.Running, &st.Failed, &st.P50ms, &st.P99ms}, func() error {
 		runs[st.Step] = st
 		return nil
 	}); err != nil {
-		return nil, fmt.Errorf("read runs: %w", err)
+		return nil, fromPostgres("the runs", err)
 	}
 	return runs, nil
 }
@@ -169,7 +168,7 @@ func readRuns(ctx context.Context, pool *pgxpool.Pool) (map[string]StepStatus, e
 func readJobs(ctx context.Context, pool *pgxpool.Pool) ([]JobCount, error) {
 	rows, err := pool.Query(ctx, `SELECT coalesce(current_step, ''), coalesce(status, ''), count(*) FROM jobs GROUP BY 1, 2 ORDER BY 1, 2`)
 	if err != nil {
-		return nil, fmt.Errorf("read jobs: %w", err)
+		return nil, fromPostgres("the jobs", err)
 	}
 	var jobs []JobCount
 	var jc JobCount
@@ -177,7 +176,7 @@ func readJobs(ctx context.Context, pool *pgxpool.Pool) ([]JobCount, error) {
 		jobs = append(jobs, jc)
 		return nil
 	}); err != nil {
-		return nil, fmt.Errorf("read jobs: %w", err)
+		return nil, fromPostgres("the jobs", err)
 	}
 	return jobs, nil
 }
