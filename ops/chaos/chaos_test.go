@@ -1,6 +1,7 @@
-// Package chaos kills real jobstream processes at random moments and checks
-// that no transition is lost and no step completes twice. `make chaos` runs
-// the full scenario; `make test` runs a smaller one.
+// Package chaos kills real jobstream processes at random moments, and moves
+// partition leaders and group coordinators of a three-node broker, and
+// checks that no transition is lost and no step completes twice. `make
+// chaos` runs the full scenarios; `make test` runs smaller ones.
 package chaos
 
 import (

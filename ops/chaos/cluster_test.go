@@ -135,13 +135,15 @@ func TestChaosCluster(t *testing.T) {
 		return n == 1, "the reader has not completed its initial snapshot"
 	})
 
-	// The load, at a steady pace.
+	// The load, at a steady pace, until the test ends.
+	lctx, stopLoad := context.WithCancel(ctx)
+	defer stopLoad()
 	go func() {
 		every := load / time.Duration(jobs)
-		for i := 1; i <= jobs; i++ {
+		for i := 1; i <= jobs && lctx.Err() == nil; i++ {
 			for {
-				_, err := pool.Exec(ctx, `INSERT INTO jobs (job_id, current_step, status) VALUES ($1, 'img_gen', 'done') ON CONFLICT DO NOTHING`, fmt.Sprintf("c%05d", i))
-				if err == nil || ctx.Err() != nil {
+				_, err := pool.Exec(lctx, `INSERT INTO jobs (job_id, current_step, status) VALUES ($1, 'img_gen', 'done') ON CONFLICT DO NOTHING`, fmt.Sprintf("c%05d", i))
+				if err == nil || lctx.Err() != nil {
 					break
 				}
 				time.Sleep(200 * time.Millisecond)
