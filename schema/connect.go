@@ -22,7 +22,8 @@ const ConnectEnvelopeVersion = 2
 
 // connectSource is the Connect schema of the source block as a field of the
 // envelope: debezium-core/src/main/java/io/debezium/schema/SchemaFactory.java
-// (sourceInfoSchemaBuilder: version, connector, name, ts_ms, snapshot as
+// (sourceInfoSchemaBuilder: schema version 1 (SOURCE_INFO_DEFAULT_SCHEMA_VERSION,
+// in the events of Debezium 3.1 on); version, connector, name, ts_ms, snapshot as
 // io.debezium.data.Enum of SnapshotRecord's values, db, sequence, ts_us,
 // ts_ns) and
 // debezium-connector-postgres/src/main/java/io/debezium/connector/postgresql/PostgresSourceInfoStructMaker.java
@@ -46,7 +47,7 @@ const connectSource = `{"type":"struct","fields":[` +
 	`{"type":"int64","optional":true,"field":"xmin"},` +
 	`{"type":"string","optional":true,"field":"origin"},` +
 	`{"type":"int64","optional":true,"field":"origin_lsn"}` +
-	`],"optional":false,"name":"io.debezium.connector.postgresql.Source","field":"source"}`
+	`],"optional":false,"name":"io.debezium.connector.postgresql.Source","version":1,"field":"source"}`
 
 // connectTransaction is the Connect schema of the envelope's transaction
 // block: SchemaFactory.transactionBlockSchema (name event.block, version 1).
