@@ -79,3 +79,57 @@ func TestNodes(t *testing.T) {
 		t.Error("17 nodes started")
 	}
 }
+
+// TestNodesPersist: a three-node broker's data folder comes back with its
+// records whether it is reopened with three nodes or with one.
+func TestNodesPersist(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	dir := t.TempDir()
+	b, err := Start(Config{Listen: "127.0.0.1:0", Nodes: 3, DataDir: dir, Partitions: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := &kafka.Writer{Addr: kafka.TCP(b.Addrs()...), Topic: "kept", Balancer: &kafka.Murmur2Balancer{}, RequiredAcks: kafka.RequireAll, AllowAutoTopicCreation: true}
+	var msgs []kafka.Message
+	for i := range 30 {
+		msgs = append(msgs, kafka.Message{Key: []byte(fmt.Sprint("j", i)), Value: []byte("v")})
+	}
+	for {
+		err = w.WriteMessages(ctx, msgs...)
+		if err == nil || ctx.Err() != nil {
+			break
+		}
+		time.Sleep(100 * time.Millisecond) // the topic is being created
+	}
+	w.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.Close()
+	for _, nodes := range []int{3, 1} {
+		b, err := Start(Config{Listen: "127.0.0.1:0", Nodes: nodes, DataDir: dir})
+		if err != nil {
+			t.Fatalf("reopen with %d nodes: %v", nodes, err)
+		}
+		c := &kafka.Client{Addr: kafka.TCP(b.Addr()), Timeout: 10 * time.Second}
+		var n int64
+		for p := range 3 {
+			res, err := c.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{"kept": {kafka.LastOffsetOf(p)}}})
+			if err != nil {
+				t.Fatalf("reopened with %d nodes: %v", nodes, err)
+			}
+			for _, po := range res.Topics["kept"] {
+				if po.Error != nil {
+					t.Fatalf("reopened with %d nodes: partition %d: %v", nodes, p, po.Error)
+				}
+				n += po.LastOffset
+			}
+		}
+		if n != 30 {
+			t.Errorf("reopened with %d nodes: %d records, want 30", nodes, n)
+		}
+		b.Close()
+	}
+}
