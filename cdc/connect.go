@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strconv"
+	"strings"
 
 	"github.com/jackc/pglogrepl"
 
@@ -23,11 +24,10 @@ import (
 // whose plain value is a string here (money, bit, point, time[] ... , see
 // types.go) is declared a string, so that schema and payload always agree.
 // A column is optional unless it is NOT NULL (TableSchemaBuilder.addField:
-// column.isOptional()), which the relation message does not say: the
-// reader asks the catalog once per relation message (lookupColumns).
-//
-// Column defaults, which Debezium declares as "default" when it can parse
-// them, are not declared.
+// column.isOptional()), and declares the default Debezium parses from its
+// DEFAULT clause (columnDefault), neither of which the relation message
+// says: the reader asks the catalog once per relation message
+// (lookupColumns).
 
 // Type OIDs declared with a logical type of their own, rendered as strings.
 const (
@@ -42,13 +42,17 @@ type colFacts struct {
 	// enum is the labels of an enum column's type, comma-separated in sort
 	// order (io.debezium.data.Enum's "allowed"); "" for other types.
 	enum string
+	// def is the column's DEFAULT expression as pg_get_expr writes it ("":
+	// none, or a generated column).
+	def string
 }
 
 // lookupColumns reads the facts of the columns of table schemaName.table
 // from the catalog, by column name.
 func lookupColumns(ctx context.Context, q querier, schemaName, table string) (map[string]colFacts, error) {
 	rows, err := q.Query(ctx, `SELECT a.attname, a.attnotnull,
-		coalesce((SELECT string_agg(e.enumlabel, ',' ORDER BY e.enumsortorder) FROM pg_enum e WHERE e.enumtypid = a.atttypid), '')
+		coalesce((SELECT string_agg(e.enumlabel, ',' ORDER BY e.enumsortorder) FROM pg_enum e WHERE e.enumtypid = a.atttypid), ''),
+		coalesce((SELECT pg_get_expr(d.adbin, d.adrelid) FROM pg_attrdef d WHERE d.adrelid = a.attrelid AND d.adnum = a.attnum AND a.attgenerated = ''), '')
 		FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
 		WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped`, schemaName, table)
 	if err != nil {
@@ -59,7 +63,7 @@ func lookupColumns(ctx context.Context, q querier, schemaName, table string) (ma
 	for rows.Next() {
 		var name string
 		var f colFacts
-		if err := rows.Scan(&name, &f.notNull, &f.enum); err != nil {
+		if err := rows.Scan(&name, &f.notNull, &f.enum, &f.def); err != nil {
 			return nil, fmt.Errorf("look up the columns of %s.%s: %w", schemaName, table, err)
 		}
 		facts[name] = f
@@ -88,9 +92,9 @@ func newConnectRel(prefix string, rel *pglogrepl.RelationMessage, facts map[stri
 			fields = append(fields, ',')
 		}
 		f := facts[c.Name]
-		fields = appendConnectField(fields, c.Name, c.DataType, c.TypeModifier, f.enum, !f.notNull)
+		fields = appendConnectField(fields, c.Name, c.DataType, c.TypeModifier, f, !f.notNull)
 		if c.Name == "job_id" {
-			keyField = appendConnectField(nil, c.Name, c.DataType, c.TypeModifier, f.enum, false)
+			keyField = appendConnectField(nil, c.Name, c.DataType, c.TypeModifier, colFacts{enum: f.enum}, false)
 		}
 	}
 	value := append([]byte(schema.ConnectOpen), schema.AppendConnectEnvelopeSchema(nil, prefix, rel.Namespace, rel.RelationName, fields)...)
@@ -100,10 +104,14 @@ func newConnectRel(prefix string, rel *pglogrepl.RelationMessage, facts map[stri
 
 // appendConnectField appends the Connect schema of a column as a field of
 // a struct, as JsonConverter writes it: type (and items or fields),
-// optional, name, version, doc, parameters, field.
-func appendConnectField(b []byte, name string, oid uint32, typmod int32, enum string, optional bool) []byte {
+// optional, name, version, doc, parameters, default, field.
+func appendConnectField(b []byte, name string, oid uint32, typmod int32, f colFacts, optional bool) []byte {
 	b = append(b, '{')
-	b = appendConnectType(b, oid, typmod, enum, optional)
+	b = appendConnectType(b, oid, typmod, f.enum, optional)
+	if v, ok := columnDefault(oid, f.def); ok {
+		b = append(b, `,"default":`...)
+		b = appendValue(b, oid, typmod, []byte(v))
+	}
 	b = append(b, `,"field":`...)
 	b = schema.AppendQuoted(b, name)
 	return append(b, '}')
@@ -240,4 +248,61 @@ func (rt *router) connectOf(rel *pglogrepl.RelationMessage) *connectRel {
 		return cr
 	}
 	return rt.describe(rel, nil)
+}
+
+// columnDefault returns the text of the default a column of type oid with
+// DEFAULT expression def has, as Debezium parses it
+// (debezium-connector-postgres/src/main/java/io/debezium/connector/postgresql/connection/PostgresDefaultValueConverter.java):
+// for the types it has a mapper for, the expression itself ("123") or the
+// first quoted part of a cast ("'pending'::text"), int4 and numeric only
+// bare; nothing for an expression it cannot parse (now(), nextval(...)),
+// nor for the types it has no mapper for. appendValue renders the text as
+// the column's values are rendered.
+func columnDefault(oid uint32, def string) (string, bool) {
+	if def == "" {
+		return "", false
+	}
+	extract := func() string { // PostgresDefaultValueConverter.extractDefault
+		i := strings.IndexByte(def, '\'')
+		if i < 0 {
+			return def
+		}
+		j := strings.IndexByte(def[i+1:], '\'')
+		if j < 0 {
+			return ""
+		}
+		return def[i+1 : i+1+j]
+	}
+	switch oid {
+	case oidBool: // Boolean.parseBoolean: "true" in any case, else false
+		if strings.EqualFold(extract(), "true") {
+			return "t", true
+		}
+		return "f", true
+	case 25, 1042, 1043, oidJSON, oidJSONB, oidXML: // text, bpchar, varchar, json, jsonb, xml
+		return extract(), true
+	case oidInt2, oidInt8:
+		v := extract()
+		if _, err := strconv.ParseInt(v, 10, 64); err != nil {
+			return "", false
+		}
+		return v, true
+	case oidInt4: // Integer.parseInt of the expression itself
+		if _, err := strconv.ParseInt(def, 10, 32); err != nil {
+			return "", false
+		}
+		return def, true
+	case oidFloat4, oidFloat8:
+		v := extract()
+		if _, err := strconv.ParseFloat(v, 64); err != nil || !isJSONNumber([]byte(v)) {
+			return "", false
+		}
+		return v, true
+	case oidNumeric: // new BigDecimal of the expression itself
+		if !isJSONNumber([]byte(def)) {
+			return "", false
+		}
+		return def, true
+	}
+	return "", false
 }

@@ -34,29 +34,34 @@ import (
 // debezium-core/src/main/java/io/debezium/schema/SchemaFactory.java
 // (VariableScaleDecimal for numeric without scale). Optional unless NOT
 // NULL: debezium-core/src/main/java/io/debezium/relational/TableSchemaBuilder.java.
+// Defaults as
+// debezium-connector-postgres/src/main/java/io/debezium/connector/postgresql/connection/PostgresDefaultValueConverter.java
+// parses them (none for an expression such as now() or nextval(...)),
+// rendered as the column's values (numeric(10,2) 1.5: 150 unscaled, AJY=).
 var connectColumns = []struct{ name, sqlType, value, debezium string }{
-	{"c_bool", "boolean NOT NULL", "true", `{"type":"boolean","optional":false}`},
+	{"c_bool", "boolean NOT NULL DEFAULT false", "true", `{"type":"boolean","optional":false,"default":false}`},
 	{"c_int2", "smallint", "2", `{"type":"int16","optional":true}`},
-	{"c_int4", "integer NOT NULL", "4", `{"type":"int32","optional":false}`},
-	{"c_int8", "bigint", "8", `{"type":"int64","optional":true}`},
+	{"c_int4", "integer NOT NULL DEFAULT 4", "4", `{"type":"int32","optional":false,"default":4}`},
+	{"c_int4_serial", "serial", "DEFAULT", `{"type":"int32","optional":false}`}, // nextval(...): no default
+	{"c_int8", "bigint DEFAULT -8", "8", `{"type":"int64","optional":true,"default":-8}`},
 	{"c_oid", "oid", "26", `{"type":"int64","optional":true}`},
 	{"c_float4", "real", "1.5", `{"type":"float","optional":true}`},
 	{"c_float8", "double precision", "2.25", `{"type":"double","optional":true}`},
-	{"c_num", "numeric(10,2)", "12.5", `{"type":"bytes","optional":true,"name":"org.apache.kafka.connect.data.Decimal","version":1,"parameters":{"scale":"2","connect.decimal.precision":"10"}}`},
+	{"c_num", "numeric(10,2) DEFAULT 1.5", "12.5", `{"type":"bytes","optional":true,"name":"org.apache.kafka.connect.data.Decimal","version":1,"parameters":{"scale":"2","connect.decimal.precision":"10"},"default":"AJY="}`},
 	{"c_numv", "numeric", "1.50", `{"type":"struct","fields":[{"type":"int32","optional":false,"field":"scale"},{"type":"bytes","optional":false,"field":"value"}],"optional":true,"name":"io.debezium.data.VariableScaleDecimal","version":1,"doc":"Variable scaled decimal"}`},
 	{"c_date", "date", "'2026-11-26'", `{"type":"int32","optional":true,"name":"io.debezium.time.Date","version":1}`},
 	{"c_time", "time", "'12:34:56.789012'", `{"type":"int64","optional":true,"name":"io.debezium.time.MicroTime","version":1}`},
 	{"c_time3", "time(3)", "'12:34:56.789'", `{"type":"int32","optional":true,"name":"io.debezium.time.Time","version":1}`},
 	{"c_ts", "timestamp", "'2026-11-26 23:32:21.123456'", `{"type":"int64","optional":true,"name":"io.debezium.time.MicroTimestamp","version":1}`},
 	{"c_ts3", "timestamp(3)", "'2026-11-26 23:32:21.123'", `{"type":"int64","optional":true,"name":"io.debezium.time.Timestamp","version":1}`},
-	{"c_tstz", "timestamptz", "'2026-11-26 23:32:21.5+00'", `{"type":"string","optional":true,"name":"io.debezium.time.ZonedTimestamp","version":1}`},
+	{"c_tstz", "timestamptz DEFAULT now()", "'2026-11-26 23:32:21.5+00'", `{"type":"string","optional":true,"name":"io.debezium.time.ZonedTimestamp","version":1}`},
 	{"c_timetz", "timetz", "'12:34:56+02'", `{"type":"string","optional":true,"name":"io.debezium.time.ZonedTime","version":1}`},
 	{"c_interval", "interval", "'1 day 02:00:00'", `{"type":"int64","optional":true,"name":"io.debezium.time.MicroDuration","version":1}`},
 	{"c_uuid", "uuid", "'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'", `{"type":"string","optional":true,"name":"io.debezium.data.Uuid","version":1}`},
 	{"c_bytea", "bytea", `'\x0102'`, `{"type":"bytes","optional":true}`},
-	{"c_json", "json", `'{"a": 1}'`, `{"type":"string","optional":true,"name":"io.debezium.data.Json","version":1}`},
+	{"c_json", "json DEFAULT '[]'", `'{"a": 1}'`, `{"type":"string","optional":true,"name":"io.debezium.data.Json","version":1,"default":"[]"}`},
 	{"c_xml", "xml", "NULL", `{"type":"string","optional":true,"name":"io.debezium.data.Xml","version":1}`},
-	{"c_varchar", "varchar(20) NOT NULL", "'v'", `{"type":"string","optional":false}`},
+	{"c_varchar", "varchar(20) NOT NULL DEFAULT 'none'", "'v'", `{"type":"string","optional":false,"default":"none"}`},
 	{"c_enum", "connect_mood", "'ok'", `{"type":"string","optional":true,"name":"io.debezium.data.Enum","version":1,"parameters":{"allowed":"sad,ok,happy"}}`},
 	{"c_tags", "text[]", "ARRAY['a', NULL]", `{"type":"array","items":{"type":"string","optional":true},"optional":true}`},
 	{"c_ints", "integer[]", "ARRAY[1, 2]", `{"type":"array","items":{"type":"int32","optional":true},"optional":true}`},
@@ -67,13 +72,14 @@ var connectColumns = []struct{ name, sqlType, value, debezium string }{
 
 // jobsColumns are the Connect field schemas of the jobs table's own columns
 // (schema.JobsColumns): job_id the primary key, status, payload, results
-// and updated_at NOT NULL.
+// and updated_at NOT NULL, with defaults ('pending', '{}', now(), which
+// Debezium does not parse).
 var jobsColumns = map[string]string{
 	"job_id":       `{"type":"string","optional":false}`,
 	"current_step": `{"type":"string","optional":true}`,
-	"status":       `{"type":"string","optional":false}`,
-	"payload":      `{"type":"string","optional":false,"name":"io.debezium.data.Json","version":1}`,
-	"results":      `{"type":"string","optional":false,"name":"io.debezium.data.Json","version":1}`,
+	"status":       `{"type":"string","optional":false,"default":"pending"}`,
+	"payload":      `{"type":"string","optional":false,"name":"io.debezium.data.Json","version":1,"default":"{}"}`,
+	"results":      `{"type":"string","optional":false,"name":"io.debezium.data.Json","version":1,"default":"{}"}`,
 	"error":        `{"type":"string","optional":true}`,
 	"updated_at":   `{"type":"string","optional":false,"name":"io.debezium.time.ZonedTimestamp","version":1}`,
 }
@@ -257,7 +263,7 @@ func checkEnvelopeSchema(t *testing.T, prefix string, s *connectSchema) {
 // base64 for bytes, every member of a struct a field of its schema.
 func agrees(s *connectSchema, v json.RawMessage, path string) []string {
 	if len(v) == 0 || string(v) == "null" {
-		if !s.Optional {
+		if !s.Optional && s.Default == nil { // JsonConverter reads null as the default
 			return []string{path + ": null for a required " + s.Type}
 		}
 		return nil
