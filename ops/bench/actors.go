@@ -71,19 +71,29 @@ type jobstreamActor struct {
 	r      *cdc.Reader
 	ws     []*consumers.Worker
 
-	mu    sync.Mutex
-	acked []float64 // commit → acknowledged by the broker, ms, per transaction
+	mu       sync.Mutex
+	acked    []float64 // commit → acknowledged by the broker, ms, per transaction
+	produced []float64 // a batch's visibility check and produce round trip, ms
 }
 
-// ackedSince returns the commit → broker acknowledgement latencies (ms)
-// recorded since the last call, sorted.
-func (a *jobstreamActor) ackedSince() []float64 {
+// ackedSince returns the commit → broker acknowledgement latencies and the
+// batches' produce times (ms) recorded since the last call, sorted.
+func (a *jobstreamActor) ackedSince() (acked, produced []float64) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	out := a.acked
-	a.acked = nil
-	slices.Sort(out)
-	return out
+	acked, produced = a.acked, a.produced
+	a.acked, a.produced = nil, nil
+	slices.Sort(acked)
+	slices.Sort(produced)
+	return acked, produced
+}
+
+// OnProduced keeps each batch's time from its send to the broker's
+// acknowledgement, the visibility check included (a cdc.HookProduced).
+func (a *jobstreamActor) OnProduced(_ int, took time.Duration) {
+	a.mu.Lock()
+	a.produced = append(a.produced, ms(took))
+	a.mu.Unlock()
 }
 
 // OnCommitAcked keeps each transaction's commit → acked latency (a

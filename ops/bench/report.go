@@ -289,12 +289,9 @@ func (r *results) rows() []row {
 			}
 			rows = append(rows, rw)
 			if s == sysJobstream {
-				a50 := median(each(runs, func(t trigResult) float64 { return percentile(t.acked, 50) }))
-				a95 := median(each(runs, func(t trigResult) float64 { return percentile(t.acked, 95) }))
-				a99 := median(each(runs, func(t trigResult) float64 { return percentile(t.acked, 99) }))
-				rows = append(rows, row{figure: "  of which commit → acked by the broker (reader's OnCommitAcked, every transaction)", value: latencyCell(a50, a95, a99),
-					runs: "p50 " + joinRuns(each(runs, func(t trigResult) float64 { return percentile(t.acked, 50) }), lat) + " · p99 " +
-						joinRuns(each(runs, func(t trigResult) float64 { return percentile(t.acked, 99) }), lat), cmd: c.command("latency")})
+				rows = append(rows,
+					subLatency(runs, "  of which commit → acked by the broker (reader's OnCommitAcked, every transaction)", func(t trigResult) []float64 { return t.acked }, c.command("latency")),
+					subLatency(runs, "  of which a batch's visibility check and produce round trip (reader's OnProduced, every batch)", func(t trigResult) []float64 { return t.produced }, c.command("latency")))
 			}
 		}
 	}
@@ -402,6 +399,15 @@ func (r *results) rows() []row {
 		rows = append(rows, rw)
 	}
 	return rows
+}
+
+// subLatency is a row of p50 / p95 / p99 of a part of the jobstream path.
+func subLatency(runs []trigResult, figure string, get func(trigResult) []float64, cmd string) row {
+	pct := func(p float64) []float64 {
+		return each(runs, func(t trigResult) float64 { return percentile(get(t), p) })
+	}
+	return row{figure: figure, value: latencyCell(median(pct(50)), median(pct(95)), median(pct(99))),
+		runs: "p50 " + joinRuns(pct(50), lat) + " · p99 " + joinRuns(pct(99), lat), cmd: cmd}
 }
 
 // latencyTargets is scenario 2's row of issue 17's targets: jobstream

@@ -35,6 +35,7 @@ type trigResult struct {
 	lost        int       // transitions never acted on
 	lat         []float64 // commit sent → handler start, ms, sorted
 	acked       []float64 // jobstream: commit → every event acknowledged by the broker, ms, sorted
+	produced    []float64 // jobstream: a batch's send → acknowledged (visibility check and produce), ms, sorted
 	commitRTT   float64   // median time the committing statement took to return, ms
 	outage      time.Duration
 	outageStart time.Duration
@@ -258,7 +259,7 @@ func benchTrigger(ctx context.Context, e *env, scen, system string, run int, out
 	slices.Sort(res.lat)
 	slices.Sort(rtt)
 	if js != nil {
-		res.acked = js.ackedSince()
+		res.acked, res.produced = js.ackedSince()
 	}
 	res.commitRTT = percentile(rtt, 50)
 	return res, nil
