@@ -392,3 +392,40 @@ func TestConnectSchemaFollowsTheTable(t *testing.T) {
 		}
 	}
 }
+
+// TestConnectKeyJobIDTypes: with Schemas, the key of every supported job_id
+// type carries the job_id column's Connect schema (string, io.debezium.data.Uuid,
+// int32, int64; required), JobIDFromKey reads the id back, and KeyCandidates
+// holds the very key, so audit and replay find the job's partition.
+func TestConnectKeyJobIDTypes(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct{ typ, id, field string }{
+		{"varchar(40)", "j-1", schema.ConnectJobIDString},
+		{"uuid", "0b6f4a2e-8c1d-4b7e-9f3a-2d5c6e7f8a9b", schema.ConnectJobIDUUID},
+		{"integer", "-42", schema.ConnectJobIDInt32},
+		{"bigint", "9007199254740993", schema.ConnectJobIDInt64},
+	} {
+		t.Run(c.typ, func(t *testing.T) {
+			t.Parallel()
+			e := harness.New(t)
+			e.Exec(t, `ALTER TABLE jobs ALTER COLUMN job_id TYPE `+c.typ+` USING job_id::`+c.typ)
+			startReader(t, e, func(cfg *cdc.Config) { cfg.Schemas = true })
+			e.Exec(t, `INSERT INTO jobs (job_id, current_step, status) VALUES ($1::text::`+c.typ+`, 'img_gen', 'done')`, c.id)
+			m := waitMessages(t, e, e.Topic("img_gen"), 1)[0]
+			var key struct {
+				Schema struct {
+					Fields []json.RawMessage `json:"fields"`
+				} `json:"schema"`
+			}
+			if err := json.Unmarshal(m.Key, &key); err != nil || len(key.Schema.Fields) != 1 || string(key.Schema.Fields[0]) != c.field {
+				t.Fatalf("key %s (%v): want the field %s", m.Key, err, c.field)
+			}
+			if got := schema.JobIDFromKey(m.Key); got != c.id {
+				t.Errorf("JobIDFromKey(%s) = %q, want %q", m.Key, got, c.id)
+			}
+			if !slices.ContainsFunc(schema.KeyCandidates(c.id, schema.ConnectName(e.Prefix, "public", "jobs", "Key")), func(k []byte) bool { return bytes.Equal(k, m.Key) }) {
+				t.Errorf("KeyCandidates lacks the key %s", m.Key)
+			}
+		})
+	}
+}
