@@ -610,6 +610,7 @@ func (r *results) markdown(rows []row) string {
 	if len(r.micro) > 0 {
 		p("6. **Micro-benchmarks.** `%s`, medians of the %s.\n", c.command("micro"), plural(c.Runs, "count"))
 	}
+	r.bounds(p)
 	r.anchors(p)
 	return b.String()
 }

@@ -16,12 +16,12 @@ type scaleSize struct {
 // scaleSizes are the sizes of scenario 11: how the pipeline's cost grows
 // with the work.
 func scaleSizes(c config) []scaleSize {
+	s := []scaleSize{{jobs: 1_000}, {jobs: c.PipelineJobs}, {jobs: 100_000, once: true}, {jobs: 1_000_000, once: true, backlog: true}}
 	if c.Quick {
-		return []scaleSize{{jobs: 200}, {jobs: c.PipelineJobs}, {jobs: 5_000, once: true}}
+		s = []scaleSize{{jobs: 200}, {jobs: c.PipelineJobs}, {jobs: 5_000, once: true}, {jobs: 20_000, once: true, backlog: true}}
 	}
-	s := []scaleSize{{jobs: 1_000}, {jobs: c.PipelineJobs}, {jobs: 100_000, once: true}}
-	if c.Long {
-		s = append(s, scaleSize{jobs: 1_000_000, once: true, backlog: true})
+	if !c.Long {
+		s = s[:3]
 	}
 	return s
 }
