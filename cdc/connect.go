@@ -22,7 +22,10 @@ import (
 // debezium-core/src/main/java/io/debezium/jdbc/JdbcValueConverters.java),
 // each one describing the value appendValue writes for the type: a type
 // whose plain value is a string here (money, bit, point, time[] ... , see
-// types.go) is declared a string, so that schema and payload always agree.
+// types.go) is declared a string, so that schema and payload agree. A
+// numeric is the same base64 bytes in both forms: JsonConverter writes a
+// Decimal (or VariableScaleDecimal's value) as its unscaled bytes whether
+// schemas are on or off; the schema's scale parameter reads them.
 // A column is optional unless it is NOT NULL (TableSchemaBuilder.addField:
 // column.isOptional()), and declares the default Debezium parses from its
 // DEFAULT clause (columnDefault), neither of which the relation message

@@ -3,7 +3,9 @@ package cdc
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"log/slog"
+	"reflect"
 	"testing"
 
 	"github.com/jackc/pglogrepl"
@@ -74,4 +76,56 @@ func TestConnectFormWrapsThePlainForm(t *testing.T) {
 	}
 	t.Logf("key %s", ck)
 	t.Logf("value %s", cv)
+}
+
+// FuzzConnectForm: whatever a row holds, the schema/payload form of its
+// event and key is valid JSON whose payloads are the plain form, and a
+// worker decodes the same Trigger from both forms.
+func FuzzConnectForm(f *testing.F) {
+	f.Add(insertMessage([]byte("j1"), []byte("img_gen"), []byte("done"), []byte(`{"a":1}`), nil, nil, []byte("2026-11-26 23:00:00+00")))
+	f.Add(insertMessage([]byte("j\"2\\"), []byte("x"), []byte("done"), []byte("{}"), []byte("{}"), []byte("e\x00\xff"), []byte("garbage"),
+		[]byte("t"), []byte(`\x0g`), []byte("99999999999999999999"), []byte("-1"), []byte("3"), []byte("7"), []byte("[1,"),
+		[]byte("NaN"), []byte("-Infinity"), []byte("2026-02-30"), []byte("infinity"), []byte("1e400"), []byte("not-a-uuid")))
+	f.Add([]byte{'D', 0, 0, 0, 1, 'K', 0, 1, 't', 0, 0, 0, 2, 'j', '1'})
+	rel := fuzzRelation()
+	routers := map[bool]*router{}
+	for _, schemas := range []bool{false, true} {
+		cfg := Config{TopicPrefix: "jobs", Pipeline: schema.DefaultPipeline(), Schemas: schemas}
+		routers[schemas] = newRouter(&cfg, "db", 1_000_000, slog.New(slog.DiscardHandler))
+		routers[schemas].describe(rel, map[string]colFacts{"job_id": {notNull: true}, "status": {notNull: true, def: "'pending'::text"}})
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		if len(data) > 4096 {
+			return
+		}
+		var d rowDecoder
+		m, ok := d.decode(data)
+		if !ok {
+			return
+		}
+		c := &change{op: schema.OpCreate, rel: rel, after: m.new, src: source{snapshot: "false", schema: "public", table: "jobs"}}
+		if m.new == nil {
+			c.op, c.after, c.before = schema.OpDelete, nil, m.old
+		}
+		pk, _, _, pv := routers[false].renderChange(c)
+		ck, _, _, cv := routers[true].renderChange(c)
+		if !json.Valid(cv) {
+			t.Fatalf("value is not JSON: %s", cv)
+		}
+		p, ok := schema.Unwrap(cv)
+		cut := func(b []byte) []byte { return b[:max(bytes.LastIndex(b, []byte(`,"op":`)), 0)] }
+		if !ok || !bytes.Equal(cut(p), cut(pv)) {
+			t.Fatalf("payload %s, plain %s", p, pv)
+		}
+		if pk != nil {
+			if k, ok := schema.Unwrap(ck); !ok || !bytes.Equal(k, pk) || !json.Valid(ck) {
+				t.Fatalf("key %s, plain %s", ck, pk)
+			}
+		}
+		pt, perr := schema.DecodeTrigger(pv)
+		ct, cerr := schema.DecodeTrigger(cv)
+		if fmt.Sprint(perr) != fmt.Sprint(cerr) || !reflect.DeepEqual(pt, ct) {
+			t.Fatalf("trigger %+v (%v) from the schema/payload form, %+v (%v) from the plain form", ct, cerr, pt, perr)
+		}
+	})
 }
