@@ -1,6 +1,10 @@
 package schema
 
-import "strconv"
+import (
+	"bytes"
+	"strconv"
+	"sync/atomic"
+)
 
 // Kafka Connect's JsonConverter with schemas.enable=true (its default)
 // writes every key and value as {"schema": <Connect schema>, "payload":
@@ -164,14 +168,33 @@ func Unwrap(b []byte) (payload []byte, ok bool) {
 		if !first(seen) {
 			return i, false
 		}
-		next, ok := skipValue(b, i, 0)
-		if ok && seen == &seenPayload {
-			p = b[i:next]
+		if seen == &seenSchema {
+			return skipSchema(b, i)
 		}
+		next, ok := skipValue(b, i, 0)
+		p = b[i:next]
 		return next, ok
 	})
 	if !ok || !seenSchema || !seenPayload || skipSpace(b, end) != len(b) {
 		return b, false
 	}
 	return p, true
+}
+
+// lastSchema is the last schema skipSchema found valid: the events of a
+// topic repeat their table's schema, which is then compared, not parsed.
+var lastSchema atomic.Pointer[[]byte]
+
+// skipSchema is skipValue for the schema of a schema/payload value: a
+// value equal to the last one checked is known valid.
+func skipSchema(b []byte, i int) (int, bool) {
+	if last := lastSchema.Load(); last != nil && bytes.HasPrefix(b[i:], *last) {
+		return i + len(*last), true
+	}
+	next, ok := skipValue(b, i, 0)
+	if ok && next-i > 64 {
+		v := bytes.Clone(b[i:next])
+		lastSchema.Store(&v)
+	}
+	return next, ok
 }
