@@ -192,7 +192,7 @@ func skipSchema(b []byte, i int) (int, bool) {
 		return i + len(*last), true
 	}
 	next, ok := skipValue(b, i, 0)
-	if ok && next-i > 64 {
+	if ok && next-i > 64 && b[i] == '{' { // an object ends where it ends: no longer value starts with it
 		v := bytes.Clone(b[i:next])
 		lastSchema.Store(&v)
 	}
