@@ -2,6 +2,7 @@ package cdc
 
 import (
 	"context"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -15,10 +16,17 @@ import (
 // makes it visible to other sessions; an event produced in that moment
 // could reach a consumer that then queries the row and still sees it as it
 // was before (a worker's compare-and-set claim would find nothing to claim).
-// Checking costs one query per batch (schema.WaitVisible).
+// Checking costs one query per batch (schema.WaitVisible) whose
+// transactions the last snapshot read did not already show.
 type visibility struct {
 	connect func(context.Context) (*pgx.Conn, error)
 	conn    *pgx.Conn
+	// last is the newest snapshot read, at lastAt: a committed transaction
+	// visible in it stays visible, so the batches of a large transaction
+	// after its first cost no query. It serves for a minute, far less than
+	// the ids take to wrap around.
+	last   string
+	lastAt time.Time
 }
 
 // wait returns once the transactions of evs are visible, or ctx is done.
@@ -29,11 +37,17 @@ func (v *visibility) wait(ctx context.Context, evs []event, log func(error, time
 			xids = append(xids, x)
 		}
 	}
+	if v.last != "" && time.Since(v.lastAt) < time.Minute {
+		xids = slices.DeleteFunc(xids, func(x uint32) bool { return schema.VisibleIn(x, v.last) })
+	}
 	if len(xids) == 0 {
 		return nil
 	}
 	_, err := schema.WaitVisible(ctx, xids, time.Time{}, func(ctx context.Context) (snap string, err error) {
 		err = retry(ctx, func() error { return v.snapshot(ctx, &snap) }, log)
+		if err == nil {
+			v.last, v.lastAt = snap, time.Now()
+		}
 		return snap, err
 	})
 	return err
