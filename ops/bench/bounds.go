@@ -49,7 +49,7 @@ func (r *results) bounds(p func(string, ...any)) {
 		rd := func(x txShapeResult) cpuSnap { return x.rdCPU }
 		rc := func(x txShapeResult) cpuSnap { return x.recvCPU }
 		notes = append(notes, fmt.Sprintf("*Transaction shape, %s updates (10).* CPU on 2 cores: pg_recvlogical's pass is the WAL sender's decoding (%s CPU-s) and a client that writes to /dev/null (%s); "+
-			"the reader's pass needs the same decoding (%s) plus the reader (%s: rendering each envelope, a produce round trip and a visibility query per batch of 4,096) and the broker (%s: kfake keeps every event in memory), "+
+			"the reader's pass needs the same decoding (%s) plus the reader (%s: rendering each envelope, a produce round trip per batch; bench.log counts the batches) and the broker (%s: kfake keeps every event in memory), "+
 			"more than the 2 cores give in the pass's %s s, so the WAL sender, the serial stage of both, gets less than a core.",
 			thousands(float64(n)), c(rc, "walsender"), c(rc, "pg_recvlogical"), c(rd, "walsender"), c(rd, "reader"), c(rd, "broker"),
 			f1(median(each(runs, func(x txShapeResult) float64 { return x.rdSecs })))))

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"runtime/pprof"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -155,8 +156,9 @@ func readUntil(ctx context.Context, e *env, db *database, run, pass int, end pgl
 		return 0, none, err
 	}
 	defer b.stop()
+	var batches batchCount
 	r, err := cdc.New(cdc.Config{DatabaseURL: db.url, Brokers: []string{b.addr}, Slot: fmt.Sprintf("bench_reader_%d", pass),
-		TopicPrefix: fmt.Sprintf("cdc%d-%d", run, pass), Logger: e.log.With("part", "reader")})
+		TopicPrefix: fmt.Sprintf("cdc%d-%d", run, pass), Logger: e.log.With("part", "reader"), Hooks: []cdc.Hook{&batches}})
 	if err != nil {
 		return 0, none, err
 	}
@@ -203,6 +205,7 @@ func readUntil(ctx context.Context, e *env, db *database, run, pass int, end pgl
 	cancel()
 	<-runErr
 	e.log.Info("reader pass", "run", run, "pass", pass, "seconds", secs, "ready_after", ready, "events", st.Events.Load(), "transactions", st.Transactions.Load(),
+		"batches", batches.n.Load(), "produce_seconds", time.Duration(batches.took.Load()).Seconds(),
 		"reconnects", st.Reconnects.Load(), "dead_letters", st.DeadLetters.Load())
 	if n := st.Reconnects.Load(); n > 0 {
 		e.logf("  the reader reconnected %d times in pass %d (see bench.log)", n, pass)
@@ -212,6 +215,12 @@ func readUntil(ctx context.Context, e *env, db *database, run, pass int, end pgl
 	}
 	return secs, cpu, nil
 }
+
+// batchCount counts the reader's batches and the time they took to
+// produce (a cdc.HookProduced).
+type batchCount struct{ n, took atomic.Int64 }
+
+func (b *batchCount) OnProduced(_ int, took time.Duration) { b.n.Add(1); b.took.Add(int64(took)) }
 
 // lsnText scans a pg_lsn rendered as text.
 type lsnText struct{ p *pglogrepl.LSN }
