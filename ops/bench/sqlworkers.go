@@ -62,8 +62,11 @@ func newSQLSys(ctx context.Context, e *env, kind, tag string, members int) (_ *s
 func (s *sqlSys) startStep(ctx context.Context, i int) (err error) {
 	step, trigger := schema.DefaultSteps[i+1], schema.DefaultSteps[i]
 	worker := fmt.Sprintf("bench-%s-%s", s.kind, step)
+	// run claims and completes one job. A stop lets the job it holds
+	// finish (as a worker's graceful stop does): these workers have no
+	// lease sweeper to take back a job left claimed.
 	run := func(ctx context.Context, id string) error {
-		err := consumers.ClaimAndComplete(ctx, s.pool, id, step, trigger, worker, json.RawMessage(`{"ok":true}`))
+		err := consumers.ClaimAndComplete(context.WithoutCancel(ctx), s.pool, id, step, trigger, worker, json.RawMessage(`{"ok":true}`))
 		if err != nil && strings.Contains(err.Error(), "is not at (") {
 			s.mu.Lock()
 			s.noJob++
@@ -82,6 +85,9 @@ func (s *sqlSys) startStep(ctx context.Context, i int) (err error) {
 			g, gctx := errgroup.WithContext(ctx)
 			g.SetLimit(s.members)
 			for _, id := range ids {
+				if gctx.Err() != nil {
+					break
+				}
 				g.Go(func() error { return run(gctx, id) })
 			}
 			return len(ids), g.Wait()
@@ -89,8 +95,8 @@ func (s *sqlSys) startStep(ctx context.Context, i int) (err error) {
 		s.stops[i] = l.stop
 		return nil
 	}
-	// The listener hands each job to the members; a stop loses what they
-	// hold, as a listener process that dies does.
+	// The listener hands each job to the members; a stop loses the ids
+	// queued (not the jobs in hand), as a listener process that stops does.
 	jobs := make(chan string, 1<<16)
 	mctx, cancel := context.WithCancel(ctx)
 	g, gctx := errgroup.WithContext(mctx)
