@@ -172,7 +172,9 @@ func Unwrap(b []byte) (payload []byte, ok bool) {
 			return skipSchema(b, i)
 		}
 		next, ok := skipValue(b, i, 0)
-		p = b[i:next]
+		if ok {
+			p = b[i:next]
+		}
 		return next, ok
 	})
 	if !ok || !seenSchema || !seenPayload || skipSpace(b, end) != len(b) {

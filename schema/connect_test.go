@@ -24,6 +24,8 @@ func TestUnwrap(t *testing.T) {
 		{`{"schema":{},"payload":1,"payload":2}`, ``, false},
 		{`{"schema":{,"payload":1}`, ``, false},
 		{`{"schema":{},"payload":1}x`, ``, false},
+		{`{"schema":{},"payload":t`, ``, false},
+		{`{"schema":t,"payload":1}`, ``, false},
 		{`j1`, ``, false},
 		{``, ``, false},
 	} {
