@@ -124,7 +124,6 @@ type peerRun struct {
 	paced      int     // jobs of the paced run
 	lost       int     // of them, never at (overlay, done): the outage lost them
 	handoff    []float64
-	measured   bool // the paced run ran (the database alone has none)
 }
 
 func (r peerRun) rate() float64 { return float64(r.done) / r.secs }
@@ -193,7 +192,7 @@ func peerPaced(ctx context.Context, e *env, system, tag string, res *peerRun) er
 	defer sys.close()
 	outage := e.cfg.Outage
 	n := int(float64(e.cfg.Rate) * 3 * outage.Seconds())
-	res.paced, res.measured = n, true
+	res.paced = n
 	ids := jobIDs("pace", n)
 	sent := map[string]time.Time{}
 	interval := time.Second / time.Duration(e.cfg.Rate)

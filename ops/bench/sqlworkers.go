@@ -160,6 +160,9 @@ func (s *sqlSys) close() {
 	for i := range s.stops {
 		s.stopStep(i)
 	}
+	if s.noJob > 0 {
+		s.e.log.Info(s.kind+" workers found jobs already gone", "claims", s.noJob)
+	}
 	if s.drop != nil {
 		s.drop()
 	}
