@@ -102,3 +102,29 @@ func BenchmarkDecodeTriggerConnect(b *testing.B) {
 		}
 	}
 }
+
+// FuzzUnwrap: what Unwrap takes for the schema/payload form is a JSON
+// object of exactly those two members, and its payload is that member's
+// value; it never panics.
+func FuzzUnwrap(f *testing.F) {
+	for _, s := range []string{`{"schema":{"type":"string"},"payload":"x"}`, `{"payload":null,"schema":{}}`, `{"schema":{},"payload":t`,
+		`{"schema":1,"payload":[1,{"a":"b"}]}`, `{"schema":{},"payload":1,"x":2}`, ` {"schema" : {} , "payload" : {} } `, `{"schema":`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		p, ok := Unwrap(b)
+		if !ok {
+			if !bytes.Equal(p, b) {
+				t.Fatalf("not unwrapped, yet %q became %q", b, p)
+			}
+			return
+		}
+		var m map[string]json.RawMessage
+		if err := json.Unmarshal(b, &m); err != nil || len(m) != 2 || m["schema"] == nil || m["payload"] == nil {
+			t.Fatalf("unwrapped %q: %v, members %v", b, err, m)
+		}
+		if !bytes.Equal(bytes.TrimSpace(m["payload"]), p) {
+			t.Fatalf("payload %q, encoding/json reads %q", p, m["payload"])
+		}
+	})
+}
