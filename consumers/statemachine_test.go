@@ -15,7 +15,6 @@ import (
 
 	"github.com/jobstream/jobstream/consumers"
 	"github.com/jobstream/jobstream/ops/harness"
-	"github.com/jobstream/jobstream/ops/localpg"
 	"github.com/jobstream/jobstream/schema"
 )
 
@@ -258,21 +257,8 @@ func TestFailureOfAJobTheUserChangedIsNotRetried(t *testing.T) {
 // worker's own sweeper expired its live run before the renewal landed.
 func TestPostgresOutageKillsNoStep(t *testing.T) {
 	t.Parallel()
-	base := harness.New(t)
-	dir := filepath.Join(base.Dir, "pg")
-	pg, err := localpg.Start(context.Background(), dir, localpg.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	running := pg
-	t.Cleanup(func() {
-		if running != nil {
-			running.Stop()
-		}
-	})
-	e := base.Copy(t)
-	e.DB, e.DatabaseURL, e.Postgres = "postgres", pg.URL("postgres"), pg
-	harness.Migrate(t, e.DatabaseURL)
+	pg := newOwnPostgres(t)
+	e := pg.e
 	startReader(t, e)
 
 	const lease = 2 * time.Second
@@ -285,14 +271,9 @@ func TestPostgresOutageKillsNoStep(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("the step never started")
 	}
-	e.Pool(t).Reset() // its connections die with the server
-	running.Crash()   // the replication connection would hold a fast shutdown
-	running = nil
+	pg.crash(t)
 	time.Sleep(3 * lease) // the outage itself
-	running, err = localpg.Start(context.Background(), dir, localpg.Options{Port: pg.Port})
-	if err != nil {
-		t.Fatal(err)
-	}
+	pg.restart(t)
 	// Every sweeper has had its chance to expire the run.
 	time.Sleep(2 * lease)
 	h.release()
