@@ -284,14 +284,20 @@ type broker struct {
 	addr string
 }
 
-// startBroker starts a fresh broker and waits until it answers.
+// startBroker starts a fresh broker, memory only, and waits until it answers.
 func (e *env) startBroker(ctx context.Context, name string) (*broker, error) {
+	return e.startBrokerIn(ctx, name, "")
+}
+
+// startBrokerIn starts a fresh broker keeping its data in dir ("": memory
+// only) and waits until it answers.
+func (e *env) startBrokerIn(ctx context.Context, name, dir string) (*broker, error) {
 	port, err := localpg.FreePort()
 	if err != nil {
 		return nil, err
 	}
 	addr := "127.0.0.1:" + strconv.Itoa(port)
-	p, err := e.startProc(name, exec.Command(e.bin, "broker", "--listen", addr, "--data-dir=", "--partitions", strconv.Itoa(schema.DefaultPartitions)))
+	p, err := e.startProc(name, exec.Command(e.bin, "broker", "--listen", addr, "--data-dir="+dir, "--partitions", strconv.Itoa(schema.DefaultPartitions)))
 	if err != nil {
 		return nil, err
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -71,7 +72,8 @@ type deployment struct {
 }
 
 // deploy starts jobstream on a fresh database called bench_<tag>. With
-// noWorkers, the workers wait for startWorkers (a backlog is inserted first).
+// noWorkers, the workers wait for startWorkers (a backlog is inserted
+// first) and the broker keeps its data on disk.
 func deploy(ctx context.Context, e *env, tag string, members int, noWorkers bool) (_ *deployment, err error) {
 	d := &deployment{e: e, tag: tag}
 	defer func() {
@@ -84,7 +86,13 @@ func deploy(ctx context.Context, e *env, tag string, members int, noWorkers bool
 		return nil, err
 	}
 	d.db, d.pool, d.closers = db, pool, append(d.closers, drop)
-	if d.b, err = e.startBroker(ctx, "broker-"+tag); err != nil {
+	// A backlog's events wait in the broker: on disk, as a deployed
+	// broker keeps them (in memory a million jobs' events take ~25 GB).
+	brokerDir := ""
+	if noWorkers {
+		brokerDir = filepath.Join(e.dir, "broker-"+tag)
+	}
+	if d.b, err = e.startBrokerIn(ctx, "broker-"+tag, brokerDir); err != nil {
 		return nil, err
 	}
 	d.closers = append(d.closers, d.b.stop)

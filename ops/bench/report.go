@@ -593,7 +593,7 @@ func (r *results) markdown(rows []row) string {
 	if len(r.scale) > 0 {
 		p("11. **How cost grows.** The pipeline of 4 (jobstream as deployed, %s per step) with batches of each size (the size of 4 is 4's result of the same run); the largest runs once per bench, not every run. "+
 			"Peak RSS is each process's VmHWM at the end; the WAL held is pg_wal_lsn_diff(pg_current_wal_lsn(), the slot's restart_lsn and confirmed_flush_lsn) once the last job is done; "+
-			"jobstream_runs and jobs are pg_total_relation_size. With -long (`make bench-long`), 1,000,000 jobs are inserted (100,000 a transaction) while the reader streams, before the workers start, and timed from their start.\n",
+			"jobstream_runs and jobs are pg_total_relation_size. The broker keeps its data in memory, so its peak RSS grows with the events it holds (every step's, about 9 per job); with -long (`make bench-long`), 1,000,000 jobs are inserted (100,000 a transaction) while the reader streams, before the workers start, and timed from their start, with the broker's data on disk (`jobstream broker --data-dir`).\n",
 			plural(c.PipelineMembers, "member"))
 	}
 	if len(r.console) > 0 {
