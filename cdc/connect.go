@@ -77,17 +77,34 @@ func lookupColumns(ctx context.Context, q querier, schemaName, table string) (ma
 	return facts, nil
 }
 
-// connectRel is the Connect form of one relation's events, rendered once
-// per relation message: what goes before an envelope and before a key
-// struct ({"schema":<schema>,"payload":); schema.ConnectClose follows each.
-type connectRel struct {
+// relForm is how one relation's events are rendered, worked out once per
+// relation message: value and key are what goes before an envelope and
+// before a key struct in the Connect form ({"schema":<schema>,"payload":;
+// schema.ConnectClose follows each), nil without Schemas; absent holds, by
+// column position, what Debezium writes for a NOT NULL column a tuple
+// leaves null (absentValue), nil for the other columns, in both forms.
+type relForm struct {
 	rel        *pglogrepl.RelationMessage
 	value, key []byte
+	absent     [][]byte
 }
 
-// newConnectRel renders the schemas of rel's events under prefix; facts
-// (nil: unknown, every column optional) come from lookupColumns.
-func newConnectRel(prefix string, rel *pglogrepl.RelationMessage, facts map[string]colFacts) *connectRel {
+// newRelForm renders the form of rel's events under prefix, the Connect
+// schemas only when schemas is set; facts (nil: unknown, every column
+// optional) come from lookupColumns.
+func newRelForm(prefix string, rel *pglogrepl.RelationMessage, facts map[string]colFacts, schemas bool) *relForm {
+	rf := &relForm{rel: rel}
+	for i, c := range rel.Columns {
+		if v := absentValue(c.DataType, c.TypeModifier, facts[c.Name]); v != nil {
+			if rf.absent == nil {
+				rf.absent = make([][]byte, len(rel.Columns))
+			}
+			rf.absent[i] = v
+		}
+	}
+	if !schemas {
+		return rf
+	}
 	var fields []byte
 	keyField := []byte(schema.ConnectJobIDString)
 	for i, c := range rel.Columns {
@@ -102,7 +119,66 @@ func newConnectRel(prefix string, rel *pglogrepl.RelationMessage, facts map[stri
 	}
 	value := append([]byte(schema.ConnectOpen), schema.AppendConnectEnvelopeSchema(nil, prefix, rel.Namespace, rel.RelationName, fields)...)
 	key := append([]byte(schema.ConnectOpen), schema.AppendConnectKeySchema(nil, prefix, rel.Namespace, rel.RelationName, keyField)...)
-	return &connectRel{rel: rel, value: append(value, schema.ConnectPayload...), key: append(key, schema.ConnectPayload...)}
+	rf.value, rf.key = append(value, schema.ConnectPayload...), append(key, schema.ConnectPayload...)
+	return rf
+}
+
+// absentValue returns what Debezium 3.x writes for a null value in a column
+// of type oid with the catalog's facts f, rendered as appendValue renders
+// the column's values; nil (null) for a nullable column. Postgres sends
+// null for every column but the key's in the old tuple of a delete under
+// the default replica identity (and of an update that changes the key),
+// and Debezium runs each through the column's converter:
+// debezium-core/src/main/java/io/debezium/jdbc/JdbcValueConverters.java's
+// convertValue gives null only to an optional column, else the schema's
+// default (the column's DEFAULT as columnDefault parses it), else the
+// converter's fallback, which is each case's value below.
+func absentValue(oid uint32, typmod int32, f colFacts) []byte {
+	if !f.notNull {
+		return nil
+	}
+	if v, ok := columnDefault(oid, f.def); ok {
+		return appendValue(nil, oid, typmod, []byte(v))
+	}
+	switch oid {
+	case oidBool: // JdbcValueConverters.convertBoolean: false
+		return []byte("false")
+	case oidInt2, oidInt4, oidInt8, oidOID: // convertSmallInt (SHORT_FALSE), convertInteger (0), convertBigInt (0L; PostgresValueConverter's OID too)
+		return []byte("0")
+	case oidFloat4, oidFloat8: // convertReal (0.0f), convertDouble (0.0d), which JsonConverter writes as 0.0
+		return []byte("0.0")
+	case oidNumeric:
+		// debezium-connector-postgres/src/main/java/io/debezium/connector/postgresql/PostgresValueConverter.java,
+		// convertDecimal: toBigDecimal's fallback BigDecimal.ZERO at the
+		// column's scale, the unscaled bytes of 0 ("AA=="), in a
+		// VariableScaleDecimal of scale 0 without a declared scale.
+		return appendValue(nil, oid, typmod, []byte("0"))
+	case oidDate, oidTime, oidTimestamp, oidInterval:
+		// convertDateToEpochDays (0), convertTimeToMillis/Micros/NanosPastMidnight
+		// (0), convertTimestampToEpochMillis/Micros/Nanos (0L, PostgresValueConverter's
+		// timestamp converter hands null on to them), and PostgresValueConverter.convertInterval
+		// (NumberConversions.LONG_FALSE in interval.handling.mode numeric): the epoch.
+		return []byte("0")
+	case oidTimestamptz:
+		// fallbackTimestampWithTimeZone: the epoch as
+		// debezium-core/src/main/java/io/debezium/time/ZonedTimestamp.java
+		// formats an OffsetDateTime, ISO_OFFSET_DATE_TIME, so without the six
+		// fraction digits its values have.
+		return []byte(`"1970-01-01T00:00:00Z"`)
+	case oidTimetz: // fallbackTimeWithTimeZone: midnight UTC by ZonedTime's ISO_OFFSET_TIME
+		return []byte(`"00:00:00Z"`)
+	case oidBytea: // convertBinaryToBytes: NumberConversions.BYTE_ZERO, no bytes
+		return []byte(`""`)
+	}
+	if oid >= minArrayOID && arrayElem(oid) != 0 { // PostgresValueConverter.convertArray: Collections.emptyList()
+		return []byte("[]")
+	}
+	// convertString's "" (text, varchar, bpchar, json, jsonb, uuid, xml,
+	// inet, ranges, enums: PostgresValueConverter hands them all to it);
+	// also the types rendered as strings here where Debezium converts them
+	// otherwise (money, bit, point, time[], ...: see types.go), as the
+	// string their schema declares.
+	return []byte(`""`)
 }
 
 // appendConnectField appends the Connect schema of a column as a field of
@@ -222,33 +298,33 @@ func appendConnectTail(b []byte, optional bool, logical string, version bool, do
 	return b
 }
 
-// describe renders the Connect form of rel's events (facts from
-// lookupColumns) and keeps it for the changes that follow, replacing
-// the form of an earlier message of the same relation.
-func (rt *router) describe(rel *pglogrepl.RelationMessage, facts map[string]colFacts) *connectRel {
+// describe works out the form of rel's events (facts from lookupColumns)
+// and keeps it for the changes that follow, replacing the form of an
+// earlier message of the same relation.
+func (rt *router) describe(rel *pglogrepl.RelationMessage, facts map[string]colFacts) *relForm {
 	if rel.RelationID != 0 {
-		for r := range rt.connect {
+		for r := range rt.forms {
 			if r.RelationID == rel.RelationID && r != rel {
-				delete(rt.connect, r)
+				delete(rt.forms, r)
 			}
 		}
 	}
-	cr := newConnectRel(rt.topics.Prefix, rel, facts)
-	rt.connect[rel] = cr
-	rt.lastConnect = cr
-	return cr
+	rf := newRelForm(rt.topics.Prefix, rel, facts, rt.schemas)
+	rt.forms[rel] = rf
+	rt.lastForm = rf
+	return rf
 }
 
-// connectOf returns the Connect form of rel's events: the one describe
-// rendered, or one without the catalog's facts (every column optional) for
-// a relation never described.
-func (rt *router) connectOf(rel *pglogrepl.RelationMessage) *connectRel {
-	if cr := rt.lastConnect; cr != nil && cr.rel == rel {
-		return cr
+// formOf returns the form of rel's events: the one describe worked out, or
+// one without the catalog's facts (every column optional) for a relation
+// never described.
+func (rt *router) formOf(rel *pglogrepl.RelationMessage) *relForm {
+	if rf := rt.lastForm; rf != nil && rf.rel == rel {
+		return rf
 	}
-	if cr, ok := rt.connect[rel]; ok {
-		rt.lastConnect = cr
-		return cr
+	if rf, ok := rt.forms[rel]; ok {
+		rt.lastForm = rf
+		return rf
 	}
 	return rt.describe(rel, nil)
 }

@@ -51,7 +51,7 @@ func TestConnectFormWrapsThePlainForm(t *testing.T) {
 		rt.describe(rel, map[string]colFacts{"job_id": {notNull: true}, "current_step": {notNull: true}})
 		c := &change{op: schema.OpCreate, rel: rel, after: after, src: source{snapshot: "false", schema: "public", table: "jobs"}}
 		key, _, _, value = rt.renderChange(c)
-		if schemas && rt.connectOf(rel) != rt.connect[rel] {
+		if schemas && rt.formOf(rel) != rt.forms[rel] {
 			t.Fatal("the relation's schema is not kept")
 		}
 		return key, value

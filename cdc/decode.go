@@ -44,10 +44,12 @@ const unavailable = "__debezium_unavailable_value"
 // appendRow renders a tuple as a JSON object, columns in table order, values
 // as Debezium renders them with its defaults. An unchanged TOASTed value
 // ('u') is taken from old when old carries it (REPLICA IDENTITY FULL), else
-// rendered as Debezium's placeholder. It also returns the values of job_id
+// rendered as Debezium's placeholder. A null is absent[i] for column i when
+// absent holds one (a NOT NULL column the old tuple of a delete leaves
+// null: see absentValue), else null. It also returns the values of job_id
 // and current_step (nil when absent or null) and the name of the first
 // column whose text is not valid UTF-8 (rendered with U+FFFD), if any.
-func appendRow(b []byte, rel *pglogrepl.RelationMessage, tuple, old *pglogrepl.TupleData) (out, jobID, step []byte, bad string) {
+func appendRow(b []byte, rel *pglogrepl.RelationMessage, tuple, old *pglogrepl.TupleData, absent [][]byte) (out, jobID, step []byte, bad string) {
 	if tuple == nil {
 		return append(b, "null"...), nil, nil, ""
 	}
@@ -68,7 +70,11 @@ func appendRow(b []byte, rel *pglogrepl.RelationMessage, tuple, old *pglogrepl.T
 		}
 		switch kind {
 		case 'n':
-			b = append(b, "null"...)
+			if i < len(absent) && absent[i] != nil {
+				b = append(b, absent[i]...)
+			} else {
+				b = append(b, "null"...)
+			}
 			continue
 		case 'u':
 			b = appendUnavailable(b, rc.DataType)

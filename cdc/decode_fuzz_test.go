@@ -93,7 +93,7 @@ func FuzzPgoutputToEnvelope(f *testing.F) {
 			tuples = append(tuples, [2]*pglogrepl.TupleData{m.old, nil})
 		}
 		for _, tp := range tuples {
-			row, _, _, _ := appendRow(nil, rel, tp[0], tp[1])
+			row, _, _, _ := appendRow(nil, rel, tp[0], tp[1], nil)
 			if !json.Valid(row) {
 				t.Fatalf("invalid JSON row %q from %q", row, data)
 			}

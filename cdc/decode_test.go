@@ -155,7 +155,7 @@ func testTuple(vals ...any) *pglogrepl.TupleData {
 func TestAppendRow(t *testing.T) {
 	t.Parallel()
 	row, id, step, bad := appendRow(nil, testRelation(),
-		testTuple("j1", "vlm_analyze", "done", `{"seed": 1}`, byte('u'), nil, "2026-11-26 23:00:00.5+00"), nil)
+		testTuple("j1", "vlm_analyze", "done", `{"seed": 1}`, byte('u'), nil, "2026-11-26 23:00:00.5+00"), nil, nil)
 	want := `{"job_id":"j1","current_step":"vlm_analyze","status":"done","payload":"{\"seed\": 1}",` +
 		`"results":"__debezium_unavailable_value","error":null,"updated_at":"2026-11-26T23:00:00.500000Z"}`
 	if string(row) != want {
@@ -164,7 +164,7 @@ func TestAppendRow(t *testing.T) {
 	if string(id) != "j1" || string(step) != "vlm_analyze" || bad != "" {
 		t.Fatalf("job_id %q step %q bad %q", id, step, bad)
 	}
-	if got, _, _, _ := appendRow(nil, testRelation(), nil, nil); string(got) != "null" {
+	if got, _, _, _ := appendRow(nil, testRelation(), nil, nil, nil); string(got) != "null" {
 		t.Fatalf("nil tuple = %s", got)
 	}
 }
@@ -174,7 +174,7 @@ func TestAppendRow(t *testing.T) {
 func TestAppendRowFillsToastFromFullOldRow(t *testing.T) {
 	t.Parallel()
 	old := testTuple("j1", "img_gen", "done", `{"big": 1}`, `{"r": 2}`, nil, "2026-11-26 23:00:00+00")
-	row, _, _, _ := appendRow(nil, testRelation(), testTuple("j1", "img_gen", "running", byte('u'), byte('u'), nil, "2026-11-26 23:00:01+00"), old)
+	row, _, _, _ := appendRow(nil, testRelation(), testTuple("j1", "img_gen", "running", byte('u'), byte('u'), nil, "2026-11-26 23:00:01+00"), old, nil)
 	want := `{"job_id":"j1","current_step":"img_gen","status":"running","payload":"{\"big\": 1}","results":"{\"r\": 2}",` +
 		`"error":null,"updated_at":"2026-11-26T23:00:01.000000Z"}`
 	if string(row) != want {
@@ -184,7 +184,7 @@ func TestAppendRowFillsToastFromFullOldRow(t *testing.T) {
 
 func TestAppendRowReportsInvalidUTF8(t *testing.T) {
 	t.Parallel()
-	row, _, _, bad := appendRow(nil, testRelation(), testTuple("j1", "img_gen", "done", `{}`, `{}`, "caf\xe9", nil), nil)
+	row, _, _, bad := appendRow(nil, testRelation(), testTuple("j1", "img_gen", "done", `{}`, `{}`, "caf\xe9", nil), nil, nil)
 	if bad != "error" || !json.Valid(row) {
 		t.Fatalf("bad column %q, row %s", bad, row)
 	}
@@ -213,7 +213,7 @@ func BenchmarkAppendRow(b *testing.B) {
 	buf := make([]byte, 0, 1024)
 	b.ReportAllocs()
 	for b.Loop() {
-		buf, _, _, _ = appendRow(buf[:0], rel, tuple, nil)
+		buf, _, _, _ = appendRow(buf[:0], rel, tuple, nil, nil)
 	}
 	b.SetBytes(int64(len(buf)))
 }

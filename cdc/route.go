@@ -41,11 +41,11 @@ type router struct {
 	keyMod int32
 
 	// schemas writes keys and values in Kafka Connect's schema/payload
-	// form; connect holds each relation's (see describe), lastConnect the
-	// one used last.
-	schemas     bool
-	connect     map[*pglogrepl.RelationMessage]*connectRel
-	lastConnect *connectRel
+	// form; forms holds the form of each relation's events (see describe),
+	// lastForm the one used last.
+	schemas  bool
+	forms    map[*pglogrepl.RelationMessage]*relForm
+	lastForm *relForm
 }
 
 func newRouter(cfg *Config, db string, maxMessage int, log *slog.Logger) *router {
@@ -60,7 +60,7 @@ func newRouter(cfg *Config, db string, maxMessage int, log *slog.Logger) *router
 		stepTopic:  map[string]string{},
 		routed:     map[string]bool{},
 		schemas:    cfg.Schemas,
-		connect:    map[*pglogrepl.RelationMessage]*connectRel{},
+		forms:      map[*pglogrepl.RelationMessage]*relForm{},
 	}
 }
 
@@ -110,19 +110,20 @@ func (rt *router) route(c *change, evs []event) []event {
 // Key and value share one allocation of their own.
 func (rt *router) renderChange(c *change) (key, step []byte, bad string, value []byte) {
 	v := rt.render[:0]
-	var cr *connectRel
+	rf := rt.formOf(c.rel)
+	var cr *relForm // the Connect form's
 	if rt.schemas {
-		cr = rt.connectOf(c.rel)
+		cr = rf
 		v = append(v, cr.value...)
 	}
 	v = append(v, `{"before":`...)
-	v, bID, bStep, bBad := appendRow(v, c.rel, c.before, nil)
+	v, bID, bStep, bBad := appendRow(v, c.rel, c.before, nil, rf.absent)
 	v = append(v, `,"after":`...)
 	var fill *pglogrepl.TupleData
 	if c.oldFull {
 		fill = c.before
 	}
-	v, aID, aStep, aBad := appendRow(v, c.rel, c.after, fill)
+	v, aID, aStep, aBad := appendRow(v, c.rel, c.after, fill, rf.absent)
 	v = append(v, ',')
 	v = rt.appendSource(v, &c.src)
 	v = schema.AppendTail(v, c.op)
@@ -157,7 +158,7 @@ func (rt *router) renderChange(c *change) (key, step []byte, bad string, value [
 // {"job_id": <id as the row renders it>}, schemas off, or wrapped in the
 // schema/payload form of cr when cr is not nil. The job_id column's type is
 // looked up once per relation message, not per event.
-func (rt *router) keyStruct(rel *pglogrepl.RelationMessage, id []byte, cr *connectRel) []byte {
+func (rt *router) keyStruct(rel *pglogrepl.RelationMessage, id []byte, cr *relForm) []byte {
 	if rel != rt.keyRel {
 		rt.keyRel, rt.keyOID, rt.keyMod = rel, 25, -1 // text, if the column is missing
 		for _, c := range rel.Columns {
@@ -235,9 +236,9 @@ func (rt *router) truncate(src *source) event { return rt.truncateOf(nil, src) }
 // (Debezium's truncate event has its table's envelope: Envelope.truncate).
 func (rt *router) truncateOf(rel *pglogrepl.RelationMessage, src *source) event {
 	v := make([]byte, 0, 512)
-	var cr *connectRel
+	var cr *relForm
 	if rt.schemas && rel != nil {
-		cr = rt.connectOf(rel)
+		cr = rt.formOf(rel)
 		v = append(v, cr.value...)
 	}
 	v = append(v, `{"before":null,"after":null,`...)

@@ -46,20 +46,16 @@ func (r *Reader) snapshot(ctx context.Context, s *stream, name string, at pglogr
 		if skipTable(t.Table) {
 			continue
 		}
-		var facts map[string]colFacts // for the Connect schema of the rows' events
-		if r.cfg.Schemas {
-			if facts, err = lookupColumns(ctx, tx, t.Schema, t.Table); err != nil {
-				return 0, err
-			}
+		facts, err := lookupColumns(ctx, tx, t.Schema, t.Table) // for the form of the rows' events
+		if err != nil {
+			return 0, err
 		}
 		rows, err := tx.Query(ctx, "SELECT * FROM "+pgx.Identifier{t.Schema, t.Table}.Sanitize(), pgx.QueryResultFormats{pgx.TextFormatCode})
 		if err != nil {
 			return 0, fmt.Errorf("read %s.%s: %w", t.Schema, t.Table, err)
 		}
 		rel := relationOf(t, rows.FieldDescriptions())
-		if r.cfg.Schemas {
-			s.route.describe(rel, facts)
-		}
+		s.route.describe(rel, facts)
 		for rows.Next() {
 			if held != nil {
 				if err := emit(held, heldMarker(n)); err != nil {

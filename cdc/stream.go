@@ -221,9 +221,10 @@ func (s *stream) handleWAL(ctx context.Context, xld pglogrepl.XLogData) error {
 	switch m := msg.(type) {
 	case *pglogrepl.RelationMessage:
 		s.rels[m.RelationID] = m
-		if s.cfg.Schemas && !skipTable(m.RelationName) {
-			// The Connect schema of the relation's events, once per
-			// relation message; NOT NULL comes from the catalog.
+		if !skipTable(m.RelationName) {
+			// The form of the relation's events (its Connect schema, what
+			// a NOT NULL column left null renders as), once per relation
+			// message: NOT NULL and defaults come from the catalog.
 			facts, err := lookupColumns(ctx, s.lock, m.Namespace, m.RelationName)
 			if err != nil {
 				return err
