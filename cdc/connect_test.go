@@ -429,3 +429,68 @@ func TestConnectKeyJobIDTypes(t *testing.T) {
 		})
 	}
 }
+
+// TestConnectDeleteBefore: with Schemas, the before of a delete under the
+// default replica identity (and of an update that changes the key, whose
+// old tuple is the key alone too) holds a value in every NOT NULL column,
+// as Debezium writes it (notNullColumns, jobsColumns), so the payload
+// agrees with its own schema as Kafka Connect's JsonConverter.toConnectData
+// reads it, with no required field null, default or not.
+func TestConnectDeleteBefore(t *testing.T) {
+	t.Parallel()
+	e := harness.New(t)
+	e.Exec(t, `CREATE TYPE conformance_mood AS ENUM ('sad', 'ok')`)
+	e.Exec(t, `ALTER TABLE jobs `+addNotNullColumns())
+	startReader(t, e, func(c *cdc.Config) { c.Schemas = true })
+	e.Exec(t, `INSERT INTO jobs (job_id, current_step, status, `+notNullNames()+`) VALUES ('j1', 'img_gen', 'done', `+notNullValues()+`)`)
+	e.Exec(t, `UPDATE jobs SET job_id = 'j2' WHERE job_id = 'j1'`)
+	e.Exec(t, `DELETE FROM jobs WHERE job_id = 'j2'`)
+	msgs := waitMessages(t, e, e.Topic("img_gen"), 4) // c, u, d and the tombstone
+	want := map[string]string{"job_id": `"j1"`, "current_step": `null`, "status": `"pending"`, "payload": `"{}"`, "results": `"{}"`,
+		"error": `null`, "updated_at": `"1970-01-01T00:00:00Z"`}
+	for _, c := range notNullColumns {
+		want[c.name] = c.debezium
+	}
+	seen := map[string]bool{}
+	for _, m := range msgs {
+		if m.Value == nil {
+			continue // the tombstone
+		}
+		var w struct {
+			Schema  connectSchema `json:"schema"`
+			Payload struct {
+				Before map[string]json.RawMessage `json:"before"`
+				Op     string                     `json:"op"`
+			} `json:"payload"`
+		}
+		if err := json.Unmarshal(m.Value, &w); err != nil {
+			t.Fatalf("%v: %s", err, m.Value)
+		}
+		var raw struct {
+			Payload json.RawMessage `json:"payload"`
+		}
+		json.Unmarshal(m.Value, &raw)
+		op := w.Payload.Op
+		seen[op] = true
+		validate(t, raw.Payload)
+		if errs := agrees(&w.Schema, raw.Payload, "$"); len(errs) > 0 {
+			t.Errorf("%s: payload and schema disagree:\n  %s", op, strings.Join(errs, "\n  "))
+		}
+		if op == schema.OpCreate {
+			continue
+		}
+		want["job_id"] = map[string]string{schema.OpUpdate: `"j1"`, schema.OpDelete: `"j2"`}[op]
+		for _, f := range w.Schema.field("before").Fields {
+			got := string(w.Payload.Before[f.Field])
+			if !f.Optional && (got == "" || got == "null") {
+				t.Errorf("%s: before.%s is required (NOT NULL) but null", op, f.Field)
+			}
+			if got != want[f.Field] {
+				t.Errorf("%s: before.%s: ours %s, Debezium's %s", op, f.Field, got, want[f.Field])
+			}
+		}
+	}
+	if !seen[schema.OpCreate] || !seen[schema.OpUpdate] || !seen[schema.OpDelete] {
+		t.Fatalf("ops %v, want c, u and d", seen)
+	}
+}
