@@ -147,6 +147,12 @@ func changeEntry(e *AuditEntry, m kafka.Message) {
 	row, ok := schema.Row(env.After)
 	if !ok {
 		row, _ = schema.Row(env.Before)
+		if env.Op == schema.OpDelete && row.CurrentStep == "" {
+			// Without REPLICA IDENTITY FULL a delete's before is the key
+			// alone: its NOT NULL columns hold what Debezium writes for a
+			// missing value (status its DEFAULT, 'pending'), not the row's.
+			row.Status = ""
+		}
 	}
 	e.Step, e.Status = row.CurrentStep, row.Status
 }

@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"testing"
 	"time"
+
+	"github.com/segmentio/kafka-go"
 )
 
 // A replay mark becomes the rewind it made: the change from its from_state
@@ -47,5 +49,22 @@ func TestMarkRewinds(t *testing.T) {
 	var m ReplayMark
 	if err := json.Unmarshal(got[5].Detail, &m); err != nil || m.FromState[0] != "overlay" {
 		t.Fatalf("the rewind carries %s, want the mark from overlay", got[5].Detail)
+	}
+}
+
+// A delete's entry has the step and status of its before only when before
+// is the whole old row (REPLICA IDENTITY FULL); under the default replica
+// identity before is the key with what Debezium writes for the NOT NULL
+// columns (status 'pending', its DEFAULT), which is no state of the job.
+func TestChangeEntryOfDelete(t *testing.T) {
+	for _, c := range []struct{ name, before, step, status string }{
+		{"key only", `{"job_id":"j1","current_step":null,"status":"pending","updated_at":"1970-01-01T00:00:00Z"}`, "", ""},
+		{"whole row", `{"job_id":"j1","current_step":"planner","status":"done","updated_at":"2026-11-26T10:00:00.000000Z"}`, "planner", "done"},
+	} {
+		var e AuditEntry
+		changeEntry(&e, kafka.Message{Value: []byte(`{"before":` + c.before + `,"after":null,"source":{"ts_ms":1,"lsn":2},"op":"d","ts_ms":1}`)})
+		if e.Kind != "change" || e.Op != "d" || e.Step != c.step || e.Status != c.status {
+			t.Errorf("%s: %+v, want step %q status %q", c.name, e, c.step, c.status)
+		}
 	}
 }
