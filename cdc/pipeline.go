@@ -69,6 +69,12 @@ type pipeline struct {
 	// whileWaiting runs about every second while the main loop waits for the
 	// broker with a full batch (to keep the replication connection alive).
 	whileWaiting func() error
+	// inTx is set while the stream is inside a transaction: then a batch
+	// goes once a quarter full (or at the commit), not with its first
+	// event, so a large transaction is produced in large batches rather
+	// than in as many round trips as the broker can take (each costing it
+	// and the reader CPU the WAL sender then lacks).
+	inTx bool
 }
 
 // newPipeline returns a pipeline that produces with prod, holding each batch
@@ -99,6 +105,7 @@ func (pl *pipeline) add(ev event) error {
 
 // commit records the end of a transaction whose events have all been added.
 func (pl *pipeline) commit(end pglogrepl.LSN, at time.Time) error {
+	pl.inTx = false
 	pl.pending.commit = end
 	pl.pending.commitTimes = append(pl.pending.commitTimes, at)
 	return pl.poll()
@@ -117,7 +124,9 @@ func (pl *pipeline) poll() error {
 	}
 	switch {
 	case len(pl.pending.evs) > 0:
-		pl.send()
+		if b := pl.pending; !pl.inTx || len(b.evs) >= pl.maxBatch/4 || b.bytes >= pl.maxBatchBytes/4 {
+			pl.send()
+		}
 	case pl.pending.commit > 0:
 		pl.ack(pl.pending, 0)
 		pl.pending.reset()
@@ -189,6 +198,7 @@ func (pl *pipeline) wait() error {
 
 // drain blocks until every event added has been acknowledged.
 func (pl *pipeline) drain() error {
+	pl.inTx = false
 	for !pl.idle() {
 		if err := pl.wait(); err != nil {
 			return err

@@ -233,6 +233,7 @@ func (s *stream) handleWAL(ctx context.Context, xld pglogrepl.XLogData) error {
 		}
 	case *pglogrepl.BeginMessage:
 		s.inTx, s.txID, s.commitTime = true, m.Xid, m.CommitTime
+		s.pl.inTx = true
 	case *pglogrepl.CommitMessage:
 		s.inTx = false
 		s.lastCommit = m.CommitLSN
