@@ -84,10 +84,10 @@ func TestDebeziumConformance(t *testing.T) {
 		{"delete: status NOT NULL DEFAULT 'pending'", "status", del.Before, `"pending"`},
 		{"delete: payload jsonb NOT NULL DEFAULT '{}'", "payload", del.Before, `"{}"`},
 		{"delete: results jsonb NOT NULL DEFAULT '{}'", "results", del.Before, `"{}"`},
-		// now() is no default Debezium parses (PostgresDefaultValueConverter):
-		// JdbcValueConverters' fallbackTimestampWithTimeZone, the epoch in
-		// ZonedTimestamp.FORMATTER (ISO_OFFSET_DATE_TIME: no fraction digits).
-		{"delete: updated_at timestamptz NOT NULL DEFAULT now()", "updated_at", del.Before, `"1970-01-01T00:00:00Z"`},
+		// now() is a function: PostgresDefaultValueConverter declares its
+		// placeholder, the epoch, as the default, rendered as the column's
+		// values are (ZonedTimestamp with the column's six fraction digits).
+		{"delete: updated_at timestamptz NOT NULL DEFAULT now()", "updated_at", del.Before, `"1970-01-01T00:00:00.000000Z"`},
 	}
 	for _, c := range notNullColumns {
 		cases = append(cases, struct {
@@ -120,38 +120,41 @@ func TestDebeziumConformance(t *testing.T) {
 // in the before of a delete under the default replica identity, where the
 // WAL carries null for them: the DEFAULT as
 // debezium-connector-postgres/src/main/java/io/debezium/connector/postgresql/connection/PostgresDefaultValueConverter.java
-// parses it (not now(), nextval(...), current_date, gen_random_uuid()),
-// rendered as the column's values, else the fallback of the column's
+// parses it (for a function or current_date, its placeholder: 0, the
+// epoch, the zero UUID), rendered as the column's values, else the
+// fallback of the column's
 // converter, in
 // debezium-core/src/main/java/io/debezium/jdbc/JdbcValueConverters.java
 // unless said otherwise (PostgresValueConverter.java is
 // debezium-connector-postgres/src/main/java/io/debezium/connector/postgresql/PostgresValueConverter.java).
 var notNullColumns = []struct{ name, sqlType, value, debezium string }{
-	{"nn_bool", "boolean NOT NULL", "true", `false`},                                                       // convertBoolean: false
-	{"nn_bool_def", "boolean NOT NULL DEFAULT true", "false", `true`},                                      // the default
-	{"nn_int2", "smallint NOT NULL", "2", `0`},                                                             // convertSmallInt: SHORT_FALSE
-	{"nn_int4_def", "integer NOT NULL DEFAULT 42", "4", `42`},                                              // the default
-	{"nn_int8", "bigint NOT NULL", "8", `0`},                                                               // convertBigInt: 0L
-	{"nn_serial", "bigserial", "DEFAULT", `0`},                                                             // nextval(...) unparsed: 0L
-	{"nn_float4", "real NOT NULL", "1.5", `0.0`},                                                           // convertReal: 0.0f, JsonConverter's 0.0
-	{"nn_float8_def", "double precision NOT NULL DEFAULT 2.5", "1", `2.5`},                                 // the default
-	{"nn_num", "numeric(10,2) NOT NULL", "12.5", `"AA=="`},                                                 // PostgresValueConverter.convertDecimal: BigDecimal.ZERO, unscaled bytes {0}
-	{"nn_num_def", "numeric(10,2) NOT NULL DEFAULT 1.5", "12.5", `"AJY="`},                                 // the default, 150 unscaled
-	{"nn_numv", "numeric NOT NULL", "1.5", `{"scale":0,"value":"AA=="}`},                                   // the same zero as a VariableScaleDecimal
-	{"nn_date", "date NOT NULL DEFAULT current_date", "'2026-11-26'", `0`},                                 // convertDateToEpochDays: 0
-	{"nn_time", "time NOT NULL", "'12:34:56'", `0`},                                                        // convertTimeToMicrosPastMidnight: 0L
-	{"nn_ts", "timestamp NOT NULL", "'2026-11-26 23:32:21'", `0`},                                          // convertTimestampToEpochMicros: 0L
-	{"nn_tstz", "timestamptz NOT NULL", "'2026-11-26 23:32:21+00'", `"1970-01-01T00:00:00Z"`},              // fallbackTimestampWithTimeZone
-	{"nn_timetz", "timetz NOT NULL", "'12:34:56+02'", `"00:00:00Z"`},                                       // fallbackTimeWithTimeZone (ZonedTime.FORMATTER)
-	{"nn_interval", "interval NOT NULL", "'1 day'", `0`},                                                   // PostgresValueConverter.convertInterval: LONG_FALSE
-	{"nn_bytea", "bytea NOT NULL", `'\x01'`, `""`},                                                         // convertBinaryToBytes: BYTE_ZERO, no bytes
-	{"nn_text", "text NOT NULL", "'t'", `""`},                                                              // convertString: ""
-	{"nn_varchar_def", "varchar(10) NOT NULL DEFAULT 'none'", "'v'", `"none"`},                             // the default
-	{"nn_jsonb", "jsonb NOT NULL", `'{"a": 1}'`, `""`},                                                     // PostgresValueConverter: convertString, ""
-	{"nn_uuid", "uuid NOT NULL DEFAULT gen_random_uuid()", "'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'", `""`}, // PostgresValueConverter: convertString, ""
-	{"nn_enum", "conformance_mood NOT NULL", "'ok'", `""`},                                                 // PostgresValueConverter: convertString, ""
-	{"nn_tags", "text[] NOT NULL", "ARRAY['a']", `[]`},                                                     // PostgresValueConverter.convertArray: emptyList()
-	{"nn_ints", "integer[] NOT NULL", "ARRAY[1]", `[]`},                                                    // PostgresValueConverter.convertArray: emptyList()
+	{"nn_bool", "boolean NOT NULL", "true", `false`},                                          // convertBoolean: false
+	{"nn_bool_def", "boolean NOT NULL DEFAULT true", "false", `true`},                         // the default
+	{"nn_int2", "smallint NOT NULL", "2", `0`},                                                // convertSmallInt: SHORT_FALSE
+	{"nn_int4_def", "integer NOT NULL DEFAULT 42", "4", `42`},                                 // the default
+	{"nn_int8", "bigint NOT NULL", "8", `0`},                                                  // convertBigInt: 0L
+	{"nn_serial", "bigserial", "DEFAULT", `0`},                                                // nextval(...): the placeholder 0
+	{"nn_float4", "real NOT NULL", "1.5", `0.0`},                                              // convertReal: 0.0f, JsonConverter's 0.0
+	{"nn_float8_def", "double precision NOT NULL DEFAULT 2.5", "1", `2.5`},                    // the default
+	{"nn_num", "numeric(10,2) NOT NULL", "12.5", `"AA=="`},                                    // PostgresValueConverter.convertDecimal: BigDecimal.ZERO, unscaled bytes {0}
+	{"nn_num_def", "numeric(10,2) NOT NULL DEFAULT 1.5", "12.5", `"AJY="`},                    // the default, 150 unscaled
+	{"nn_numv", "numeric NOT NULL", "1.5", `{"scale":0,"value":"AA=="}`},                      // the same zero as a VariableScaleDecimal
+	{"nn_date", "date NOT NULL DEFAULT current_date", "'2026-11-26'", `0`},                    // current_date: the placeholder 1970-01-01
+	{"nn_time", "time NOT NULL", "'12:34:56'", `0`},                                           // convertTimeToMicrosPastMidnight: 0L
+	{"nn_ts", "timestamp NOT NULL", "'2026-11-26 23:32:21'", `0`},                             // convertTimestampToEpochMicros: 0L
+	{"nn_tstz", "timestamptz NOT NULL", "'2026-11-26 23:32:21+00'", `"1970-01-01T00:00:00Z"`}, // fallbackTimestampWithTimeZone
+	{"nn_timetz", "timetz NOT NULL", "'12:34:56+02'", `"00:00:00Z"`},                          // fallbackTimeWithTimeZone (ZonedTime.FORMATTER)
+	{"nn_interval", "interval NOT NULL", "'1 day'", `0`},                                      // PostgresValueConverter.convertInterval: LONG_FALSE
+	{"nn_bytea", "bytea NOT NULL", `'\x01'`, `""`},                                            // convertBinaryToBytes: BYTE_ZERO, no bytes
+	{"nn_text", "text NOT NULL", "'t'", `""`},                                                 // convertString: ""
+	{"nn_varchar_def", "varchar(10) NOT NULL DEFAULT 'none'", "'v'", `"none"`},                // the default
+	{"nn_jsonb", "jsonb NOT NULL", `'{"a": 1}'`, `""`},                                        // PostgresValueConverter: convertString, ""
+	{"nn_uuid_def", "uuid NOT NULL DEFAULT gen_random_uuid()", "'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'", `"00000000-0000-0000-0000-000000000000"`}, // a function: the placeholder
+	{"nn_uuid", "uuid NOT NULL", "'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'", `""`},                                                                   // PostgresValueConverter: convertString, ""
+	{"nn_enum_def", "conformance_mood NOT NULL DEFAULT 'sad'", "'ok'", `"sad"`},                                                                    // extractEnumDefault
+	{"nn_enum", "conformance_mood NOT NULL", "'ok'", `""`},                                                                                         // PostgresValueConverter: convertString, ""
+	{"nn_tags", "text[] NOT NULL", "ARRAY['a']", `[]`},                                                                                             // PostgresValueConverter.convertArray: emptyList()
+	{"nn_ints", "integer[] NOT NULL", "ARRAY[1]", `[]`},                                                                                            // PostgresValueConverter.convertArray: emptyList()
 }
 
 // addNotNullColumns returns the ADD COLUMN clauses of notNullColumns.

@@ -3,6 +3,7 @@ package cdc
 import (
 	"context"
 	"fmt"
+	"regexp"
 	"strconv"
 	"strings"
 
@@ -137,7 +138,7 @@ func absentValue(oid uint32, typmod int32, f colFacts) []byte {
 	if !f.notNull {
 		return nil
 	}
-	if v, ok := columnDefault(oid, f.def); ok {
+	if v, ok := columnDefault(oid, f.def, f.enum != ""); ok && (oid != oidNumeric || typmod >= 4) {
 		return appendValue(nil, oid, typmod, []byte(v))
 	}
 	switch oid {
@@ -187,7 +188,7 @@ func absentValue(oid uint32, typmod int32, f colFacts) []byte {
 func appendConnectField(b []byte, name string, oid uint32, typmod int32, f colFacts, optional bool) []byte {
 	b = append(b, '{')
 	b = appendConnectType(b, oid, typmod, f.enum, optional)
-	if v, ok := columnDefault(oid, f.def); ok {
+	if v, ok := columnDefault(oid, f.def, f.enum != ""); ok && (oid != oidNumeric || typmod >= 4) {
 		b = append(b, `,"default":`...)
 		b = appendValue(b, oid, typmod, []byte(v))
 	}
@@ -330,58 +331,112 @@ func (rt *router) formOf(rel *pglogrepl.RelationMessage) *relForm {
 }
 
 // columnDefault returns the text of the default a column of type oid with
-// DEFAULT expression def has, as Debezium parses it
-// (debezium-connector-postgres/src/main/java/io/debezium/connector/postgresql/connection/PostgresDefaultValueConverter.java):
-// for the types it has a mapper for, the expression itself ("123") or the
-// first quoted part of a cast ("'pending'::text"), int4 and numeric only
-// bare; nothing for an expression it cannot parse (now(), nextval(...)),
-// nor for the types it has no mapper for. appendValue renders the text as
-// the column's values are rendered.
-func columnDefault(oid uint32, def string) (string, bool) {
-	if def == "" {
+// DEFAULT expression def has, as Debezium 3.x parses it
+// (debezium-connector-postgres/src/main/java/io/debezium/connector/postgresql/connection/PostgresDefaultValueConverter.java,
+// its tests in connection/PostgresDefaultValueConverterIT.java), for
+// appendValue to render as the column's values: for the types it has a
+// mapper for, the expression itself ("123", trimmed for the numeric and
+// temporal types) or the first quoted part of a cast ("'pending'::text");
+// for a function call (now(), nextval(...), gen_random_uuid()) or
+// current_date and the like, the type's placeholder (extractDefault's
+// generatedValuePlaceholder: 0, false, "", "{}", the epoch, the zero UUID);
+// nothing for NULL::..., for a value the mapper cannot parse, for a numeric
+// without a declared scale (a VariableScaleDecimal struct, which Debezium
+// drops as a default: KAFKA-12694), nor for the types it has no mapper for
+// (bytea, arrays, and the types rendered as strings here but bit).
+func columnDefault(oid uint32, def string, enum bool) (string, bool) {
+	if def == "" || strings.HasPrefix(def, "NULL::") {
 		return "", false
 	}
-	extract := func() string { // PostgresDefaultValueConverter.extractDefault
-		i := strings.IndexByte(def, '\'')
-		if i < 0 {
-			return def
-		}
-		j := strings.IndexByte(def[i+1:], '\'')
-		if j < 0 {
-			return ""
-		}
-		return def[i+1 : i+1+j]
+	switch oid {
+	case oidBool, oidNumeric, oidFloat4, oidFloat8, oidInt2, oidInt4, oidInt8, oidUUID, oidDate, oidTime, oidTimestamp, oidTimestamptz, oidInterval:
+		def = strings.TrimSpace(def) // TRIM_DATA_TYPES
 	}
+	generated := defaultFunction.MatchString(def) || currentDateTimes[strings.ToLower(def)]
+	extract := func(placeholder string) (string, bool) { // extractDefault(v, generatedValuePlaceholder)
+		switch {
+		case generated:
+			return placeholder, true
+		case !strings.Contains(def, "'"):
+			return def, true
+		}
+		m := defaultLiteral.FindStringSubmatch(def)
+		if m == nil {
+			return "", false // the matcher finds nothing: an exception, no default
+		}
+		return m[1], true
+	}
+	v, ok := "", false
 	switch oid {
 	case oidBool: // Boolean.parseBoolean: "true" in any case, else false
-		if strings.EqualFold(extract(), "true") {
-			return "t", true
+		if v, ok = extract("false"); ok {
+			v = map[bool]string{true: "t", false: "f"}[strings.EqualFold(v, "true")]
 		}
-		return "f", true
-	case 25, 1042, 1043, oidJSON, oidJSONB, oidXML: // text, bpchar, varchar, json, jsonb, xml
-		return extract(), true
-	case oidInt2, oidInt8:
-		v := extract()
-		if _, err := strconv.ParseInt(v, 10, 64); err != nil {
+		return v, ok
+	case 25, 1042, 1043, oidXML: // text, bpchar, varchar, xml
+		return extract("")
+	case oidJSON, oidJSONB:
+		return extract("{}")
+	case oidInt2, oidInt4, oidInt8:
+		if v, ok = extract("0"); !ok {
 			return "", false
 		}
-		return v, true
-	case oidInt4: // Integer.parseInt of the expression itself
-		if _, err := strconv.ParseInt(def, 10, 32); err != nil {
-			return "", false
-		}
-		return def, true
+		bits := map[uint32]int{oidInt2: 16, oidInt4: 32, oidInt8: 64}[oid]
+		_, err := strconv.ParseInt(v, 10, bits)
+		return v, err == nil
 	case oidFloat4, oidFloat8:
-		v := extract()
-		if _, err := strconv.ParseFloat(v, 64); err != nil || !isJSONNumber([]byte(v)) {
+		if v, ok = extract("0.0"); !ok {
 			return "", false
 		}
-		return v, true
-	case oidNumeric: // new BigDecimal of the expression itself
-		if !isJSONNumber([]byte(def)) {
+		_, err := strconv.ParseFloat(v, 64)
+		return v, err == nil && isJSONNumber([]byte(v))
+	case oidNumeric:
+		if v, ok = extract("0.0"); !ok || !isJSONNumber([]byte(v)) {
 			return "", false
 		}
-		return def, true
+		return v, ok
+	case oidUUID: // UUID.fromString, rendered by UUID.toString
+		if v, ok = extract("00000000-0000-0000-0000-000000000000"); !ok || len(v) != 36 {
+			return "", false
+		}
+		return strings.ToLower(v), true
+	case oidDate:
+		return extract("1970-01-01")
+	case oidTime: // toLocalTime(extractDefault(v, "00:00"))
+		if generated {
+			return "00:00:00", true
+		}
+		return extract("")
+	case oidInterval: // new PGInterval(extractDefault(v, "epoch")), which a literal only parses
+		if generated {
+			return "", false
+		}
+		return extract("")
+	case oidTimestamp:
+		if generated {
+			return "1970-01-01 00:00:00", true
+		}
+		return extract("")
+	case oidTimestamptz:
+		if generated {
+			return "1970-01-01 00:00:00+00", true
+		}
+		return extract("")
+	}
+	if enum && !generated { // extractEnumDefault: 'label'::type
+		if i := strings.LastIndex(def, "'::"); strings.HasPrefix(def, "'") && i > 0 {
+			return def[1:i], true
+		}
 	}
 	return "", false
 }
+
+// defaultFunction and currentDateTimes are the DEFAULT expressions
+// PostgresDefaultValueConverter takes for generated values
+// (FUNCTION_DEFAULT_PATTERN, CURRENT_DATE_TIMES); defaultLiteral is its
+// LITERAL_DEFAULT_PATTERN.
+var (
+	defaultFunction  = regexp.MustCompile(`^[(]?[A-Za-z0-9_.]+\((?:.+(?:, ?.+)*)?\)`)
+	currentDateTimes = map[string]bool{"current_timestamp": true, "current_time": true, "current_date": true, "localtime": true, "localtimestamp": true}
+	defaultLiteral   = regexp.MustCompile(`'(.*?)'`)
+)

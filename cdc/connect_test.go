@@ -36,13 +36,14 @@ import (
 // NULL: debezium-core/src/main/java/io/debezium/relational/TableSchemaBuilder.java.
 // Defaults as
 // debezium-connector-postgres/src/main/java/io/debezium/connector/postgresql/connection/PostgresDefaultValueConverter.java
-// parses them (none for an expression such as now() or nextval(...)),
+// parses them (for a function such as now() or nextval(...), its placeholder:
+// the epoch, 0),
 // rendered as the column's values (numeric(10,2) 1.5: 150 unscaled, AJY=).
 var connectColumns = []struct{ name, sqlType, value, debezium string }{
 	{"c_bool", "boolean NOT NULL DEFAULT false", "true", `{"type":"boolean","optional":false,"default":false}`},
 	{"c_int2", "smallint", "2", `{"type":"int16","optional":true}`},
 	{"c_int4", "integer NOT NULL DEFAULT 4", "4", `{"type":"int32","optional":false,"default":4}`},
-	{"c_int4_serial", "serial", "DEFAULT", `{"type":"int32","optional":false}`}, // nextval(...): no default
+	{"c_int4_serial", "serial", "DEFAULT", `{"type":"int32","optional":false,"default":0}`}, // nextval(...): the placeholder 0
 	{"c_int8", "bigint DEFAULT -8", "8", `{"type":"int64","optional":true,"default":-8}`},
 	{"c_oid", "oid", "26", `{"type":"int64","optional":true}`},
 	{"c_float4", "real", "1.5", `{"type":"float","optional":true}`},
@@ -54,7 +55,7 @@ var connectColumns = []struct{ name, sqlType, value, debezium string }{
 	{"c_time3", "time(3)", "'12:34:56.789'", `{"type":"int32","optional":true,"name":"io.debezium.time.Time","version":1}`},
 	{"c_ts", "timestamp", "'2026-11-26 23:32:21.123456'", `{"type":"int64","optional":true,"name":"io.debezium.time.MicroTimestamp","version":1}`},
 	{"c_ts3", "timestamp(3)", "'2026-11-26 23:32:21.123'", `{"type":"int64","optional":true,"name":"io.debezium.time.Timestamp","version":1}`},
-	{"c_tstz", "timestamptz DEFAULT now()", "'2026-11-26 23:32:21.5+00'", `{"type":"string","optional":true,"name":"io.debezium.time.ZonedTimestamp","version":1}`},
+	{"c_tstz", "timestamptz DEFAULT now()", "'2026-11-26 23:32:21.5+00'", `{"type":"string","optional":true,"name":"io.debezium.time.ZonedTimestamp","version":1,"default":"1970-01-01T00:00:00.000000Z"}`},
 	{"c_timetz", "timetz", "'12:34:56+02'", `{"type":"string","optional":true,"name":"io.debezium.time.ZonedTime","version":1}`},
 	{"c_interval", "interval", "'1 day 02:00:00'", `{"type":"int64","optional":true,"name":"io.debezium.time.MicroDuration","version":1}`},
 	{"c_uuid", "uuid", "'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'", `{"type":"string","optional":true,"name":"io.debezium.data.Uuid","version":1}`},
@@ -72,8 +73,8 @@ var connectColumns = []struct{ name, sqlType, value, debezium string }{
 
 // jobsColumns are the Connect field schemas of the jobs table's own columns
 // (schema.JobsColumns): job_id the primary key, status, payload, results
-// and updated_at NOT NULL, with defaults ('pending', '{}', now(), which
-// Debezium does not parse).
+// and updated_at NOT NULL, with defaults ('pending', '{}', and now(), for
+// which Debezium declares its placeholder, the epoch).
 var jobsColumns = map[string]string{
 	"job_id":       `{"type":"string","optional":false}`,
 	"current_step": `{"type":"string","optional":true}`,
@@ -81,7 +82,7 @@ var jobsColumns = map[string]string{
 	"payload":      `{"type":"string","optional":false,"name":"io.debezium.data.Json","version":1,"default":"{}"}`,
 	"results":      `{"type":"string","optional":false,"name":"io.debezium.data.Json","version":1,"default":"{}"}`,
 	"error":        `{"type":"string","optional":true}`,
-	"updated_at":   `{"type":"string","optional":false,"name":"io.debezium.time.ZonedTimestamp","version":1}`,
+	"updated_at":   `{"type":"string","optional":false,"name":"io.debezium.time.ZonedTimestamp","version":1,"default":"1970-01-01T00:00:00.000000Z"}`,
 }
 
 // connectSchema is a Kafka Connect schema as JsonConverter writes it.
@@ -447,7 +448,7 @@ func TestConnectDeleteBefore(t *testing.T) {
 	e.Exec(t, `DELETE FROM jobs WHERE job_id = 'j2'`)
 	msgs := waitMessages(t, e, e.Topic("img_gen"), 4) // c, u, d and the tombstone
 	want := map[string]string{"job_id": `"j1"`, "current_step": `null`, "status": `"pending"`, "payload": `"{}"`, "results": `"{}"`,
-		"error": `null`, "updated_at": `"1970-01-01T00:00:00Z"`}
+		"error": `null`, "updated_at": `"1970-01-01T00:00:00.000000Z"`}
 	for _, c := range notNullColumns {
 		want[c.name] = c.debezium
 	}
