@@ -84,8 +84,9 @@
 // (REPLICA IDENTITY FULL, recommended); under the default identity the WAL
 // carries only job_id, and the delete goes to every step topic of the
 // prefix, its before holding, as Debezium's does, null in the nullable
-// columns and in each NOT NULL one its DEFAULT (when Debezium parses it)
-// or its type's fallback (0, false, "", the epoch: see absentValue),
+// columns and in each NOT NULL one its DEFAULT as Debezium parses it (a
+// function's placeholder: now() the epoch) or its type's fallback (0,
+// false, "", the epoch: see absentValue),
 // worked out from the catalog once per relation message. A truncate, which has no key, goes to every partition of every
 // step topic of the prefix, so every job's partition sees it after the
 // job's earlier events. The step topics are the pipeline's (Config.Pipeline)
