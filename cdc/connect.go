@@ -400,6 +400,21 @@ func columnDefault(oid uint32, def string, enum bool) (string, bool) {
 			return "", false
 		}
 		return strings.ToLower(v), true
+	case oidDate, oidTime, oidInterval, oidTimestamp, oidTimestamptz:
+		return temporalDefault(oid, generated, extract)
+	}
+	if enum && !generated { // extractEnumDefault: 'label'::type
+		if i := strings.LastIndex(def, "'::"); strings.HasPrefix(def, "'") && i > 0 {
+			return def[1:i], true
+		}
+	}
+	return "", false
+}
+
+// temporalDefault is columnDefault for the date and time types: the
+// placeholder of a generated value, or the literal.
+func temporalDefault(oid uint32, generated bool, extract func(placeholder string) (string, bool)) (string, bool) {
+	switch oid {
 	case oidDate:
 		return extract("1970-01-01")
 	case oidTime: // toLocalTime(extractDefault(v, "00:00"))
@@ -422,11 +437,6 @@ func columnDefault(oid uint32, def string, enum bool) (string, bool) {
 			return "1970-01-01 00:00:00+00", true
 		}
 		return extract("")
-	}
-	if enum && !generated { // extractEnumDefault: 'label'::type
-		if i := strings.LastIndex(def, "'::"); strings.HasPrefix(def, "'") && i > 0 {
-			return def[1:i], true
-		}
 	}
 	return "", false
 }
