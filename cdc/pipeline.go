@@ -70,8 +70,8 @@ type pipeline struct {
 	// broker with a full batch (to keep the replication connection alive).
 	whileWaiting func() error
 	// inTx is set while the stream is inside a transaction: then a batch
-	// goes once a quarter full (or at the commit), not with its first
-	// event, so a large transaction is produced in large batches rather
+	// that holds no committed transaction goes once a quarter full (or at
+	// the commit), not with its first event, so a large transaction is produced in large batches rather
 	// than in as many round trips as the broker can take (each costing it
 	// and the reader CPU the WAL sender then lacks).
 	inTx bool
@@ -124,7 +124,7 @@ func (pl *pipeline) poll() error {
 	}
 	switch {
 	case len(pl.pending.evs) > 0:
-		if b := pl.pending; !pl.inTx || len(b.evs) >= pl.maxBatch/4 || b.bytes >= pl.maxBatchBytes/4 {
+		if b := pl.pending; !pl.inTx || b.commit > 0 || len(b.evs) >= pl.maxBatch/4 || b.bytes >= pl.maxBatchBytes/4 {
 			pl.send()
 		}
 	case pl.pending.commit > 0:
