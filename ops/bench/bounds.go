@@ -48,11 +48,15 @@ func (r *results) bounds(p func(string, ...any)) {
 		}
 		rd := func(x txShapeResult) cpuSnap { return x.rdCPU }
 		rc := func(x txShapeResult) cpuSnap { return x.recvCPU }
-		notes = append(notes, fmt.Sprintf("*Transaction shape, %s updates (10).* CPU on 2 cores: pg_recvlogical's pass is the WAL sender's decoding (%s CPU-s) and a client that writes to /dev/null (%s); "+
-			"the reader's pass needs the same decoding (%s) plus the reader (%s: rendering each envelope, a produce round trip per batch; bench.log counts the batches) and the broker (%s: kfake keeps every event in memory), "+
-			"more than the 2 cores give in the pass's %s s, so the WAL sender, the serial stage of both, gets less than a core.",
+		m := func(f func(txShapeResult) float64) float64 { return median(each(runs, f)) }
+		notes = append(notes, fmt.Sprintf("*Transaction shape, %s updates (10).* The broker: pg_recvlogical's pass is the WAL sender's decoding (%s CPU-s) and a client that writes to /dev/null (%s); "+
+			"the reader's pass needs the same decoding (%s), the reader (%s) and the broker (%s, %s µs per event: kfake handles each produce request in its one goroutine). "+
+			"The reader produced %s batches, which took %s s of the pass's %s s from send to acknowledgement; with one batch in flight and the next full, "+
+			"the reader stops reading and the WAL sender waits on it. A real Kafka cluster takes produce requests on other machines and cores.",
 			thousands(float64(n)), c(rc, "walsender"), c(rc, "pg_recvlogical"), c(rd, "walsender"), c(rd, "reader"), c(rd, "broker"),
-			f1(median(each(runs, func(x txShapeResult) float64 { return x.rdSecs })))))
+			f1(m(func(x txShapeResult) float64 { return 1e6 * x.rdCPU.by["broker"] / float64(x.updates) })),
+			thousands(m(func(x txShapeResult) float64 { return float64(x.batches) })), f1(m(func(x txShapeResult) float64 { return x.produce })),
+			f1(m(func(x txShapeResult) float64 { return x.rdSecs }))))
 	}
 	if len(notes) == 0 {
 		return

@@ -100,12 +100,12 @@ func benchCDC(ctx context.Context, e *env, run int) (res cdcResult, err error) {
 		res.recvSecs = append(res.recvSecs, secs)
 		res.recvCPU.add(cpuSnap{by: map[string]float64{"walsender": wal, "pg_recvlogical": client}})
 		e.log.Info("pg_recvlogical pass", "run", run, "pass", i, "seconds", secs)
-		var cpu cpuSnap
-		if secs, cpu, err = readUntil(ctx, e, db, run, i, end, res.changes); err != nil {
+		rp, err := readUntil(ctx, e, db, run, i, end, res.changes)
+		if err != nil {
 			return res, err
 		}
-		res.readerCPU.add(cpu)
-		res.readerSecs = append(res.readerSecs, secs)
+		res.readerCPU.add(rp.cpu)
+		res.readerSecs = append(res.readerSecs, rp.secs)
 	}
 	return res, nil
 }
@@ -146,28 +146,36 @@ func recvlogical(ctx context.Context, e *env, cfg *pgx.ConnConfig, db, slot stri
 	}
 }
 
+// readPass is one pass of the reader.
+type readPass struct {
+	secs    float64 // from Run to the last event acknowledged
+	cpu     cpuSnap // CPU seconds by process over the pass
+	batches int64   // batches produced
+	produce float64 // seconds they took, send to acknowledgement
+}
+
 // readUntil runs a reader (in this process, with a fresh broker process)
 // on the pass's slot until the broker has acknowledged every event up to
-// end. It returns the seconds from Run to that moment.
-func readUntil(ctx context.Context, e *env, db *database, run, pass int, end pglogrepl.LSN, changes int) (float64, cpuSnap, error) {
-	var none cpuSnap
+// end.
+func readUntil(ctx context.Context, e *env, db *database, run, pass int, end pglogrepl.LSN, changes int) (readPass, error) {
+	var none readPass
 	b, err := e.startBroker(ctx, fmt.Sprintf("broker-cdc-%d-%d", run, pass))
 	if err != nil {
-		return 0, none, err
+		return none, err
 	}
 	defer b.stop()
 	var batches batchCount
 	r, err := cdc.New(cdc.Config{DatabaseURL: db.url, Brokers: []string{b.addr}, Slot: fmt.Sprintf("bench_reader_%d", pass),
 		TopicPrefix: fmt.Sprintf("cdc%d-%d", run, pass), Logger: e.log.With("part", "reader"), Hooks: []cdc.Hook{&batches}})
 	if err != nil {
-		return 0, none, err
+		return none, err
 	}
 	rctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	if p := e.profilePath(fmt.Sprintf("reader-cdc-run%d-pass%d", run, pass)); p != "" {
 		stopProfile, err := startCPUProfile(p)
 		if err != nil {
-			return 0, none, err
+			return none, err
 		}
 		defer stopProfile()
 	}
@@ -189,13 +197,13 @@ func readUntil(ctx context.Context, e *env, db *database, run, pass int, end pgl
 		}
 		select {
 		case err := <-runErr:
-			return 0, none, fmt.Errorf("reader stopped: %v", err)
+			return none, fmt.Errorf("reader stopped: %v", err)
 		case <-ctx.Done():
-			return 0, none, ctx.Err()
+			return none, ctx.Err()
 		case <-time.After(2 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			return 0, none, fmt.Errorf("reader acknowledged only %d of %d events within 10 minutes", st.Events.Load(), changes)
+			return none, fmt.Errorf("reader acknowledged only %d of %d events within 10 minutes", st.Events.Load(), changes)
 		}
 	}
 	secs := time.Since(began).Seconds()
@@ -211,9 +219,9 @@ func readUntil(ctx context.Context, e *env, db *database, run, pass int, end pgl
 		e.logf("  the reader reconnected %d times in pass %d (see bench.log)", n, pass)
 	}
 	if n := st.Events.Load(); n < int64(changes) {
-		return 0, none, fmt.Errorf("reader passed the end position with %d of %d events acknowledged", n, changes)
+		return none, fmt.Errorf("reader passed the end position with %d of %d events acknowledged", n, changes)
 	}
-	return secs, cpu, nil
+	return readPass{secs: secs, cpu: cpu, batches: batches.n.Load(), produce: time.Duration(batches.took.Load()).Seconds()}, nil
 }
 
 // batchCount counts the reader's batches and the time they took to

@@ -14,6 +14,8 @@ type txShapeResult struct {
 	updates          int
 	recvSecs, rdSecs float64
 	recvCPU, rdCPU   cpuSnap // CPU seconds by process over each pass
+	batches          int64   // the reader's batches
+	produce          float64 // seconds the batches took, send to acknowledgement
 }
 
 func (r txShapeResult) ratio() float64 { return r.recvSecs / r.rdSecs }
@@ -59,9 +61,11 @@ func benchTxShape(ctx context.Context, e *env, run, n int) (res txShapeResult, e
 		return res, err
 	}
 	res.recvCPU = cpuSnap{by: map[string]float64{"walsender": wal, "pg_recvlogical": client}}
-	if res.rdSecs, res.rdCPU, err = readUntil(ctx, e, db, 1000+run, 0, end, n); err != nil {
+	rp, err := readUntil(ctx, e, db, 1000+run, 0, end, n)
+	if err != nil {
 		return res, err
 	}
+	res.rdSecs, res.rdCPU, res.batches, res.produce = rp.secs, rp.cpu, rp.batches, rp.produce
 	return res, nil
 }
 
