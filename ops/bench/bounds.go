@@ -50,7 +50,7 @@ func (r *results) bounds(p func(string, ...any)) {
 		rc := func(x txShapeResult) cpuSnap { return x.recvCPU }
 		m := func(f func(txShapeResult) float64) float64 { return median(each(runs, f)) }
 		notes = append(notes, fmt.Sprintf("*Transaction shape, %s updates (10).* The broker: pg_recvlogical's pass is the WAL sender's decoding (%s CPU-s) and a client that writes to /dev/null (%s); "+
-			"the reader's pass needs the same decoding (%s), the reader (%s) and the broker (%s, %s µs per event: kfake handles each produce request in its one goroutine). "+
+			"the reader's pass needs the same decoding (%s), the reader (%s) and the broker (%s, %s µs per event: kfake handles each produce request in its one goroutine, its data on disk). "+
 			"The reader produced %s batches, which took %s s of the pass's %s s from send to acknowledgement; with one batch in flight and the next full, "+
 			"the reader stops reading and the WAL sender waits on it. A real Kafka cluster takes produce requests on other machines and cores.",
 			thousands(float64(n)), c(rc, "walsender"), c(rc, "pg_recvlogical"), c(rd, "walsender"), c(rd, "reader"), c(rd, "broker"),

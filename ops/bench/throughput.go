@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime/pprof"
 	"strconv"
 	"sync/atomic"
@@ -100,7 +101,7 @@ func benchCDC(ctx context.Context, e *env, run int) (res cdcResult, err error) {
 		res.recvSecs = append(res.recvSecs, secs)
 		res.recvCPU.add(cpuSnap{by: map[string]float64{"walsender": wal, "pg_recvlogical": client}})
 		e.log.Info("pg_recvlogical pass", "run", run, "pass", i, "seconds", secs)
-		rp, err := readUntil(ctx, e, db, run, i, end, res.changes)
+		rp, err := readUntil(ctx, e, db, run, i, end, res.changes, false)
 		if err != nil {
 			return res, err
 		}
@@ -156,10 +157,16 @@ type readPass struct {
 
 // readUntil runs a reader (in this process, with a fresh broker process)
 // on the pass's slot until the broker has acknowledged every event up to
-// end.
-func readUntil(ctx context.Context, e *env, db *database, run, pass int, end pglogrepl.LSN, changes int) (readPass, error) {
+// end. With onDisk, the broker keeps its data in a folder (removed after),
+// as a deployed broker does, rather than in its heap.
+func readUntil(ctx context.Context, e *env, db *database, run, pass int, end pglogrepl.LSN, changes int, onDisk bool) (readPass, error) {
 	var none readPass
-	b, err := e.startBroker(ctx, fmt.Sprintf("broker-cdc-%d-%d", run, pass))
+	name, dir := fmt.Sprintf("broker-cdc-%d-%d", run, pass), ""
+	if onDisk {
+		dir = filepath.Join(e.dir, name)
+		defer os.RemoveAll(dir)
+	}
+	b, err := e.startBrokerIn(ctx, name, dir)
 	if err != nil {
 		return none, err
 	}
