@@ -32,10 +32,10 @@ func (r *results) bounds(p func(string, ...any)) {
 		if row := r.latencyTargets(); strings.HasPrefix(row.result, "MISS") {
 			notes = append(notes, fmt.Sprintf("*Latency against the floor (2).* Hops, not CPU: the floor is the WAL sender → one client (p50 %s ms); jobstream's path is "+
 				"WAL sender → reader → a visibility check (a query) and a produce round trip to the broker (%s ms p50 together) → acknowledged (%s ms p50 from the commit) → "+
-				"the worker's fetch → its claim statement → the handler (%s ms p50 in all), four processes, each a wake-up and a scheduling delay on a busy machine (the p99s). "+
+				"the worker's fetch → its claim statement → the handler (%s ms p50 in all, so %s ms from the acknowledgement), four processes, each a wake-up and a scheduling delay on a busy machine (the p99s). "+
 				"LISTEN/NOTIFY's is the backend → the listener → its claim statement; it pays the claim too, which the floor does not. The CPU profile of the reader and worker under this load "+
 				"shows them mostly idle (about a fifth of a core), waiting on those round trips.",
-				lat(f50), lat(produced), lat(acked), lat(p50)))
+				lat(f50), lat(produced), lat(acked), lat(p50), lat(p50-acked)))
 		}
 	}
 	for _, n := range txShapeSizes(r.cfg.Quick) {
