@@ -142,24 +142,34 @@ func (w *stepWorker) findStalled(ctx context.Context, client *kafka.Client, topi
 	}
 	if len(stalled) > 0 {
 		// Members all busy with long steps (one per GPU) leave their other
-		// partitions waiting: that is not a stall.
-		busy, err := w.everyMemberBusy(ctx, client, group)
-		if err != nil || busy {
+		// partitions waiting: that is not a stall. Nor is a group in a
+		// rebalance: the coordinator ends it within the rebalance timeout,
+		// dropping the members that do not join again (one killed), and a
+		// rejoin now would only restart its wait for them (kfake waits
+		// anew at every join), so that a dead member held the group for as
+		// long as the live ones kept rejoining.
+		hold, err := w.holdRejoin(ctx, client, group)
+		if err != nil || hold {
 			return nil, err
 		}
 	}
 	return stalled, nil
 }
 
-// everyMemberBusy reports whether the step has at least as many runs in
-// progress (open, with a live lease) as its group has members.
-func (w *stepWorker) everyMemberBusy(ctx context.Context, client *kafka.Client, group string) (bool, error) {
+// holdRejoin reports whether a rejoin must wait: the group is in a
+// rebalance, or the step has at least as many runs in progress (open, with
+// a live lease) as its group has members.
+func (w *stepWorker) holdRejoin(ctx context.Context, client *kafka.Client, group string) (bool, error) {
 	resp, err := client.DescribeGroups(ctx, &kafka.DescribeGroupsRequest{GroupIDs: []string{group}})
 	if err != nil {
 		return false, err
 	}
 	members := 0
 	for _, g := range resp.Groups {
+		if g.GroupState == "PreparingRebalance" || g.GroupState == "CompletingRebalance" {
+			w.log.Debug("stalled partitions wait for the group's rebalance to end", "group", group, "state", g.GroupState)
+			return true, nil
+		}
 		members += len(g.Members)
 	}
 	var running int
