@@ -167,11 +167,22 @@ func (w *stepWorker) holdRejoin(ctx context.Context, client *kafka.Client, group
 	members := 0
 	for _, g := range resp.Groups {
 		if g.GroupState == "PreparingRebalance" || g.GroupState == "CompletingRebalance" {
-			w.log.Debug("stalled partitions wait for the group's rebalance to end", "group", group, "state", g.GroupState)
-			return true, nil
+			if w.rebalancingSince.IsZero() {
+				w.rebalancingSince = time.Now()
+			}
+			// A rebalance that outlasts its timeout and a stall check is
+			// itself stuck (seen with coordinators moving on a kfake
+			// cluster): then a rejoin is the way out.
+			if time.Since(w.rebalancingSince) < rebalanceTimeout+w.cfg.StallTimeout {
+				w.log.Debug("stalled partitions wait for the group's rebalance to end", "group", group, "state", g.GroupState)
+				return true, nil
+			}
+			w.rebalancingSince = time.Time{}
+			return false, nil
 		}
 		members += len(g.Members)
 	}
+	w.rebalancingSince = time.Time{}
 	var running int
 	if err := w.store.pool.QueryRow(ctx, `SELECT count(*) FROM jobstream_runs
 		WHERE step = $1 AND finished_at IS NULL AND lease_expires_at > now()`, w.cfg.Step).Scan(&running); err != nil {

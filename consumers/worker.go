@@ -58,7 +58,10 @@ type stepWorker struct {
 	joining   *sync.WaitGroup     // members that have not had a generation yet
 
 	rejoinMu sync.Mutex
-	rejoinCh chan struct{} // closed to make every member rejoin
+	// rebalancingSince is when the stall watchdog first saw the group in
+	// the rebalance it is in now (zero: not in one); only it touches it.
+	rebalancingSince time.Time
+	rejoinCh         chan struct{} // closed to make every member rejoin
 
 	ownedMu sync.Mutex
 	owned   map[int]int // partitions of the trigger topic this worker's members hold, with how many hold each
