@@ -204,27 +204,13 @@ func TestChaos(t *testing.T) {
 		p.start(t, bin)
 		defer p.kill()
 	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			for _, name := range []string{"reader", "broker", "worker-overlay-0"} {
-				b, _ := os.ReadFile(filepath.Join(logDir, name+".log"))
-				if len(b) > 3000 {
-					b = b[len(b)-3000:]
-				}
-				t.Logf("--- %s log (tail) ---\n%s", name, b)
-			}
-		}
-	})
+	logTailsOnFailure(t, logDir, "reader", "broker", "worker-overlay-0")
 
 	// The reader's initial snapshot must be complete before the first job,
 	// or that job is seen by the snapshot rather than streamed: a slot is
 	// listed (and active) while Postgres still looks for its consistent
 	// point, and a row committed meanwhile is in the snapshot.
-	harness.Eventually(t, 60*time.Second, func() (bool, string) {
-		var n int
-		pool.QueryRow(ctx, `SELECT count(*) FROM jobstream_slots WHERE slot_name = 'jobstream' AND completed_at IS NOT NULL`).Scan(&n)
-		return n == 1, "the reader has not completed its initial snapshot"
-	})
+	waitSnapshotDone(t, ctx, pool)
 
 	// Load: jobs inserted at a steady pace over the first 60% of the schedule.
 	loadDone := make(chan error, 1)
@@ -437,4 +423,31 @@ func TestScheduleReplaysFromSeed(t *testing.T) {
 	if len(a) != 35 {
 		t.Fatalf("%d events, want 35", len(a))
 	}
+}
+
+// logTailsOnFailure shows the last lines of the named processes' logs (in
+// logDir) when t fails.
+func logTailsOnFailure(t *testing.T, logDir string, names ...string) {
+	t.Cleanup(func() {
+		if !t.Failed() {
+			return
+		}
+		for _, name := range names {
+			b, _ := os.ReadFile(filepath.Join(logDir, name+".log"))
+			if len(b) > 3000 {
+				b = b[len(b)-3000:]
+			}
+			t.Logf("--- %s log (tail) ---\n%s", name, b)
+		}
+	})
+}
+
+// waitSnapshotDone waits for the reader's initial snapshot to complete.
+func waitSnapshotDone(t *testing.T, ctx context.Context, pool *pgxpool.Pool) {
+	t.Helper()
+	harness.Eventually(t, 60*time.Second, func() (bool, string) {
+		var n int
+		pool.QueryRow(ctx, `SELECT count(*) FROM jobstream_slots WHERE slot_name = 'jobstream' AND completed_at IS NOT NULL`).Scan(&n)
+		return n == 1, "the reader has not completed its initial snapshot"
+	})
 }

@@ -118,22 +118,8 @@ func TestChaosCluster(t *testing.T) {
 		p.start(t, bin)
 		defer p.kill()
 	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			for _, name := range []string{"reader", "worker-vlm_analyze-0", "worker-overlay-0"} {
-				b, _ := os.ReadFile(filepath.Join(logDir, name+".log"))
-				if len(b) > 3000 {
-					b = b[len(b)-3000:]
-				}
-				t.Logf("--- %s log (tail) ---\n%s", name, b)
-			}
-		}
-	})
-	harness.Eventually(t, 60*time.Second, func() (bool, string) {
-		var n int
-		pool.QueryRow(ctx, `SELECT count(*) FROM jobstream_slots WHERE slot_name = 'jobstream' AND completed_at IS NOT NULL`).Scan(&n)
-		return n == 1, "the reader has not completed its initial snapshot"
-	})
+	logTailsOnFailure(t, logDir, "reader", "worker-vlm_analyze-0", "worker-overlay-0")
+	waitSnapshotDone(t, ctx, pool)
 
 	// The load, at a steady pace, until the test ends.
 	lctx, stopLoad := context.WithCancel(ctx)
