@@ -37,14 +37,31 @@ func insertMessage(vals ...[]byte) []byte {
 	return b
 }
 
-// FuzzPgoutputToEnvelope is the reader's decoding path: any pgoutput
-// message, parsed and rendered as an envelope row, gives valid JSON and never
-// panics, whatever the bytes and column types.
-func FuzzPgoutputToEnvelope(f *testing.F) {
+// addRowSeeds adds the row seeds the fuzz targets share: a plain insert, and
+// one whose every column holds something odd for its type.
+func addRowSeeds(f *testing.F) {
 	f.Add(insertMessage([]byte("j1"), []byte("img_gen"), []byte("done"), []byte(`{"a":1}`), nil, nil, []byte("2026-11-26 23:00:00+00")))
 	f.Add(insertMessage([]byte("j2"), []byte("x"), []byte("done"), []byte("{}"), []byte("{}"), []byte("e\x00\xff"), []byte("garbage"),
 		[]byte("t"), []byte(`\x0g`), []byte("99999999999999999999"), []byte("-1"), []byte("3"), []byte("7"), []byte("[1,"),
 		[]byte("NaN"), []byte("-Infinity"), []byte("2026-02-30"), []byte("infinity"), []byte("1e400"), []byte("not-a-uuid")))
+}
+
+// fuzzRow decodes a row-carrying message as the reader does; ok is false
+// for any other kind (those come from Postgres' own relation and
+// begin/commit messages, which pglogrepl decodes) and for inputs over 4 KiB.
+func fuzzRow(data []byte) (m rowMessage, ok bool) {
+	if len(data) > 4096 {
+		return m, false
+	}
+	var d rowDecoder
+	return d.decode(data)
+}
+
+// FuzzPgoutputToEnvelope is the reader's decoding path: any pgoutput
+// message, parsed and rendered as an envelope row, gives valid JSON and never
+// panics, whatever the bytes and column types.
+func FuzzPgoutputToEnvelope(f *testing.F) {
+	addRowSeeds(f)
 	f.Add(insertMessage([]byte("j3"), []byte("x"), []byte("done"), []byte("{}"), []byte("{}"), nil, []byte("2026-11-26 23:00:00+00"),
 		nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil,
 		[]byte("24:00:00"), []byte("13:14:15.123"), []byte("04:05:06.789+05:30"), []byte("-1 years -2 mons +3 days -04:05:06"),
@@ -54,14 +71,7 @@ func FuzzPgoutputToEnvelope(f *testing.F) {
 	f.Add([]byte{'I', 0, 0, 0, 1, 'N', 0xff, 0xff})
 	rel := fuzzRelation()
 	f.Fuzz(func(t *testing.T, data []byte) {
-		// Row-carrying messages, decoded as the reader decodes them (the
-		// other kinds come from Postgres' own relation and begin/commit
-		// messages, which pglogrepl decodes).
-		if len(data) > 4096 {
-			return
-		}
-		var d rowDecoder
-		m, ok := d.decode(data)
+		m, ok := fuzzRow(data)
 		if !ok {
 			return
 		}

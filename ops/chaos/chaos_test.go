@@ -160,22 +160,8 @@ func TestChaos(t *testing.T) {
 	// A broker process of our own, to kill.
 	port, _ := localpg.FreePort()
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	logDir, logLevel := dir, "info"
-	if *logs != "" {
-		logDir, logLevel = filepath.Join(*logs, fmt.Sprint(s)), "debug"
-		if err := os.MkdirAll(logDir, 0o755); err != nil {
-			t.Fatal(err)
-		}
-		t.Logf("process logs in %s", logDir)
-	}
-	logf := func(name string) *os.File {
-		f, err := os.OpenFile(filepath.Join(logDir, name+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { f.Close() })
-		return f
-	}
+	logDir, logLevel := procLogDir(t, dir, s)
+	logf := logFiles(t, logDir)
 	const faultWindow = 3 * time.Second
 	broker := &proc{name: "broker", args: []string{"broker", "--listen", addr, "--data-dir", filepath.Join(dir, "broker"), "--fault-on-usr1", faultWindow.String()}, log: logf("broker")}
 	broker.start(t, bin)
@@ -422,6 +408,33 @@ func TestScheduleReplaysFromSeed(t *testing.T) {
 	}
 	if len(a) != 35 {
 		t.Fatalf("%d events, want 35", len(a))
+	}
+}
+
+// procLogDir is where a test's processes log, and at what level: the test's
+// own folder at info, or with -logs a folder per seed below it at debug.
+func procLogDir(t *testing.T, dir string, seed uint64) (logDir, logLevel string) {
+	if *logs == "" {
+		return dir, "info"
+	}
+	logDir = filepath.Join(*logs, fmt.Sprint(seed))
+	if err := os.MkdirAll(logDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("process logs in %s", logDir)
+	return logDir, "debug"
+}
+
+// logFiles opens a process's log, <name>.log in logDir, for appending;
+// restarts of the process append to the same file.
+func logFiles(t *testing.T, logDir string) func(name string) *os.File {
+	return func(name string) *os.File {
+		f, err := os.OpenFile(filepath.Join(logDir, name+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { f.Close() })
+		return f
 	}
 }
 

@@ -84,22 +84,8 @@ func TestChaosCluster(t *testing.T) {
 	cluster := b.Cluster()
 	addrs := b.Addrs()
 
-	logDir, logLevel := dir, "info"
-	if *logs != "" {
-		logDir, logLevel = filepath.Join(*logs, fmt.Sprint(s)), "debug"
-		if err := os.MkdirAll(logDir, 0o755); err != nil {
-			t.Fatal(err)
-		}
-		t.Logf("process logs in %s", logDir)
-	}
-	logf := func(name string) *os.File {
-		f, err := os.OpenFile(filepath.Join(logDir, name+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { f.Close() })
-		return f
-	}
+	logDir, logLevel := procLogDir(t, dir, s)
+	logf := logFiles(t, logDir)
 	script := filepath.Join(dir, "step.sh")
 	if err := os.WriteFile(script, []byte(stepScript), 0o755); err != nil {
 		t.Fatal(err)

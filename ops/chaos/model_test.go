@@ -1651,14 +1651,7 @@ func TestModel(t *testing.T) {
 	}
 	conn.Release()
 
-	logf := func(name string) *os.File {
-		f, err := os.OpenFile(filepath.Join(m.dir, name+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { f.Close() })
-		return f
-	}
+	logf := logFiles(t, m.dir)
 	port, _ := localpg.FreePort()
 	m.brokers = fmt.Sprintf("127.0.0.1:%d", port)
 	m.broker = &proc{name: "broker", args: []string{"broker", "--listen", m.brokers, "--data-dir", filepath.Join(m.dir, "broker")}, log: logf("broker")}
