@@ -296,24 +296,11 @@ func agrees(s *connectSchema, v json.RawMessage, path string) []string {
 			errs = append(errs, agrees(s.Items, x, fmt.Sprintf("%s[%d]", path, i))...)
 		}
 		return errs
-	case "int8", "int16", "int32", "int64":
-		var n int64
-		if json.Unmarshal(v, &n) != nil {
-			return bad()
-		}
-	case "float", "double":
-		var f float64
-		if json.Unmarshal(v, &f) != nil {
-			return bad()
-		}
-	case "boolean":
-		var b bool
-		if json.Unmarshal(v, &b) != nil {
-			return bad()
-		}
-	case "string", "bytes":
+	case "int8", "int16", "int32", "int64", "float", "double", "boolean", "string", "bytes":
 		var str string
-		if json.Unmarshal(v, &str) != nil {
+		into := map[string]any{"int8": new(int64), "int16": new(int64), "int32": new(int64), "int64": new(int64),
+			"float": new(float64), "double": new(float64), "boolean": new(bool), "string": &str, "bytes": &str}[s.Type]
+		if json.Unmarshal(v, into) != nil {
 			return bad()
 		}
 		if _, err := base64.StdEncoding.DecodeString(str); s.Type == "bytes" && err != nil {
@@ -323,6 +310,38 @@ func agrees(s *connectSchema, v json.RawMessage, path string) []string {
 		return []string{path + ": unknown type " + s.Type}
 	}
 	return nil
+}
+
+// TestAgreesRefuses: the checker the Connect tests lean on finds each kind
+// of disagreement JsonConverter would refuse, and passes what it reads.
+func TestAgreesRefuses(t *testing.T) {
+	t.Parallel()
+	s := connectSchema{Type: "struct", Name: "v", Fields: []connectSchema{
+		{Field: "n", Type: "int32"}, {Field: "f", Type: "double", Optional: true}, {Field: "b", Type: "boolean", Optional: true},
+		{Field: "s", Type: "string", Optional: true}, {Field: "raw", Type: "bytes", Optional: true},
+		{Field: "a", Type: "array", Optional: true, Items: &connectSchema{Type: "int64"}},
+	}}
+	for _, c := range []struct {
+		payload string
+		want    string // "" when it agrees
+	}{
+		{`{"n": 1, "f": 1.5, "b": true, "s": "x", "raw": "AAE=", "a": [1, 2]}`, ""},
+		{`{"n": 1}`, ""},
+		{`{"n": null}`, "$.n: null for a required int32"},
+		{`{"n": "1"}`, `$.n: "1" is no int32`},
+		{`{"n": 1.5}`, "$.n: 1.5 is no int32"},
+		{`{"n": 1, "f": "x"}`, `$.f: "x" is no double`},
+		{`{"n": 1, "b": 1}`, "$.b: 1 is no boolean"},
+		{`{"n": 1, "s": 2}`, "$.s: 2 is no string"},
+		{`{"n": 1, "raw": "not base64!"}`, `$.raw: "not base64!" is no bytes`},
+		{`{"n": 1, "a": [1, "2"]}`, `$.a[1]: "2" is no int64`},
+		{`{"n": 1, "extra": 1}`, "$.extra: not a field of v"},
+	} {
+		got := strings.Join(agrees(&s, json.RawMessage(c.payload), "$"), "; ")
+		if got != c.want {
+			t.Errorf("%s: %q, want %q", c.payload, got, c.want)
+		}
+	}
 }
 
 // jsonEqual reports whether a and b are the same JSON value.

@@ -35,12 +35,7 @@ func TestWorkerReadsConnectForm(t *testing.T) {
 	<-w.Ready()
 
 	const n = 5
-	e.Exec(t, `INSERT INTO jobs (job_id, current_step, status) SELECT 'j' || i, 'img_gen', 'done' FROM generate_series(1, $1) i`, n)
-	harness.Eventually(t, 60*time.Second, func() (bool, string) {
-		done := e.Count(t, `SELECT count(*) FROM jobs WHERE current_step = 'yolo_detect' AND status = 'done'
-			AND results->>'vlm_analyze' = 'vlm_analyze of ' || job_id AND results->>'yolo_detect' = 'yolo_detect of ' || job_id`)
-		return done == n, fmt.Sprintf("%d of %d jobs through both steps; %s", done, n, stats(w))
-	})
+	runTwoSteps(t, e, w, n)
 	if f := w.Stats().Failures.Load(); f != 0 {
 		t.Errorf("%d failures", f)
 	}

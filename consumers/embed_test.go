@@ -44,12 +44,7 @@ func TestStepsShareTheCallersPool(t *testing.T) {
 	}
 
 	const n = 20
-	e.Exec(t, `INSERT INTO jobs (job_id, current_step, status) SELECT 'j' || i, 'img_gen', 'done' FROM generate_series(1, $1) i`, n)
-	harness.Eventually(t, 60*time.Second, func() (bool, string) {
-		done := e.Count(t, `SELECT count(*) FROM jobs WHERE current_step = 'yolo_detect' AND status = 'done'
-			AND results->>'vlm_analyze' = 'vlm_analyze of ' || job_id AND results->>'yolo_detect' = 'yolo_detect of ' || job_id`)
-		return done == n, fmt.Sprintf("%d of %d jobs through both steps; %s", done, n, stats(w))
-	})
+	runTwoSteps(t, e, w, n)
 	// A completion is counted just after its transaction commits.
 	harness.Eventually(t, 10*time.Second, func() (bool, string) {
 		got := w.Stats().Completions.Load()
@@ -102,4 +97,17 @@ func TestStepsConfig(t *testing.T) {
 			t.Errorf("%s: %v, want an error saying %q", tc.name, err, tc.error)
 		}
 	}
+}
+
+// runTwoSteps inserts n jobs j1..jn at (img_gen, done) and waits until w,
+// serving vlm_analyze and yolo_detect with handlers that answer
+// "<step> of <job_id>", has taken each through both steps.
+func runTwoSteps(t *testing.T, e *harness.Env, w *consumers.Worker, n int) {
+	t.Helper()
+	e.Exec(t, `INSERT INTO jobs (job_id, current_step, status) SELECT 'j' || i, 'img_gen', 'done' FROM generate_series(1, $1) i`, n)
+	harness.Eventually(t, 60*time.Second, func() (bool, string) {
+		done := e.Count(t, `SELECT count(*) FROM jobs WHERE current_step = 'yolo_detect' AND status = 'done'
+			AND results->>'vlm_analyze' = 'vlm_analyze of ' || job_id AND results->>'yolo_detect' = 'yolo_detect of ' || job_id`)
+		return done == n, fmt.Sprintf("%d of %d jobs through both steps; %s", done, n, stats(w))
+	})
 }

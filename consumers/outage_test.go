@@ -13,8 +13,9 @@ import (
 	"github.com/jobstream/jobstream/ops/localpg"
 )
 
-// ownPostgres is a Postgres server of the test's own (migrated), which the
-// test may take down and start again without disturbing the shared one.
+// ownPostgres is a Postgres server of the test's own, migrated and with a
+// reader streaming from it, which the test may take down and start again
+// without disturbing the shared one.
 type ownPostgres struct {
 	e       *harness.Env
 	dir     string
@@ -39,6 +40,7 @@ func newOwnPostgres(t *testing.T) *ownPostgres {
 	o.e = base.Copy(t)
 	o.e.DB, o.e.DatabaseURL, o.e.Postgres = "postgres", pg.URL("postgres"), pg
 	harness.Migrate(t, o.e.DatabaseURL)
+	startReader(t, o.e)
 	return o
 }
 
@@ -69,7 +71,6 @@ func TestServeAcrossPostgresOutage(t *testing.T) {
 	t.Parallel()
 	pg := newOwnPostgres(t)
 	e := pg.e
-	startReader(t, e)
 	const lease = 2 * time.Second
 	marker := "pg-outage"
 	log, sink := logSink(t, "worker")

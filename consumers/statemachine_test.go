@@ -259,7 +259,6 @@ func TestPostgresOutageKillsNoStep(t *testing.T) {
 	t.Parallel()
 	pg := newOwnPostgres(t)
 	e := pg.e
-	startReader(t, e)
 
 	const lease = 2 * time.Second
 	h := &heldStep{honorsCtx: true, started: make(chan struct{}), released: make(chan struct{})}

@@ -37,6 +37,23 @@ func (e usageError) Error() string { return e.msg }
 
 func usagef(format string, a ...any) error { return usageError{fmt.Sprintf(format, a...)} }
 
+// inRange is the usage error for a numeric flag outside lo..hi, or nil.
+// Several flags are checked in order; the first out of range is named.
+func inRange(checks ...rangeCheck) error {
+	for _, c := range checks {
+		if c.v < c.lo || c.v > c.hi {
+			return usagef("--%s %d is out of range %d..%d", c.flag, c.v, c.lo, c.hi)
+		}
+	}
+	return nil
+}
+
+// rangeCheck is one flag's value and the range it must be in.
+type rangeCheck struct {
+	flag      string
+	v, lo, hi int
+}
+
 type command struct {
 	name    string
 	summary string
@@ -445,8 +462,8 @@ func (c *common) reachBroker(ctx context.Context) (kafkaconn.Broker, error) {
 	return b, b.Ping(ctx, 10*time.Second)
 }
 
-// configFlags names the flag that sets each field of cdc.Config and
-// consumers.Config, so that their errors, which name Go fields, reach the
+// configFlags names the flag that sets each field of cdc.Config,
+// consumers.Config and broker.Config, so that their errors, which name Go fields, reach the
 // command line naming flags.
 var configFlags = map[string]string{
 	"DatabaseURL": "database-url", "Brokers": "brokers", "TopicPrefix": "topic-prefix",
@@ -459,6 +476,8 @@ var configFlags = map[string]string{
 	"Batch": "batch", "BatchWait": "batch-wait", "StartTimeout": "start-timeout",
 	"MaxAttempts": "max-attempts", "RetryBackoff": "retry-backoff", "Timeout": "timeout",
 	"Grace": "grace", "StallTimeout": "stall-timeout", "RunsRetention": "runs-retention",
+	// broker.Config
+	"Listen": "listen", "Nodes": "nodes",
 }
 
 // withFlags returns err's message with the Config fields it names written
@@ -824,11 +843,8 @@ func runBroker(ctx context.Context, args []string, out io.Writer) error {
 	if err := f.parse(args); err != nil {
 		return err
 	}
-	if cfg.Partitions < 1 || cfg.Partitions > 10000 {
-		return usagef("--partitions %d is out of range 1..10000", cfg.Partitions)
-	}
-	if cfg.Nodes < 1 || cfg.Nodes > 16 {
-		return usagef("--nodes %d is out of range 1..16", cfg.Nodes)
+	if err := inRange(rangeCheck{"partitions", cfg.Partitions, 1, 10000}); err != nil {
+		return err
 	}
 	if faultFor < 0 {
 		return usagef("--fault-on-usr1 %s is negative", faultFor)
@@ -842,7 +858,9 @@ func runBroker(ctx context.Context, args []string, out io.Writer) error {
 		defer signal.Stop(usr1)
 	}
 	b, err := broker.Start(cfg)
-	if err != nil {
+	if ce := (*schema.ConfigError)(nil); errors.As(err, &ce) {
+		return usageError{withFlags(err)}
+	} else if err != nil {
 		return err
 	}
 	persist := "in memory only"

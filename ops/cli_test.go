@@ -112,6 +112,10 @@ func TestBadUsage(t *testing.T) {
 		{"not a number", worker("--concurrency", "many"), 2, `--concurrency "many" is not a whole number`},
 		{"partitions out of range", []string{"reader", db, kafka, "--partitions", "0"}, 2, "out of range"},
 		{"broker partitions out of range", []string{"broker", "--partitions", "20000"}, 2, "out of range"},
+		{"broker nodes out of range", []string{"broker", "--nodes", "17"}, 2, "--nodes 17 is out of range 1..16"},
+		{"broker listen not host:port", []string{"broker", "--listen", "nowhere"}, 2, `--listen "nowhere" is not host:port`},
+		{"broker nodes past the last port", []string{"broker", "--listen", "127.0.0.1:65535", "--nodes", "3"}, 2, `--listen "127.0.0.1:65535" leaves no port for node 2 of --nodes 3`},
+		{"dev jobs out of range", []string{"dev", "--jobs", "0"}, 2, "--jobs 0 is out of range 1..1000000"},
 		{"status interval too short", []string{"reader", db, kafka, "--status-interval", "1ms"}, 2, "too short"},
 		{"step that is no topic name", []string{"reader", db, kafka, "--topic-prefix", "jobs/bad"}, 2, "topic"},
 	}

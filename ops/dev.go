@@ -54,11 +54,8 @@ func runDev(ctx context.Context, args []string, out io.Writer) error {
 	if err := f.parse(args); err != nil {
 		return err
 	}
-	if cfg.jobs < 1 || cfg.jobs > 1_000_000 {
-		return usagef("--jobs %d is out of range 1..1000000", cfg.jobs)
-	}
-	if cfg.concurrency < 1 || cfg.concurrency > 64 {
-		return usagef("--concurrency %d is out of range 1..64", cfg.concurrency)
+	if err := inRange(rangeCheck{"jobs", cfg.jobs, 1, 1_000_000}, rangeCheck{"concurrency", cfg.concurrency, 1, 64}); err != nil {
+		return err
 	}
 	p, err := schema.LoadPipeline(cfg.pipeline)
 	if err != nil {

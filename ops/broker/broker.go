@@ -18,6 +18,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
+	"github.com/jobstream/jobstream/schema"
 	"github.com/jobstream/jobstream/schema/kafkaconn"
 )
 
@@ -51,19 +52,19 @@ func Start(cfg Config) (*Broker, error) {
 	listen := cmp.Or(cfg.Listen, "127.0.0.1:9092")
 	host, portStr, err := net.SplitHostPort(listen)
 	if err != nil {
-		return nil, fmt.Errorf("--listen %q is not host:port", listen)
+		return nil, schema.FieldError("Listen", "%q is not host:port", listen)
 	}
 	port, err := strconv.Atoi(portStr)
 	if err != nil || port < 0 || port > 65535 {
-		return nil, fmt.Errorf("--listen %q has no valid port", listen)
+		return nil, schema.FieldError("Listen", "%q has no valid port", listen)
 	}
 	host = cmp.Or(host, "127.0.0.1")
 	nodes := cmp.Or(cfg.Nodes, 1)
 	if nodes < 1 || nodes > 16 {
-		return nil, fmt.Errorf("--nodes %d is out of range 1..16", nodes)
+		return nil, schema.FieldError("Nodes", "%d is out of range 1..16", nodes)
 	}
 	if port != 0 && port+nodes-1 > 65535 {
-		return nil, fmt.Errorf("--listen %q leaves no port for node %d", listen, nodes-1)
+		return nil, &schema.ConfigError{Fields: []string{"Listen", "Nodes"}, Msg: fmt.Sprintf("Listen %q leaves no port for node %d of Nodes %d", listen, nodes-1, nodes)}
 	}
 	ports := make([]int, nodes)
 	for i := range ports {

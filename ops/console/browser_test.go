@@ -287,14 +287,7 @@ func TestConsoleActionGuards(t *testing.T) {
 		}
 		srv := httptest.NewServer(con.Handler())
 		t.Cleanup(srv.Close)
-		resp, err := http.Get(srv.URL + "/")
-		if err != nil {
-			t.Fatal(err)
-		}
-		page := readBody(t, resp)
-		i := strings.Index(page, `name="csrf" content="`)
-		csrf := page[i+len(`name="csrf" content="`):]
-		return srv, csrf[:strings.IndexByte(csrf, '"')]
+		return srv, pageCSRF(t, srv.URL)
 	}
 	e.Exec(t, `INSERT INTO jobs (job_id, current_step, status) VALUES ('j1', 'img_gen', 'done')`)
 	srv, csrf := newServer(token)
@@ -370,6 +363,24 @@ func TestConsoleActionGuards(t *testing.T) {
 }
 
 // readBody reads and closes an answer's body.
+// pageCSRF loads the console's page at url and returns the CSRF value its
+// actions must send.
+func pageCSRF(t *testing.T, url string) string {
+	t.Helper()
+	resp, err := http.Get(url + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	page := readBody(t, resp)
+	const meta = `name="csrf" content="`
+	i := strings.Index(page, meta)
+	if i < 0 {
+		t.Fatalf("the page has no CSRF value:\n%s", page)
+	}
+	csrf := page[i+len(meta):]
+	return csrf[:strings.IndexByte(csrf, '"')]
+}
+
 func readBody(t *testing.T, resp *http.Response) string {
 	t.Helper()
 	defer resp.Body.Close()

@@ -137,14 +137,7 @@ func TestConsoleWhilePostgresIsDown(t *testing.T) {
 		}
 		t.Logf("%s says: %s", path, answer["error"])
 	}
-	page, err := http.Get(srv.URL + "/")
-	if err != nil {
-		t.Fatal(err)
-	}
-	pageBody := readBody(t, page)
-	i := strings.Index(pageBody, `name="csrf" content="`)
-	csrf := pageBody[i+len(`name="csrf" content="`):]
-	csrf = csrf[:strings.IndexByte(csrf, '"')]
+	csrf := pageCSRF(t, srv.URL)
 	cancelJob := func() int {
 		req, _ := http.NewRequest(http.MethodPost, srv.URL+"/api/cancel", strings.NewReader(`{"job_id": "j1"}`))
 		req.Header.Set("Content-Type", "application/json")
