@@ -200,6 +200,34 @@ func waitOnlyEvent(t testing.TB, e *harness.Env, topic, jobID string) {
 	}
 }
 
+// deadLetterReasons waits for the n dead letters the test expects and
+// returns their reasons by job id ("; "-joined where a job has several).
+// Every letter carries its reason in the HeaderReason header too, and its
+// event, unless it was too large to carry (null), is a valid envelope.
+func deadLetterReasons(t *testing.T, e *harness.Env, n int) map[string]string {
+	t.Helper()
+	letters := waitMessages(t, e, e.Topics().DLQ(), n)
+	reasons := map[string]string{}
+	for _, m := range letters {
+		v := deadLetter(t, m)
+		if len(m.Headers) != 1 || m.Headers[0].Key != schema.HeaderReason || string(m.Headers[0].Value) != v.Reason {
+			t.Errorf("dead letter headers %v, want only %s: %q", m.Headers, schema.HeaderReason, v.Reason)
+		}
+		if string(v.Event) != "null" {
+			validate(t, v.Event)
+		}
+		key := schema.JobIDFromKey(m.Key)
+		if reasons[key] != "" {
+			reasons[key] += "; "
+		}
+		reasons[key] += v.Reason
+	}
+	if len(letters) != n {
+		t.Errorf("%d dead letters, want %d: %v", len(letters), n, reasons)
+	}
+	return reasons
+}
+
 // waitDeadLettered waits for r's dead-letter counter to reach n.
 func waitDeadLettered(t testing.TB, r *cdc.Reader, n int64) {
 	t.Helper()

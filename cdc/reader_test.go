@@ -181,18 +181,7 @@ func TestBadRowsGoToDeadLetterTopic(t *testing.T) {
 	e.Exec(t, `INSERT INTO jobs (job_id, current_step, status) VALUES ('fine', 'img_gen', 'done')`)
 
 	waitOnlyEvent(t, e, e.Topic("img_gen"), "fine")
-	dlq := waitMessages(t, e, e.Topics().DLQ(), 4)
-	reasons := map[string]string{}
-	for _, m := range dlq {
-		v := deadLetter(t, m)
-		if len(m.Headers) != 1 || string(m.Headers[0].Value) != v.Reason {
-			t.Errorf("dead letter headers %v", m.Headers)
-		}
-		if schema.JobIDFromKey(m.Key) != "too-big" {
-			validate(t, v.Event)
-		}
-		reasons[schema.JobIDFromKey(m.Key)] += v.Reason + ";"
-	}
+	reasons := deadLetterReasons(t, e, 4)
 	for key, want := range map[string]string{"bad-name": "topic name", "ctl-name": "topic name", "no-step": "current_step is null", "too-big": "over the broker's message limit of 4000"} {
 		if !strings.Contains(reasons[key], want) {
 			t.Errorf("dead letter for %s: reason %q, want it to mention %q", key, reasons[key], want)
@@ -229,11 +218,7 @@ func TestBrokerLimitsAreLearnedAndRefusalsDeadLettered(t *testing.T) {
 	e.Exec(t, `INSERT INTO jobs (job_id, current_step, status) VALUES ('small', 'vlm_analyze', 'done')`)
 
 	waitOnlyEvent(t, e, e.Topic("vlm_analyze"), "small")
-	dlq := waitMessages(t, e, e.Topics().DLQ(), 2)
-	got := map[string]string{}
-	for _, m := range dlq {
-		got[schema.JobIDFromKey(m.Key)] = string(m.Headers[0].Value)
-	}
+	got := deadLetterReasons(t, e, 2)
 	if !strings.Contains(got["huge"], "over the broker's message limit of 20000") {
 		t.Errorf("huge: reason %q", got["huge"])
 	}

@@ -54,7 +54,7 @@ func (r *Reader) prepare(ctx context.Context, s *stream) (pglogrepl.LSN, error) 
 		}
 		if state == snapshotRunning {
 			if r.cfg.Snapshot == SnapshotNever {
-				r.log.Warn("the initial snapshot of this slot was interrupted; with --snapshot never it stays incomplete", "slot", r.cfg.Slot)
+				r.log.Warn("the initial snapshot of this slot was interrupted; with Snapshot never (--snapshot never) it stays incomplete", "slot", r.cfg.Slot)
 			} else {
 				r.log.Warn("the initial snapshot of this slot was interrupted; dropping the slot to take the snapshot again", "slot", r.cfg.Slot)
 				if _, err := s.lock.Exec(ctx, `SELECT pg_drop_replication_slot($1)`, r.cfg.Slot); err != nil {
@@ -124,7 +124,7 @@ func (r *Reader) reportGap(ctx context.Context, s *stream, g *slotGap, at pglogr
 	r.stats.SlotGaps.Add(1)
 	then := "the snapshot re-reads every row's current state as op r events, so every job's latest state is delivered, but the intermediate transitions in that range are missing from the topics"
 	if r.cfg.Snapshot == SnapshotNever {
-		then = "with Snapshot never nothing re-reads them: those changes are missing from the topics; restart with --recreate-slot to take a snapshot"
+		then = "with Snapshot never nothing re-reads them: those changes are missing from the topics; restart with RecreateSlot (--recreate-slot) to take a snapshot"
 	}
 	if g.deliberate {
 		r.log.Warn(fmt.Sprintf("replication slot %s created again: changes committed between %s and %s were not streamed; %s", r.cfg.Slot, g.from, at, then),

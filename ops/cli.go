@@ -447,7 +447,7 @@ func (c *common) broker() (kafkaconn.Broker, error) {
 	}
 	b, err := c.auth.Apply(kafkaconn.Broker{Addrs: c.brokerList()})
 	if err != nil {
-		return b, usageError{err.Error()}
+		return b, usageError{withFlags(err)}
 	}
 	return b, nil
 }
@@ -463,7 +463,7 @@ func (c *common) reachBroker(ctx context.Context) (kafkaconn.Broker, error) {
 }
 
 // configFlags names the flag that sets each field of cdc.Config,
-// consumers.Config and broker.Config, so that their errors, which name Go fields, reach the
+// consumers.Config, broker.Config and kafkaconn.Auth, so that their errors, which name Go fields, reach the
 // command line naming flags.
 var configFlags = map[string]string{
 	"DatabaseURL": "database-url", "Brokers": "brokers", "TopicPrefix": "topic-prefix",
@@ -478,6 +478,8 @@ var configFlags = map[string]string{
 	"Grace": "grace", "StallTimeout": "stall-timeout", "RunsRetention": "runs-retention",
 	// broker.Config
 	"Listen": "listen", "Nodes": "nodes",
+	// kafkaconn.Auth
+	"Mechanism": "kafka-sasl", "User": "kafka-user", "CAFile": "kafka-ca",
 }
 
 // withFlags returns err's message with the Config fields it names written
@@ -509,14 +511,14 @@ func (c *common) loadPipeline() (schema.Pipeline, error) {
 
 func (c *common) needDB() error {
 	if c.databaseURL == "" {
-		return usageError{schema.ErrNoDatabase.Error()}
+		return usagef("no database given: set DATABASE_URL or --database-url (postgres://user:pass@host:port/db)")
 	}
 	return nil
 }
 
 func (c *common) needBrokers() error {
 	if len(c.brokerList()) == 0 {
-		return usageError{kafkaconn.ErrNoBrokers.Error()}
+		return usagef("no Kafka broker given: set KAFKA_BROKERS or --brokers (host:port, comma-separated)")
 	}
 	return nil
 }

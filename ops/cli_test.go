@@ -116,6 +116,12 @@ func TestBadUsage(t *testing.T) {
 		{"broker listen not host:port", []string{"broker", "--listen", "nowhere"}, 2, `--listen "nowhere" is not host:port`},
 		{"broker nodes past the last port", []string{"broker", "--listen", "127.0.0.1:65535", "--nodes", "3"}, 2, `--listen "127.0.0.1:65535" leaves no port for node 2 of --nodes 3`},
 		{"dev jobs out of range", []string{"dev", "--jobs", "0"}, 2, "--jobs 0 is out of range 1..1000000"},
+		{"unknown SASL mechanism", []string{"reader", db, kafka, "--kafka-sasl", "GSSAPI"}, 2, `--kafka-sasl "GSSAPI" is not one of PLAIN, SCRAM-SHA-256, SCRAM-SHA-512`},
+		{"SASL without a user", []string{"reader", db, kafka, "--kafka-sasl", "PLAIN"}, 2, "--kafka-user is empty; SASL PLAIN needs one"},
+		{"CA bundle missing", []string{"reader", db, kafka, "--kafka-ca", "/nonexistent/ca.pem"}, 2, "--kafka-ca cannot be read: open /nonexistent/ca.pem"},
+		{"CA bundle without a certificate", []string{"reader", db, kafka, "--kafka-ca", unknownKey}, 2, "holds no PEM certificate"},
+		{"no database", []string{"reader", kafka}, 2, "no database given: set DATABASE_URL or --database-url"},
+		{"no broker", []string{"reader", db}, 2, "no Kafka broker given: set KAFKA_BROKERS or --brokers"},
 		{"status interval too short", []string{"reader", db, kafka, "--status-interval", "1ms"}, 2, "too short"},
 		{"step that is no topic name", []string{"reader", db, kafka, "--topic-prefix", "jobs/bad"}, 2, "topic"},
 	}

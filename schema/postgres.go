@@ -8,10 +8,6 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
-// ErrNoDatabase is the error of a reader, worker or command given no
-// database to connect to.
-var ErrNoDatabase = errors.New("no database given: set DATABASE_URL or --database-url (postgres://user:pass@host:port/db)")
-
 // PostgresUnreachable turns a failed connection attempt into one sentence
 // naming the fix. When the server answered with an error (a role or
 // database that does not exist, a wrong password), that is the cause: with

@@ -137,25 +137,9 @@ func TestChaos(t *testing.T) {
 	began := time.Now()
 
 	// Postgres of our own, to crash.
-	pg, err := localpg.Start(ctx, filepath.Join(dir, "pg"), localpg.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	pg, url, pool := migratedPostgres(t, ctx, dir)
 	defer func() { pg.Stop() }()
-	url := pg.URL("postgres")
-	pool, err := pgxpool.New(ctx, url)
-	if err != nil {
-		t.Fatal(err)
-	}
 	defer pool.Close()
-	conn, err := pool.Acquire(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := schema.Migrate(ctx, conn.Conn(), schema.MigrateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	conn.Release()
 
 	// A broker process of our own, to kill.
 	port, _ := localpg.FreePort()
@@ -275,9 +259,11 @@ func TestChaos(t *testing.T) {
 			t.Logf("%6.1fs Postgres immediate shutdown and restart", time.Since(start).Seconds())
 			pg.Crash()
 			time.Sleep(time.Duration(rng.IntN(1000)) * time.Millisecond)
-			if pg, err = localpg.Start(ctx, filepath.Join(dir, "pg"), localpg.Options{Port: pg.Port}); err != nil {
+			again, err := localpg.Start(ctx, filepath.Join(dir, "pg"), localpg.Options{Port: pg.Port})
+			if err != nil {
 				t.Fatalf("restart Postgres: %v", err)
 			}
+			pg = again
 			restarts++
 			recovery("Postgres restart", at)
 		case "fault":
@@ -409,6 +395,25 @@ func TestScheduleReplaysFromSeed(t *testing.T) {
 	if len(a) != 35 {
 		t.Fatalf("%d events, want 35", len(a))
 	}
+}
+
+// migratedPostgres starts a Postgres server of the test's own in dir/pg,
+// migrated, and opens a pool on it. The caller stops both: a test that
+// crashes and restarts the server stops the newest one.
+func migratedPostgres(t *testing.T, ctx context.Context, dir string) (*localpg.Postgres, string, *pgxpool.Pool) {
+	t.Helper()
+	pg, err := localpg.Start(ctx, filepath.Join(dir, "pg"), localpg.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := pg.URL("postgres")
+	harness.Migrate(t, url)
+	pool, err := pgxpool.New(ctx, url)
+	if err != nil {
+		pg.Stop()
+		t.Fatal(err)
+	}
+	return pg, url, pool
 }
 
 // procLogDir is where a test's processes log, and at what level: the test's

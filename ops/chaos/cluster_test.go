@@ -14,13 +14,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/segmentio/kafka-go"
 
 	"github.com/jobstream/jobstream/ops/admin"
 	"github.com/jobstream/jobstream/ops/broker"
 	"github.com/jobstream/jobstream/ops/harness"
-	"github.com/jobstream/jobstream/ops/localpg"
 	"github.com/jobstream/jobstream/schema"
 	"github.com/jobstream/jobstream/schema/kafkaconn"
 )
@@ -56,25 +54,9 @@ func TestChaosCluster(t *testing.T) {
 	ctx := context.Background()
 	began := time.Now()
 
-	pg, err := localpg.Start(ctx, filepath.Join(dir, "pg"), localpg.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	pg, url, pool := migratedPostgres(t, ctx, dir)
 	defer pg.Stop()
-	url := pg.URL("postgres")
-	pool, err := pgxpool.New(ctx, url)
-	if err != nil {
-		t.Fatal(err)
-	}
 	defer pool.Close()
-	conn, err := pool.Acquire(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := schema.Migrate(ctx, conn.Conn(), schema.MigrateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	conn.Release()
 
 	b, err := broker.Start(broker.Config{Listen: "127.0.0.1:0", Nodes: 3})
 	if err != nil {

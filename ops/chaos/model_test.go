@@ -1631,25 +1631,9 @@ func TestModel(t *testing.T) {
 	stepLog := filepath.Join(m.dir, "steps.log")
 
 	// Postgres of our own, to stop.
-	pg, err := localpg.Start(ctx, filepath.Join(m.dir, "pg"), localpg.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	m.pg = pg
+	m.pg, m.url, m.pool = migratedPostgres(t, ctx, m.dir)
 	defer func() { m.pg.Stop() }()
-	m.url = pg.URL("postgres")
-	if m.pool, err = pgxpool.New(ctx, m.url); err != nil {
-		t.Fatal(err)
-	}
 	defer m.pool.Close()
-	conn, err := m.pool.Acquire(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := schema.Migrate(ctx, conn.Conn(), schema.MigrateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	conn.Release()
 
 	logf := logFiles(t, m.dir)
 	port, _ := localpg.FreePort()
@@ -1748,6 +1732,7 @@ func TestModel(t *testing.T) {
 			// something took the port meanwhile: try a few times.
 			var npg *localpg.Postgres
 			for try := 0; ; try++ {
+				var err error
 				if npg, err = localpg.Start(ctx, filepath.Join(m.dir, "pg"), localpg.Options{Port: m.pg.Port}); err == nil {
 					break
 				}

@@ -23,7 +23,7 @@ import (
 
 // ErrNoBrokers is the error of a reader, worker or command given no Kafka
 // broker to connect to.
-var ErrNoBrokers = errors.New("no Kafka broker given: set KAFKA_BROKERS or --brokers (host:port, comma-separated)")
+var ErrNoBrokers = errors.New("no Kafka broker given: Broker.Addrs is empty")
 
 // Broker describes how to reach the Kafka brokers.
 type Broker struct {
@@ -169,25 +169,25 @@ func (a Auth) Apply(b Broker) (Broker, error) {
 		}
 		m, err := scram.Mechanism(algo, a.User, a.Password)
 		if err != nil {
-			return b, fmt.Errorf("SASL %s for user %q: %v", a.Mechanism, a.User, err)
+			return b, schema.FieldError("User", "%q cannot be used with SASL %s: %v", a.User, a.Mechanism, err)
 		}
 		b.SASL = m
 	default:
-		return b, fmt.Errorf("SASL mechanism %q is not one of PLAIN, SCRAM-SHA-256, SCRAM-SHA-512", a.Mechanism)
+		return b, schema.FieldError("Mechanism", "%q is not one of PLAIN, SCRAM-SHA-256, SCRAM-SHA-512", a.Mechanism)
 	}
 	if a.Mechanism != "" && a.User == "" {
-		return b, fmt.Errorf("SASL %s needs a user: set KAFKA_SASL_USER or --kafka-user", a.Mechanism)
+		return b, schema.FieldError("User", "is empty; SASL %s needs one", a.Mechanism)
 	}
 	if a.TLS || a.CAFile != "" {
 		cfg := &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: a.InsecureSkip} //nolint:gosec // opt-in for tests and self-signed setups
 		if a.CAFile != "" {
 			pem, err := os.ReadFile(a.CAFile)
 			if err != nil {
-				return b, fmt.Errorf("read Kafka CA bundle: %w", err)
+				return b, &schema.ConfigError{Fields: []string{"CAFile"}, Msg: fmt.Sprintf("CAFile cannot be read: %v", err)}
 			}
 			pool := x509.NewCertPool()
 			if !pool.AppendCertsFromPEM(pem) {
-				return b, fmt.Errorf("%s holds no PEM certificate", a.CAFile)
+				return b, schema.FieldError("CAFile", "%s holds no PEM certificate", a.CAFile)
 			}
 			cfg.RootCAs = pool
 		}
