@@ -124,13 +124,7 @@ func TestChaos(t *testing.T) {
 	if *full {
 		sc = scenario{jobs: 2000, duration: 3 * time.Minute, kills: 30, brokerKills: 2, pgCrashes: 1, faults: 2, settle: 5 * time.Minute}
 	}
-	s := *seed
-	if s == 0 {
-		s = uint64(time.Now().UnixNano())
-	}
-	t.Logf("chaos seed %d (rerun the same schedule with -chaos.seed %d): %d jobs, %d kills, %d broker kills, %d Postgres crashes, %d fault windows over %s",
-		s, s, sc.jobs, sc.kills, sc.brokerKills, sc.pgCrashes, sc.faults, sc.duration)
-	rng := rand.New(rand.NewPCG(s, 1))
+	s, rng := seeded(t, "chaos", 1, "%d jobs, %d kills, %d broker kills, %d Postgres crashes, %d fault windows over %s", sc.jobs, sc.kills, sc.brokerKills, sc.pgCrashes, sc.faults, sc.duration)
 	bin := harness.Binary(t)
 	dir := harness.New(t).Dir
 	ctx := context.Background()
@@ -395,6 +389,18 @@ func TestScheduleReplaysFromSeed(t *testing.T) {
 	if len(a) != 35 {
 		t.Fatalf("%d events, want 35", len(a))
 	}
+}
+
+// seeded returns the run's seed and random source, from -chaos.seed or else the
+// clock, on the test's own stream, and logs the seed that replays the run
+// with what the run is made of (format and args).
+func seeded(t *testing.T, what string, stream uint64, format string, args ...any) (uint64, *rand.Rand) {
+	s := *seed
+	if s == 0 {
+		s = uint64(time.Now().UnixNano())
+	}
+	t.Logf("%s seed %d (rerun the same schedule with -chaos.seed %d): %s", what, s, s, fmt.Sprintf(format, args...))
+	return s, rand.New(rand.NewPCG(s, stream))
 }
 
 // migratedPostgres starts a Postgres server of the test's own in dir/pg,

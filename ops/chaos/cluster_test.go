@@ -3,7 +3,6 @@ package chaos
 import (
 	"context"
 	"fmt"
-	"math/rand/v2"
 	"net"
 	"os"
 	"path/filepath"
@@ -42,13 +41,7 @@ func TestChaosCluster(t *testing.T) {
 		jobs, perStep, settle = 2000, 2, 10*time.Minute
 	}
 	load := time.Duration(jobs) * 60 * time.Millisecond // the inserts' pace: 200 jobs in 12s
-	s := *seed
-	if s == 0 {
-		s = uint64(time.Now().UnixNano())
-	}
-	t.Logf("cluster chaos seed %d (rerun with -chaos.seed %d): %d jobs over %s, %d worker processes per step, 3 broker nodes",
-		s, s, jobs, load, perStep)
-	rng := rand.New(rand.NewPCG(s, 2))
+	s, rng := seeded(t, "cluster chaos", 2, "%d jobs over %s, %d worker processes per step, 3 broker nodes", jobs, load, perStep)
 	bin := harness.Binary(t)
 	dir := harness.New(t).Dir
 	ctx := context.Background()

@@ -1608,13 +1608,7 @@ func TestModel(t *testing.T) {
 			pgDowns: 3, stops: 4, truncates: 2, rangeBatch: 20, settle: 4 * time.Minute, maxLongSleep: 5000,
 			workersPer: map[string]int{"vlm_analyze": 2, "yolo_detect": 2, "planner": 2, "overlay": 2}}
 	}
-	s := *seed
-	if s == 0 {
-		s = uint64(time.Now().UnixNano())
-	}
-	t.Logf("model seed %d (rerun the same schedule with -chaos.seed %d): %s of actions, %d worker kills, %d reader kills, %d broker outages, %d Postgres outages of %s, %d SIGSTOPs, %d truncates",
-		s, s, sc.duration, sc.workerKills, sc.readerKills, sc.brokerDowns, sc.pgDowns, modelLease+2*time.Second, sc.stops, sc.truncates)
-	rng := rand.New(rand.NewPCG(s, 7))
+	s, rng := seeded(t, "model", 7, "%s of actions, %d worker kills, %d reader kills, %d broker outages, %d Postgres outages of %s, %d SIGSTOPs, %d truncates", sc.duration, sc.workerKills, sc.readerKills, sc.brokerDowns, sc.pgDowns, modelLease+2*time.Second, sc.stops, sc.truncates)
 	events := sc.schedule(rng)
 	began := time.Now()
 
