@@ -26,7 +26,7 @@ func BenchmarkRenderChange(b *testing.B) {
 		b.Run(form.name, func(b *testing.B) {
 			cfg := Config{TopicPrefix: "jobs", Pipeline: schema.DefaultPipeline(), Schemas: form.schemas}
 			rt := newRouter(&cfg, "db", 1_000_000, slog.New(slog.DiscardHandler))
-			c := &change{op: schema.OpUpdate, rel: testRelation(), before: before, after: after, oldFull: true,
+			c := &change{op: schema.OpUpdate, rel: testRelation(), before: before, after: after, oldFull: true, fill: before,
 				src: source{tsMs: 1795750232697, tsUs: 1795750232697123, snapshot: "false", txID: 12345, lastCommit: 23456789, lsn: 23456999, schema: "public", table: "jobs"}}
 			var n int
 			b.ReportAllocs()

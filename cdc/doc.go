@@ -78,7 +78,10 @@
 // precise decimals); an unchanged TOASTed value the WAL does not carry is
 // Debezium's __debezium_unavailable_value, unless the table has REPLICA
 // IDENTITY FULL, whose old row supplies it. A tombstone follows each delete
-// event unless NoTombstones.
+// event unless NoTombstones. An update that changes job_id is, as
+// Debezium's primary-key update, a delete of the old key (and its
+// tombstone) with the new key in the schema.HeaderNewKey header, then a
+// create of the new key with the old key in schema.HeaderOldKey.
 //
 // A delete goes to its step's topic when the WAL carries the row's step
 // (REPLICA IDENTITY FULL, recommended); under the default identity the WAL

@@ -38,10 +38,12 @@ type change struct {
 	before *pglogrepl.TupleData
 	after  *pglogrepl.TupleData
 	// oldFull says before is the whole old row (REPLICA IDENTITY FULL):
-	// unchanged TOASTed values of after are taken from it, and a delete's
-	// step is known.
+	// a delete's step is known.
 	oldFull bool
-	src     source
+	// fill, when not nil, is the whole old row, from which after's
+	// unchanged TOASTed values are taken.
+	fill *pglogrepl.TupleData
+	src  source
 }
 
 // deadLetterValue renders the reader's dead letter: the reason, the topic

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -487,3 +488,52 @@ func (f produced) OnProduced(events int, took time.Duration) { f(events, took) }
 type commitAcked func(latency time.Duration)
 
 func (f commitAcked) OnCommitAcked(latency time.Duration) { f(latency) }
+
+// historyOf says, per key in order of their first message, "key: op op"
+// of msgs, "; "-separated: a partition's order, which is a key's. Op
+// "tombstone" is a null value; the key-change headers are named after
+// the op they go with, as "op>newkey" and "op<oldkey".
+func historyOf(t *testing.T, msgs []kafka.Message) string {
+	t.Helper()
+	var keys []string
+	ops := map[string][]string{}
+	for _, m := range msgs {
+		key, op := schema.JobIDFromKey(m.Key), "tombstone"
+		if m.Value != nil {
+			op = decode(t, m).Op
+		}
+		for _, h := range m.Headers {
+			switch h.Key {
+			case schema.HeaderNewKey:
+				op += ">" + schema.JobIDFromKey(h.Value)
+			case schema.HeaderOldKey:
+				op += "<" + schema.JobIDFromKey(h.Value)
+			}
+		}
+		if ops[key] == nil {
+			keys = append(keys, key)
+		}
+		ops[key] = append(ops[key], op)
+	}
+	slices.Sort(keys)
+	var out []string
+	for _, k := range keys {
+		out = append(out, k+": "+strings.Join(ops[k], " "))
+	}
+	return strings.Join(out, "; ")
+}
+
+// only returns the one event of key with op among msgs.
+func only(t *testing.T, msgs []kafka.Message, key, op string) kafka.Message {
+	t.Helper()
+	var found []kafka.Message
+	for _, m := range msgs {
+		if schema.JobIDFromKey(m.Key) == key && m.Value != nil && decode(t, m).Op == op {
+			found = append(found, m)
+		}
+	}
+	if len(found) != 1 {
+		t.Fatalf("%d events %s of %s, want 1", len(found), op, key)
+	}
+	return found[0]
+}

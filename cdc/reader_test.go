@@ -461,3 +461,60 @@ func TestConfigErrorsAreOneSentence(t *testing.T) {
 		t.Fatalf("Run with no broker = %v", err)
 	}
 }
+
+// TestJobIDChangeIsDeleteThenCreate: an UPDATE that changes a row's job_id
+// is routed as Debezium routes a primary-key update. The old key gets a
+// delete (its step from the old row under REPLICA IDENTITY FULL, else every
+// step topic) and a tombstone, both with the new key in __debezium.newkey;
+// the new key gets a create with the old key in __debezium.oldkey. So the
+// old job's history ends, compaction drops it, and the new job's begins
+// with the whole row, its unchanged TOASTed payload included under FULL.
+func TestJobIDChangeIsDeleteThenCreate(t *testing.T) {
+	t.Parallel()
+	e := harness.New(t)
+	startReader(t, e, nil)
+	blob := `(SELECT jsonb_build_object('blob', string_agg(md5(i::text), '')) FROM generate_series(1, 400) i)` // ~13 kB: TOASTed
+
+	// REPLICA IDENTITY DEFAULT: the old tuple is the key alone.
+	e.Exec(t, `INSERT INTO jobs (job_id, current_step, status, payload) VALUES ('a', 'img_gen', 'done', '{"n": 1}')`)
+	e.Exec(t, `INSERT INTO jobs (job_id, current_step, status) VALUES ('other', 'vlm_analyze', 'done')`)
+	waitMessages(t, e, e.Topic("vlm_analyze"), 1)
+	e.Exec(t, `UPDATE jobs SET job_id = 'b' WHERE job_id = 'a'`)
+	// Every step topic the broker has gets the delete and tombstone of a;
+	// b's create goes to its step's topic.
+	img := waitMessages(t, e, e.Topic("img_gen"), 4)
+	vlm := waitMessages(t, e, e.Topic("vlm_analyze"), 3)
+	if got, want := historyOf(t, img), "a: c d>b tombstone>b; b: c<a"; got != want {
+		t.Errorf("img_gen holds %s, want %s", got, want)
+	}
+	if got, want := historyOf(t, vlm), "a: d>b tombstone>b; other: c"; got != want {
+		t.Errorf("vlm_analyze holds %s, want %s", got, want)
+	}
+	if del := decode(t, only(t, img, "a", "d")); del.Before["job_id"] != "a" || del.After != nil || del.Source.LSN == 0 {
+		t.Errorf("delete of a: before %v, after %v", del.Before, del.After)
+	}
+	if c := decode(t, only(t, img, "b", "c")); c.Before != nil || c.After["job_id"] != "b" || c.After["status"] != "done" || c.After["payload"] != `{"n": 1}` {
+		t.Errorf("create of b: before %v, after %v", c.Before, c.After)
+	}
+
+	// REPLICA IDENTITY FULL: the delete goes to the old row's step only, and
+	// the create has the whole row, its TOASTed payload taken from the old.
+	e.Exec(t, `ALTER TABLE jobs REPLICA IDENTITY FULL`)
+	e.Exec(t, `UPDATE jobs SET payload = `+blob+` WHERE job_id = 'b'`)
+	e.Exec(t, `UPDATE jobs SET job_id = 'c', current_step = 'vlm_analyze' WHERE job_id = 'b'`)
+	img = waitMessages(t, e, e.Topic("img_gen"), 7)
+	vlm = waitMessages(t, e, e.Topic("vlm_analyze"), 4)
+	if got, want := historyOf(t, img), "a: c d>b tombstone>b; b: c<a u d>c tombstone>c"; got != want {
+		t.Errorf("img_gen then holds %s, want %s", got, want)
+	}
+	if got, want := historyOf(t, vlm), "a: d>b tombstone>b; c: c<b; other: c"; got != want {
+		t.Errorf("vlm_analyze then holds %s, want %s", got, want)
+	}
+	payload := e.Count(t, `SELECT length(payload::text) FROM jobs WHERE job_id = 'c'`)
+	if del := decode(t, only(t, img, "b", "d")); del.Before["job_id"] != "b" || del.Before["current_step"] != "img_gen" || len(fmt.Sprint(del.Before["payload"])) != int(payload) {
+		t.Errorf("delete of b: before %.200v", del.Before)
+	}
+	if c := decode(t, only(t, vlm, "c", "c")); c.Before != nil || c.After["job_id"] != "c" || c.After["current_step"] != "vlm_analyze" || len(fmt.Sprint(c.After["payload"])) != int(payload) {
+		t.Errorf("create of c: before %v, after %.200v (payload of %d bytes wanted)", c.Before, c.After, payload)
+	}
+}

@@ -1,6 +1,7 @@
 package cdc
 
 import (
+	"bytes"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -35,8 +36,10 @@ type router struct {
 	stepTopic map[string]string
 	routed    map[string]bool
 
-	// keyRel is the relation whose job_id type keyOID/keyMod hold.
+	// keyRel is the relation whose job_id column keyCol (-1: none) is, of
+	// type keyOID/keyMod.
 	keyRel *pglogrepl.RelationMessage
+	keyCol int
 	keyOID uint32
 	keyMod int32
 
@@ -76,6 +79,9 @@ func (rt *router) appendSource(v []byte, s *source) []byte {
 // WAL does not carry, or a dead letter when the row cannot be routed or
 // encoded.
 func (rt *router) route(c *change, evs []event) []event {
+	if c.op == schema.OpUpdate && rt.keyChanged(c) {
+		return rt.routeKeyChange(c, evs)
+	}
 	key, step, bad, value := rt.renderChange(c)
 	var reason, topic string
 	unroutable := false
@@ -105,6 +111,59 @@ func (rt *router) route(c *change, evs []event) []event {
 	return rt.withTombstone(evs, ev)
 }
 
+// keyChanged reports whether update c changed the row's job_id: the old
+// tuple (the key under REPLICA IDENTITY DEFAULT, which pgoutput sends only
+// then; the whole row under FULL) holds another job_id than the new.
+func (rt *router) keyChanged(c *change) bool {
+	i := rt.keyColumn(c.rel)
+	if c.before == nil || i < 0 || i >= len(c.before.Columns) || i >= len(c.after.Columns) {
+		return false
+	}
+	old, now := c.before.Columns[i], c.after.Columns[i]
+	if now.DataType == 'u' || old.DataType == 'u' { // an unchanged TOASTed value
+		return false
+	}
+	return old.DataType != now.DataType || !bytes.Equal(old.Data, now.Data)
+}
+
+// routeKeyChange routes update c, which changed the row's job_id, as
+// Debezium routes a primary-key update: a delete of the old key (and its
+// tombstone), then a create of the new, so that each key's history in the
+// topics ends or begins there and log compaction keeps only the new key.
+// The delete and tombstone carry the new key in the __debezium.newkey
+// header, the create the old key in __debezium.oldkey.
+func (rt *router) routeKeyChange(c *change, evs []event) []event {
+	del, cr := *c, *c
+	del.op, del.after = schema.OpDelete, nil
+	cr.op, cr.before, cr.oldFull = schema.OpCreate, nil, false
+	n := len(evs)
+	evs = rt.route(&del, evs)
+	m := len(evs)
+	evs = rt.route(&cr, evs)
+	oldKey, newKey := keyOf(evs[n:m]), keyOf(evs[m:])
+	for i := n; i < len(evs); i++ {
+		if evs[i].op == 0 { // a dead letter: its header is its reason
+			continue
+		}
+		h := kafka.Header{Key: schema.HeaderNewKey, Value: newKey}
+		if i >= m {
+			h = kafka.Header{Key: schema.HeaderOldKey, Value: oldKey}
+		}
+		evs[i].headers = append(evs[i].headers, h)
+	}
+	return evs
+}
+
+// keyOf returns the key of the first of evs that has one.
+func keyOf(evs []event) []byte {
+	for _, ev := range evs {
+		if ev.key != nil {
+			return ev.key
+		}
+	}
+	return nil
+}
+
 // renderChange renders c and returns the row's job_id (the key), its
 // current_step, the first column that is not valid UTF-8, and the envelope.
 // Key and value share one allocation of their own.
@@ -119,11 +178,7 @@ func (rt *router) renderChange(c *change) (key, step []byte, bad string, value [
 	v = append(v, `{"before":`...)
 	v, bID, bStep, bBad := appendRow(v, c.rel, c.before, nil, rf.absent)
 	v = append(v, `,"after":`...)
-	var fill *pglogrepl.TupleData
-	if c.oldFull {
-		fill = c.before
-	}
-	v, aID, aStep, aBad := appendRow(v, c.rel, c.after, fill, rf.absent)
+	v, aID, aStep, aBad := appendRow(v, c.rel, c.after, c.fill, rf.absent)
 	v = append(v, ',')
 	v = rt.appendSource(v, &c.src)
 	v = schema.AppendTail(v, c.op)
@@ -159,15 +214,7 @@ func (rt *router) renderChange(c *change) (key, step []byte, bad string, value [
 // schema/payload form of cr when cr is not nil. The job_id column's type is
 // looked up once per relation message, not per event.
 func (rt *router) keyStruct(rel *pglogrepl.RelationMessage, id []byte, cr *relForm) []byte {
-	if rel != rt.keyRel {
-		rt.keyRel, rt.keyOID, rt.keyMod = rel, 25, -1 // text, if the column is missing
-		for _, c := range rel.Columns {
-			if c.Name == "job_id" {
-				rt.keyOID, rt.keyMod = c.DataType, c.TypeModifier
-				break
-			}
-		}
-	}
+	rt.keyColumn(rel)
 	var k []byte
 	if cr != nil {
 		k = append(make([]byte, 0, len(cr.key)+len(id)+17), cr.key...)
@@ -181,6 +228,22 @@ func (rt *router) keyStruct(rel *pglogrepl.RelationMessage, id []byte, cr *relFo
 		k = append(k, schema.ConnectClose...)
 	}
 	return k
+}
+
+// keyColumn returns the index of rel's job_id column (-1: none) and has
+// keyOID/keyMod hold its type (text if it is missing), looked up once per
+// relation message.
+func (rt *router) keyColumn(rel *pglogrepl.RelationMessage) int {
+	if rel != rt.keyRel {
+		rt.keyRel, rt.keyCol, rt.keyOID, rt.keyMod = rel, -1, 25, -1
+		for i, c := range rel.Columns {
+			if c.Name == "job_id" {
+				rt.keyCol, rt.keyOID, rt.keyMod = i, c.DataType, c.TypeModifier
+				break
+			}
+		}
+	}
+	return rt.keyCol
 }
 
 // topicOf returns the topic of step, and why no step can take the row when
@@ -224,7 +287,7 @@ func (rt *router) withTombstone(evs []event, ev event) []event {
 	if ev.op != schema.OpDelete[0] || !rt.tombstones {
 		return evs
 	}
-	return append(evs, event{topic: ev.topic, key: ev.key, partition: ev.partition, op: opTombstone, lsn: ev.lsn, xid: ev.xid})
+	return append(evs, event{topic: ev.topic, key: ev.key, headers: ev.headers, partition: ev.partition, op: opTombstone, lsn: ev.lsn, xid: ev.xid})
 }
 
 // truncate renders the event of a truncate (op "t"), addressed to every
@@ -284,7 +347,7 @@ func (rt *router) fanOut(ev *event, topics []string, parts []int, evs []event) [
 	}
 	for i, t := range topics {
 		if ev.key != nil {
-			evs = rt.withTombstone(evs, event{topic: t, key: ev.key, value: ev.value, partition: -1, op: ev.op, lsn: ev.lsn, xid: ev.xid})
+			evs = rt.withTombstone(evs, event{topic: t, key: ev.key, value: ev.value, headers: ev.headers, partition: -1, op: ev.op, lsn: ev.lsn, xid: ev.xid})
 			continue
 		}
 		for p := range parts[i] {

@@ -46,6 +46,20 @@ func TestRouter(t *testing.T) {
 			want: []string{"p.caption j1 d", "p.caption j1 x", "p.img_gen j1 d", "p.img_gen j1 x"}},
 		{name: "delete, no step topic", c: change{op: schema.OpDelete, before: row("j1", nil)},
 			want: []string{"dlq j1 a delete whose step the WAL does not carry (REPLICA IDENTITY is not FULL) found no step topic to go to"}},
+		{name: "update, full", c: change{op: schema.OpUpdate, before: row("j1", "img_gen"), after: row("j1", "caption"), oldFull: true},
+			want: []string{"p.caption j1 u"}},
+		// A job_id-changing update, as Debezium routes a primary-key update.
+		{name: "update of job_id, key only", c: change{op: schema.OpUpdate, before: row("j1", nil), after: row("j2", "caption")},
+			fan: []string{"p.caption", "p.img_gen"},
+			want: []string{"p.caption j1 d __debezium.newkey=j2", "p.caption j1 x __debezium.newkey=j2", "p.img_gen j1 d __debezium.newkey=j2",
+				"p.img_gen j1 x __debezium.newkey=j2", "p.caption j2 c __debezium.oldkey=j1"}},
+		{name: "update of job_id, full", c: change{op: schema.OpUpdate, before: row("j1", "img_gen"), after: row("j2", "caption"), oldFull: true},
+			want: []string{"p.img_gen j1 d __debezium.newkey=j2", "p.img_gen j1 x __debezium.newkey=j2", "p.caption j2 c __debezium.oldkey=j1"}},
+		{name: "update of job_id, no tombstones", c: change{op: schema.OpUpdate, before: row("j1", "img_gen"), after: row("j2", "caption"), oldFull: true},
+			noTomb: true, want: []string{"p.img_gen j1 d __debezium.newkey=j2", "p.caption j2 c __debezium.oldkey=j1"}},
+		{name: "update of job_id to a reserved step", c: change{op: schema.OpUpdate, before: row("j1", "img_gen"), after: row("j2", "dlq"), oldFull: true},
+			want: []string{"p.img_gen j1 d __debezium.newkey=j2", "p.img_gen j1 x __debezium.newkey=j2",
+				`dlq j2 current_step "dlq" is a reserved topic name (dlq, replays), which never takes change events`}},
 		{name: "reserved step", c: change{op: schema.OpCreate, after: row("j1", "dlq")},
 			want: []string{`dlq j1 current_step "dlq" is a reserved topic name (dlq, replays), which never takes change events`}},
 		{name: "step of no pipeline", c: change{op: schema.OpCreate, after: row("j1", "yolo")},
@@ -129,7 +143,11 @@ func describe(t *testing.T, ev *event) string {
 	} else if ev.value != nil {
 		t.Errorf("tombstone with a value: %s", ev.value)
 	}
-	return ev.topic + " " + schema.JobIDFromKey(ev.key) + " " + string(ev.op)
+	d := ev.topic + " " + schema.JobIDFromKey(ev.key) + " " + string(ev.op)
+	for _, h := range ev.headers {
+		d += " " + h.Key + "=" + schema.JobIDFromKey(h.Value)
+	}
+	return d
 }
 
 // TestKeyIsDebeziumsKeyStruct: the key is Debezium's key struct with

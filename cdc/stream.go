@@ -272,6 +272,9 @@ func (s *stream) change(ctx context.Context, lsn pglogrepl.LSN, op string, relID
 		return nil
 	}
 	c := change{op: op, rel: rel, before: before, after: after, oldFull: oldFull, src: s.source(rel, lsn)}
+	if oldFull {
+		c.fill = before
+	}
 	return s.routeChange(ctx, &c)
 }
 

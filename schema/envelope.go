@@ -17,6 +17,17 @@ const (
 	OpTruncate = "t"
 )
 
+// Headers of the change events of an update that changed a row's job_id,
+// which is routed as Debezium routes a primary-key update: a delete of the
+// old key (and its tombstone), then a create of the new.
+const (
+	// HeaderNewKey, on the delete and tombstone of the old key, holds the
+	// new key.
+	HeaderNewKey = "__debezium.newkey"
+	// HeaderOldKey, on the create of the new key, holds the old key.
+	HeaderOldKey = "__debezium.oldkey"
+)
+
 // Envelope is the value of every change event: Debezium's Postgres connector
 // envelope with schemas off, so a consumer written for Debezium reads it
 // unchanged. Before and After map column names to values rendered as
