@@ -534,6 +534,43 @@ func TestDuplicateAndStaleEventsAreSkipped(t *testing.T) {
 	})
 }
 
+// TestRenamedJobRunsUnderItsNewID: a job whose job_id an operator changes
+// (the reader writes a delete and tombstone of the old id, then a create of
+// the new) runs once, under its new id. The old id's trigger finds no row
+// and is skipped, as are its delete and tombstone: no run, no dead letter.
+func TestRenamedJobRunsUnderItsNewID(t *testing.T) {
+	t.Parallel()
+	e := streamingEnv(t)
+	rec := &recorder{}
+	// Inserted and renamed in one transaction: the worker sees the old id's
+	// trigger when there is no such row any more.
+	e.Exec(t, `BEGIN;
+		INSERT INTO jobs (job_id, current_step, status, payload) VALUES ('old-id', 'img_gen', 'done', '{"n": 1}');
+		UPDATE jobs SET job_id = 'new-id' WHERE job_id = 'old-id';
+		COMMIT`)
+	w := startWorker(t, e, consumers.Config{Handler: rec.attemptResult})
+	waitJob(t, e, "new-id", step, "done", 30*time.Second)
+	// The old id's create, delete and tombstone may sit on another partition.
+	harness.Eventually(t, 30*time.Second, func() (bool, string) {
+		return w.Stats().Skipped.Load() >= 3, "the old id's three events not skipped yet; " + stats(w)
+	})
+	if got := len(rec.of("old-id")); got != 0 {
+		t.Errorf("the old id ran %d times, want 0", got)
+	}
+	if got := len(rec.of("new-id")); got != 1 {
+		t.Errorf("the new id ran %d times, want 1", got)
+	}
+	if runs := getRuns(t, e, "old-id"); len(runs) != 0 {
+		t.Errorf("the old id has runs %+v", runs)
+	}
+	if letters := deadLetters(t, e); len(letters) != 0 {
+		t.Errorf("dead letters %v, want none", letters)
+	}
+	if s := w.Stats(); s.Failures.Load() != 0 || s.Claims.Load() != 1 {
+		t.Errorf("stats %s, want 1 claim and no failure", stats(w))
+	}
+}
+
 // TestRetriesThenFailsWithDeadLetter: a handler that always fails is retried,
 // with backoff, until MaxAttempts; then the job is (vlm_analyze, failed) with
 // the last error, every attempt is a failed run, and a dead letter keyed by
