@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -88,13 +89,16 @@ type relForm struct {
 	rel        *pglogrepl.RelationMessage
 	value, key []byte
 	absent     [][]byte
+	// missing names the columns jobstream routes by (job_id,
+	// current_step) that rel lacks, or is "".
+	missing string
 }
 
 // newRelForm renders the form of rel's events under prefix, the Connect
 // schemas only when schemas is set; facts (nil: unknown, every column
 // optional) come from lookupColumns.
 func newRelForm(prefix string, rel *pglogrepl.RelationMessage, facts map[string]colFacts, schemas bool) *relForm {
-	rf := &relForm{rel: rel}
+	rf := &relForm{rel: rel, missing: missingColumns(rel)}
 	for i, c := range rel.Columns {
 		if v := absentValue(c.DataType, c.TypeModifier, facts[c.Name]); v != nil {
 			if rf.absent == nil {
@@ -122,6 +126,20 @@ func newRelForm(prefix string, rel *pglogrepl.RelationMessage, facts map[string]
 	key := append([]byte(schema.ConnectOpen), schema.AppendConnectKeySchema(nil, prefix, rel.Namespace, rel.RelationName, keyField)...)
 	rf.value, rf.key = append(value, schema.ConnectPayload...), append(key, schema.ConnectPayload...)
 	return rf
+}
+
+// missingColumns names the columns jobstream routes by (job_id, the key;
+// current_step, the topic) that rel does not have, or returns "": a table
+// whose column was renamed or dropped sends every change to the dead
+// letters until it has it again.
+func missingColumns(rel *pglogrepl.RelationMessage) string {
+	var missing []string
+	for _, name := range []string{"job_id", "current_step"} {
+		if !slices.ContainsFunc(rel.Columns, func(c *pglogrepl.RelationMessageColumn) bool { return c.Name == name }) {
+			missing = append(missing, name)
+		}
+	}
+	return strings.Join(missing, " and ")
 }
 
 // absentValue returns what Debezium 3.x writes for a null value in a column

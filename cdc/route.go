@@ -85,7 +85,9 @@ func (rt *router) route(c *change, evs []event) []event {
 	key, step, bad, value := rt.renderChange(c)
 	var reason, topic string
 	unroutable := false
-	switch {
+	switch missing := rt.formOf(c.rel).missing; {
+	case missing != "" && (key == nil || step == nil && (c.op != schema.OpDelete || c.oldFull)):
+		reason, unroutable = fmt.Sprintf("table %s.%s has no %s column (renamed or dropped?), which jobstream needs to key and route its events", c.rel.Namespace, c.rel.RelationName, missing), true
 	case bad != "":
 		reason = fmt.Sprintf("column %s holds bytes that are not valid UTF-8, so the row cannot be encoded as JSON; invalid bytes are shown as U+FFFD", bad)
 	case key == nil:

@@ -69,6 +69,38 @@ func TestStepsOutsideThePipelineAreDeadLettered(t *testing.T) {
 	}
 }
 
+// TestRenamedRoutingColumnIsSaidSo: an operator renames current_step, or
+// job_id, under a running reader. Every change until it is renamed back is a
+// dead letter whose reason names the missing column, not a null step or
+// key; the stream goes on, and routes again once the column is back.
+func TestRenamedRoutingColumnIsSaidSo(t *testing.T) {
+	t.Parallel()
+	e := harness.New(t)
+	r := startReader(t, e, nil)
+	e.Exec(t, `ALTER TABLE jobs RENAME COLUMN current_step TO stage`)
+	e.Exec(t, `INSERT INTO jobs (job_id, stage, status) VALUES ('no-step-column', 'img_gen', 'done')`)
+	e.Exec(t, `ALTER TABLE jobs RENAME COLUMN stage TO current_step`)
+	e.Exec(t, `ALTER TABLE jobs RENAME COLUMN job_id TO id`)
+	e.Exec(t, `INSERT INTO jobs (id, current_step, status) VALUES ('no-key-column', 'img_gen', 'done')`)
+	e.Exec(t, `ALTER TABLE jobs RENAME COLUMN id TO job_id`)
+	e.Exec(t, `INSERT INTO jobs (job_id, current_step, status) VALUES ('back', 'img_gen', 'done')`)
+
+	waitOnlyEvent(t, e, e.Topic("img_gen"), "back")
+	got := deadLetterReasons(t, e, 2)
+	want := map[string]string{
+		"no-step-column": "table public.jobs has no current_step column (renamed or dropped?), which jobstream needs to key and route its events",
+		"":               "table public.jobs has no job_id column (renamed or dropped?), which jobstream needs to key and route its events",
+	}
+	for key, reason := range want {
+		if got[key] != reason {
+			t.Errorf("dead letter of %q: %q, want %q", key, got[key], reason)
+		}
+	}
+	if u := r.Stats().Unroutable.Load(); u != 2 {
+		t.Errorf("%d unroutable, want 2", u)
+	}
+}
+
 // TestConfigRefusesReservedSteps: a pipeline naming a reserved topic as a
 // step is refused with one sentence.
 func TestConfigRefusesReservedSteps(t *testing.T) {

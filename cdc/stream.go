@@ -229,7 +229,10 @@ func (s *stream) handleWAL(ctx context.Context, xld pglogrepl.XLogData) error {
 			if err != nil {
 				return err
 			}
-			s.route.describe(m, facts)
+			if rf := s.route.describe(m, facts); rf.missing != "" {
+				s.log.Error(fmt.Sprintf("table %s.%s has no %s column (renamed or dropped?): its changes go to the dead-letter topic until it has one again", m.Namespace, m.RelationName, rf.missing),
+					"slot", s.cfg.Slot)
+			}
 		}
 	case *pglogrepl.BeginMessage:
 		s.inTx, s.txID, s.commitTime = true, m.Xid, m.CommitTime

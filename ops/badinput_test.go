@@ -45,6 +45,10 @@ esac
 //	a job deleted mid-step              TestBadInputCatalogue (job "deleted": run discarded)
 //	a step name that is no valid topic  TestBadRowsGoToDeadLetterTopic (cdc: dead letter naming the step)
 //	an oversized row                    TestBrokerLimitsAreLearnedAndRefusalsDeadLettered (cdc: dead letter)
+//	job_id or current_step renamed      TestRenamedRoutingColumnIsSaidSo (cdc: dead letters naming the column,
+//	under a running reader              routing again once it is back)
+//	a job_id changed by an UPDATE       TestJobIDChangeIsDeleteThenCreate (cdc), TestRenamedJobRunsUnderItsNewID
+//	                                    (consumers: runs once, under the new id)
 //	an executor that hangs, crashes,    TestBadInputCatalogue (failed with "timed out", "segmentation fault",
 //	prints non-JSON or gigabytes        "no JSON", "printed over"; dead letters), TestStepTimeoutKillsProcessGroup
 //	an HTTP executor that never answers TestHTTPExecutorNeverAnswers
