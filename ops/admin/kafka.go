@@ -36,6 +36,27 @@ func NewKafka(b kafkaconn.Broker) *Kafka {
 	return &Kafka{b: b, c: c}
 }
 
+// failed says why reading what from the brokers failed, in one sentence:
+// when no broker answers a fresh connection either, that is the cause, said
+// as kafkaconn.Broker.Ping says it (which brokers, and what to fix);
+// otherwise the read's own error, which it wraps.
+func (k *Kafka) failed(ctx context.Context, what string, err error) error {
+	if ctx.Err() == nil {
+		if perr := k.b.Ping(ctx, pingTimeout); perr != nil {
+			return perr
+		}
+	}
+	return fmt.Errorf("cannot read %s from Kafka: %w", what, err)
+}
+
+// reachable is nil when a broker answers a fresh connection, else the
+// sentence saying none does. An answer from kafka-go's cached metadata
+// (a topic that does not exist, say) is no proof that a broker is up.
+func (k *Kafka) reachable(ctx context.Context) error { return k.b.Ping(ctx, pingTimeout) }
+
+// pingTimeout bounds the check that a broker answers at all.
+const pingTimeout = 3 * time.Second
+
 // Broker returns how k reaches the brokers.
 func (k *Kafka) Broker() kafkaconn.Broker { return k.b }
 
@@ -43,7 +64,7 @@ func (k *Kafka) Broker() kafkaconn.Broker { return k.b }
 func (k *Kafka) Partitions(ctx context.Context, topic string) ([]int, error) {
 	md, err := k.c.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{topic}})
 	if err != nil {
-		return nil, fmt.Errorf("metadata of %s: %w", topic, err)
+		return nil, k.failed(ctx, "the metadata of "+topic, err)
 	}
 	var ids []int
 	for _, t := range md.Topics {
@@ -77,7 +98,7 @@ func (k *Kafka) Offsets(ctx context.Context, topic string) ([]PartitionOffsets, 
 	}
 	resp, err := k.c.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{topic: req}})
 	if err != nil {
-		return nil, fmt.Errorf("list offsets of %s: %w", topic, err)
+		return nil, k.failed(ctx, "the offsets of "+topic, err)
 	}
 	var out []PartitionOffsets
 	for _, po := range resp.Topics[topic] {
@@ -95,7 +116,7 @@ func (k *Kafka) Offsets(ctx context.Context, topic string) ([]PartitionOffsets, 
 func (k *Kafka) Committed(ctx context.Context, group, topic string, parts []int) (map[int]int64, error) {
 	resp, err := k.c.OffsetFetch(ctx, &kafka.OffsetFetchRequest{GroupID: group, Topics: map[string][]int{topic: parts}})
 	if err != nil {
-		return nil, fmt.Errorf("fetch offsets of group %s: %w", group, err)
+		return nil, k.failed(ctx, "the committed offsets of group "+group, err)
 	}
 	out := map[int]int64{}
 	if errors.Is(resp.Error, kafka.GroupIdNotFound) {
@@ -122,7 +143,7 @@ type GroupMember struct {
 func (k *Kafka) Members(ctx context.Context, group string) (state string, members []GroupMember, err error) {
 	resp, err := k.c.DescribeGroups(ctx, &kafka.DescribeGroupsRequest{GroupIDs: []string{group}})
 	if err != nil {
-		return "", nil, fmt.Errorf("describe group %s: %w", group, err)
+		return "", nil, k.failed(ctx, "the members of group "+group, err)
 	}
 	for _, g := range resp.Groups {
 		if g.GroupID != group {
@@ -157,7 +178,7 @@ func (k *Kafka) OffsetsAt(ctx context.Context, topic string, t time.Time) (map[i
 	}
 	resp, err := k.c.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{topic: req}})
 	if err != nil {
-		return nil, fmt.Errorf("list offsets of %s at %s: %w", topic, t.Format(time.RFC3339), err)
+		return nil, k.failed(ctx, "the offsets of "+topic+" at "+t.Format(time.RFC3339), err)
 	}
 	ends, err := k.Offsets(ctx, topic)
 	if err != nil {
@@ -193,17 +214,17 @@ func (k *Kafka) Read(ctx context.Context, topic string, partition int, from, to 
 		}
 	}
 	if err != nil {
-		return fmt.Errorf("connect to the leader of %s/%d: %w", topic, partition, err)
+		return k.failed(ctx, fmt.Sprintf("%s/%d", topic, partition), err)
 	}
 	defer conn.Close()
 	if _, err := conn.Seek(from, kafka.SeekAbsolute); err != nil {
-		return fmt.Errorf("seek %s/%d to %d: %w", topic, partition, from, err)
+		return k.failed(ctx, fmt.Sprintf("%s/%d from offset %d", topic, partition, from), err)
 	}
 	for off := from; off < to; {
 		conn.SetReadDeadline(time.Now().Add(10 * time.Second))
 		m, err := conn.ReadMessage(16 << 20)
 		if err != nil {
-			return fmt.Errorf("read %s/%d at %d: %w", topic, partition, off, err)
+			return k.failed(ctx, fmt.Sprintf("%s/%d at offset %d", topic, partition, off), err)
 		}
 		if m.Offset >= to {
 			return nil

@@ -297,8 +297,11 @@ func (c *Console) jobs(w http.ResponseWriter, r *http.Request) {
 type jobView struct {
 	Job      *admin.JobDetail   `json:"job"`
 	Timeline []admin.AuditEntry `json:"timeline"`
-	Steps    []string           `json:"steps"`
-	Images   []string           `json:"images"`
+	// TimelineError says why the timeline could not be read (the brokers
+	// are down, say); the job's row, from Postgres, is shown all the same.
+	TimelineError string   `json:"timeline_error,omitempty"`
+	Steps         []string `json:"steps"`
+	Images        []string `json:"images"`
 }
 
 func (c *Console) job(w http.ResponseWriter, r *http.Request) {
@@ -308,12 +311,13 @@ func (c *Console) job(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	tl, err := admin.Audit(r.Context(), c.cfg.Kafka, c.cfg.Pool, admin.AuditOptions{JobID: id, Deployment: c.cfg.Deployment})
-	if err != nil {
-		writeError(w, err)
-		return
+	v := jobView{Job: j, Timeline: []admin.AuditEntry{}, Steps: c.steps(), Images: c.imagesIn(j.Results)}
+	if tl, err := admin.Audit(r.Context(), c.cfg.Kafka, c.cfg.Pool, admin.AuditOptions{JobID: id, Deployment: c.cfg.Deployment}); err != nil {
+		v.TimelineError = err.Error()
+	} else {
+		v.Timeline = tl
 	}
-	writeJSON(w, http.StatusOK, jobView{Job: j, Timeline: tl, Steps: c.steps(), Images: c.imagesIn(j.Results)})
+	writeJSON(w, http.StatusOK, v)
 }
 
 func (c *Console) letters(w http.ResponseWriter, r *http.Request) {

@@ -13,10 +13,13 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/segmentio/kafka-go"
 
 	"github.com/jobstream/jobstream/ops/admin"
+	"github.com/jobstream/jobstream/ops/broker"
 	"github.com/jobstream/jobstream/ops/console"
 	"github.com/jobstream/jobstream/ops/harness"
+	"github.com/jobstream/jobstream/schema"
 	"github.com/jobstream/jobstream/schema/kafkaconn"
 )
 
@@ -44,68 +47,9 @@ func TestConsoleWhilePostgresIsDown(t *testing.T) {
 	t.Cleanup(pool.Close)
 	e.Exec(t, `INSERT INTO jobs (job_id, current_step, status) VALUES ('j1', 'img_gen', 'done')`)
 
-	con, err := console.New(console.Config{Pool: pool, Kafka: admin.NewKafka(kafkaconn.Broker{Addrs: e.Brokers}),
-		Deployment: admin.Deployment{TopicPrefix: e.Prefix}, Slot: e.Slot, Token: token, Images: e.Dir,
-		Sample: 200 * time.Millisecond, Log: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	harness.Go(t, ctx, "console", con.Run)
-	srv := httptest.NewServer(con.Handler())
-	t.Cleanup(srv.Close)
-
-	// The overview's stream, read the way the page reads it (ended before
-	// the server closes: cleanups run last first).
-	sctx, stopStream := context.WithCancel(ctx)
-	t.Cleanup(stopStream)
-	samples := make(chan map[string]any, 64)
-	req, _ := http.NewRequestWithContext(sctx, http.MethodGet, srv.URL+"/api/events", nil)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		defer resp.Body.Close()
-		sc := bufio.NewScanner(resp.Body)
-		sc.Buffer(make([]byte, 1<<20), 1<<20)
-		for sc.Scan() {
-			data, ok := strings.CutPrefix(sc.Text(), "data: ")
-			if !ok {
-				continue
-			}
-			var s map[string]any
-			if json.Unmarshal([]byte(data), &s) == nil {
-				select {
-				case samples <- s:
-				default:
-				}
-			}
-		}
-	}()
-	waitSample := func(what string, ok func(s map[string]any) bool) map[string]any {
-		t.Helper()
-		deadline := time.After(60 * time.Second)
-		for {
-			select {
-			case s := <-samples:
-				if ok(s) {
-					return s
-				}
-			case <-deadline:
-				t.Fatalf("no overview sample %s within 60s", what)
-			}
-		}
-	}
-	get := func(path string) (int, string) {
-		t.Helper()
-		resp, err := http.Get(srv.URL + path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return resp.StatusCode, readBody(t, resp)
-	}
+	c := openConsole(t, console.Config{Pool: pool, Kafka: admin.NewKafka(kafkaconn.Broker{Addrs: e.Brokers}),
+		Deployment: admin.Deployment{TopicPrefix: e.Prefix}, Slot: e.Slot, Token: token, Images: e.Dir})
+	srv, waitSample, get := c.srv, c.waitSample, c.get
 	healthy := func(s map[string]any) bool { return s["error"] == nil && s["report"] != nil }
 	waitSample("with a report", healthy)
 	if code, body := get("/api/jobs"); code != http.StatusOK || !strings.Contains(body, `"j1"`) {
@@ -167,4 +111,170 @@ func TestConsoleWhilePostgresIsDown(t *testing.T) {
 	if n := e.Count(t, `SELECT count(*) FROM jobs WHERE job_id = 'j1' AND status = 'cancelled'`); n != 1 {
 		t.Errorf("the cancel after the outage did not cancel j1: %s", e.Dump(t, `SELECT * FROM jobs`))
 	}
+}
+
+// TestConsoleWhileTheBrokerIsDown is what an operator sees with the console
+// open while the Kafka broker goes away: the page and the jobs (Postgres)
+// still load, the overview and the dead letters say in one sentence that
+// the brokers cannot be reached, and everything comes back on its own once
+// the broker does.
+func TestConsoleWhileTheBrokerIsDown(t *testing.T) {
+	t.Parallel()
+	e := harness.New(t)
+	b, err := broker.Start(broker.Config{Listen: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := b.Addrs()[0]
+	t.Cleanup(func() { b.Close() })
+	e.Exec(t, `INSERT INTO jobs (job_id, current_step, status) VALUES ('j1', 'img_gen', 'done')`)
+
+	c := openConsole(t, console.Config{Pool: e.Pool(t), Kafka: admin.NewKafka(kafkaconn.Broker{Addrs: []string{addr}}),
+		Deployment: admin.Deployment{TopicPrefix: e.Prefix}, Slot: e.Slot, Token: token, Images: e.Dir})
+	healthy := func(s map[string]any) bool { return s["error"] == nil && s["report"] != nil }
+	c.waitSample("with a report", healthy)
+	if code, body := c.get("/api/letters"); code != http.StatusOK || strings.TrimSpace(body) != "[]" {
+		t.Fatalf("dead letters before any was written: %d %s, want 200 []", code, body)
+	}
+	// A letter, so that reading them needs the partitions' offsets, not
+	// only the metadata the client may still hold once the broker is gone.
+	kb := kafkaconn.Broker{Addrs: []string{addr}}
+	if err := kb.EnsureTopics(context.Background(), 1, e.Topics().DLQ()); err != nil {
+		t.Fatal(err)
+	}
+	letter := schema.DeadLetter{Reason: "step failed", JobID: "j0", Step: "vlm_analyze"}
+	if _, err := kb.Client(10*time.Second).Produce(context.Background(), &kafka.ProduceRequest{Topic: e.Topics().DLQ(), RequiredAcks: kafka.RequireAll,
+		Records: kafka.NewRecordReader(kafka.Record{Key: kafka.NewBytes([]byte("j0")), Value: kafka.NewBytes(letter.Encode())})}); err != nil {
+		t.Fatal(err)
+	}
+	harness.Eventually(t, 30*time.Second, func() (bool, string) {
+		code, body := c.get("/api/letters")
+		return code == http.StatusOK && strings.Contains(body, "step failed"), body
+	})
+
+	b.Close()
+	t.Log("broker stopped")
+	s := c.waitSample("with an error", func(s map[string]any) bool { return s["error"] != nil })
+	msg, _ := s["error"].(string)
+	t.Logf("overview says: %s", msg)
+	if !strings.Contains(msg, "Kafka") || !strings.Contains(msg, addr) || strings.Contains(msg, "\n") {
+		t.Errorf("the overview's error is not one sentence naming the broker: %q", msg)
+	}
+	if code, _ := c.get("/"); code != http.StatusOK {
+		t.Errorf("the page itself: %d, want 200 while the broker is down", code)
+	}
+	if code, body := c.get("/api/jobs"); code != http.StatusOK || !strings.Contains(body, `"j1"`) {
+		t.Errorf("/api/jobs comes from Postgres: %d %s, want 200 while the broker is down", code, body)
+	}
+	// The job's row comes from Postgres; its timeline, from the topics,
+	// says why it cannot be read.
+	code, body := c.get("/api/job?id=j1")
+	var job struct {
+		Job struct {
+			JobID string `json:"job_id"`
+		} `json:"job"`
+		TimelineError string `json:"timeline_error"`
+	}
+	if code != http.StatusOK || json.Unmarshal([]byte(body), &job) != nil || job.Job.JobID != "j1" || !strings.Contains(job.TimelineError, "cannot reach a Kafka broker") {
+		t.Errorf("/api/job while the broker is down: %d %s, want 200 with the job and the timeline's error", code, body)
+	}
+	code, body = c.get("/api/letters")
+	var answer map[string]string
+	if code != http.StatusBadGateway || json.Unmarshal([]byte(body), &answer) != nil || !strings.Contains(answer["error"], "Kafka") {
+		t.Errorf("dead letters while the broker is down: %d %s, want 502 {\"error\": <one sentence naming Kafka>}", code, body)
+	}
+	t.Logf("/api/letters says: %s", answer["error"])
+
+	// The embedded broker keeps no data without --data-dir: it comes back
+	// empty, and says so.
+	b2, err := broker.Start(broker.Config{Listen: addr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b2.Close() })
+	t.Log("broker back")
+	c.waitSample("with a report after the outage", healthy)
+	harness.Eventually(t, 30*time.Second, func() (bool, string) {
+		code, body := c.get("/api/letters")
+		return code == http.StatusOK && strings.TrimSpace(body) == "[]", body
+	})
+}
+
+// consoleProbe is a console under test, served over HTTP, with its
+// overview's stream read the way the page reads it.
+type consoleProbe struct {
+	t       *testing.T
+	srv     *httptest.Server
+	samples chan map[string]any
+}
+
+// openConsole starts a console of cfg (sampling every 200 ms, logging
+// nowhere) and its server, both stopped at the test's end.
+func openConsole(t *testing.T, cfg console.Config) *consoleProbe {
+	t.Helper()
+	cfg.Sample, cfg.Log = 200*time.Millisecond, slog.New(slog.DiscardHandler)
+	con, err := console.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	harness.Go(t, ctx, "console", con.Run)
+	c := &consoleProbe{t: t, srv: httptest.NewServer(con.Handler()), samples: make(chan map[string]any, 64)}
+	t.Cleanup(c.srv.Close)
+
+	// The stream ends before the server closes: cleanups run last first.
+	sctx, stopStream := context.WithCancel(ctx)
+	t.Cleanup(stopStream)
+	req, _ := http.NewRequestWithContext(sctx, http.MethodGet, c.srv.URL+"/api/events", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		defer resp.Body.Close()
+		sc := bufio.NewScanner(resp.Body)
+		sc.Buffer(make([]byte, 1<<20), 1<<20)
+		for sc.Scan() {
+			data, ok := strings.CutPrefix(sc.Text(), "data: ")
+			if !ok {
+				continue
+			}
+			var s map[string]any
+			if json.Unmarshal([]byte(data), &s) == nil {
+				select {
+				case c.samples <- s:
+				default:
+				}
+			}
+		}
+	}()
+	return c
+}
+
+// waitSample returns the first overview sample for which ok holds, within
+// 60 s.
+func (c *consoleProbe) waitSample(what string, ok func(s map[string]any) bool) map[string]any {
+	c.t.Helper()
+	deadline := time.After(60 * time.Second)
+	for {
+		select {
+		case s := <-c.samples:
+			if ok(s) {
+				return s
+			}
+		case <-deadline:
+			c.t.Fatalf("no overview sample %s within 60s", what)
+		}
+	}
+}
+
+// get fetches path from the console and returns the status and body.
+func (c *consoleProbe) get(path string) (int, string) {
+	c.t.Helper()
+	resp, err := http.Get(c.srv.URL + path)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return resp.StatusCode, readBody(c.t, resp)
 }

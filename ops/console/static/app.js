@@ -338,6 +338,7 @@ async function jobPage(id) {
       el("div", {}, el("h2", {}, "Payload"), el("pre", { id: "payload" }, JSON.stringify(j.payload, null, 2))),
       el("div", {}, el("h2", {}, "Results"), el("pre", { id: "results" }, JSON.stringify(j.results, null, 2)))),
     el("h2", {}, "Timeline (topics and runs)"),
+    v.timeline_error ? el("p", { class: "err", id: "timeline-error" }, "The timeline cannot be read now: " + v.timeline_error) : "",
     el("table", { id: "timeline" }, el("thead", {}, el("tr", {}, ["time", "kind", "where", "op", "step", "status", "attempt", "worker", "took", "outcome", "error"].map((h) => el("th", {}, h)))), timeline),
   );
 }
