@@ -61,9 +61,10 @@ func Audit(ctx context.Context, k *Kafka, pool *pgxpool.Pool, o AuditOptions) ([
 		return nil, invalid{ErrNoJobID, ErrNoJobID.Error()}
 	}
 	p, topics := o.resolve()
+	nsp := jobsSchema(ctx, pool)
 	var entries []AuditEntry
 	for _, s := range p.Steps {
-		e, err := readHistory(ctx, k, topics.Step(s), o.JobID, changeEntry)
+		e, err := readHistory(ctx, k, topics.Step(s), nsp, o.JobID, changeEntry)
 		if err != nil {
 			return nil, err
 		}
@@ -73,7 +74,7 @@ func Audit(ctx context.Context, k *Kafka, pool *pgxpool.Pool, o AuditOptions) ([
 		topic string
 		kind  func(*AuditEntry, kafka.Message)
 	}{{topics.DLQ(), letterEntry}, {topics.Replays(), markEntry}} {
-		e, err := readHistory(ctx, k, t.topic, o.JobID, t.kind)
+		e, err := readHistory(ctx, k, t.topic, nsp, o.JobID, t.kind)
 		if err != nil {
 			return nil, err
 		}
@@ -97,15 +98,15 @@ func Audit(ctx context.Context, k *Kafka, pool *pgxpool.Pool, o AuditOptions) ([
 }
 
 // readHistory reads the messages of jobID in topic (in the partition its
-// key hashes to), each made an entry by fill. A tombstone takes the LSN and
+// key hashes to, the jobs table in schema nsp), each made an entry by fill. A tombstone takes the LSN and
 // time of the change event before it, so that it sorts right after it.
-func readHistory(ctx context.Context, k *Kafka, topic, jobID string, fill func(*AuditEntry, kafka.Message)) ([]AuditEntry, error) {
+func readHistory(ctx context.Context, k *Kafka, topic, nsp, jobID string, fill func(*AuditEntry, kafka.Message)) ([]AuditEntry, error) {
 	offs, err := k.Offsets(ctx, topic)
 	if err != nil || len(offs) == 0 {
 		return nil, err
 	}
 	var entries []AuditEntry
-	for _, part := range JobPartitions(jobID, len(offs), connectKey(topic)) {
+	for _, part := range JobPartitions(jobID, len(offs), connectKey(topic, nsp)) {
 		var last AuditEntry // the last change event read here
 		err = k.Read(ctx, topic, part, offs[part].First, offs[part].End, func(m kafka.Message) error {
 			if schema.JobIDFromKey(m.Key) != jobID {

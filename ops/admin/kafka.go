@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/segmentio/kafka-go"
 
 	"github.com/jobstream/jobstream/schema"
@@ -264,11 +265,24 @@ func JobPartitions(jobID string, n int, connectKeys ...string) []int {
 
 // connectKey returns the name of the Connect key struct of the jobs
 // table's events in topic (<prefix>.<step>), as a reader with --schemas
-// writes it: the table is jobs in schema public.
-func connectKey(topic string) string {
+// writes it: the table is jobs in schema nsp (jobsSchema).
+func connectKey(topic, nsp string) string {
 	prefix := topic
 	if i := strings.LastIndexByte(topic, '.'); i > 0 {
 		prefix = topic[:i]
 	}
-	return schema.ConnectName(prefix, "public", "jobs", "Key")
+	return schema.ConnectName(prefix, nsp, "jobs", "Key")
+}
+
+// jobsSchema returns the schema of the jobs table, the one search_path
+// finds, as the reader's events name it (their Connect key struct's name
+// holds it, and so the partition a job's key hashes to under --schemas).
+// Without a pool, or when the lookup fails, it is public, the default.
+func jobsSchema(ctx context.Context, pool *pgxpool.Pool) string {
+	nsp := "public"
+	if pool != nil {
+		_ = pool.QueryRow(ctx, `SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+			WHERE c.oid = to_regclass('jobs')`).Scan(&nsp)
+	}
+	return nsp
 }

@@ -157,7 +157,7 @@ func Replay(ctx context.Context, pool *pgxpool.Pool, k *Kafka, o ReplayOptions) 
 		return nil, invalid{ErrUnknownStep, err.Error()}
 	}
 	res := &ReplayResult{Step: o.Step, Trigger: trigger, Topic: topics.Step(trigger), Range: rangeString(o.From, o.To), DryRun: o.DryRun}
-	found, err := findJobs(ctx, k, res.Topic, trigger, o)
+	found, err := findJobs(ctx, k, res.Topic, jobsSchema(ctx, pool), trigger, o)
 	if err != nil || len(found) == 0 {
 		return res, err
 	}
@@ -238,8 +238,9 @@ func rewind(ctx context.Context, pool *pgxpool.Pool, p schema.Pipeline, res *Rep
 }
 
 // findJobs returns, in the order first met, the jobs of o's scope whose
-// change event in topic shows them done at trigger.
-func findJobs(ctx context.Context, k *Kafka, topic, trigger string, o ReplayOptions) ([]string, error) {
+// change event in topic shows them done at trigger (nsp: the jobs table's
+// schema).
+func findJobs(ctx context.Context, k *Kafka, topic, nsp, trigger string, o ReplayOptions) ([]string, error) {
 	starts, ends, n, err := offsetRange(ctx, k, topic, o.From, o.To)
 	if err != nil {
 		return nil, err
@@ -256,7 +257,7 @@ func findJobs(ctx context.Context, k *Kafka, topic, trigger string, o ReplayOpti
 	sort.Ints(parts)
 	var ids []string
 	for _, p := range parts {
-		if len(only) > 0 && !anyIn(only, p, n, topic) {
+		if len(only) > 0 && !anyIn(only, p, n, connectKey(topic, nsp)) {
 			continue
 		}
 		err := k.Read(ctx, topic, p, starts[p], ends[p], func(m kafka.Message) error {
@@ -281,11 +282,12 @@ func findJobs(ctx context.Context, k *Kafka, topic, trigger string, o ReplayOpti
 	return ids, nil
 }
 
-// anyIn reports whether a job of only lives in partition p of n of topic:
-// a job's events live in the partition its key hashes to.
-func anyIn(only map[string]bool, p, n int, topic string) bool {
+// anyIn reports whether a job of only lives in partition p of n: a job's
+// events live in the partition its key hashes to (with connectKey, the
+// name of the topic's Connect key struct).
+func anyIn(only map[string]bool, p, n int, connectKey string) bool {
 	for j := range only {
-		if slices.Contains(JobPartitions(j, n, connectKey(topic)), p) {
+		if slices.Contains(JobPartitions(j, n, connectKey), p) {
 			return true
 		}
 	}

@@ -8,8 +8,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/segmentio/kafka-go"
 
+	"github.com/jobstream/jobstream/cdc"
 	"github.com/jobstream/jobstream/ops/admin"
 	"github.com/jobstream/jobstream/ops/harness"
 	"github.com/jobstream/jobstream/schema"
@@ -208,5 +210,50 @@ func TestStatus(t *testing.T) {
 	}
 	if len(rep.Jobs) != 2 || rep.Jobs[0] != (admin.JobCount{Step: "img_gen", Status: "done", Count: 2}) {
 		t.Errorf("jobs: %+v", rep.Jobs)
+	}
+}
+
+// TestAuditFindsJobsOfATableInAnotherSchema: with the jobs table in a
+// schema of its own (found by search_path) and the reader writing Kafka
+// Connect's form, whose key struct is named after the table's schema, audit
+// and a replay's plan find every job in the partition its key hashes to.
+func TestAuditFindsJobsOfATableInAnotherSchema(t *testing.T) {
+	t.Parallel()
+	e := harness.New(t)
+	e.Exec(t, `CREATE SCHEMA pipeline; ALTER TABLE jobs SET SCHEMA pipeline; ALTER DATABASE `+e.DB+` SET search_path = pipeline, public`)
+	ctx := context.Background()
+	pool, err := pgxpool.New(ctx, e.DatabaseURL) // new connections take the search_path
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	harness.StartReader(t, ctx, cdc.Config{DatabaseURL: e.DatabaseURL, Brokers: e.Brokers, Slot: e.Slot,
+		TopicPrefix: e.Prefix, Publication: e.Publication, Schemas: true, Partitions: 8})
+	const n = 24
+	if _, err := pool.Exec(ctx, `INSERT INTO jobs (job_id, current_step, status) SELECT 'j' || i, 'img_gen', 'done' FROM generate_series(1, $1) i`, n); err != nil {
+		t.Fatal(err)
+	}
+	k := admin.NewKafka(kafkaconn.Broker{Addrs: e.Brokers})
+	harness.Eventually(t, 30*time.Second, func() (bool, string) {
+		offs, err := k.Offsets(ctx, e.Topic("img_gen"))
+		var total int64
+		for _, o := range offs {
+			total += o.End
+		}
+		return total == n, fmt.Sprintf("%d of %d events (%v)", total, n, err)
+	})
+	var jobs []string
+	for i := 1; i <= n; i++ {
+		id := fmt.Sprintf("j%d", i)
+		jobs = append(jobs, id)
+		tl, err := admin.Audit(ctx, k, pool, admin.AuditOptions{JobID: id, Deployment: admin.Deployment{TopicPrefix: e.Prefix}})
+		if err != nil || len(tl) != 1 || tl[0].Step != "img_gen" || tl[0].Status != "done" {
+			t.Errorf("audit of %s: %+v, %v; want its one event", id, tl, err)
+		}
+	}
+	plan, err := admin.Replay(ctx, pool, k, admin.ReplayOptions{Step: "vlm_analyze", Jobs: jobs, DryRun: true, Force: true,
+		Deployment: admin.Deployment{TopicPrefix: e.Prefix}})
+	if err != nil || len(plan.Replayed) != n {
+		t.Errorf("replay plan: %d of %d jobs (%v)", len(plan.Replayed), n, err)
 	}
 }
