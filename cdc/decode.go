@@ -1,6 +1,7 @@
 package cdc
 
 import (
+	"bytes"
 	"encoding/base64"
 	"encoding/binary"
 	"encoding/hex"
@@ -129,8 +130,12 @@ func appendValue(b []byte, oid uint32, typmod int32, v []byte) []byte {
 			return append(b, v...)
 		}
 	case oidFloat4, oidFloat8:
-		if f, err := strconv.ParseFloat(string(v), 64); err == nil && !math.IsNaN(f) && !math.IsInf(f, 0) && isJSONNumber(v) {
-			return append(b, v...)
+		bits := 64
+		if oid == oidFloat4 {
+			bits = 32
+		}
+		if f, err := strconv.ParseFloat(string(v), bits); err == nil && !math.IsNaN(f) && !math.IsInf(f, 0) {
+			return appendJavaFloat(b, f, bits)
 		}
 		return schema.AppendJSONString(b, v) // NaN, Infinity, -Infinity
 	case oidNumeric:
@@ -387,6 +392,64 @@ func parsePgoutput(data []byte) (msg pglogrepl.Message, err error) {
 // isJSONNumber reports whether v is a number in JSON's grammar, so it can be
 // written unquoted. Postgres' text output of integers and floats always is;
 // this guards the envelope against anything else.
+// appendJavaFloat appends f (a float64, or with bits 32 a float32) as
+// Kafka Connect's JsonConverter writes a FLOAT64 or FLOAT32 value, which is
+// Java's Double.toString or Float.toString (JDK 19 and later): the
+// shortest decimal that reads back as f, with at least two significant
+// digits (the closest two where one would do: 4.9E-324, not 5E-324); plain
+// with at least one fractional digit from 10^-3 up to 10^7 (1.0, 0.001,
+// 1234567.0), else d.dddE±n (1.0E7, 1.0E-4).
+func appendJavaFloat(b []byte, f float64, bits int) []byte {
+	if f == 0 {
+		if math.Signbit(f) {
+			return append(b, "-0.0"...)
+		}
+		return append(b, "0.0"...)
+	}
+	var buf [32]byte
+	e := strconv.AppendFloat(buf[:0], f, 'e', -1, bits) // -d.ddde±dd
+	if i := bytes.IndexByte(e, 'e'); i == 1 || i == 2 && e[0] == '-' {
+		e = strconv.AppendFloat(buf[:0], f, 'e', 1, bits) // one digit: the closest two
+	}
+	if e[0] == '-' {
+		b, e = append(b, '-'), e[1:]
+	}
+	mant, exp, _ := bytes.Cut(e, []byte{'e'})
+	x, _ := strconv.Atoi(string(exp))
+	digits := append([]byte{mant[0]}, bytes.TrimPrefix(mant[1:], []byte{'.'})...)
+	if len(digits) > 1 {
+		digits = bytes.TrimRight(digits, "0")
+	}
+	if x < -3 || x >= 7 {
+		b = append(b, digits[0], '.')
+		if len(digits) == 1 {
+			b = append(b, '0')
+		}
+		b = append(b, digits[1:]...)
+		b = append(b, 'E')
+		return strconv.AppendInt(b, int64(x), 10)
+	}
+	if x < 0 {
+		b = append(b, "0."...)
+		for range -x - 1 {
+			b = append(b, '0')
+		}
+		return append(b, digits...)
+	}
+	for i := 0; i <= x; i++ {
+		if i < len(digits) {
+			b = append(b, digits[i])
+		} else {
+			b = append(b, '0')
+		}
+	}
+	b = append(b, '.')
+	if x+1 >= len(digits) {
+		return append(b, '0')
+	}
+	return append(b, digits[x+1:]...)
+}
+
 func isJSONNumber(v []byte) bool {
 	i := 0
 	if i < len(v) && v[i] == '-' {

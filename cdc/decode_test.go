@@ -2,6 +2,7 @@ package cdc
 
 import (
 	"encoding/json"
+	"math"
 	"testing"
 
 	"github.com/jackc/pglogrepl"
@@ -27,7 +28,9 @@ func TestAppendValue(t *testing.T) {
 		{"int2", oidInt2, -1, "7", `7`},
 		{"int4", oidInt4, -1, "-42", `-42`},
 		{"int8", oidInt8, -1, "9223372036854775807", `9223372036854775807`},
-		{"float8", oidFloat8, -1, "1.5e-07", `1.5e-07`},
+		{"float8", oidFloat8, -1, "1.5e-07", `1.5E-7`}, // JsonConverter's form: Java's Double.toString
+		{"float8 whole", oidFloat8, -1, "1", `1.0`},
+		{"float4", oidFloat4, -1, "0.1", `0.1`},
 		{"float8 NaN", oidFloat8, -1, "NaN", `"NaN"`},
 		{"float8 -Infinity", oidFloat8, -1, "-Infinity", `"-Infinity"`},
 		{"jsonb as string", oidJSONB, -1, `{"a": [1, 2]}`, `"{\"a\": [1, 2]}"`},
@@ -97,7 +100,7 @@ func TestAppendValue(t *testing.T) {
 		{"text[] quoting", 1009, -1, `{"a b","c\"d","e\\f",NULL,"NULL",plain,""}`, `["a b","c\"d","e\\f",null,"NULL","plain",""]`},
 		{"varchar[] utf8", 1015, -1, `{façade,"✓ x"}`, `["façade","✓ x"]`},
 		{"bool[]", 1000, -1, "{t,f,NULL}", `[true,false,null]`},
-		{"float8[]", 1022, -1, "{1.5,-0,NaN,Infinity,1e+300}", `[1.5,-0,"NaN","Infinity",1e+300]`},
+		{"float8[]", 1022, -1, "{1.5,-0,NaN,Infinity,1e+300}", `[1.5,-0.0,"NaN","Infinity",1.0E300]`},
 		{"numeric(5,2)[]", 1231, numeric(5, 2), "{1.50,-1.28}", `["AJY=","gA=="]`},
 		{"numeric[]", 1231, -1, "{1.5,NaN}", `[{"scale":1,"value":"Dw=="},"NaN"]`},
 		{"uuid[]", 2951, -1, "{a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11}", `["a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"]`},
@@ -216,4 +219,26 @@ func BenchmarkAppendRow(b *testing.B) {
 		buf, _, _, _ = appendRow(buf[:0], rel, tuple, nil, nil)
 	}
 	b.SetBytes(int64(len(buf)))
+}
+
+// TestAppendJavaFloat: floats as JsonConverter writes them, which is Java's
+// Double.toString and Float.toString (the values are theirs).
+func TestAppendJavaFloat(t *testing.T) {
+	for _, c := range []struct {
+		f    float64
+		bits int
+		want string
+	}{
+		{1, 64, "1.0"}, {-1, 64, "-1.0"}, {0, 64, "0.0"}, {math.Copysign(0, -1), 64, "-0.0"}, {1.5, 64, "1.5"},
+		{0.001, 64, "0.001"}, {0.0001, 64, "1.0E-4"}, {1234567, 64, "1234567.0"}, {12345678, 64, "1.2345678E7"},
+		{1e20, 64, "1.0E20"}, {math.MaxFloat64, 64, "1.7976931348623157E308"}, {5e-324, 64, "4.9E-324"},
+		{1e23, 64, "1.0E23"}, {100, 64, "100.0"}, {0.1, 64, "0.1"}, {123.456, 64, "123.456"}, {1e7, 64, "1.0E7"},
+		{9999999, 64, "9999999.0"}, {0.00123, 64, "0.00123"}, {2e-3, 64, "0.002"}, {1.5e-7, 64, "1.5E-7"},
+		{float64(float32(0.1)), 32, "0.1"}, {float64(float32(3.4028235e38)), 32, "3.4028235E38"}, {float64(float32(1.4e-45)), 32, "1.4E-45"},
+		{float64(float32(1.1)), 32, "1.1"}, {float64(float32(16777216)), 32, "1.6777216E7"},
+	} {
+		if got := string(appendJavaFloat(nil, c.f, c.bits)); got != c.want {
+			t.Errorf("%v/%d: %s, want %s", c.f, c.bits, got, c.want)
+		}
+	}
 }
