@@ -147,7 +147,7 @@ func startPeer(ctx context.Context, e *env, system, tag string) (sys pipeSys, er
 		return nil, err
 	}
 	if err = sys.insert(ctx, jobIDs("warm", warmup)); err == nil {
-		_, err = waitPipeline(ctx, sys.db(), "warm-%", warmup, sys.procs(), max(e.cfg.Catchup, 5*time.Second))
+		_, err = waitPipeline(ctx, sys.db(), "warm-%", warmup, sys.procs(), max(e.cfg.Catchup, 5*time.Second), nil)
 	}
 	if err != nil {
 		sys.close()
@@ -170,7 +170,7 @@ func peerBatch(ctx context.Context, e *env, system, tag string, jobs int, res *p
 	if err := sys.insert(ctx, jobIDs("job", jobs)); err != nil {
 		return err
 	}
-	w, err := waitPipeline(ctx, sys.db(), "job-%", jobs, sys.procs(), e.cfg.Catchup)
+	w, err := waitPipeline(ctx, sys.db(), "job-%", jobs, sys.procs(), e.cfg.Catchup, nil)
 	if err != nil {
 		return err
 	}
@@ -219,7 +219,7 @@ func peerPaced(ctx context.Context, e *env, system, tag string, res *peerRun) er
 	if outageErr != nil {
 		return fmt.Errorf("restart after the outage: %w", outageErr)
 	}
-	w, err := waitPipeline(ctx, sys.db(), "pace-%", n, sys.procs(), e.cfg.Catchup)
+	w, err := waitPipeline(ctx, sys.db(), "pace-%", n, sys.procs(), e.cfg.Catchup, nil)
 	if err != nil {
 		return err
 	}

@@ -196,7 +196,7 @@ func pipelineJobstream(ctx context.Context, e *env, tag string, res *pipelineRes
 		if err := copyJobs(ctx, pool, jobIDs("warm", warmup), "img_gen", "done"); err != nil {
 			return err
 		}
-		if _, err := waitPipeline(ctx, pool, "warm-%", warmup, d.procs(), max(e.cfg.Catchup, 5*time.Second)); err != nil {
+		if _, err := waitPipeline(ctx, pool, "warm-%", warmup, d.procs(), max(e.cfg.Catchup, 5*time.Second), nil); err != nil {
 			return fmt.Errorf("warm-up: %w", err)
 		}
 		if observe != nil {
@@ -219,7 +219,14 @@ func pipelineJobstream(ctx context.Context, e *env, tag string, res *pipelineRes
 			return err
 		}
 	}
-	w, err := waitPipeline(ctx, pool, "job-%", res.jobs, d.procs(), e.cfg.Catchup)
+	var progress func(done int)
+	if res.jobs >= 100_000 { // minutes: say how far it is
+		progress = func(done int) {
+			e.logf("    %s of %s jobs done after %.0fs (%.0f jobs/s so far)", thousands(float64(done)), thousands(float64(res.jobs)),
+				time.Since(t0).Seconds(), float64(done)/time.Since(t0).Seconds())
+		}
+	}
+	w, err := waitPipeline(ctx, pool, "job-%", res.jobs, d.procs(), e.cfg.Catchup, progress)
 	if err != nil {
 		return err
 	}
@@ -274,12 +281,14 @@ type waited struct {
 // waitPipeline waits until n jobs matching like are at the last step, done,
 // or until no job has moved for stall: the rest are stranded (a transition
 // nobody acted on). A job that failed or a process that died is an error.
-// It polls four times a second, a light load beside the pipeline's.
-func waitPipeline(ctx context.Context, pool *pgxpool.Pool, like string, n int, procs []*proc, stall time.Duration) (waited, error) {
+// It polls once a second, a light load beside the pipeline's, and hands
+// progress (if not nil) the jobs done so far once a minute.
+func waitPipeline(ctx context.Context, pool *pgxpool.Pool, like string, n int, procs []*proc, stall time.Duration, progress func(done int)) (waited, error) {
 	lastStep := schema.DefaultSteps[len(schema.DefaultSteps)-1]
 	var w waited
 	var moved time.Time
 	var lastUpdate time.Time
+	reported := time.Now()
 	for {
 		var failed int
 		var updated, lastDone *time.Time
@@ -304,6 +313,10 @@ func waitPipeline(ctx context.Context, pool *pgxpool.Pool, like string, n int, p
 		}
 		if w.done >= n || now.Sub(moved) > stall {
 			return w, nil
+		}
+		if progress != nil && now.Sub(reported) >= time.Minute {
+			progress(w.done)
+			reported = now
 		}
 		for _, p := range procs {
 			if err := p.exited(); err != nil {
