@@ -281,14 +281,19 @@ type waited struct {
 // waitPipeline waits until n jobs matching like are at the last step, done,
 // or until no job has moved for stall: the rest are stranded (a transition
 // nobody acted on). A job that failed or a process that died is an error.
-// It polls once a second, a light load beside the pipeline's, and hands
-// progress (if not nil) the jobs done so far once a minute.
+// It polls once a second per 100,000 jobs (at most every 10 s): each poll
+// scans the jobs table, with parallel workers once it is large, so polling
+// a million jobs every second took a third of the machine from the
+// pipeline it measured. The end is read from the rows (w.last), so a slow
+// poll costs no precision. It hands progress (if not nil) the jobs done so
+// far once a minute.
 func waitPipeline(ctx context.Context, pool *pgxpool.Pool, like string, n int, procs []*proc, stall time.Duration, progress func(done int)) (waited, error) {
 	lastStep := schema.DefaultSteps[len(schema.DefaultSteps)-1]
 	var w waited
 	var moved time.Time
 	var lastUpdate time.Time
 	reported := time.Now()
+	every := time.Duration(min(max(n/100_000, 1), 10)) * time.Second
 	for {
 		var failed int
 		var updated, lastDone *time.Time
@@ -326,10 +331,7 @@ func waitPipeline(ctx context.Context, pool *pgxpool.Pool, like string, n int, p
 		select {
 		case <-ctx.Done():
 			return w, ctx.Err()
-		case <-time.After(time.Second):
-			// The end is read from the rows (w.last), so a slow poll costs
-			// no precision; it scans the jobs table, which is CPU the
-			// pipeline would otherwise have.
+		case <-time.After(every):
 		}
 	}
 }
