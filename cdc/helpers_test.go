@@ -60,11 +60,7 @@ func startProc(t testing.TB, e *harness.Env, args ...string) *proc {
 // one the test restarts), points e at it and closes it when the test ends.
 func privateBroker(t testing.TB, e *harness.Env, listen string, opts ...kfake.Opt) *broker.Broker {
 	t.Helper()
-	b, err := broker.Start(broker.Config{Listen: listen, DataDir: filepath.Join(e.Dir, "broker"), Opts: opts})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(b.Close)
+	b := harness.StartBroker(t, broker.Config{Listen: listen, DataDir: filepath.Join(e.Dir, "broker"), Opts: opts})
 	e.Brokers = []string{b.Addr()}
 	return b
 }

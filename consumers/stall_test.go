@@ -113,11 +113,7 @@ func TestJoinOutlastsARebalanceAnotherJoinExtends(t *testing.T) {
 func TestWatchdogOnlyOnTheEmbeddedBroker(t *testing.T) {
 	t.Parallel()
 	e := streamingEnv(t)
-	other, err := broker.Start(broker.Config{Listen: "127.0.0.1:0", Opts: []kfake.Opt{kfake.ClusterID("some-kafka-cluster")}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(other.Close)
+	other := harness.StartBroker(t, broker.Config{Opts: []kfake.Opt{kfake.ClusterID("some-kafka-cluster")}})
 	if id := (kafkaconn.Broker{Addrs: []string{e.Brokers[0]}}).ClusterID(context.Background(), 5*time.Second); id != kafkaconn.EmbeddedClusterID {
 		t.Fatalf("the embedded broker reports cluster id %q, want %q", id, kafkaconn.EmbeddedClusterID)
 	}

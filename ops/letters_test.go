@@ -25,11 +25,7 @@ func TestOwedDeadLetterSurvivesWorkerCrash(t *testing.T) {
 	t.Parallel()
 	e := harness.New(t)
 	// A broker of its own: its faults must not slow the other tests.
-	b, err := broker.Start(broker.Config{Listen: "127.0.0.1:0"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
+	b := harness.StartBroker(t, broker.Config{})
 	brokers := []string{b.Addr()}
 	e.Brokers = brokers // for ReadTopic
 	script := filepath.Join(e.Dir, "step.sh")

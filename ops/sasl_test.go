@@ -22,15 +22,11 @@ import (
 func TestKafkaSASL(t *testing.T) {
 	t.Parallel()
 	e := harness.New(t)
-	b, err := broker.Start(broker.Config{Listen: "127.0.0.1:0", Opts: []kfake.Opt{
+	b := harness.StartBroker(t, broker.Config{Opts: []kfake.Opt{
 		kfake.EnableSASL(),
 		kfake.Superuser("PLAIN", "plainuser", "plain-secret"),
 		kfake.Superuser("SCRAM-SHA-256", "scramuser", "scram-secret"),
 	}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
 
 	plain, err := kafkaconn.Auth{Mechanism: "PLAIN", User: "plainuser", Password: "plain-secret"}.Apply(kafkaconn.Broker{Addrs: []string{b.Addr()}})
 	if err != nil {

@@ -30,13 +30,9 @@ func TestKafkaTLS(t *testing.T) {
 	t.Parallel()
 	e := harness.New(t)
 	caFile, serverCert := testCA(t, e.Dir)
-	b, err := broker.Start(broker.Config{Listen: "127.0.0.1:0", Opts: []kfake.Opt{
+	b := harness.StartBroker(t, broker.Config{Opts: []kfake.Opt{
 		kfake.TLS(&tls.Config{Certificates: []tls.Certificate{serverCert}, MinVersion: tls.VersionTLS12}),
 	}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
 
 	e.Brokers = []string{b.Addr()}
 	e.StartProcess(t, "reader", nil, "reader", "--kafka-ca", caFile)

@@ -51,11 +51,7 @@ func TestChaosCluster(t *testing.T) {
 	defer pg.Stop()
 	defer pool.Close()
 
-	b, err := broker.Start(broker.Config{Listen: "127.0.0.1:0", Nodes: 3})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
+	b := harness.StartBroker(t, broker.Config{Nodes: 3})
 	cluster := b.Cluster()
 	addrs := b.Addrs()
 
@@ -160,7 +156,7 @@ func TestChaosCluster(t *testing.T) {
 		}
 	}()
 
-	err = harness.Poll(load+settle, func() (bool, string) {
+	err := harness.Poll(load+settle, func() (bool, string) {
 		var n int
 		pool.QueryRow(ctx, `SELECT count(*) FROM jobs WHERE current_step = 'overlay' AND status = 'done'`).Scan(&n)
 		return n == jobs, fmt.Sprintf("%d of %d jobs at (overlay, done); the others: %s", n, jobs, harness.DumpRows(pool,

@@ -121,12 +121,8 @@ func TestConsoleWhilePostgresIsDown(t *testing.T) {
 func TestConsoleWhileTheBrokerIsDown(t *testing.T) {
 	t.Parallel()
 	e := harness.New(t)
-	b, err := broker.Start(broker.Config{Listen: "127.0.0.1:0"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := harness.StartBroker(t, broker.Config{})
 	addr := b.Addrs()[0]
-	t.Cleanup(func() { b.Close() })
 	e.Exec(t, `INSERT INTO jobs (job_id, current_step, status) VALUES ('j1', 'img_gen', 'done')`)
 
 	c := openConsole(t, console.Config{Pool: e.Pool(t), Kafka: admin.NewKafka(kafkaconn.Broker{Addrs: []string{addr}}),
@@ -187,11 +183,7 @@ func TestConsoleWhileTheBrokerIsDown(t *testing.T) {
 
 	// The embedded broker keeps no data without --data-dir: it comes back
 	// empty, and says so.
-	b2, err := broker.Start(broker.Config{Listen: addr})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { b2.Close() })
+	harness.StartBroker(t, broker.Config{Listen: addr})
 	t.Log("broker back")
 	c.waitSample("with a report after the outage", healthy)
 	harness.Eventually(t, 30*time.Second, func() (bool, string) {

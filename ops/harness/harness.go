@@ -209,6 +209,23 @@ func (e *Env) Topic(step string) string { return e.Topics().Step(step) }
 func (e *Env) Topics() schema.Topics { return schema.Topics{Prefix: e.Prefix} }
 
 // Migrate applies schema.Migrate to the database at url (a Postgres of
+
+// StartBroker starts an embedded broker of the test's own (a cluster of
+// cfg.Nodes), closed at the test's end; the test may close it sooner.
+// Listen defaults to a free loopback port.
+func StartBroker(t testing.TB, cfg broker.Config) *broker.Broker {
+	t.Helper()
+	if cfg.Listen == "" {
+		cfg.Listen = "127.0.0.1:0"
+	}
+	b, err := broker.Start(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(b.Close)
+	return b
+}
+
 // the test's own, or a jobs table the test re-created).
 func Migrate(t testing.TB, url string) {
 	t.Helper()
