@@ -61,7 +61,8 @@ const pingTimeout = 3 * time.Second
 // Broker returns how k reaches the brokers.
 func (k *Kafka) Broker() kafkaconn.Broker { return k.b }
 
-// Partitions returns the partition ids of topic, sorted; none if it does not exist.
+// Partitions returns the partition ids of topic, sorted; none if it does
+// not exist and a broker says so (an error if none answers).
 func (k *Kafka) Partitions(ctx context.Context, topic string) ([]int, error) {
 	md, err := k.c.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{topic}})
 	if err != nil {
@@ -74,6 +75,13 @@ func (k *Kafka) Partitions(ctx context.Context, topic string) ([]int, error) {
 		}
 		for _, p := range t.Partitions {
 			ids = append(ids, p.ID)
+		}
+	}
+	if len(ids) == 0 {
+		// No such topic, says the metadata; kafka-go's cached metadata
+		// says so of a broker that is gone too.
+		if err := k.reachable(ctx); err != nil {
+			return nil, err
 		}
 	}
 	sort.Ints(ids)

@@ -125,7 +125,8 @@ func TestConsoleWhileTheBrokerIsDown(t *testing.T) {
 	addr := b.Addrs()[0]
 	e.Exec(t, `INSERT INTO jobs (job_id, current_step, status) VALUES ('j1', 'img_gen', 'done')`)
 
-	c := openConsole(t, console.Config{Pool: e.Pool(t), Kafka: admin.NewKafka(kafkaconn.Broker{Addrs: []string{addr}}),
+	k := admin.NewKafka(kafkaconn.Broker{Addrs: []string{addr}})
+	c := openConsole(t, console.Config{Pool: e.Pool(t), Kafka: k,
 		Deployment: admin.Deployment{TopicPrefix: e.Prefix}, Slot: e.Slot, Token: token, Images: e.Dir})
 	healthy := func(s map[string]any) bool { return s["error"] == nil && s["report"] != nil }
 	c.waitSample("with a report", healthy)
@@ -180,6 +181,14 @@ func TestConsoleWhileTheBrokerIsDown(t *testing.T) {
 		t.Errorf("dead letters while the broker is down: %d %s, want 502 {\"error\": <one sentence naming Kafka>}", code, body)
 	}
 	t.Logf("/api/letters says: %s", answer["error"])
+	// A topic that never existed: the client's cached metadata says so,
+	// but no broker confirms it.
+	if _, err := admin.DeadLetters(context.Background(), k, admin.DeadLettersOptions{Deployment: admin.Deployment{TopicPrefix: "never-written"}}); err == nil || !strings.Contains(err.Error(), "cannot reach a Kafka broker") {
+		t.Errorf("dead letters of a topic that never existed, while the broker is down: %v, want the broker named unreachable", err)
+	}
+	if _, err := admin.Audit(context.Background(), k, nil, admin.AuditOptions{JobID: "j1", Deployment: admin.Deployment{TopicPrefix: "never-written"}}); err == nil || !strings.Contains(err.Error(), "cannot reach a Kafka broker") {
+		t.Errorf("audit in topics that never existed, while the broker is down: %v, want the broker named unreachable", err)
+	}
 
 	// The embedded broker keeps no data without --data-dir: it comes back
 	// empty, and says so.
