@@ -416,7 +416,8 @@ func appendJavaFloat(b []byte, f float64, bits int) []byte {
 	}
 	mant, exp, _ := bytes.Cut(e, []byte{'e'})
 	x, _ := strconv.Atoi(string(exp))
-	digits := append([]byte{mant[0]}, bytes.TrimPrefix(mant[1:], []byte{'.'})...)
+	var dbuf [24]byte
+	digits := append(append(dbuf[:0], mant[0]), bytes.TrimPrefix(mant[1:], []byte{'.'})...)
 	if len(digits) > 1 {
 		digits = bytes.TrimRight(digits, "0")
 	}

@@ -242,3 +242,12 @@ func TestAppendJavaFloat(t *testing.T) {
 		}
 	}
 }
+
+// TestAppendJavaFloatAllocatesNothing: a float column costs the hot path no
+// allocation.
+func TestAppendJavaFloatAllocatesNothing(t *testing.T) {
+	b := make([]byte, 0, 64)
+	if n := testing.AllocsPerRun(100, func() { b = appendJavaFloat(b[:0], 12345.678, 64) }); n != 0 {
+		t.Errorf("%v allocations per float, want 0", n)
+	}
+}
